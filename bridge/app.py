@@ -1,0 +1,175 @@
+"""The Starlette application: Twilio webhook, Media Streams WebSocket, health endpoints.
+
+Public: ``POST /twiml/inbound`` (signature-checked) and the stream WebSocket (signature-checked
+when Twilio signs the handshake, token-checked always). Internal: ``GET /livez``, ``GET /readyz``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+
+from bridge.calls.call import Call, CallDeps
+from bridge.calls.hamsa_session import Connector
+from bridge.calls.registry import CallRegistry
+from bridge.errors import ConfigError
+from bridge.preload import preload_voices
+from bridge.settings import Settings
+from bridge.signatures import TwilioSignatures
+from bridge.stream_token import issue_token
+from twiml.inbound import connect_stream
+
+log = structlog.get_logger("bridge.app")
+
+INBOUND_PATH = "/twiml/inbound"
+_CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+
+
+@dataclass(slots=True)
+class BridgeState:
+    settings: Settings
+    signatures: TwilioSignatures
+    registry: CallRegistry
+    deps: CallDeps
+    wall_clock: Callable[[], float]
+    ready: bool = False
+    calls_handled: int = 0
+    rejected_handshakes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_serving_settings(settings: Settings) -> None:
+    """Refuse to serve without what security and Hamsa need (raised before listening)."""
+    missing = [
+        name
+        for name, value in (
+            ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token.get_secret_value()),
+            ("BRIDGE_PUBLIC_URL", settings.bridge_public_url),
+            ("HAMSA_API_KEY", settings.hamsa_api_key.get_secret_value()),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(f"missing required settings: {', '.join(missing)} (see README, Configuration)")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    hamsa_connector: Connector = connect,
+    wall_clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.monotonic,
+) -> Starlette:
+    check_serving_settings(settings)
+    state = BridgeState(
+        settings=settings,
+        signatures=TwilioSignatures(settings.twilio_auth_token.get_secret_value()),
+        registry=CallRegistry(),
+        deps=CallDeps(settings, CallRegistry(), hamsa_connector, wall_clock=wall_clock, clock=clock),
+        wall_clock=wall_clock,
+    )
+    state.deps.registry = state.registry
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        await preload_voices(settings)
+        state.ready = True
+        log.info("bridge_ready", stream_url=settings.stream_url, preloaded=len(settings.hamsa_preload_voices))
+        yield {"bridge": state}
+        state.ready = False
+
+    return Starlette(
+        routes=[
+            Route(INBOUND_PATH, inbound_webhook, methods=["POST"]),
+            WebSocketRoute(settings.bridge_stream_path, media_stream),
+            Route("/livez", livez, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _state(conn: Request | WebSocket[Any]) -> BridgeState:
+    bridge: BridgeState = conn.state.bridge
+    return bridge
+
+
+async def inbound_webhook(request: Request) -> Response:
+    """Twilio's Voice webhook for an incoming call: TwiML that connects it to our stream."""
+    state = _state(request)
+    settings = state.settings
+    form = await request.form()
+    params: dict[str, str | list[str]] = {}
+    for key, value in form.multi_items():
+        text = value if isinstance(value, str) else ""
+        previous = params.get(key)
+        if previous is None:
+            params[key] = text
+        elif isinstance(previous, list):
+            previous.append(text)
+        else:
+            params[key] = [previous, text]
+    url = settings.webhook_url(request.url.path)
+    if request.url.query:
+        url += "?" + request.url.query
+    if not state.signatures.webhook_ok(url, params, request.headers.get("x-twilio-signature")):
+        log.warning("webhook_signature_invalid", path=request.url.path)
+        return PlainTextResponse("invalid Twilio signature", status_code=403)
+    call_sid = params.get("CallSid")
+    if not isinstance(call_sid, str) or not _CALL_SID.match(call_sid):
+        return PlainTextResponse("CallSid missing or malformed", status_code=400)
+    token = issue_token(
+        settings.twilio_auth_token.get_secret_value().encode(),
+        call_sid,
+        now=state.wall_clock(),
+        ttl=settings.bridge_stream_token_ttl,
+    )
+    parameters = {"token": token, "direction": "inbound"}
+    for name, field_name in (("from", "From"), ("to", "To")):
+        value = params.get(field_name)
+        if isinstance(value, str) and value:
+            parameters[name] = value
+    twiml = connect_stream(settings.stream_url, parameters)
+    log.info("webhook_answered", call_sid=call_sid)
+    return Response(twiml, media_type="application/xml")
+
+
+async def media_stream(websocket: WebSocket[Any]) -> None:
+    """The Twilio Media Streams WebSocket of one call."""
+    state = _state(websocket)
+    signature = websocket.headers.get("x-twilio-signature")
+    if signature is not None and not state.signatures.handshake_ok(state.settings.stream_url, signature):
+        state.rejected_handshakes += 1
+        log.warning("stream_handshake_signature_invalid")
+        await websocket.send_denial_response(PlainTextResponse("invalid Twilio signature", status_code=403))
+        return
+    await websocket.accept()
+    state.calls_handled += 1
+    call = Call(websocket, state.deps)
+    try:
+        await call.run()
+    except Exception:
+        log.exception("call_crashed", call_sid=call.summary.call_sid)
+
+
+async def livez(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    if not state.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    return JSONResponse({"status": "ready", "active_calls": len(state.registry)})

@@ -1,0 +1,292 @@
+"""One phone call: a Twilio Media Stream, its Hamsa socket, its playback, and what it says.
+
+Life of a call (``CallPhase``)::
+
+    AWAITING_START --start + valid token--> ACTIVE --script done / stop / hang-up--> ENDED
+          |                                    \\--Hamsa key rejected--------------> ENDED
+          \\--no start, bad token, duplicate CallSid--> REJECTED  (no Hamsa socket is ever opened)
+
+While ACTIVE, an ``asyncio.TaskGroup`` supervises one reader of the Twilio socket, the playback
+writer (the only writer of that socket), the Hamsa socket's reader, and the call's script (for
+now: speak the greeting; a key pressed during it skips it). When the script ends the bridge
+closes the stream; with nothing after ``</Connect>`` in the TwiML, Twilio then hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from bridge.calls.hamsa_session import Connector, HamsaSession
+from bridge.calls.playback import Playback
+from bridge.calls.registry import CallRegistry
+from bridge.calls.speech import Speaker, SpeechOutcome
+from bridge.errors import HamsaError, SignatureError
+from bridge.protocols.twilio_media import (
+    DtmfReceived,
+    MarkReceived,
+    Started,
+    Stopped,
+    TwilioMediaStream,
+    Violation,
+)
+from bridge.settings import Settings
+from bridge.stream_token import verify_token
+
+log = structlog.get_logger("bridge.call")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_ERROR = 1011
+
+
+class CallPhase(enum.Enum):
+    AWAITING_START = "awaiting_start"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    ENDED = "ended"
+
+
+class _SocketGone(Exception):
+    """The Twilio socket can no longer be written."""
+
+
+@dataclass(slots=True)
+class CallSummary:
+    call_sid: str | None = None
+    stream_sid: str | None = None
+    outcome: str = "unknown"
+    reason: str = ""
+    started_at: float = 0.0
+    duration: float = 0.0
+    hamsa_connections: int = 0
+    hamsa_requests: int = 0
+    frames_sent: int = 0
+    clears: int = 0
+    underruns: int = 0
+    violations: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CallDeps:
+    """What a call needs from the app (built once, in the lifespan)."""
+
+    settings: Settings
+    registry: CallRegistry
+    hamsa_connector: Connector
+    wall_clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = time.monotonic
+    start_timeout: float = 10.0
+
+
+class Call:
+    """Drives one accepted Twilio stream WebSocket from ``connected`` to close."""
+
+    def __init__(self, websocket: WebSocket[Any], deps: CallDeps) -> None:
+        self._ws = websocket
+        self._deps = deps
+        self._stream = TwilioMediaStream()
+        self.phase = CallPhase.AWAITING_START
+        self.summary = CallSummary(started_at=deps.clock())
+        self._hangup = asyncio.Event()
+        self._speaker: Speaker | None = None
+        self._playback: Playback | None = None
+        self._speaking = False
+        self.digits: asyncio.Queue[str] = asyncio.Queue()
+
+    async def run(self) -> CallSummary:
+        try:
+            started = await self._await_start()
+            if started is None:
+                return self.summary
+            with structlog.contextvars.bound_contextvars(
+                call_sid=started.call_sid, stream_sid=started.stream_sid
+            ):
+                if not self._authenticate(started):
+                    await self._close(CLOSE_POLICY)
+                    return self.summary
+                try:
+                    await self._active(started)
+                finally:
+                    self._deps.registry.remove(started.call_sid, self)
+                    self._finish_summary()
+                    log.info("call_summary", **_public(self.summary))
+        finally:
+            self.phase = CallPhase.ENDED if self.phase is CallPhase.ACTIVE else self.phase
+        return self.summary
+
+    # --- before start: nothing is allocated ----------------------------------------------------
+
+    async def _await_start(self) -> Started | None:
+        try:
+            async with asyncio.timeout(self._deps.start_timeout):
+                while True:
+                    message = await self._ws.receive()
+                    if message["type"] == "websocket.disconnect":
+                        self._reject("stream closed before start")
+                        return None
+                    for event in self._stream.receive(_payload(message)):
+                        if isinstance(event, Started):
+                            return event
+                        if isinstance(event, Violation):
+                            log.warning("twilio_violation", kind=event.kind, detail=event.detail)
+        except TimeoutError:
+            self._reject("no start message in time")
+            await self._close(CLOSE_POLICY)
+            return None
+
+    def _authenticate(self, started: Started) -> bool:
+        deps = self._deps
+        self.summary.call_sid = started.call_sid
+        self.summary.stream_sid = started.stream_sid
+        key = deps.settings.twilio_auth_token.get_secret_value().encode()
+        try:
+            verify_token(key, started.custom_parameters.get("token"), started.call_sid,
+                         now=deps.wall_clock())
+        except SignatureError as exc:
+            self._reject(f"stream token rejected: {exc.message}")
+            return False
+        if not deps.registry.add(started.call_sid, self):
+            self._reject("a stream for this call is already active")
+            return False
+        self.phase = CallPhase.ACTIVE
+        log.info("call_started", direction=started.custom_parameters.get("direction", "inbound"))
+        return True
+
+    def _reject(self, reason: str) -> None:
+        self.phase = CallPhase.REJECTED
+        self.summary.outcome = "rejected"
+        self.summary.reason = reason
+        log.warning("stream_rejected", reason=reason)
+
+    # --- active call ---------------------------------------------------------------------------
+
+    async def _active(self, started: Started) -> None:
+        deps = self._deps
+        settings = deps.settings
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                hamsa = HamsaSession(settings, tasks, connector=deps.hamsa_connector)
+                playback = Playback(self._stream, self._send, lead=settings.bridge_playback_lead_ms / 1000,
+                                    clock=deps.clock)
+                speaker = Speaker(settings, hamsa, playback, clock=deps.clock)
+                self._playback, self._speaker = playback, speaker
+                opener = tasks.create_task(hamsa.open())
+                writer = tasks.create_task(self._guard(playback.run()))
+                reader = tasks.create_task(self._read())
+                script = tasks.create_task(self._script(speaker))
+                hangup = tasks.create_task(self._hangup.wait())
+                await asyncio.wait({script, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if script.done() and not self._hangup.is_set():
+                    # Let the last frames/marks/clear leave before the stream closes.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(2.0):
+                            await playback.flush()
+                for task in (script, writer, reader, hangup, opener):
+                    task.cancel()
+                playback.cancel_pending()
+                await hamsa.close()
+                self.summary.hamsa_connections = hamsa.connections_opened
+                self.summary.hamsa_requests = hamsa.requests_sent
+        finally:
+            await self._close(CLOSE_NORMAL)
+
+    async def _script(self, speaker: Speaker) -> None:
+        """What an inbound call hears while no IVR flow is configured: the greeting, then goodbye."""
+        try:
+            self._speaking = True
+            outcome = await speaker.say(self._deps.settings.bridge_greeting)
+            self._speaking = False
+            self.summary.outcome = "completed" if outcome is not SpeechOutcome.INTERRUPTED else "skipped"
+            self.summary.reason = f"greeting {outcome.value}"
+        except HamsaError as exc:
+            self.summary.outcome = "failed"
+            self.summary.reason = str(exc)
+            log.error("call_failed", reason=str(exc), retryable=exc.retryable)
+        finally:
+            self._speaking = False
+
+    async def _read(self) -> None:
+        """The Twilio socket's one reader."""
+        stream = self._stream
+        playback = self._playback
+        assert playback is not None
+        try:
+            while True:
+                message = await self._ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    if not self.summary.reason:
+                        self.summary.reason = "Twilio closed the stream"
+                    self.summary.outcome = self.summary.outcome if self.summary.outcome != "unknown" else "hung_up"
+                    return
+                for event in stream.receive(_payload(message)):
+                    match event:
+                        case MarkReceived(name=name):
+                            playback.on_mark(name)
+                        case DtmfReceived(digit=digit):
+                            self._on_dtmf(digit)
+                        case Stopped():
+                            if self.summary.outcome == "unknown":
+                                self.summary.outcome = "hung_up"
+                                self.summary.reason = "caller hung up (stop)"
+                            return
+                        case Violation(kind=kind, detail=detail):
+                            log.warning("twilio_violation", kind=kind, detail=detail)
+                        case _:
+                            pass
+        finally:
+            self._hangup.set()
+
+    def _on_dtmf(self, digit: str) -> None:
+        log.info("dtmf", digit=digit)
+        self.digits.put_nowait(digit)
+        if self._speaking and self._speaker is not None:
+            self._speaker.interrupt()
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self._ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            raise _SocketGone(str(exc)) from None
+
+    async def _guard(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except _SocketGone:
+            self._hangup.set()
+
+    async def _close(self, code: int) -> None:
+        if self._ws.application_state is WebSocketState.CONNECTED and (
+            self._ws.client_state is WebSocketState.CONNECTED
+        ):
+            with contextlib.suppress(Exception):
+                await self._ws.close(code)
+
+    def _finish_summary(self) -> None:
+        s = self.summary
+        s.duration = self._deps.clock() - s.started_at
+        s.violations = dict(self._stream.violations)
+        if self._playback is not None:
+            s.frames_sent = self._playback.stats.frames_sent
+            s.clears = self._playback.stats.clears_sent
+            s.underruns = self._playback.stats.underruns
+
+
+def _payload(message: Any) -> str | bytes:
+    text = message.get("text")
+    if text is not None:
+        return str(text)
+    data = message.get("bytes")
+    return bytes(data) if data is not None else b""
+
+
+def _public(summary: CallSummary) -> dict[str, Any]:
+    return {k: getattr(summary, k) for k in summary.__slots__ if k not in ("call_sid", "stream_sid")}  # type: ignore[attr-defined]

@@ -1,0 +1,303 @@
+"""One Hamsa realtime socket per call, reused for every utterance (the I/O around ``HamsaProtocol``).
+
+- Opened as soon as the call's stream starts, so its ~1.2 s setup overlaps call setup.
+- Before each request: if the socket's ``state is not State.OPEN`` (or the last reply ended in an
+  ``error`` frame, after which the socket's framing is uncertain), reconnect.
+- One request in flight: Hamsa has no request id (hamsa-api.md §3.3). A reply abandoned on
+  barge-in is drained by the reader task in the background (read and discard until its ``end``);
+  the next request waits for that drain, bounded, and swaps the socket if it takes too long.
+- Keepalive ``ping_interval=20, ping_timeout=10``; the key travels in ``X-Api-Key``, never in the URL.
+- Connect failures: bounded retries with backoff and jitter on the call's time scale; HTTP
+  401/403 or close codes 4001/4003 are not retried (``HamsaAuthError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
+
+from bridge.errors import (
+    HamsaAuthError,
+    HamsaConnectError,
+    HamsaError,
+    HamsaReplyError,
+    HamsaTimeout,
+)
+from bridge.protocols.hamsa import (
+    Ack,
+    Audio,
+    Closed,
+    End,
+    Event,
+    HamsaProtocol,
+    Info,
+    ReplyError,
+    Unexpected,
+    classify_close,
+)
+from bridge.settings import Settings
+from bridge.voice import Voice
+
+log = structlog.get_logger("bridge.hamsa")
+
+_DONE: Final = None
+Connector = Callable[..., Any]
+"""``websockets.asyncio.client.connect`` or a compatible callable (tests never need another)."""
+
+
+class Reply:
+    """The audio of one request, chunk by chunk, as it arrives."""
+
+    def __init__(self, first_byte_timeout: float, chunk_timeout: float) -> None:
+        self._queue: asyncio.Queue[bytes | HamsaError | None] = asyncio.Queue()
+        self._first_byte_timeout = first_byte_timeout
+        self._chunk_timeout = chunk_timeout
+        self.finished = False
+        self.abandoned = False
+        self.audio_received = False
+
+    def feed(self, item: bytes | HamsaError | None) -> None:
+        if item is None or isinstance(item, HamsaError):
+            self.finished = True
+        elif not self.abandoned:
+            self.audio_received = True
+        if not self.abandoned:
+            self._queue.put_nowait(item)
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        first = True
+        while True:
+            timeout = self._first_byte_timeout if first else self._chunk_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await self._queue.get()
+            except TimeoutError:
+                what = "first audio byte" if first else "next audio chunk or end"
+                raise HamsaTimeout(f"no {what} from Hamsa within {timeout:g} s") from None
+            if item is None:
+                return
+            if isinstance(item, HamsaError):
+                raise item
+            first = False
+            yield item
+
+
+class _Connection:
+    """An open socket, its protocol core and its reader task."""
+
+    def __init__(self, ws: ClientConnection, number: int) -> None:
+        self.ws = ws
+        self.number = number
+        self.protocol = HamsaProtocol()
+        self.reply: Reply | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.dirty = False
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.ws.state is State.OPEN and not self.dirty
+
+    async def read(self) -> None:
+        """The socket's one reader: feed the core, route events to the reply in flight."""
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    events = self.protocol.receive_bytes(message)
+                else:
+                    events = self.protocol.receive_text(message)
+                for event in events:
+                    self._dispatch(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.dirty = True
+            for event in self.protocol.receive_close(self.ws.close_code, self.ws.close_reason or ""):
+                self._dispatch(event)
+            if self.reply is not None and not self.reply.finished:
+                self._finish(HamsaReplyError("Hamsa socket closed", audio_received=self.reply.audio_received))
+
+    def _finish(self, item: HamsaError | None) -> None:
+        if self.reply is not None:
+            self.reply.feed(item)
+        self.reply = None
+        self.idle.set()
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case Audio(data=data):
+                if self.reply is not None:
+                    self.reply.feed(data)
+            case End():
+                self._finish(None)
+            case ReplyError(message=message):
+                self.dirty = True
+                audio = self.reply is not None and self.reply.audio_received
+                self._finish(HamsaReplyError(f"Hamsa error: {message}", audio_received=audio))
+            case Closed(code=code, reason=reason):
+                self.dirty = True
+                error = classify_close(code)
+                if isinstance(error, HamsaReplyError) and self.reply is not None:
+                    error.audio_received = self.reply.audio_received
+                log.info("hamsa_closed", connection=self.number, code=code, reason=reason)
+                self._finish(error)
+            case Info() | Ack():
+                pass
+            case Unexpected(kind=kind, detail=detail):
+                log.warning("hamsa_unexpected", connection=self.number, kind=kind, detail=detail)
+
+    def start(self, text: str, voice: Voice, first_byte_timeout: float, chunk_timeout: float) -> str:
+        self.reply = Reply(first_byte_timeout, chunk_timeout)
+        self.idle.clear()
+        return self.protocol.request(text, voice, mulaw=True)
+
+
+class HamsaSession:
+    """A call's Hamsa connection: opened early, reused, reconnected when not OPEN."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: asyncio.TaskGroup,
+        *,
+        connector: Connector = connect,
+        rng: random.Random | None = None,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        self._settings = settings
+        self._tasks = tasks
+        self._connector = connector
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._drain_timeout = drain_timeout
+        self._lock = asyncio.Lock()
+        self._conn: _Connection | None = None
+        self._fatal: HamsaAuthError | None = None
+        self.connections_opened = 0
+        self.requests_sent = 0
+
+    async def open(self) -> None:
+        """Connect ahead of the first request (errors are kept for the first request to raise)."""
+        async with self._lock:
+            with contextlib.suppress(HamsaError):
+                await self._ensure()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._close(conn)
+
+    async def reset(self) -> None:
+        """Drop the current socket; the next request opens a fresh one (after a truncated reply)."""
+        async with self._lock:
+            await self.close()
+
+    @contextlib.asynccontextmanager
+    async def reply(self, text: str, voice: Voice) -> AsyncIterator[Reply]:
+        """Send one ``tts`` request and yield its ``Reply``; one request in flight per call."""
+        async with self._lock:
+            conn = await self._ensure()
+            if not conn.idle.is_set():
+                try:
+                    async with asyncio.timeout(self._drain_timeout):
+                        await conn.idle.wait()
+                except TimeoutError:
+                    log.info("hamsa_drain_timeout", connection=conn.number)
+                    conn.dirty = True
+                conn = await self._ensure()
+            settings = self._settings
+            message = conn.start(
+                text, voice, settings.hamsa_first_byte_timeout, settings.hamsa_reply_timeout
+            )
+            reply = conn.reply
+            assert reply is not None
+            try:
+                await conn.ws.send(message)
+            except ConnectionClosed:
+                # Closed between the state check and the send: the reader reports the close.
+                pass
+            self.requests_sent += 1
+            try:
+                yield reply
+            finally:
+                if not reply.finished:
+                    reply.abandon()
+
+    async def _ensure(self) -> _Connection:
+        if self._fatal is not None:
+            raise self._fatal
+        conn = self._conn
+        if conn is not None and conn.usable and conn.idle.is_set():
+            return conn
+        if conn is not None and conn.usable:
+            return conn  # still draining an abandoned reply; the caller waits for it
+        if conn is not None:
+            self._conn = None
+            await self._close(conn)
+        try:
+            self._conn = await self._connect()
+        except HamsaAuthError as exc:
+            self._fatal = exc
+            raise
+        return self._conn
+
+    async def _connect(self) -> _Connection:
+        settings = self._settings
+        attempts = settings.hamsa_connect_attempts
+        last: HamsaError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                delay = min(2.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + self._rng.random())
+                await asyncio.sleep(delay)
+            try:
+                ws: ClientConnection = await self._connector(
+                    settings.hamsa_ws_url,
+                    additional_headers={"X-Api-Key": settings.hamsa_api_key.get_secret_value()},
+                    open_timeout=settings.hamsa_connect_timeout,
+                    ping_interval=20,
+                    ping_timeout=10,
+                    close_timeout=2,
+                    max_size=4 * 1024 * 1024,
+                    user_agent_header="hamsa-bridge",
+                )
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    raise HamsaAuthError(
+                        f"Hamsa refused the API key (HTTP {status}); check HAMSA_API_KEY", code=status
+                    ) from None
+                last = HamsaConnectError(f"Hamsa answered the upgrade with HTTP {status}")
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                last = HamsaConnectError(f"cannot connect to Hamsa: {type(exc).__name__}: {exc}")
+            else:
+                self.connections_opened += 1
+                conn = _Connection(ws, self.connections_opened)
+                conn.task = self._tasks.create_task(conn.read())
+                log.info("hamsa_connected", connection=conn.number, attempt=attempt + 1)
+                return conn
+            log.warning("hamsa_connect_failed", attempt=attempt + 1, error=str(last))
+        assert last is not None
+        raise last
+
+    async def _close(self, conn: _Connection) -> None:
+        with contextlib.suppress(Exception):
+            await conn.ws.close()
+        if conn.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await conn.task

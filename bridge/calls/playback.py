@@ -1,0 +1,221 @@
+"""Real-time paced playback into a Twilio stream: the one writer of the Twilio socket.
+
+``PacingClock`` is the sans-I/O rule: it models Twilio's playout buffer (8000 bytes/s) and
+lets a frame go only while the audio already sent is at most ``lead`` ahead of real time. After an
+underrun the clock restarts from "now", so there is never a catch-up burst
+(lessons-from-peers.md §4.1). To wake the event loop less often, frames go in small batches:
+once full, the writer sleeps until the lead has drained by ``refill`` and then tops it up.
+
+``Playback`` is the I/O side: a local queue of frames and marks, a writer task that paces
+frames out, sends a ``mark`` at each utterance end, and a ``clear`` on barge-in with stale audio
+dropped. Mark echoes resolve the futures returned by ``push_mark``: ``True`` when the audio
+before the mark was played, ``False`` when it was cleared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from bridge.protocols.twilio_media import TwilioMediaStream
+
+FRAME_SECONDS = 0.020
+
+
+class PacingClock:
+    """When may the next 20 ms frame be sent? Pure arithmetic on times passed in."""
+
+    __slots__ = ("frame", "lead", "refill", "_play_end")
+
+    def __init__(self, *, lead: float, refill: float = 0.060, frame: float = FRAME_SECONDS) -> None:
+        if not frame <= lead:
+            raise ValueError("lead must be at least one frame")
+        self.lead = lead
+        self.frame = frame
+        self.refill = min(refill, lead - frame)
+        self._play_end: float | None = None
+
+    def ahead(self, now: float) -> float:
+        """Seconds of audio sent but not yet played at ``now`` (0 when Twilio's buffer is dry)."""
+        if self._play_end is None:
+            return 0.0
+        return max(0.0, self._play_end - now)
+
+    def delay(self, now: float) -> float:
+        """0 if a frame may go now, else how long to wait before topping the lead up again."""
+        ahead = self.ahead(now)
+        if ahead + self.frame <= self.lead + 1e-9:
+            return 0.0
+        return ahead - (self.lead - self.frame - self.refill)
+
+    def sent(self, now: float) -> bool:
+        """Account one frame sent at ``now``; True if Twilio's buffer had run dry (an underrun)."""
+        dry = self._play_end is None or self._play_end < now
+        start = now if dry or self._play_end is None else self._play_end
+        self._play_end = start + self.frame
+        return dry
+
+    def reset(self) -> None:
+        """Twilio's buffer is empty (after ``clear``)."""
+        self._play_end = None
+
+
+@dataclass(slots=True)
+class _Mark:
+    name: str
+    future: asyncio.Future[bool]
+
+
+@dataclass(slots=True)
+class PlaybackStats:
+    frames_sent: int = 0
+    marks_sent: int = 0
+    clears_sent: int = 0
+    underruns: int = 0
+    frames_dropped: int = 0
+    first_frame_at: float | None = None
+    mark_round_trips: list[float] = field(default_factory=list)
+
+
+class Playback:
+    """Owns every write to the Twilio socket of one call."""
+
+    def __init__(
+        self,
+        stream: TwilioMediaStream,
+        send: Callable[[str], Awaitable[None]],
+        *,
+        lead: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stream = stream
+        self._send = send
+        self._clock = clock
+        self._pacer = PacingClock(lead=lead)
+        self._queue: deque[bytes | _Mark] = deque()
+        self._queued_frames = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._clear_requested = False
+        self._in_utterance = False
+        self._sent_marks: dict[str, tuple[_Mark, float]] = {}
+        self.stats = PlaybackStats()
+
+    # --- producer side -------------------------------------------------------------------------
+
+    def push_frames(self, frames: Iterable[bytes]) -> None:
+        """Queue 160-byte frames for paced sending."""
+        before = len(self._queue)
+        self._queue.extend(frames)
+        added = len(self._queue) - before
+        if added:
+            self._queued_frames += added
+            self._idle.clear()
+            self._wake.set()
+
+    def push_mark(self, name: str) -> asyncio.Future[bool]:
+        """Queue a mark behind the frames queued so far; its future says played (True) or cleared."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Mark(name, future))
+        self._idle.clear()
+        self._wake.set()
+        return future
+
+    def interrupt(self) -> None:
+        """Barge-in: drop queued audio, resolve every outstanding mark as cleared, send ``clear``."""
+        dropped = self._queued_frames
+        for item in self._queue:
+            if isinstance(item, _Mark) and not item.future.done():
+                item.future.set_result(False)
+        self._queue.clear()
+        self._queued_frames = 0
+        for mark, _ in self._sent_marks.values():
+            if not mark.future.done():
+                mark.future.set_result(False)
+        self._sent_marks.clear()
+        self.stats.frames_dropped += dropped
+        self._clear_requested = True
+        self._idle.clear()
+        self._wake.set()
+
+    def on_mark(self, name: str) -> None:
+        """A mark echoed by Twilio: the audio before it has been played."""
+        entry = self._sent_marks.pop(name, None)
+        if entry is None:
+            return  # stale: cleared already, or not ours
+        mark, sent_at = entry
+        self.stats.mark_round_trips.append(self._clock() - sent_at)
+        if not mark.future.done():
+            mark.future.set_result(True)
+
+    def buffered(self) -> float:
+        """Seconds of audio queued here plus sent but not yet played."""
+        return self._queued_frames * FRAME_SECONDS + self._pacer.ahead(self._clock())
+
+    def cancel_pending(self) -> None:
+        """The call is over: resolve every outstanding mark future as not played."""
+        for item in self._queue:
+            if isinstance(item, _Mark) and not item.future.done():
+                item.future.set_result(False)
+        for mark, _ in self._sent_marks.values():
+            if not mark.future.done():
+                mark.future.set_result(False)
+
+    async def flush(self) -> None:
+        """Wait until everything queued (frames, marks, a pending ``clear``) has been sent."""
+        await self._idle.wait()
+
+    # --- the writer task ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send until cancelled. The only coroutine that writes to the Twilio socket."""
+        queue = self._queue
+        pacer = self._pacer
+        stream = self._stream
+        send = self._send
+        clock = self._clock
+        stats = self.stats
+        while True:
+            if self._clear_requested:
+                self._clear_requested = False
+                self._in_utterance = False
+                pacer.reset()
+                stats.clears_sent += 1
+                await send(stream.clear())
+                continue
+            if not queue:
+                self._wake.clear()
+                self._idle.set()
+                await self._wake.wait()
+                self._idle.clear()
+                continue
+            item = queue[0]
+            if isinstance(item, _Mark):
+                queue.popleft()
+                self._in_utterance = False
+                self._sent_marks[item.name] = (item, clock())
+                stats.marks_sent += 1
+                await send(stream.mark(item.name))
+                continue
+            now = clock()
+            wait = pacer.delay(now)
+            if wait > 0:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            queue.popleft()
+            self._queued_frames -= 1
+            if pacer.sent(now) and self._in_utterance:
+                stats.underruns += 1
+            self._in_utterance = True
+            if stats.first_frame_at is None:
+                stats.first_frame_at = now
+            stats.frames_sent += 1
+            await send(stream.media(item))

@@ -1,0 +1,101 @@
+"""The bridge's one error hierarchy.
+
+::
+
+    BridgeError                      (carries call_sid / stream_sid when known)
+    ├── ConfigError                  invalid or missing configuration, refused at startup
+    ├── SignatureError               X-Twilio-Signature or stream token rejected
+    ├── TwilioProtocolError          the Twilio side broke the Media Streams protocol
+    ├── AudioFormatError             a reply's audio cannot be decoded (unsupported WAV fmt)
+    ├── InvalidState                 a protocol core was driven in the wrong state (a bug)
+    ├── PreloadError                 a custom voice could not be preloaded (names the voice)
+    └── HamsaError                   anything on the Hamsa side
+        ├── HamsaConnectError        could not open the realtime socket
+        ├── HamsaAuthError           non-retryable: bad key (4001/401/403) or no balance (4003)
+        ├── HamsaReplyError          an ``error`` frame, or the socket closed mid-reply
+        ├── HamsaTimeout             first byte or end did not come in time
+        └── TruncatedReply           a reply far too short for its text (the 640-byte failure)
+
+Protocol cores never raise into the I/O loop for bad *peer* input: they return events describing
+the problem. They raise ``InvalidState`` only when our own code misuses them.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose."""
+
+    def __init__(
+        self, message: str, *, call_sid: str | None = None, stream_sid: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.call_sid = call_sid
+        self.stream_sid = stream_sid
+
+    def __str__(self) -> str:
+        ids = [f"{k}={v}" for k, v in (("call_sid", self.call_sid), ("stream_sid", self.stream_sid)) if v]
+        return f"{self.message} ({', '.join(ids)})" if ids else self.message
+
+
+class ConfigError(BridgeError):
+    pass
+
+
+class SignatureError(BridgeError):
+    pass
+
+
+class TwilioProtocolError(BridgeError):
+    pass
+
+
+class AudioFormatError(BridgeError):
+    pass
+
+
+class InvalidState(BridgeError):
+    pass
+
+
+class PreloadError(BridgeError):
+    def __init__(self, message: str, *, voice_id: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.voice_id = voice_id
+        self.status = status
+
+
+class HamsaError(BridgeError):
+    """Anything that went wrong on the Hamsa side. ``retryable`` says whether to try again."""
+
+    retryable = True
+
+
+class HamsaConnectError(HamsaError):
+    pass
+
+
+class HamsaAuthError(HamsaError):
+    retryable = False
+
+    def __init__(self, message: str, *, code: int | None = None, **ids: str | None) -> None:
+        super().__init__(message, **ids)
+        self.code = code
+
+
+class HamsaReplyError(HamsaError):
+    def __init__(self, message: str, *, audio_received: bool = False, **ids: str | None) -> None:
+        super().__init__(message, **ids)
+        self.audio_received = audio_received
+
+
+class HamsaTimeout(HamsaError):
+    pass
+
+
+class TruncatedReply(HamsaError):
+    def __init__(self, message: str, *, audio_ms: float, threshold_ms: float, **ids: str | None):
+        super().__init__(message, **ids)
+        self.audio_ms = audio_ms
+        self.threshold_ms = threshold_ms

@@ -1,0 +1,136 @@
+"""The one typed configuration object.
+
+Built once at the entry point (``Settings.from_env()`` or ``Settings(...)`` in tests) and passed
+down. Nothing below the entry point reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bridge.voice import Voice
+
+
+class Settings(BaseSettings):
+    """Every setting of the bridge, its emulators and its CLI (see the README table)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only explicit values: the entry point hands the environment in through from_env().
+        return (init_settings,)
+
+    # --- Hamsa -------------------------------------------------------------------------------
+    hamsa_api_key: SecretStr = SecretStr("")
+    hamsa_ws_url: str = "wss://api.tryhamsa.com/v1/realtime/ws"
+    hamsa_api_url: str = "https://api.tryhamsa.com"
+    hamsa_speaker: str = "Majd"
+    hamsa_dialect: str = "ksa"
+    hamsa_language: str = "ar"
+    hamsa_preload_voices: tuple[str, ...] = ()
+    hamsa_connect_timeout: float = Field(default=10.0, gt=0)
+    hamsa_connect_attempts: int = Field(default=3, ge=1)
+    hamsa_first_byte_timeout: float = Field(default=10.0, gt=0)
+    hamsa_reply_timeout: float = Field(default=60.0, gt=0)
+    hamsa_truncation_ms_per_char: float = Field(default=12.0, ge=0)
+    hamsa_truncation_min_ms: float = Field(default=100.0, ge=0)
+    hamsa_truncation_hold_ms: float = Field(default=200.0, ge=0)
+    hamsa_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
+    hamsa_pcm_sample_rate: int = Field(default=16000, gt=0)
+
+    # --- Twilio ------------------------------------------------------------------------------
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_api_url: str = "https://api.twilio.com"
+
+    # --- Bridge ------------------------------------------------------------------------------
+    bridge_public_url: str = ""
+    bridge_greeting: str = "مرحبا بك في خدمة همسة. شكرا لاتصالك."
+    bridge_stream_path: str = "/twilio/stream"
+    bridge_stream_token_ttl: float = Field(default=300.0, gt=0)
+    bridge_playback_lead_ms: float = Field(default=200.0, ge=20, le=1000)
+    bridge_lookahead_seconds: float = Field(default=8.0, gt=0)
+    bridge_max_text_chars: int = Field(default=2000, ge=50, le=2000)
+    bridge_min_sentence_chars: int = Field(default=30, ge=0)
+    bridge_log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    bridge_log_level: str = "info"
+
+    @field_validator("hamsa_preload_voices", mode="before")
+    @classmethod
+    def _split_voices(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("hamsa_retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(float(v) for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("bridge_public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an absolute http(s) URL such as https://bridge.example.com")
+            if parts.query or parts.fragment:
+                raise ValueError("must not carry a query string or fragment")
+        return value
+
+    @field_validator("bridge_stream_path")
+    @classmethod
+    def _check_stream_path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value:
+            raise ValueError("must be an absolute path without a query string")
+        return value
+
+    @model_validator(mode="after")
+    def _check_greeting(self) -> Settings:
+        if not self.bridge_greeting.strip():
+            raise ValueError("BRIDGE_GREETING must not be empty")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from an explicit environment mapping (the entry point passes os.environ)."""
+        names = {name.upper() for name in cls.model_fields}
+        values = {k.lower(): v for k, v in environ.items() if k.upper() in names}
+        return cls.model_validate(values)
+
+    @property
+    def voice(self) -> Voice:
+        """The default voice for prompts."""
+        return Voice(self.hamsa_speaker, self.hamsa_dialect, self.hamsa_language)
+
+    @property
+    def stream_url(self) -> str:
+        """The exact ``wss://`` (or ``ws://`` for a plain-http dev URL) URL Twilio streams to."""
+        base = self.bridge_public_url
+        if base.startswith("https://"):
+            base = "wss://" + base.removeprefix("https://")
+        elif base.startswith("http://"):
+            base = "ws://" + base.removeprefix("http://")
+        return base + self.bridge_stream_path
+
+    def webhook_url(self, path: str) -> str:
+        """The public URL Twilio signs for a webhook path."""
+        return self.bridge_public_url + path

@@ -1,0 +1,38 @@
+"""``X-Twilio-Signature`` checks, through twilio's ``RequestValidator``.
+
+URLs are always built from the configured public base URL, never from the Host header: a proxy
+that rewrites Host or scheme would otherwise break (or fake) validation
+(twilio-media-streams.md §7.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twilio.request_validator import RequestValidator
+
+
+class TwilioSignatures:
+    """Validates webhook and stream-handshake signatures for one auth token."""
+
+    def __init__(self, auth_token: str) -> None:
+        self._validator = RequestValidator(auth_token)
+
+    def webhook_ok(
+        self, url: str, params: Mapping[str, str | list[str]], signature: str | None
+    ) -> bool:
+        """A form POST webhook: ``url`` is the full public URL Twilio requested."""
+        if not signature:
+            return False
+        return bool(self._validator.validate(url, dict(params), signature))
+
+    def handshake_ok(self, stream_url: str, signature: str) -> bool:
+        """A stream handshake: the exact ``wss://`` URL, with and without a trailing slash (§7.2)."""
+        return any(
+            self._validator.validate(url, {}, signature)
+            for url in (stream_url, stream_url.rstrip("/") + "/")
+        )
+
+    def sign(self, url: str, params: Mapping[str, str]) -> str:
+        """The signature Twilio would send (used by our Twilio simulator and emulator)."""
+        return str(self._validator.compute_signature(url, dict(params)))
