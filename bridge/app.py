@@ -21,7 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
-from bridge.calls.call import Call, CallDeps
+from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
 from bridge.calls.hamsa_session import Connector
 from bridge.calls.registry import CallRegistry
 from bridge.errors import ConfigError
@@ -62,35 +62,45 @@ def check_serving_settings(settings: Settings) -> None:
         if not value
     ]
     if missing:
-        raise ConfigError(f"missing required settings: {', '.join(missing)} (see README, Configuration)")
+        raise ConfigError(
+            f"missing required settings: {', '.join(missing)} (see README, Configuration)"
+        )
 
 
 def create_app(
     settings: Settings,
     *,
     hamsa_connector: Connector = connect,
+    script: CallScript = greeting_script,
     wall_clock: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
+    """The bridge app. ``script`` is what each call does once authenticated (default: greeting)."""
     check_serving_settings(settings)
+    registry = CallRegistry()
     state = BridgeState(
         settings=settings,
         signatures=TwilioSignatures(settings.twilio_auth_token.get_secret_value()),
-        registry=CallRegistry(),
-        deps=CallDeps(settings, CallRegistry(), hamsa_connector, wall_clock=wall_clock, clock=clock),
+        registry=registry,
+        deps=CallDeps(
+            settings, registry, hamsa_connector, script, wall_clock=wall_clock, clock=clock
+        ),
         wall_clock=wall_clock,
     )
-    state.deps.registry = state.registry
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await preload_voices(settings)
         state.ready = True
-        log.info("bridge_ready", stream_url=settings.stream_url, preloaded=len(settings.hamsa_preload_voices))
+        log.info(
+            "bridge_ready",
+            stream_url=settings.stream_url,
+            preloaded=len(settings.hamsa_preload_voices),
+        )
         yield {"bridge": state}
         state.ready = False
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(INBOUND_PATH, inbound_webhook, methods=["POST"]),
             WebSocketRoute(settings.bridge_stream_path, media_stream),
@@ -99,6 +109,8 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    app.state.bridge_state = state
+    return app
 
 
 def _state(conn: Request | WebSocket[Any]) -> BridgeState:
@@ -114,7 +126,7 @@ async def inbound_webhook(request: Request) -> Response:
     params: dict[str, str | list[str]] = {}
     for key, value in form.multi_items():
         text = value if isinstance(value, str) else ""
-        previous = params.get(key)
+        previous: str | list[str] | None = params.get(key)
         if previous is None:
             params[key] = text
         elif isinstance(previous, list):
@@ -138,9 +150,9 @@ async def inbound_webhook(request: Request) -> Response:
     )
     parameters = {"token": token, "direction": "inbound"}
     for name, field_name in (("from", "From"), ("to", "To")):
-        value = params.get(field_name)
-        if isinstance(value, str) and value:
-            parameters[name] = value
+        number = params.get(field_name)
+        if isinstance(number, str) and number:
+            parameters[name] = number
     twiml = connect_stream(settings.stream_url, parameters)
     log.info("webhook_answered", call_sid=call_sid)
     return Response(twiml, media_type="application/xml")
@@ -150,10 +162,14 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
     """The Twilio Media Streams WebSocket of one call."""
     state = _state(websocket)
     signature = websocket.headers.get("x-twilio-signature")
-    if signature is not None and not state.signatures.handshake_ok(state.settings.stream_url, signature):
+    if signature is not None and not state.signatures.handshake_ok(
+        state.settings.stream_url, signature
+    ):
         state.rejected_handshakes += 1
         log.warning("stream_handshake_signature_invalid")
-        await websocket.send_denial_response(PlainTextResponse("invalid Twilio signature", status_code=403))
+        await websocket.send_denial_response(
+            PlainTextResponse("invalid Twilio signature", status_code=403)
+        )
         return
     await websocket.accept()
     state.calls_handled += 1

@@ -35,7 +35,11 @@ class BridgeError(Exception):
         self.stream_sid = stream_sid
 
     def __str__(self) -> str:
-        ids = [f"{k}={v}" for k, v in (("call_sid", self.call_sid), ("stream_sid", self.stream_sid)) if v]
+        ids = [
+            f"{k}={v}"
+            for k, v in (("call_sid", self.call_sid), ("stream_sid", self.stream_sid))
+            if v
+        ]
         return f"{self.message} ({', '.join(ids)})" if ids else self.message
 
 

@@ -21,13 +21,14 @@ _REASONS = {
     400: "Hamsa says the voice id is malformed (400); check HAMSA_PRELOAD_VOICES",
     401: "Hamsa rejected the API key (401); check HAMSA_API_KEY",
     403: "Hamsa rejected the API key (403); check HAMSA_API_KEY",
-    404: "Hamsa does not know this voice (404); check the id and that it belongs to this key's project",
+    404: "Hamsa does not know this voice (404); check the id and that it belongs to "
+    "this key's project",
     500: "Hamsa failed to preload it (500); try again later",
 }
 
 
 async def preload_voices(settings: Settings, *, client: httpx2.AsyncClient | None = None) -> None:
-    """Preload every id in ``settings.hamsa_preload_voices``, in order; raise on the first failure."""
+    """Preload each id in ``settings.hamsa_preload_voices`` in order; raise on the first failure."""
     if not settings.hamsa_preload_voices:
         return
     owns = client is None

@@ -16,7 +16,9 @@ _CLAUSE_BREAK = re.compile(r"(?<=[،,;؛:])\s+")
 _SPACE = re.compile(r"\s+")
 
 
-def split_text(text: str, *, max_chars: int = 2000, min_chars: int = 30, language: str = "ar") -> list[str]:
+def split_text(
+    text: str, *, max_chars: int = 2000, min_chars: int = 30, language: str = "ar"
+) -> list[str]:
     """Cut ``text`` into pieces of at most ``max_chars`` characters, at sentence boundaries.
 
     A piece shorter than ``min_chars`` absorbs the next one while the merge fits; a short last

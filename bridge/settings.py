@@ -91,7 +91,9 @@ class Settings(BaseSettings):
         if value:
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError("must be an absolute http(s) URL such as https://bridge.example.com")
+                raise ValueError(
+                    "must be an absolute http(s) URL such as https://bridge.example.com"
+                )
             if parts.query or parts.fragment:
                 raise ValueError("must not carry a query string or fragment")
         return value
@@ -111,7 +113,7 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from an explicit environment mapping (the entry point passes os.environ)."""
+        """Settings from an explicit environment mapping (the entry point passes os.environ)."""
         names = {name.upper() for name in cls.model_fields}
         values = {k.lower(): v for k, v in environ.items() if k.upper() in names}
         return cls.model_validate(values)

@@ -27,7 +27,7 @@ class TwilioSignatures:
         return bool(self._validator.validate(url, dict(params), signature))
 
     def handshake_ok(self, stream_url: str, signature: str) -> bool:
-        """A stream handshake: the exact ``wss://`` URL, with and without a trailing slash (§7.2)."""
+        """A stream handshake: the exact ``wss://`` URL, with or without a trailing slash (§7.2)."""
         return any(
             self._validator.validate(url, {}, signature)
             for url in (stream_url, stream_url.rstrip("/") + "/")

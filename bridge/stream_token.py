@@ -33,7 +33,7 @@ def issue_token(key: bytes, call_sid: str, *, now: float, ttl: float) -> str:
 
 
 def verify_token(key: bytes, token: str | None, call_sid: str, *, now: float) -> None:
-    """Raise ``SignatureError`` unless ``token`` was issued with ``key`` for ``call_sid`` and is live."""
+    """Raise ``SignatureError`` unless ``token`` is live and was issued for ``call_sid``."""
     if not token:
         raise SignatureError("stream token missing", call_sid=call_sid)
     parts = token.split(".")
@@ -41,6 +41,8 @@ def verify_token(key: bytes, token: str | None, call_sid: str, *, now: float) ->
         raise SignatureError("stream token malformed", call_sid=call_sid)
     expiry = int(parts[1])
     if not hmac.compare_digest(parts[2], _mac(key, call_sid, expiry)):
-        raise SignatureError("stream token signature invalid or bound to another call", call_sid=call_sid)
+        raise SignatureError(
+            "stream token signature invalid or bound to another call", call_sid=call_sid
+        )
     if now > expiry:
         raise SignatureError("stream token expired", call_sid=call_sid)

@@ -29,13 +29,18 @@ FORM = {
 @pytest.fixture
 def settings() -> Settings:
     return Settings(
-        twilio_auth_token=TOKEN, bridge_public_url=PUBLIC, hamsa_api_key="k", hamsa_ws_url="ws://127.0.0.1:9/x"
+        twilio_auth_token=TOKEN,
+        bridge_public_url=PUBLIC,
+        hamsa_api_key="k",
+        hamsa_ws_url="ws://127.0.0.1:9/x",
     )
 
 
 @pytest.fixture
 def client(settings: Settings) -> TestClient:
-    with TestClient(create_app(settings, wall_clock=lambda: 1_000_000.0), base_url="http://internal:8080") as c:
+    with TestClient(
+        create_app(settings, wall_clock=lambda: 1_000_000.0), base_url="http://internal:8080"
+    ) as c:
         yield c
 
 
@@ -44,7 +49,9 @@ def signed(url: str, form: dict[str, str]) -> dict[str, str]:
 
 
 def test_signed_webhook_returns_connect_stream_with_token(client: TestClient) -> None:
-    response = client.post("/twiml/inbound", data=FORM, headers=signed(PUBLIC + "/twiml/inbound", FORM))
+    response = client.post(
+        "/twiml/inbound", data=FORM, headers=signed(PUBLIC + "/twiml/inbound", FORM)
+    )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/xml")
     root = ET.fromstring(response.text)
@@ -71,7 +78,9 @@ def test_signature_is_checked_against_public_url_not_host_header(client: TestCli
     "headers",
     [{}, {"X-Twilio-Signature": ""}, {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}],
 )
-def test_unsigned_or_wrongly_signed_webhook_is_403(client: TestClient, headers: dict[str, str]) -> None:
+def test_unsigned_or_wrongly_signed_webhook_is_403(
+    client: TestClient, headers: dict[str, str]
+) -> None:
     assert client.post("/twiml/inbound", data=FORM, headers=headers).status_code == 403
 
 
@@ -83,14 +92,19 @@ def test_tampered_form_is_403(client: TestClient) -> None:
 
 def test_query_string_is_part_of_the_signed_url(client: TestClient) -> None:
     url = PUBLIC + "/twiml/inbound?flow=main"
-    assert client.post("/twiml/inbound?flow=main", data=FORM, headers=signed(url, FORM)).status_code == 200
+    assert (
+        client.post("/twiml/inbound?flow=main", data=FORM, headers=signed(url, FORM)).status_code
+        == 200
+    )
     headers = signed(PUBLIC + "/twiml/inbound", FORM)
     assert client.post("/twiml/inbound?flow=main", data=FORM, headers=headers).status_code == 403
 
 
 def test_malformed_call_sid_is_400(client: TestClient) -> None:
     form = {**FORM, "CallSid": "nope"}
-    response = client.post("/twiml/inbound", data=form, headers=signed(PUBLIC + "/twiml/inbound", form))
+    response = client.post(
+        "/twiml/inbound", data=form, headers=signed(PUBLIC + "/twiml/inbound", form)
+    )
     assert response.status_code == 400
 
 
@@ -114,7 +128,12 @@ def test_stream_handshake_with_bad_signature_is_refused(client: TestClient) -> N
 
 @pytest.mark.parametrize("missing", ["twilio_auth_token", "bridge_public_url", "hamsa_api_key"])
 def test_serving_without_required_settings_is_refused(missing: str) -> None:
-    values = {"twilio_auth_token": TOKEN, "bridge_public_url": PUBLIC, "hamsa_api_key": "k", missing: ""}
+    values = {
+        "twilio_auth_token": TOKEN,
+        "bridge_public_url": PUBLIC,
+        "hamsa_api_key": "k",
+        missing: "",
+    }
     with pytest.raises(ConfigError, match=missing.upper()):
         create_app(Settings(**values))
 

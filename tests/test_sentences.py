@@ -47,7 +47,10 @@ def test_empty_text_gives_no_requests() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ابتثج كلمن.؟،!,a ")), max_size=5000), st.integers(50, 2000))
+@given(
+    st.text(alphabet=st.sampled_from(list("ابتثج كلمن.؟،!,a ")), max_size=5000),
+    st.integers(50, 2000),
+)
 def test_any_text_pieces_fit_and_keep_every_word(text: str, max_chars: int) -> None:
     parts = split_text(text, max_chars=max_chars)
     assert all(0 < len(p) <= max_chars for p in parts)

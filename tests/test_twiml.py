@@ -11,7 +11,9 @@ from twiml.inbound import connect_stream
 
 
 def test_connect_stream_has_parameters_and_nothing_after_connect() -> None:
-    xml = connect_stream("wss://bridge.example.com/twilio/stream", {"token": "v1.1.x", "from": "+966"})
+    xml = connect_stream(
+        "wss://bridge.example.com/twilio/stream", {"token": "v1.1.x", "from": "+966"}
+    )
     root = ET.fromstring(xml)
     assert [child.tag for child in root] == ["Connect"]
     stream = root.find("./Connect/Stream")

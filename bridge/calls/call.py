@@ -7,15 +7,17 @@ Life of a call (``CallPhase``)::
           \\--no start, bad token, duplicate CallSid--> REJECTED  (no Hamsa socket is ever opened)
 
 While ACTIVE, an ``asyncio.TaskGroup`` supervises one reader of the Twilio socket, the playback
-writer (the only writer of that socket), the Hamsa socket's reader, and the call's script (for
-now: speak the greeting; a key pressed during it skips it). When the script ends the bridge
-closes the stream; with nothing after ``</Connect>`` in the TwiML, Twilio then hangs up.
+writer (the only writer of that socket), the Hamsa socket's reader, and the call's script
+(``greeting_script`` by default: speak the greeting; a key pressed during it skips it). When the
+script ends the bridge closes the stream; with nothing after ``</Connect>`` in the TwiML, Twilio
+then hangs up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +42,7 @@ from bridge.protocols.twilio_media import (
 )
 from bridge.settings import Settings
 from bridge.stream_token import verify_token
+from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.call")
 
@@ -75,6 +78,47 @@ class CallSummary:
     violations: dict[str, int] = field(default_factory=dict)
 
 
+class CallContext:
+    """What a call's script sees: who called, how to speak, the keys pressed."""
+
+    def __init__(self, settings: Settings, started: Started, speaker: Speaker) -> None:
+        self.settings = settings
+        self.call_sid = started.call_sid
+        self.stream_sid = started.stream_sid
+        self.parameters = started.custom_parameters
+        self.digits: asyncio.Queue[str] = asyncio.Queue()
+        self.barge_in = True
+        """A key pressed while speaking interrupts the speech (and is still queued as input)."""
+        self.speaking = False
+        self.outcome = "completed"
+        self.reason = ""
+        self._speaker = speaker
+
+    async def say(self, text: str, voice: Voice | None = None) -> SpeechOutcome:
+        """Speak and wait until it was played, or interrupted by a key (barge-in)."""
+        self.speaking = True
+        try:
+            return await self._speaker.say(text, voice)
+        finally:
+            self.speaking = False
+
+    def key_pressed(self, digit: str) -> None:
+        self.digits.put_nowait(digit)
+        if self.speaking and self.barge_in:
+            self._speaker.interrupt()
+
+
+CallScript = Callable[[CallContext], Awaitable[None]]
+"""What a call does once its stream is authenticated; the call ends when it returns."""
+
+
+async def greeting_script(ctx: CallContext) -> None:
+    """Inbound calls without an IVR flow: speak ``BRIDGE_GREETING`` (a key skips it), hang up."""
+    outcome = await ctx.say(ctx.settings.bridge_greeting)
+    ctx.outcome = "skipped" if outcome is SpeechOutcome.INTERRUPTED else "completed"
+    ctx.reason = f"greeting {outcome.value}"
+
+
 @dataclass(slots=True)
 class CallDeps:
     """What a call needs from the app (built once, in the lifespan)."""
@@ -82,6 +126,7 @@ class CallDeps:
     settings: Settings
     registry: CallRegistry
     hamsa_connector: Connector
+    script: CallScript = greeting_script
     wall_clock: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
     start_timeout: float = 10.0
@@ -97,10 +142,8 @@ class Call:
         self.phase = CallPhase.AWAITING_START
         self.summary = CallSummary(started_at=deps.clock())
         self._hangup = asyncio.Event()
-        self._speaker: Speaker | None = None
+        self._context: CallContext | None = None
         self._playback: Playback | None = None
-        self._speaking = False
-        self.digits: asyncio.Queue[str] = asyncio.Queue()
 
     async def run(self) -> CallSummary:
         try:
@@ -149,8 +192,9 @@ class Call:
         self.summary.stream_sid = started.stream_sid
         key = deps.settings.twilio_auth_token.get_secret_value().encode()
         try:
-            verify_token(key, started.custom_parameters.get("token"), started.call_sid,
-                         now=deps.wall_clock())
+            verify_token(
+                key, started.custom_parameters.get("token"), started.call_sid, now=deps.wall_clock()
+            )
         except SignatureError as exc:
             self._reject(f"stream token rejected: {exc.message}")
             return False
@@ -175,14 +219,19 @@ class Call:
         try:
             async with asyncio.TaskGroup() as tasks:
                 hamsa = HamsaSession(settings, tasks, connector=deps.hamsa_connector)
-                playback = Playback(self._stream, self._send, lead=settings.bridge_playback_lead_ms / 1000,
-                                    clock=deps.clock)
+                playback = Playback(
+                    self._stream,
+                    self._send,
+                    lead=settings.bridge_playback_lead_ms / 1000,
+                    clock=deps.clock,
+                )
                 speaker = Speaker(settings, hamsa, playback, clock=deps.clock)
-                self._playback, self._speaker = playback, speaker
+                self._playback = playback
+                self._context = context = CallContext(settings, started, speaker)
                 opener = tasks.create_task(hamsa.open())
                 writer = tasks.create_task(self._guard(playback.run()))
                 reader = tasks.create_task(self._read())
-                script = tasks.create_task(self._script(speaker))
+                script = tasks.create_task(self._script(context))
                 hangup = tasks.create_task(self._hangup.wait())
                 await asyncio.wait({script, hangup}, return_when=asyncio.FIRST_COMPLETED)
                 if script.done() and not self._hangup.is_set():
@@ -199,20 +248,15 @@ class Call:
         finally:
             await self._close(CLOSE_NORMAL)
 
-    async def _script(self, speaker: Speaker) -> None:
-        """What an inbound call hears while no IVR flow is configured: the greeting, then goodbye."""
+    async def _script(self, context: CallContext) -> None:
         try:
-            self._speaking = True
-            outcome = await speaker.say(self._deps.settings.bridge_greeting)
-            self._speaking = False
-            self.summary.outcome = "completed" if outcome is not SpeechOutcome.INTERRUPTED else "skipped"
-            self.summary.reason = f"greeting {outcome.value}"
+            await self._deps.script(context)
+            self.summary.outcome = context.outcome
+            self.summary.reason = context.reason
         except HamsaError as exc:
             self.summary.outcome = "failed"
             self.summary.reason = str(exc)
             log.error("call_failed", reason=str(exc), retryable=exc.retryable)
-        finally:
-            self._speaking = False
 
     async def _read(self) -> None:
         """The Twilio socket's one reader."""
@@ -225,7 +269,9 @@ class Call:
                 if message["type"] == "websocket.disconnect":
                     if not self.summary.reason:
                         self.summary.reason = "Twilio closed the stream"
-                    self.summary.outcome = self.summary.outcome if self.summary.outcome != "unknown" else "hung_up"
+                    self.summary.outcome = (
+                        self.summary.outcome if self.summary.outcome != "unknown" else "hung_up"
+                    )
                     return
                 for event in stream.receive(_payload(message)):
                     match event:
@@ -247,9 +293,8 @@ class Call:
 
     def _on_dtmf(self, digit: str) -> None:
         log.info("dtmf", digit=digit)
-        self.digits.put_nowait(digit)
-        if self._speaking and self._speaker is not None:
-            self._speaker.interrupt()
+        if self._context is not None:
+            self._context.key_pressed(digit)
 
     async def _send(self, text: str) -> None:
         try:
@@ -289,4 +334,9 @@ def _payload(message: Any) -> str | bytes:
 
 
 def _public(summary: CallSummary) -> dict[str, Any]:
-    return {k: getattr(summary, k) for k in summary.__slots__ if k not in ("call_sid", "stream_sid")}  # type: ignore[attr-defined]
+    """The summary's fields, minus the ids already bound to every log line of the call."""
+    return {
+        f.name: getattr(summary, f.name)
+        for f in dataclasses.fields(summary)
+        if f.name not in ("call_sid", "stream_sid")
+    }

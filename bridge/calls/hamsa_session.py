@@ -1,4 +1,4 @@
-"""One Hamsa realtime socket per call, reused for every utterance (the I/O around ``HamsaProtocol``).
+"""One Hamsa realtime socket per call, reused for every utterance (I/O around ``HamsaProtocol``).
 
 - Opened as soon as the call's stream starts, so its ~1.2 s setup overlaps call setup.
 - Before each request: if the socket's ``state is not State.OPEN`` (or the last reply ended in an
@@ -6,7 +6,8 @@
 - One request in flight: Hamsa has no request id (hamsa-api.md §3.3). A reply abandoned on
   barge-in is drained by the reader task in the background (read and discard until its ``end``);
   the next request waits for that drain, bounded, and swaps the socket if it takes too long.
-- Keepalive ``ping_interval=20, ping_timeout=10``; the key travels in ``X-Api-Key``, never in the URL.
+- Keepalive ``ping_interval=20, ping_timeout=10``; the key travels in ``X-Api-Key``, never in
+  the URL.
 - Connect failures: bounded retries with backoff and jitter on the call's time scale; HTTP
   401/403 or close codes 4001/4003 are not retried (``HamsaAuthError``).
 """
@@ -109,6 +110,8 @@ class _Connection:
         self.idle = asyncio.Event()
         self.idle.set()
         self.dirty = False
+        self.fatal: HamsaAuthError | None = None
+        """Set when Hamsa closed with a non-retryable code (bad key, no balance)."""
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -129,10 +132,14 @@ class _Connection:
             pass
         finally:
             self.dirty = True
-            for event in self.protocol.receive_close(self.ws.close_code, self.ws.close_reason or ""):
+            for event in self.protocol.receive_close(
+                self.ws.close_code, self.ws.close_reason or ""
+            ):
                 self._dispatch(event)
             if self.reply is not None and not self.reply.finished:
-                self._finish(HamsaReplyError("Hamsa socket closed", audio_received=self.reply.audio_received))
+                self._finish(
+                    HamsaReplyError("Hamsa socket closed", audio_received=self.reply.audio_received)
+                )
 
     def _finish(self, item: HamsaError | None) -> None:
         if self.reply is not None:
@@ -151,11 +158,11 @@ class _Connection:
                 self.dirty = True
                 audio = self.reply is not None and self.reply.audio_received
                 self._finish(HamsaReplyError(f"Hamsa error: {message}", audio_received=audio))
-            case Closed(code=code, reason=reason):
+            case Closed(code=code, reason=reason, in_flight=in_flight, audio_received=audio):
                 self.dirty = True
-                error = classify_close(code)
-                if isinstance(error, HamsaReplyError) and self.reply is not None:
-                    error.audio_received = self.reply.audio_received
+                error = classify_close(code, reason, in_flight=in_flight, audio_received=audio)
+                if isinstance(error, HamsaAuthError):
+                    self.fatal = error
                 log.info("hamsa_closed", connection=self.number, code=code, reason=reason)
                 self._finish(error)
             case Info() | Ack():
@@ -163,7 +170,9 @@ class _Connection:
             case Unexpected(kind=kind, detail=detail):
                 log.warning("hamsa_unexpected", connection=self.number, kind=kind, detail=detail)
 
-    def start(self, text: str, voice: Voice, first_byte_timeout: float, chunk_timeout: float) -> str:
+    def start(
+        self, text: str, voice: Voice, first_byte_timeout: float, chunk_timeout: float
+    ) -> str:
         self.reply = Reply(first_byte_timeout, chunk_timeout)
         self.idle.clear()
         return self.protocol.request(text, voice, mulaw=True)
@@ -227,11 +236,9 @@ class HamsaSession:
             )
             reply = conn.reply
             assert reply is not None
-            try:
+            # Closed between the state check and the send? The reader reports the close.
+            with contextlib.suppress(ConnectionClosed):
                 await conn.ws.send(message)
-            except ConnectionClosed:
-                # Closed between the state check and the send: the reader reports the close.
-                pass
             self.requests_sent += 1
             try:
                 yield reply
@@ -250,6 +257,9 @@ class HamsaSession:
         if conn is not None:
             self._conn = None
             await self._close(conn)
+            if conn.fatal is not None:
+                self._fatal = conn.fatal
+                raise conn.fatal
         try:
             self._conn = await self._connect()
         except HamsaAuthError as exc:
@@ -280,7 +290,8 @@ class HamsaSession:
                 status = exc.response.status_code
                 if status in (401, 403):
                     raise HamsaAuthError(
-                        f"Hamsa refused the API key (HTTP {status}); check HAMSA_API_KEY", code=status
+                        f"Hamsa refused the API key (HTTP {status}); check HAMSA_API_KEY",
+                        code=status,
                     ) from None
                 last = HamsaConnectError(f"Hamsa answered the upgrade with HTTP {status}")
             except (OSError, TimeoutError, InvalidHandshake) as exc:

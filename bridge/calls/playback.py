@@ -117,7 +117,7 @@ class Playback:
             self._wake.set()
 
     def push_mark(self, name: str) -> asyncio.Future[bool]:
-        """Queue a mark behind the frames queued so far; its future says played (True) or cleared."""
+        """Queue a mark behind the queued frames; its future says played (True) or cleared."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(_Mark(name, future))
         self._idle.clear()
@@ -125,7 +125,7 @@ class Playback:
         return future
 
     def interrupt(self) -> None:
-        """Barge-in: drop queued audio, resolve every outstanding mark as cleared, send ``clear``."""
+        """Barge-in: drop queued audio, resolve outstanding marks as cleared, send ``clear``."""
         dropped = self._queued_frames
         for item in self._queue:
             if isinstance(item, _Mark) and not item.future.done():
@@ -154,6 +154,12 @@ class Playback:
     def buffered(self) -> float:
         """Seconds of audio queued here plus sent but not yet played."""
         return self._queued_frames * FRAME_SECONDS + self._pacer.ahead(self._clock())
+
+    async def wait_for_room(self, limit: float) -> None:
+        """Return once less than ``limit`` seconds of audio wait to be played."""
+        # The backlog drains with real time, not with an event: sleep exactly that long.
+        while (excess := self.buffered() - limit) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(excess + 0.01)
 
     def cancel_pending(self) -> None:
         """The call is over: resolve every outstanding mark future as not played."""

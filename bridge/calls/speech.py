@@ -113,11 +113,16 @@ class Speaker:
             min_chars=settings.bridge_min_sentence_chars,
             language=voice.language,
         )
-        for segment in segments:
-            while (backlog := self._playback.buffered()) > settings.bridge_lookahead_seconds:
-                await asyncio.sleep(backlog - settings.bridge_lookahead_seconds + 0.05)
+        failed_in_a_row = 0
+        for index, segment in enumerate(segments):
+            await self._playback.wait_for_room(settings.bridge_lookahead_seconds)
             ok = await self._segment(segment, voice, framer, started)
             complete = complete and ok
+            failed_in_a_row = 0 if ok else failed_in_a_row + 1
+            if failed_in_a_row >= 2:
+                # Hamsa is failing systematically: don't keep the caller in silence for the rest.
+                log.error("utterance_abandoned", skipped_segments=len(segments) - index - 1)
+                break
         tail = framer.flush()
         if tail is not None:
             self._playback.push_frames((tail,))
@@ -137,8 +142,13 @@ class Speaker:
                 return True
             except TruncatedReply as exc:
                 self.stats.truncated += 1
-                log.warning("hamsa_reply_truncated", audio_ms=exc.audio_ms, threshold_ms=exc.threshold_ms,
-                            attempt=attempt + 1, chars=len(text))
+                log.warning(
+                    "hamsa_reply_truncated",
+                    audio_ms=exc.audio_ms,
+                    threshold_ms=exc.threshold_ms,
+                    attempt=attempt + 1,
+                    chars=len(text),
+                )
             except HamsaError as exc:
                 if not exc.retryable:
                     raise
@@ -152,8 +162,12 @@ class Speaker:
                     continue
             if attempt >= len(delays):
                 self.stats.skipped_segments += 1
-                log.error("hamsa_gave_up", attempts=attempt + 1, chars=len(text),
-                          reason="no complete reply after retries")
+                log.error(
+                    "hamsa_gave_up",
+                    attempts=attempt + 1,
+                    chars=len(text),
+                    reason="no complete reply after retries",
+                )
                 return False
             await self._hamsa.reset()
             await asyncio.sleep(delays[attempt])

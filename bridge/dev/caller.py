@@ -14,6 +14,7 @@ The media leg is the same code the Twilio emulator uses: one implementation of T
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import secrets
@@ -30,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.audio.codec import ulaw_to_lin16
 from bridge.protocols.twilio_leg import TwilioMediaLeg
+from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
 
 SILENCE_FRAME = b"\xff" * 160
@@ -53,8 +55,10 @@ class CallPlan:
     to_number: str = "+966110000000"
     keys: list[tuple[float, str]] = field(default_factory=list)
     """(seconds after ``start``, digit) pairs."""
+    raw: list[tuple[float, str | bytes]] = field(default_factory=list)
+    """(seconds after ``start``, message) sent as is: malformed frames, to test robustness."""
     hangup_after: float | None = None
-    """The caller hangs up (``stop``) this many seconds after ``start``; None: wait for the bridge."""
+    """The caller hangs up (``stop``) this long after ``start``; None: wait for the bridge."""
     max_duration: float = 300.0
     sign_webhook: bool = True
     sign_handshake: bool = True
@@ -93,6 +97,15 @@ class CallResult:
             out.writeframes(ulaw_to_lin16(self.heard))
         return path
 
+    def gaps(self) -> list[tuple[float, float]]:
+        """Underruns the caller heard as gaps: playout ran dry and audio came again later.
+
+        The buffer running dry after the last audio (the end of the call) is not a gap.
+        """
+        if self.leg is None:
+            return []
+        return [(u.at, u.duration) for u in self.leg.timeline.underruns if u.duration is not None]
+
     def timeline(self) -> list[str]:
         """Human-readable report of the call, times in ms from ``start``."""
         lines = [f"webhook: HTTP {self.webhook_status}"]
@@ -112,21 +125,30 @@ class CallResult:
             lines.append(f"key {digit!r} pressed:     {ms(at)}")
         for mark in tl.marks:
             state = "cleared" if mark.cleared else "played"
-            lines.append(f"mark {mark.name!r}: sent {ms(mark.received_at)}, echoed {ms(mark.echoed_at)} ({state})")
+            lines.append(
+                f"mark {mark.name!r}: sent {ms(mark.received_at)}, "
+                f"echoed {ms(mark.echoed_at)} ({state})"
+            )
         for clear in tl.clears:
             lines.append(f"clear:              {ms(clear.at)} dropped {clear.dropped_bytes} bytes")
-        for underrun in tl.underruns:
-            length = "until the end" if underrun.duration is None else f"{underrun.duration * 1000:.1f} ms"
-            lines.append(f"underrun:           {ms(underrun.at)} for {length}")
+        gaps = self.gaps()
+        for at, duration in gaps:
+            lines.append(f"underrun:           {ms(at)} for {duration * 1000:.1f} ms")
         lines.append(
             f"frames received: {tl.frames_received}  audio heard: {len(leg.played) / 8000:.2f} s  "
-            f"max lead: {tl.max_lead_ms:.0f} ms  underruns: {len(tl.underruns)}"
+            f"max lead: {tl.max_lead_ms:.0f} ms  underruns: {len(gaps)}"
         )
         if leg.warnings:
-            lines.append(f"protocol warnings: {leg.warnings[:5]}{' …' if len(leg.warnings) > 5 else ''}")
+            lines.append(
+                f"protocol warnings: {leg.warnings[:5]}{' …' if len(leg.warnings) > 5 else ''}"
+            )
         else:
             lines.append("protocol warnings: none")
-        end = "caller hung up" if self.hung_up else f"bridge closed the stream (code {self.close_code})"
+        end = (
+            "caller hung up"
+            if self.hung_up
+            else f"bridge closed the stream (code {self.close_code})"
+        )
         lines.append(f"end:                {ms(self.ended_at)} {end}")
         return lines
 
@@ -158,7 +180,9 @@ async def place_call(
         "From": plan.from_number,
         "To": plan.to_number,
     }
-    headers = {"X-Twilio-Signature": signer.sign(plan.webhook_url, form)} if plan.sign_webhook else {}
+    headers = (
+        {"X-Twilio-Signature": signer.sign(plan.webhook_url, form)} if plan.sign_webhook else {}
+    )
     owns = http is None
     client = http or httpx2.AsyncClient(timeout=15.0)
     try:
@@ -177,7 +201,9 @@ async def place_call(
     if plan.token_override is not None:
         parameters["token"] = plan.token_override
     target = plan.connect_url or result.stream_url
-    ws_headers = {"X-Twilio-Signature": signer.sign(result.stream_url, {})} if plan.sign_handshake else {}
+    ws_headers = (
+        {"X-Twilio-Signature": signer.sign(result.stream_url, {})} if plan.sign_handshake else {}
+    )
     try:
         ws = await connect(target, additional_headers=ws_headers, open_timeout=10, max_size=2**20)
     except InvalidStatus as exc:
@@ -192,9 +218,13 @@ async def place_call(
 
 
 async def _run_stream(
-    ws: ClientConnection, leg: TwilioMediaLeg, plan: CallPlan, result: CallResult, clock: Callable[[], float]
+    ws: ClientConnection,
+    leg: TwilioMediaLeg,
+    plan: CallPlan,
+    result: CallResult,
+    clock: Callable[[], float],
 ) -> None:
-    outbox: asyncio.Queue[str | None] = asyncio.Queue()
+    outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
     bridge_closed = asyncio.Event()
 
     async def writer() -> None:
@@ -223,6 +253,7 @@ async def _run_stream(
         result.started_at = t0
         outbox.put_nowait(leg.start())
         keys = sorted(plan.keys)
+        raw = sorted(plan.raw, key=lambda item: item[0])
         frame = 0
         deadline = t0 + (plan.hangup_after if plan.hangup_after is not None else plan.max_duration)
         while not bridge_closed.is_set():
@@ -233,6 +264,8 @@ async def _run_stream(
                 _, digit = keys.pop(0)
                 result.keys_sent.append((now, digit))
                 outbox.put_nowait(leg.dtmf(digit))
+            while raw and t0 + raw[0][0] <= now:
+                outbox.put_nowait(raw.pop(0)[1])
             next_media = t0 + 0.020 * (frame + 1)
             if now >= next_media:
                 frame += 1
@@ -248,6 +281,8 @@ async def _run_stream(
                 wake = min(wake, due)
             if keys:
                 wake = min(wake, t0 + keys[0][0])
+            if raw:
+                wake = min(wake, t0 + raw[0][0])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake - clock())):
                     await bridge_closed.wait()
@@ -264,3 +299,33 @@ async def _run_stream(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await bridge_closed.wait()
+
+
+async def run_call_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``hamsa-bridge call``: one simulated call against the bridge at ``--url``."""
+    token = settings.twilio_auth_token.get_secret_value()
+    if not token:
+        print(
+            "hamsa-bridge call: set TWILIO_AUTH_TOKEN to the bridge's auth token to sign requests"
+        )
+        return 2
+    plan = CallPlan(
+        webhook_url=args.url,
+        auth_token=token,
+        from_number=args.from_number,
+        to_number=args.to_number,
+        keys=list(args.press),
+        hangup_after=args.hangup_after,
+        max_duration=args.max_duration,
+        sign_handshake=not args.no_sign_handshake,
+        connect_url=args.connect_url,
+    )
+    if settings.twilio_account_sid:
+        plan.account_sid = settings.twilio_account_sid
+    result = await place_call(plan)
+    for line in result.timeline():
+        print(line)
+    if result.leg is None:
+        return 1
+    print(f"wav: {result.write_wav(args.out)}")
+    return 0

@@ -1,0 +1,70 @@
+"""Cut a μ-law byte stream into Twilio's 160-byte (20 ms) media frames (sans-I/O).
+
+One ``Framer`` per utterance. An utterance may span several Hamsa replies, so the remainder of
+one reply carries into the next and only the utterance's last frame is padded, with μ-law
+silence 0xFF (0x00 is a loud sample, not silence). On barge-in ``reset()`` drops the remainder.
+
+Cost: no per-byte Python work. Each complete frame costs one 160-byte slice (the frames must be
+separate ``bytes`` objects); the remainder lives in one ``bytearray`` and is appended to through
+a ``memoryview`` so no intermediate copy is made. A push of exactly one frame with nothing
+pending returns the pushed object itself.
+"""
+
+from __future__ import annotations
+
+from bridge.audio.codec import ULAW_SILENCE
+from bridge.audio.formats import FRAME_BYTES
+
+_PAD = bytes([ULAW_SILENCE])
+
+
+class Framer:
+    """Re-frame μ-law bytes into complete 160-byte frames, carrying the remainder."""
+
+    __slots__ = ("_rest",)
+
+    def __init__(self) -> None:
+        self._rest = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back, waiting for the rest of their frame (0–159)."""
+        return len(self._rest)
+
+    def push(self, data: bytes) -> list[bytes]:
+        """Append ``data``; return every frame it completes (in order, each 160 bytes)."""
+        rest = self._rest
+        size = len(data)
+        start = 0
+        frames: list[bytes] = []
+        if rest:
+            need = FRAME_BYTES - len(rest)
+            if size < need:
+                rest += data
+                return frames
+            rest += memoryview(data)[:need]
+            frames.append(bytes(rest))
+            rest.clear()
+            start = need
+        end = size - (size - start) % FRAME_BYTES
+        if end > start:
+            frames.extend([data[i : i + FRAME_BYTES] for i in range(start, end, FRAME_BYTES)])
+        if end < size:
+            rest += memoryview(data)[end:]
+        return frames
+
+    def flush(self) -> bytes | None:
+        """End of utterance: the remainder padded with 0xFF to a full frame, or ``None``.
+
+        The framer is then empty and ready for the next utterance.
+        """
+        rest = self._rest
+        if not rest:
+            return None
+        frame = bytes(rest).ljust(FRAME_BYTES, _PAD)
+        rest.clear()
+        return frame
+
+    def reset(self) -> None:
+        """Barge-in: drop the remainder without emitting it."""
+        self._rest.clear()

@@ -1,0 +1,139 @@
+"""The ``hamsa-bridge`` console script: the entry point, the one place that reads the environment.
+
+Commands::
+
+    hamsa-bridge serve --host H --port P     the bridge (needs TWILIO_AUTH_TOKEN,
+                                             BRIDGE_PUBLIC_URL, HAMSA_API_KEY)
+    hamsa-bridge demo                        a complete simulated call: no credentials,
+                                             no network
+    hamsa-bridge call --url URL ...          a simulated Twilio caller against any bridge
+    hamsa-bridge emulate-hamsa ...           the Hamsa emulator (realtime WebSocket + preload REST)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from bridge.errors import BridgeError
+from bridge.logs import configure_logging
+from bridge.settings import Settings
+
+
+def _key_press(value: str) -> tuple[float, str]:
+    seconds, _, digit = value.partition(":")
+    if not digit or digit not in "0123456789*#" or len(digit) != 1:
+        raise argparse.ArgumentTypeError("expected SECONDS:DIGIT, for example 1.5:1")
+    return float(seconds), digit
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hamsa-bridge", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the bridge")
+    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server; bind address is the user's choice
+    serve.add_argument("--port", type=int, default=8080)
+
+    demo = commands.add_parser("demo", help="a complete simulated call, no credentials, no network")
+    demo.add_argument(
+        "--out", type=Path, default=Path("hamsa-demo.wav"), help="WAV of what the caller heard"
+    )
+    demo.add_argument("--text", help="what the bridge says (default: BRIDGE_GREETING)")
+    demo.add_argument(
+        "--press",
+        type=_key_press,
+        action="append",
+        default=[],
+        metavar="SECONDS:DIGIT",
+        help="press a key during the call (skips the greeting)",
+    )
+    demo.add_argument("--fast", action="store_true", help="no latency model in the Hamsa emulator")
+
+    call = commands.add_parser("call", help="simulate Twilio calling a bridge")
+    call.add_argument(
+        "--url", required=True, help="the bridge's Voice webhook, e.g. https://host/twiml/inbound"
+    )
+    call.add_argument("--from", dest="from_number", default="+966500000001")
+    call.add_argument("--to", dest="to_number", default="+966110000000")
+    call.add_argument(
+        "--press", type=_key_press, action="append", default=[], metavar="SECONDS:DIGIT"
+    )
+    call.add_argument(
+        "--hangup-after", type=float, help="the caller hangs up after this many seconds"
+    )
+    call.add_argument("--max-duration", type=float, default=300.0)
+    call.add_argument("--connect-url", help="connect the stream here instead of the TwiML's URL")
+    call.add_argument("--no-sign-handshake", action="store_true")
+    call.add_argument("--out", type=Path, default=Path("hamsa-call.wav"))
+
+    emulate = commands.add_parser("emulate-hamsa", help="run the Hamsa emulator")
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=8765)
+    emulate.add_argument(
+        "--realistic", action="store_true", help="connect ~1.2 s, first byte 0.3-1.7 s"
+    )
+    emulate.add_argument(
+        "--truncate-rate", type=float, default=0.0, help="share of replies cut to 640 bytes"
+    )
+    emulate.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="N=FAULT",
+        help="inject FAULT on the N-th request (e.g. 2=TRUNCATE_640)",
+    )
+    emulate.add_argument(
+        "--custom-voice", action="append", default=[], help="a custom voice id that preloads"
+    )
+    emulate.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(env)
+    except ValidationError as exc:
+        print(f"hamsa-bridge: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    quiet = args.command in ("demo", "call") and "BRIDGE_LOG_LEVEL" not in env
+    configure_logging(
+        level="warning" if quiet else settings.bridge_log_level, fmt=settings.bridge_log_format
+    )
+    try:
+        if args.command == "serve":
+            from bridge.server import serve
+
+            return serve(settings, host=args.host, port=args.port)
+        if args.command == "demo":
+            from bridge.dev.demo import run_demo
+
+            return asyncio.run(
+                run_demo(settings, out=args.out, text=args.text, keys=args.press, fast=args.fast)
+            )
+        if args.command == "call":
+            from bridge.dev.caller import run_call_command
+
+            return asyncio.run(run_call_command(settings, args))
+        if args.command == "emulate-hamsa":
+            from bridge.dev.hamsa_emulator import run_emulator_command
+
+            return run_emulator_command(settings, args)
+    except BridgeError as exc:
+        print(f"hamsa-bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

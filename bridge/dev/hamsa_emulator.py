@@ -1,0 +1,1109 @@
+"""A faithful local Hamsa: the realtime TTS WebSocket and the custom-voice preload endpoint.
+
+Behind ``hamsa-bridge emulate-hamsa`` (for users without a Hamsa account) and the peer the test
+suite runs against. It reproduces the wire format of ``hamsa-api.md`` §11 byte for byte
+(misspellings included), Hamsa's observed timing (§3.5), and, on request, every failure the
+bridge must survive (§2, §3.4, §4, §5.3): all deterministic, so a test can say "the third request
+gets the 640-byte reply" and a rerun does the same.
+
+Routes
+------
+
+* ``WS /v1/realtime/ws`` — auth by ``X-Api-Key`` header, ``api_key`` query or
+  ``Authorization: Token KEY`` (``Bearer`` too). Sends ``info`` at once; for each ``tts`` frame,
+  strictly FIFO: ``ack``, the audio of :func:`bridge.dev.tone.synthesize` in irregular binary
+  frames, ``end``.
+* ``POST /v2/tts/voices/custom/preload`` — ``{"voiceId": UUID}`` with Token/Bearer auth.
+* ``GET /_emulator/log`` — everything recorded, as JSON (``?audio=base64`` adds the audio).
+
+Everything lives in one :class:`EmulatorState` per app (``app.state.emulator``); the module
+holds no mutable state. Request numbers are global and 1-based: every ``tts`` frame, on every
+connection, valid or not, takes the next number when the emulator starts working on it; faults
+are keyed by that number.
+
+Run it in-process on an ephemeral port (tests)::
+
+    async with EmulatorServer(EmulatorConfig(api_keys=frozenset({"k"}))) as emu:
+        url = emu.ws_url            # ws://127.0.0.1:<port>/v1/realtime/ws
+        ...
+        async with asyncio.timeout(2):
+            await emu.state.wait_until(lambda s: len(s.requests) == 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import enum
+import hashlib
+import itertools
+import json
+import logging
+import math
+import random
+import re
+import socket
+import struct
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final, Literal
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from bridge.dev.tone import MULAW_RATE, PCM_RATE, synthesize
+from bridge.settings import Settings
+
+__all__ = [
+    "ACK_FRAME",
+    "DEFAULT_API_KEY",
+    "END_FRAME",
+    "INFO_FRAME",
+    "PRELOAD_OK_BODY",
+    "ConnectionRecord",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "EmulatorState",
+    "Fault",
+    "PreloadRecord",
+    "RequestRecord",
+    "canonical_pcm16_header",
+    "create_emulator_app",
+    "run_emulator",
+    "run_emulator_command",
+    "serve_emulator",
+    "streaming_mulaw_header",
+]
+
+logger = logging.getLogger(__name__)
+
+# --- wire constants (hamsa-api.md §2, §3.2, §7; verbatim, misspellings included) ----------------
+
+INFO_FRAME: Final = (
+    '{"type": "info", "payload": {"message": "Connected to realtime WebSocket server"}}'
+)
+ACK_FRAME: Final = (
+    '{"type": "ack", "payload": {"message": "Real time text to speach connection establesh"}}'
+)
+END_FRAME: Final = '{"type": "end", "payload": {"message": "End of TTS stream"}}'
+PRELOAD_OK_BODY: Final[Mapping[str, Any]] = {
+    "success": True,
+    "message": "Custom voice have been preloaded successfully",
+    "data": [],
+}
+DEFAULT_API_KEY: Final = "emulator-key"
+
+MAX_TEXT_CHARS: Final = 2000
+ABORTED_MESSAGE: Final = "TTS stream error: aborted"
+TRUNCATED_BYTES: Final = 640
+
+_UUID_RE: Final = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
+)
+_WS_PATH: Final = "/v1/realtime/ws"
+_AUTH_FAILED: Final = "Authentication failed: invalid or missing API key"
+_NO_FUNDS: Final = "Insufficient funds: project wallet balance depleted"
+
+
+def _error_frame(message: str) -> str:
+    return json.dumps({"type": "error", "payload": {"message": message}}, ensure_ascii=False)
+
+
+def streaming_mulaw_header() -> bytes:
+    """A streaming WAV header for 8 kHz mono μ-law: ``RIFF`` and ``data`` sizes ``0xFFFFFFFF``.
+
+    The ``fmt `` chunk is the 18-byte non-PCM form (``cbSize`` 0), so the header is 46 bytes, not
+    44: a client that cuts a fixed 44 bytes plays two header bytes as audio (§5.4).
+    """
+    fmt = struct.pack("<HHIIHHH", 7, 1, MULAW_RATE, MULAW_RATE, 1, 8, 0)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", 0xFFFFFFFF)
+    )
+
+
+def canonical_pcm16_header(data_size: int) -> bytes:
+    """The canonical 44-byte WAV header for ``data_size`` bytes of 16 kHz mono s16le PCM."""
+    fmt = struct.pack("<HHIIHH", 1, 1, PCM_RATE, PCM_RATE * 2, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_size)
+    )
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+class Fault(enum.Enum):
+    """A deterministic failure for one request (see :attr:`EmulatorConfig.faults`)."""
+
+    TRUNCATE_640 = "truncate_640"
+    """``ack``, one 640-byte binary frame (the first 640 bytes of the real audio), normal ``end``,
+    no error: the "640-byte" failure of §4."""
+    ERROR = "error"
+    """``ack``, then an ``error`` frame (``TTS stream error: aborted``) and no ``end``."""
+    ERROR_THEN_END = "error_then_end"
+    """``ack``, an ``error`` frame, then a normal ``end``."""
+    CLOSE_MID_REPLY = "close_mid_reply"
+    """``ack``, about half of the audio frames (at least one), then close 1011."""
+    CLOSE_AFTER_END = "close_after_end"
+    """A complete normal reply, then close 1000 ("Hamsa drops the socket between utterances")."""
+    CLOSE_4001 = "close_4001"
+    """No reply: close 4001 (authentication failed) as the request arrives."""
+    CLOSE_4003 = "close_4003"
+    """No reply: close 4003 (insufficient funds) as the request arrives."""
+    CLOSE_4500 = "close_4500"
+    """No reply: close 4500 (internal authentication error) as the request arrives."""
+    CLOSE_1001 = "close_1001"
+    """No reply: close 1001 (server going away) as the request arrives."""
+    NEVER_END = "never_end"
+    """``ack`` and all the audio, then nothing: the socket stays open and answers no further
+    ``tts`` (the connection is wedged)."""
+    SLOW_FIRST_BYTE = "slow_first_byte"
+    """A normal reply whose first audio comes after :attr:`EmulatorConfig.slow_first_byte_delay`."""
+    RIFF_MULAW = "riff_mulaw"
+    """μ-law audio with :func:`streaming_mulaw_header` prepended to the first binary frame
+    (μ-law even if PCM was requested: the header always tells the truth)."""
+    RIFF_MULAW_SPLIT = "riff_mulaw_split"
+    """As :attr:`RIFF_MULAW`, the header split across the first two frames; the first frame holds
+    header bytes only."""
+    RIFF_PCM16 = "riff_pcm16"
+    """16 kHz PCM16 audio behind :func:`canonical_pcm16_header`, even though μ-law was requested."""
+
+
+_CLOSING_FAULTS: Final[Mapping[Fault, tuple[int, str]]] = {
+    Fault.CLOSE_4001: (4001, _AUTH_FAILED),
+    Fault.CLOSE_4003: (4003, _NO_FUNDS),
+    Fault.CLOSE_4500: (4500, "Internal authentication error"),
+    Fault.CLOSE_1001: (1001, "Server shutting down"),
+}
+
+Range = tuple[float, float]
+"""A ``(min, max)`` range, drawn uniformly from a seeded RNG."""
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything the emulator can be told. Defaults: instant, no faults, one valid key."""
+
+    # --- auth and account
+    api_keys: frozenset[str] | None = frozenset({DEFAULT_API_KEY})
+    """Accepted API keys; ``None`` accepts any non-empty key."""
+    auth_failure: Literal["close", "http"] = "close"
+    """Bad WS key: ``"close"`` accepts then closes 4001; ``"http"`` denies the upgrade with
+    :attr:`auth_failure_status` (real behaviour unknown, §2)."""
+    auth_failure_status: int = 401
+    balance_ok: bool = True
+    """``False``: every WS connection is accepted, then closed 4003."""
+    speakers: frozenset[str] | None = None
+    """Known built-in speakers; ``None`` accepts any non-empty speaker. An unknown speaker (not
+    here nor in :attr:`custom_voices`) gets ``error`` "TTS stream error: aborted" and no audio."""
+
+    # --- latency (seconds)
+    connect_delay: float = 0.0
+    """Before each upgrade is answered (accepted or denied)."""
+    first_byte_delay: float | Range = 0.0
+    """From ``ack`` to the first audio frame."""
+    chunk_interval: float | Range = 0.0
+    """Between audio frames, unless :attr:`synthesis_speed` is set."""
+    synthesis_speed: float | Range | None = None
+    """If set, each frame after the first follows the previous one after (its audio duration /
+    speed): ``3.0`` synthesises three times faster than real time. Drawn once per request."""
+    slow_first_byte_delay: float = 1.7
+    """First-byte delay of :attr:`Fault.SLOW_FIRST_BYTE`."""
+    unpreloaded_voice_delay: float = 0.0
+    """Extra first-byte delay when a custom voice is used without a successful preload."""
+
+    # --- audio
+    ms_per_char: float = 80.0
+    max_chunk_bytes: int = 65536
+    """Largest binary frame (real frames were seen up to ~64 KB); long texts get more frames."""
+
+    # --- failure injection
+    seed: int = 0
+    faults: Mapping[int, Fault] = field(default_factory=dict)
+    """Fault per global 1-based request number (copied into :attr:`EmulatorState.faults`, which
+    tests may change while the emulator runs)."""
+    truncate_rate: float = 0.0
+    """Probability that a request without an explicit fault gets :attr:`Fault.TRUNCATE_640`,
+    drawn from an RNG seeded with :attr:`seed`."""
+
+    # --- connection level
+    refuse_connections: int = 0
+    """The first N upgrades (counted across all connections) are denied with HTTP 503."""
+    idle_close_after: float | None = None
+    """Close 1000 after this many seconds without a message or a reply (Hamsa: 60 minutes)."""
+    ping_interval: float | None = 30.0
+    """Server keepalive pings (applied by :class:`EmulatorServer` through uvicorn)."""
+
+    # --- preload endpoint
+    custom_voices: frozenset[str] = frozenset()
+    """Custom (cloned) voice UUIDs that exist; compared case-insensitively."""
+    preload_failures: frozenset[str] = frozenset()
+    """Custom voices whose preload answers 500."""
+
+    def __post_init__(self) -> None:
+        if self.auth_failure not in ("close", "http"):
+            raise ValueError(f"auth_failure must be 'close' or 'http', not {self.auth_failure!r}")
+        for name in ("first_byte_delay", "chunk_interval", "synthesis_speed"):
+            value = getattr(self, name)
+            low, high = value if isinstance(value, tuple) else (value, value)
+            if low is not None and not 0 <= low <= high:
+                raise ValueError(f"{name} must be >= 0 (and min <= max), got {value!r}")
+        if self.synthesis_speed is not None and _low(self.synthesis_speed) <= 0:
+            raise ValueError("synthesis_speed must be positive")
+        if not 0.0 <= self.truncate_rate <= 1.0:
+            raise ValueError("truncate_rate must be within [0, 1]")
+        if any(n < 1 for n in self.faults):
+            raise ValueError("fault keys are 1-based request numbers")
+        if self.max_chunk_bytes < 1 or self.ms_per_char <= 0:
+            raise ValueError("max_chunk_bytes and ms_per_char must be positive")
+
+    @classmethod
+    def realistic(cls, **overrides: Any) -> EmulatorConfig:
+        """Hamsa's observed timing (§3.5): connect ≈ 1.2 s, first audio 0.3–1.7 s after the
+        request, synthesis 2–4× faster than real time (a 51-character sentence ends after
+        ≈ 2.3–4 s). Any field may be overridden."""
+        values: dict[str, Any] = {
+            "connect_delay": 1.2,
+            "first_byte_delay": (0.3, 1.7),
+            "synthesis_speed": (2.0, 4.0),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+def _low(value: float | Range) -> float:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _draw(rng: random.Random, value: float | Range) -> float:
+    if isinstance(value, tuple):
+        return rng.uniform(value[0], value[1])
+    return value
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ConnectionRecord:
+    """One upgrade attempt on ``/v1/realtime/ws``."""
+
+    id: int
+    opened_at: float
+    auth_ok: bool | None = None
+    auth_via: str | None = None
+    """``"header"`` (X-Api-Key), ``"query"`` (api_key), ``"authorization"`` or ``None``."""
+    refused_status: int | None = None
+    """HTTP status if the upgrade was denied (503 refusal, 401/403 auth)."""
+    closed_at: float | None = None
+    close_code: int | None = None
+    close_reason: str = ""
+    closed_by: Literal["server", "client"] | None = None
+
+
+@dataclass
+class RequestRecord:
+    """One ``tts`` frame and what the emulator answered."""
+
+    number: int
+    connection_id: int
+    text: str | None
+    payload: dict[str, Any]
+    received_at: float
+    fault: Fault | None = None
+    mulaw: bool = False
+    error: str | None = None
+    """The message of the ``error`` frame sent for this request, if any."""
+    acked_at: float | None = None
+    audio: bytes = b""
+    """The exact audio bytes sent, excluding any WAV header."""
+    header: bytes = b""
+    """WAV header bytes sent (header faults only)."""
+    frames: list[int] = field(default_factory=list)
+    """Size of every binary frame sent, header bytes included."""
+    first_audio_at: float | None = None
+    """``time.monotonic()`` just before the first binary frame carrying audio was sent."""
+    end_at: float | None = None
+    """``time.monotonic()`` just before ``end`` was sent."""
+
+
+@dataclass
+class PreloadRecord:
+    """One ``POST /v2/tts/voices/custom/preload``."""
+
+    voice_id: Any
+    auth: str
+    """``"token"``, ``"bearer"``, ``"missing"`` or ``"other"`` (the scheme, not the key)."""
+    status: int
+    at: float
+
+
+class EmulatorState:
+    """The live state and records of one emulator app (``app.state.emulator``).
+
+    Handlers read :attr:`config` and :attr:`faults` on every use, so a test may replace either
+    while the emulator runs. Timestamps are ``time.monotonic()``.
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.faults: dict[int, Fault] = dict(config.faults)
+        self.connections: list[ConnectionRecord] = []
+        self.requests: list[RequestRecord] = []
+        self.preloads: list[PreloadRecord] = []
+        self.preloaded: set[str] = set()
+        self.upgrades = 0
+        self.request_count = 0
+        # Seeded for reproducibility, not security.
+        self._fault_rng = random.Random(f"faults:{config.seed}")  # noqa: S311
+        self._latency_rng = random.Random(f"latency:{config.seed}")  # noqa: S311
+        self._changed = asyncio.Event()
+
+    # --- used by the handlers
+
+    def notify(self) -> None:
+        """Wake every :meth:`wait_until` (call after any change to the records)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def next_request(self) -> int:
+        self.request_count += 1
+        return self.request_count
+
+    def fault_for(self, number: int) -> Fault | None:
+        fault = self.faults.get(number)
+        rate = self.config.truncate_rate
+        if fault is None and rate > 0 and self._fault_rng.random() < rate:
+            fault = Fault.TRUNCATE_640
+        return fault
+
+    def draw(self, value: float | Range) -> float:
+        return _draw(self._latency_rng, value)
+
+    def key_ok(self, key: str | None) -> bool:
+        if not key:
+            return False
+        keys = self.config.api_keys
+        return keys is None or key in keys
+
+    # --- used by tests
+
+    async def wait_until(self, predicate: Callable[[EmulatorState], bool]) -> None:
+        """Return once ``predicate(self)`` holds, re-checking after every change to the records.
+
+        Bound it with ``asyncio.timeout()``.
+        """
+        while not predicate(self):
+            await self._changed.wait()
+
+    def snapshot(self, *, include_audio: bool = False) -> dict[str, Any]:
+        """All records as JSON-ready data (what ``GET /_emulator/log`` returns)."""
+        requests = []
+        for r in self.requests:
+            item = asdict(r)
+            item["fault"] = r.fault.value if r.fault else None
+            item["audio_bytes"] = len(r.audio)
+            item["audio_sha256"] = hashlib.sha256(r.audio).hexdigest()
+            item["header"] = base64.b64encode(r.header).decode()
+            item["audio"] = base64.b64encode(r.audio).decode() if include_audio else None
+            requests.append(item)
+        return {
+            "upgrades": self.upgrades,
+            "request_count": self.request_count,
+            "connections": [asdict(c) for c in self.connections],
+            "requests": requests,
+            "preloads": [asdict(p) for p in self.preloads],
+            "preloaded": sorted(self.preloaded),
+        }
+
+
+# --- audio chunking ----------------------------------------------------------------------------
+
+
+def _split_audio(
+    audio: bytes, rng: random.Random, bytes_per_second: int, max_chunk: int
+) -> list[bytes]:
+    """Cut ``audio`` into irregular frames: the first 200–500 ms, the rest in 3–6 pieces of
+    random weight (more if needed to stay under ``max_chunk``). Cuts fall anywhere, odd offsets
+    included (PCM samples may straddle frames, §5.4)."""
+    total = len(audio)
+    if total == 0:
+        return []
+    first = min(total, max_chunk, max(1, int(rng.uniform(0.2, 0.5) * bytes_per_second)))
+    rest = total - first
+    cuts = [0, first]
+    if rest:
+        pieces = min(rest, max(rng.randint(3, 6), math.ceil(rest / max_chunk)))
+        weights = [rng.uniform(0.4, 1.6) for _ in range(pieces)]
+        scale = rest / sum(weights)
+        acc = 0.0
+        for w in weights[:-1]:
+            acc += w * scale
+            cuts.append(first + int(acc))
+        cuts.append(total)
+    chunks: list[bytes] = []
+    for start, stop in itertools.pairwise(cuts):
+        while stop - start > max_chunk:  # an unlucky weight: halve until it fits
+            half = start + (stop - start) // 2
+            piece_stop = half if half - start <= max_chunk else start + max_chunk
+            chunks.append(audio[start:piece_stop])
+            start = piece_stop
+        if stop > start:
+            chunks.append(audio[start:stop])
+    return chunks
+
+
+@dataclass
+class _Plan:
+    """The frames of one reply: ``frames[i]`` is sent whole; ``audio_parts[i]`` is the audio in
+    it (the rest is WAV header, if any)."""
+
+    frames: list[bytes]
+    audio_parts: list[bytes]
+    header: bytes
+
+
+def _plan_reply(
+    text: str, mulaw: bool, fault: Fault | None, number: int, cfg: EmulatorConfig
+) -> tuple[_Plan, int]:
+    rng = random.Random(f"{cfg.seed}:{number}:{text}")  # noqa: S311 (reproducible, not secret)
+    header = b""
+    if fault is Fault.RIFF_PCM16:
+        audio_mulaw = False
+    elif fault in (Fault.RIFF_MULAW, Fault.RIFF_MULAW_SPLIT):
+        audio_mulaw = True
+    else:
+        audio_mulaw = mulaw
+    audio = synthesize(text, mulaw=audio_mulaw, ms_per_char=cfg.ms_per_char)
+    bps = MULAW_RATE if audio_mulaw else PCM_RATE * 2
+    if fault is Fault.TRUNCATE_640:
+        chunks = [audio[:TRUNCATED_BYTES]]
+    else:
+        chunks = _split_audio(audio, rng, bps, cfg.max_chunk_bytes)
+    if fault is Fault.CLOSE_MID_REPLY:
+        chunks = chunks[: max(1, len(chunks) // 2)]
+    frames = list(chunks)
+    parts = list(chunks)
+    if fault is Fault.RIFF_PCM16:
+        header = canonical_pcm16_header(len(audio))
+    elif fault in (Fault.RIFF_MULAW, Fault.RIFF_MULAW_SPLIT):
+        header = streaming_mulaw_header()
+    if header and frames:
+        if fault is Fault.RIFF_MULAW_SPLIT:
+            cut = rng.randint(1, len(header) - 1)
+            frames = [header[:cut], header[cut:] + frames[0], *frames[1:]]
+            parts = [b"", *parts]
+        else:
+            frames[0] = header + frames[0]
+    return _Plan(frames, parts, header), bps
+
+
+# --- the realtime WebSocket --------------------------------------------------------------------
+
+
+def _ws_credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
+    """The API key and where it came from: header, then query, then Authorization."""
+    key = websocket.headers.get("x-api-key")
+    if key is not None:
+        return key.strip(), "header"
+    key = websocket.query_params.get("api_key")
+    if key is not None:
+        return key.strip(), "query"
+    scheme, _, value = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() in ("token", "bearer") and value.strip():
+        return value.strip(), "authorization"
+    return None, None
+
+
+class _Connection:
+    """One accepted socket: a reader, a FIFO worker and an optional idle watchdog."""
+
+    def __init__(self, websocket: WebSocket, state: EmulatorState, record: ConnectionRecord):
+        self.ws = websocket
+        self.state = state
+        self.record = record
+        self.inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self.closed = False
+        self.working = False
+        self.wedged = False
+        self.activity = asyncio.Event()
+
+    # --- sending: every send goes through here and becomes a no-op once the socket is gone
+
+    async def send_text(self, text: str) -> bool:
+        if self.closed:
+            return False
+        try:
+            await self.ws.send_text(text)
+        except (WebSocketDisconnect, WebSocketDisconnected, OSError):
+            self._gone(1006, "")
+            return False
+        return True
+
+    async def send_bytes(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        try:
+            await self.ws.send_bytes(data)
+        except (WebSocketDisconnect, WebSocketDisconnected, OSError):
+            self._gone(1006, "")
+            return False
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.record.closed_at = time.monotonic()
+        self.record.close_code = code
+        self.record.close_reason = reason
+        self.record.closed_by = "server"
+        self.state.notify()
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
+            await self.ws.close(code, reason)
+
+    def _gone(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.record.closed_at = time.monotonic()
+        self.record.close_code = code
+        self.record.close_reason = reason
+        # uvicorn reports its own shutdown to the app as a 1012 disconnect.
+        self.record.closed_by = "server" if code == 1012 else "client"
+        self.state.notify()
+
+    # --- tasks
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._worker())]
+        if self.state.config.idle_close_after is not None:
+            tasks.append(asyncio.create_task(self._watchdog(self.state.config.idle_close_after)))
+        try:
+            await self._reader()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._gone(1006, "")
+
+    async def _reader(self) -> None:
+        while not self.closed:
+            try:
+                message = await self.ws.receive()
+            except (WebSocketDisconnected, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                self._gone(int(message.get("code", 1005)), message.get("reason") or "")
+                return
+            text = message.get("text")
+            self.inbox.put_nowait(text if text is not None else bytes(message.get("bytes") or b""))
+            self.activity.set()
+
+    async def _worker(self) -> None:
+        try:
+            while not self.closed and not self.wedged:
+                data = await self.inbox.get()
+                self.working = True
+                try:
+                    await self._handle(data)
+                finally:
+                    self.working = False
+                    self.activity.set()
+        except Exception:
+            logger.exception("Hamsa emulator: reply failed")
+            await self.close(1011, "Internal error")
+
+    def _busy(self) -> bool:
+        return self.working or self.wedged or not self.inbox.empty()
+
+    async def _watchdog(self, limit: float) -> None:
+        while not self.closed:
+            self.activity.clear()
+            if self._busy():
+                await self.activity.wait()
+                continue
+            try:
+                async with asyncio.timeout(limit):
+                    await self.activity.wait()
+            except TimeoutError:
+                if not self._busy():
+                    await self.close(1000, "Connection closed due to inactivity")
+                    return
+
+    # --- one client message
+
+    async def _handle(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            await self.send_text(_error_frame("Invalid message format"))
+            return
+        try:
+            message = json.loads(data)
+        except (ValueError, RecursionError):
+            await self.send_text(_error_frame("Invalid message format"))
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.send_text(_error_frame("Invalid message format"))
+            return
+        kind = message["type"]
+        if kind == "tts":
+            await self._tts(message.get("payload"))
+        elif kind == "stt":
+            await self.send_text(
+                _error_frame("Error generating transcription: STT is not supported by the emulator")
+            )
+        else:
+            await self.send_text(_error_frame(f"Unsupported message type: {kind}"))
+
+    def _invalid(self, payload: Any) -> str | None:
+        if not isinstance(payload, dict):
+            return "Invalid payload: payload must be an object"
+        text = payload.get("text")
+        if not isinstance(text, str) or not 1 <= len(text) <= MAX_TEXT_CHARS:
+            return f"Invalid payload: text must be between 1 and {MAX_TEXT_CHARS} characters"
+        speaker = payload.get("speaker")
+        if not isinstance(speaker, str) or not speaker.strip():
+            return "Invalid payload: speaker is required"
+        cfg = self.state.config
+        if cfg.speakers is not None and speaker not in cfg.speakers and not self._custom(speaker):
+            return ABORTED_MESSAGE
+        return None
+
+    def _custom(self, speaker: str) -> bool:
+        return speaker.lower() in {v.lower() for v in self.state.config.custom_voices}
+
+    async def _tts(self, payload: Any) -> None:
+        state, cfg = self.state, self.state.config
+        number = state.next_request()
+        body = payload if isinstance(payload, dict) else {}
+        text = body.get("text")
+        rec = RequestRecord(
+            number=number,
+            connection_id=self.record.id,
+            text=text if isinstance(text, str) else None,
+            payload=dict(body),
+            received_at=time.monotonic(),
+            mulaw=body.get("mulaw") is True,
+        )
+        state.requests.append(rec)
+        problem = self._invalid(payload)
+        if problem is not None:
+            rec.error = problem
+            state.notify()
+            await self.send_text(_error_frame(problem))
+            return
+        assert isinstance(text, str)
+        speaker: str = body["speaker"]
+        rec.fault = fault = state.fault_for(number)
+        state.notify()
+
+        if fault is not None and fault in _CLOSING_FAULTS:
+            await self.close(*_CLOSING_FAULTS[fault])
+            return
+
+        rec.acked_at = time.monotonic()
+        if not await self.send_text(ACK_FRAME):
+            return
+        if fault in (Fault.ERROR, Fault.ERROR_THEN_END):
+            rec.error = ABORTED_MESSAGE
+            state.notify()
+            await self.send_text(_error_frame(ABORTED_MESSAGE))
+            if fault is Fault.ERROR_THEN_END:
+                rec.end_at = time.monotonic()
+                await self.send_text(END_FRAME)
+            return
+
+        plan, bps = _plan_reply(text, rec.mulaw, fault, number, cfg)
+        rec.header = plan.header
+        delay = (
+            cfg.slow_first_byte_delay
+            if fault is Fault.SLOW_FIRST_BYTE
+            else state.draw(cfg.first_byte_delay)
+        )
+        if self._custom(speaker) and speaker.lower() not in state.preloaded:
+            delay += cfg.unpreloaded_voice_delay
+        speed = None if cfg.synthesis_speed is None else state.draw(cfg.synthesis_speed)
+        for i, (frame, part) in enumerate(zip(plan.frames, plan.audio_parts, strict=True)):
+            if i == 0:
+                pause = delay
+            elif speed is not None:
+                pause = len(part) / bps / speed
+            else:
+                pause = state.draw(cfg.chunk_interval)
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if part and rec.first_audio_at is None:
+                rec.first_audio_at = time.monotonic()
+            if not await self.send_bytes(frame):
+                return
+            rec.audio += part
+            rec.frames.append(len(frame))
+            state.notify()
+
+        if fault is Fault.CLOSE_MID_REPLY:
+            await self.close(1011, "Internal error")
+            return
+        if fault is Fault.NEVER_END:
+            self.wedged = True
+            return
+        rec.end_at = time.monotonic()
+        state.notify()
+        if not await self.send_text(END_FRAME):
+            return
+        if fault is Fault.CLOSE_AFTER_END:
+            await self.close(1000, "")
+
+
+def _hamsa_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": status, "message": message}, status_code=status)
+
+
+def create_emulator_app(config: EmulatorConfig) -> Starlette:
+    """The emulator as a Starlette app; its :class:`EmulatorState` is ``app.state.emulator``."""
+    state = EmulatorState(config)
+
+    async def realtime(websocket: WebSocket) -> None:
+        cfg = state.config
+        if cfg.connect_delay > 0:
+            await asyncio.sleep(cfg.connect_delay)
+        state.upgrades += 1
+        record = ConnectionRecord(id=state.upgrades, opened_at=time.monotonic())
+        state.connections.append(record)
+        state.notify()
+
+        def denied(status: int) -> None:
+            record.refused_status = status
+            record.closed_at = time.monotonic()
+            state.notify()
+
+        if state.upgrades <= cfg.refuse_connections:
+            denied(503)
+            await websocket.send_denial_response(_hamsa_error(503, "Service Unavailable"))
+            return
+        key, via = _ws_credentials(websocket)
+        record.auth_via = via
+        record.auth_ok = state.key_ok(key)
+        if not record.auth_ok and cfg.auth_failure == "http":
+            denied(cfg.auth_failure_status)
+            await websocket.send_denial_response(
+                _hamsa_error(cfg.auth_failure_status, "Unauthorized")
+            )
+            return
+        await websocket.accept()
+        connection = _Connection(websocket, state, record)
+        if not record.auth_ok:
+            await connection.close(4001, _AUTH_FAILED)
+        elif not cfg.balance_ok:
+            await connection.close(4003, _NO_FUNDS)
+        elif await connection.send_text(INFO_FRAME):
+            await connection.run()
+
+    async def preload(request: Request) -> Response:
+        cfg = state.config
+        header = request.headers.get("authorization")
+        scheme, _, key = (header or "").partition(" ")
+        kind = scheme.lower() if scheme.lower() in ("token", "bearer") else "other"
+        if header is None:
+            kind = "missing"
+
+        def answer(status: int, body: Mapping[str, Any], voice_id: Any = None) -> Response:
+            state.preloads.append(PreloadRecord(voice_id, kind, status, time.monotonic()))
+            state.notify()
+            return JSONResponse(dict(body), status_code=status)
+
+        if kind not in ("token", "bearer") or not state.key_ok(key.strip()):
+            return answer(401, {"success": False, "message": "Unauthorized"})
+        try:
+            body = await request.json()
+        except ValueError:
+            return answer(400, {"success": False, "message": "Invalid request body"})
+        voice_id = body.get("voiceId") if isinstance(body, dict) else None
+        if not isinstance(voice_id, str) or not _UUID_RE.fullmatch(voice_id):
+            return answer(400, {"success": False, "message": "Invalid voice ID format"}, voice_id)
+        voice = voice_id.lower()
+        if voice not in {v.lower() for v in cfg.custom_voices}:
+            return answer(404, {"success": False, "message": "Voice not found"}, voice_id)
+        if voice in {v.lower() for v in cfg.preload_failures}:
+            return answer(500, {"success": False, "message": "Internal server error"}, voice_id)
+        state.preloaded.add(voice)
+        return answer(200, PRELOAD_OK_BODY, voice_id)
+
+    async def log(request: Request) -> Response:
+        include = request.query_params.get("audio") == "base64"
+        return JSONResponse(state.snapshot(include_audio=include))
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute(_WS_PATH, realtime),
+            Route("/v2/tts/voices/custom/preload", preload, methods=["POST"]),
+            Route("/_emulator/log", log, methods=["GET"]),
+        ]
+    )
+    app.state.emulator = state
+    return app
+
+
+# --- running it ----------------------------------------------------------------------------------
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn's server with a prompt exit (no 100 ms poll) and optional signal handling."""
+
+    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
+        super().__init__(config)
+        self.handle_signals = handle_signals
+        self.ready = asyncio.Event()
+        self.wake = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if self.handle_signals:
+            with super().capture_signals():
+                yield
+        else:
+            yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.ready.set()
+
+    async def main_loop(self) -> None:
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):  # signals only set should_exit: keep ticking
+                    await self.wake.wait()
+            should_exit = await self.on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn 0.54's sequence (stop listening, shut every connection down — WebSockets get
+        # 1012 —, wait for connections and tasks, lifespan shutdown) without its fixed 100 ms
+        # sleeps: tests start and stop one emulator each.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        grace = self.config.timeout_graceful_shutdown
+        try:
+            async with asyncio.timeout(grace):
+                while self._draining():  # noqa: ASYNC110 (uvicorn offers no event to wait on)
+                    await asyncio.sleep(0.005)
+        except TimeoutError:
+            for task in self.server_state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        for server in self.servers:
+            await server.wait_closed()
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    def _draining(self) -> bool:
+        state = self.server_state
+        return bool(state.connections or state.tasks) and not self.force_exit
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        self.wake.set()
+
+
+class EmulatorServer:
+    """The emulator under uvicorn in the running event loop, as an async context manager.
+
+    ``port=0`` (the default) binds an ephemeral port; read it from :attr:`port` once started.
+    Pass ``sock`` to serve an already-bound socket instead; create it with
+    ``socket.socket(AF_INET, SOCK_STREAM, IPPROTO_TCP)``, since asyncio disables Nagle's algorithm
+    only when ``sock.proto`` is TCP (with proto 0, replies stall ~40 ms on delayed ACKs).
+    uvicorn's logging configuration is
+    left alone unless ``log_config`` is given; signal handlers are installed only with
+    ``handle_signals=True`` (the CLI), so embedding it never steals Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: socket.socket | None = None,
+        handle_signals: bool = False,
+        log_config: dict[str, Any] | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.config = config or EmulatorConfig()
+        self.app = create_emulator_app(self.config)
+        self.state: EmulatorState = self.app.state.emulator
+        self.host = host
+        self._port = port
+        self._sock = sock
+        self._handle_signals = handle_signals
+        self._log_config = log_config
+        self._log_level = log_level
+        self._server: _UvicornServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._sock is None:
+            raise RuntimeError("the emulator is not started")
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    @property
+    def http_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.http_url.removeprefix("http") + _WS_PATH
+
+    async def start(self) -> None:
+        """Bind (unless given a socket), start serving, and return once uvicorn is listening."""
+        if self._sock is None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            # proto=IPPROTO_TCP matters: asyncio disables Nagle only on sockets whose proto
+            # says TCP, and accepted sockets inherit it. With proto 0 every small frame after
+            # the ack waits ~40 ms for the peer's delayed ACK.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.host, self._port))
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            ws="websockets-sansio",
+            lifespan="on",
+            log_level=self._log_level,
+            log_config=self._log_config,
+            access_log=False,
+            ws_ping_interval=self.config.ping_interval,
+            ws_per_message_deflate=False,
+            ws_max_size=1 << 20,
+        )
+        self._server = server = _UvicornServer(config, handle_signals=self._handle_signals)
+        self._task = task = asyncio.create_task(server.serve(sockets=[self._sock]))
+        ready = asyncio.create_task(server.ready.wait())
+        try:
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if task.done():
+            task.result()  # re-raise a startup failure
+            raise RuntimeError("the Hamsa emulator stopped during startup")
+
+    async def stop(self) -> None:
+        """Close every connection (1012, as uvicorn does) and stop serving."""
+        if self._server is not None and self._task is not None:
+            self._server.request_exit()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sock is not None:
+            self._sock.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the server stops (a signal, or :meth:`stop` from elsewhere)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> EmulatorServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def serve_emulator(
+    config: EmulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    sock: socket.socket | None = None,
+    ready: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    log_config: dict[str, Any] | None = None,
+) -> None:
+    """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening.
+
+    For an ephemeral port whose number you need, pass an already-bound ``sock`` or use
+    :class:`EmulatorServer` directly.
+    """
+    async with EmulatorServer(
+        config,
+        host=host,
+        port=port,
+        sock=sock,
+        handle_signals=handle_signals,
+        log_config=log_config,
+    ) as server:
+        logger.warning("Hamsa emulator listening on %s", server.ws_url)
+        if ready is not None:
+            ready.set()
+        await server.wait_closed()
+
+
+def run_emulator(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Blocking entry point for ``hamsa-bridge emulate-hamsa``; Ctrl-C stops it quietly.
+
+    SIGTERM is re-raised after the graceful stop (uvicorn's behaviour), so the exit status is 143.
+    """
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG))
+
+
+def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``hamsa-bridge emulate-hamsa``: the emulator with the CLI's options."""
+    faults: dict[int, Fault] = {}
+    for item in args.fault:
+        number, _, name = item.partition("=")
+        try:
+            faults[int(number)] = Fault[name.strip().upper()]
+        except (KeyError, ValueError):
+            choices = ", ".join(f.name for f in Fault)
+            print(
+                f"emulate-hamsa: bad --fault {item!r}; expected N=NAME with NAME one of {choices}"
+            )
+            return 2
+    key = settings.hamsa_api_key.get_secret_value()
+    overrides: dict[str, Any] = {
+        "api_keys": frozenset({key}) if key else None,
+        "faults": faults,
+        "truncate_rate": args.truncate_rate,
+        "custom_voices": frozenset(args.custom_voice),
+        "seed": args.seed,
+    }
+    config = (
+        EmulatorConfig.realistic(**overrides) if args.realistic else EmulatorConfig(**overrides)
+    )
+    run_emulator(config, args.host, args.port)
+    return 0

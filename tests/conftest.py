@@ -1,0 +1,11 @@
+"""Shared pytest configuration. Keep it minimal: fixtures used by one module live in that module."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run ``@pytest.mark.anyio`` tests on asyncio only (the websockets client needs asyncio)."""
+    return "asyncio"

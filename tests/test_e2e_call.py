@@ -1,0 +1,287 @@
+"""End to end on loopback: simulated Twilio caller ↔ bridge (uvicorn) ↔ Hamsa emulator.
+
+Every peer is real and talks over real sockets; the Twilio side is ``TwilioMediaLeg`` (its own
+implementation of Twilio's protocol and playout model) and the Hamsa side records the exact audio
+it sent, so what the caller heard is compared byte for byte with what Hamsa produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+
+import pytest
+
+from bridge.calls.call import CallContext
+from bridge.calls.speech import SpeechOutcome
+from bridge.dev.caller import CallResult
+from bridge.dev.hamsa_emulator import EmulatorConfig, Fault, RequestRecord
+from bridge.dev.loopback import Loopback, loopback
+
+pytestmark = pytest.mark.anyio
+
+# ~1 s of audio at the emulator's 80 ms per character
+SHORT = "مرحبا بك."
+SENTENCES = "مرحبا بك في همسة. هذه جملة ثانية للتجربة. وهذه جملة ثالثة أطول قليلا من غيرها."
+FAST_RETRY = {"hamsa_retry_delays": (0.05, 0.1, 0.2)}
+# Tests that need several sentences but not their duration: 25 ms of audio per character.
+QUICK = {"hamsa_truncation_ms_per_char": 3.0}
+
+
+def quick(**fields: object) -> EmulatorConfig:
+    return EmulatorConfig(ms_per_char=25, **fields)  # type: ignore[arg-type]
+
+
+def padded(audio: bytes) -> bytes:
+    """Hamsa's audio as the caller must receive it: padded with 0xFF to whole 20 ms frames."""
+    return audio + b"\xff" * (-len(audio) % 160)
+
+
+def played_requests(rig: Loopback) -> list[RequestRecord]:
+    """Requests whose reply was complete (not a failure injected by the test)."""
+    return [r for r in rig.hamsa.requests if r.fault is None or r.fault.name.startswith("RIFF")]
+
+
+def assert_clean_twilio_traffic(result: CallResult) -> None:
+    leg = result.leg
+    assert leg is not None
+    # every message: JSON text, documented event, right streamSid, 160-byte payloads
+    assert leg.warnings == []
+    assert leg.timeline.frames_received * 160 == len(leg.received)
+
+
+async def test_inbound_call_hears_hamsa_audio_byte_for_byte() -> None:
+    async with loopback(quick(), bridge_greeting=SENTENCES, **QUICK) as rig:
+        result = await rig.call()
+        requests = played_requests(rig)
+    assert_clean_twilio_traffic(result)
+    assert result.close_code == 1000
+    assert len(requests) >= 2  # split at sentence boundaries
+    hamsa_audio = b"".join(r.audio for r in requests)
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(hamsa_audio)
+    assert bytes(result.leg.played) == padded(hamsa_audio)
+    marks = result.leg.timeline.marks
+    assert [m.cleared for m in marks] == [False]
+    assert result.gaps() == []
+
+
+async def test_riff_headers_never_reach_the_caller() -> None:
+    faults = {1: Fault.RIFF_MULAW_SPLIT, 2: Fault.RIFF_MULAW}
+    async with loopback(quick(faults=faults), bridge_greeting=SENTENCES, **QUICK) as rig:
+        result = await rig.call()
+        requests = list(rig.hamsa.requests)
+    assert_clean_twilio_traffic(result)
+    assert requests[0].header
+    assert requests[1].header
+    assert requests[0].frames[0] < len(requests[0].header)  # header split across two frames
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(b"".join(r.audio for r in requests))
+    assert b"RIFF" not in result.leg.received
+    assert b"WAVE" not in result.leg.received
+
+
+async def test_pcm16_reply_with_header_is_resampled_to_8k_mulaw() -> None:
+    async with loopback(EmulatorConfig(faults={1: Fault.RIFF_PCM16}), bridge_greeting=SHORT) as rig:
+        result = await rig.call()
+        request = rig.hamsa.requests[0]
+    assert_clean_twilio_traffic(result)
+    assert result.leg is not None
+    pcm_seconds = len(request.audio) / 32000
+    assert abs(len(result.leg.received) / 8000 - pcm_seconds) < 0.03
+
+
+async def test_long_greeting_uses_one_hamsa_connection() -> None:
+    greeting = (SENTENCES + " ") * 30  # > 2000 characters
+    assert len(greeting) > 2000
+    emulator = EmulatorConfig(ms_per_char=1.5)
+    truncation = {"hamsa_truncation_ms_per_char": 0.5, "hamsa_truncation_min_ms": 20.0}
+    async with loopback(emulator, bridge_greeting=greeting, **truncation) as rig:
+        result = await rig.call()
+        connections = len(rig.hamsa.connections)
+        requests = played_requests(rig)
+    assert_clean_twilio_traffic(result)
+    assert connections == 1
+    assert len(requests) == len(rig.hamsa.requests) >= 2
+    assert all(len(r.text or "") <= 2000 for r in requests)
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(b"".join(r.audio for r in requests))
+
+
+async def test_hamsa_dropping_the_socket_between_utterances_reconnects() -> None:
+    emulator = quick(faults={1: Fault.CLOSE_AFTER_END})
+    async with loopback(emulator, bridge_greeting=SENTENCES, **QUICK) as rig:
+        result = await rig.call()
+        connections = len(rig.hamsa.connections)
+        requests = list(rig.hamsa.requests)
+    assert_clean_twilio_traffic(result)
+    assert connections == 2
+    # every sentence played completely, the one after the drop on the new socket
+    texts = [r.text for r in requests]
+    assert len(set(texts)) == len(texts)
+    assert requests[-1].connection_id == 2
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(b"".join(r.audio for r in requests))
+
+
+async def test_truncated_reply_is_never_heard_and_its_retry_is() -> None:
+    async with loopback(
+        EmulatorConfig(faults={1: Fault.TRUNCATE_640}), bridge_greeting=SHORT
+    ) as rig:
+        result = await rig.call()
+        requests = list(rig.hamsa.requests)
+        connections = len(rig.hamsa.connections)
+    assert_clean_twilio_traffic(result)
+    assert [r.fault for r in requests] == [Fault.TRUNCATE_640, None]
+    assert len(requests[0].audio) == 640
+    assert connections == 2  # retried on a fresh connection
+    assert requests[1].received_at - requests[0].end_at >= 1.0  # default backoff: 1 s
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(requests[1].audio)
+
+
+async def test_repeated_truncation_gives_up_and_ends_the_call_cleanly() -> None:
+    faults = dict.fromkeys(range(1, 10), Fault.TRUNCATE_640)
+    async with loopback(EmulatorConfig(faults=faults), bridge_greeting=SHORT, **FAST_RETRY) as rig:
+        result = await rig.call()
+        requests = len(rig.hamsa.requests)
+    assert requests == 4  # the first try and three retries
+    assert result.leg is not None
+    assert result.leg.received == b""  # nothing of a truncated reply is ever played
+    assert result.close_code == 1000
+
+
+async def test_first_frame_follows_hamsa_first_byte_within_milliseconds() -> None:
+    emulator = EmulatorConfig(chunk_interval=0.15)
+    latencies, before_end = [], []
+    async with loopback(emulator, bridge_greeting=SHORT) as rig:
+        for _ in range(7):
+            result = await rig.call()
+            request = rig.hamsa.requests[-1]
+            assert result.leg is not None
+            assert result.leg.timeline.first_media_at is not None
+            assert request.first_audio_at is not None
+            assert request.end_at is not None
+            latencies.append(result.leg.timeline.first_media_at - request.first_audio_at)
+            before_end.append(result.leg.timeline.first_media_at < request.end_at)
+    assert all(before_end)
+    assert statistics.median(latencies) <= 0.005, latencies
+
+
+async def test_pacing_holds_real_time_with_a_small_lead() -> None:
+    text = "ب" * 75  # 6 s of audio, delivered by the emulator as fast as it can
+    async with loopback(bridge_greeting=text) as rig:
+        result = await rig.call()
+    assert result.leg is not None
+    timeline = result.leg.timeline
+    assert timeline.max_lead_ms <= 250
+    assert len(result.leg.received) == 6 * 8000
+    sending = timeline.media_arrivals[-1] - timeline.media_arrivals[0]
+    assert 5.6 <= sending <= 6.3, sending
+    assert result.gaps() == []
+
+
+async def test_key_during_greeting_clears_at_once_and_stops_the_audio() -> None:
+    text = "ب" * 40  # 3.2 s
+    async with loopback(bridge_greeting=text) as rig:
+        result = await rig.call(keys=[(1.0, "5")])
+    assert result.leg is not None
+    timeline = result.leg.timeline
+    assert len(timeline.clears) == 1
+    clear_at = timeline.clears[0].at
+    pressed_at = result.keys_sent[0][0]
+    assert clear_at - pressed_at <= 0.1
+    assert not [t for t in timeline.media_arrivals if t > clear_at]  # no stale frames
+    assert len(result.leg.played) < 2 * 8000
+    assert result.close_code == 1000
+
+
+async def test_barge_in_drains_the_reply_so_it_cannot_leak_into_the_next() -> None:
+    first, second = "ب" * 60, "ت" * 12
+    heard: list[SpeechOutcome] = []
+
+    async def script(ctx: CallContext) -> None:
+        heard.append(await ctx.say(first))
+        heard.append(await ctx.say(second))
+
+    # the first reply is still streaming from Hamsa when the key is pressed
+    emulator = EmulatorConfig(chunk_interval=0.4)
+    async with loopback(emulator, script=script) as rig:
+        result = await rig.call(keys=[(0.6, "1")])
+        requests = list(rig.hamsa.requests)
+    assert heard == [SpeechOutcome.INTERRUPTED, SpeechOutcome.PLAYED]
+    assert [r.text for r in requests] == [first, second]
+    assert requests[0].end_at is not None
+    assert requests[1].received_at >= requests[0].end_at  # one request in flight
+    assert result.leg is not None
+    clear_at = result.leg.timeline.clears[0].at
+    after = [i for i, t in enumerate(result.leg.timeline.media_arrivals) if t > clear_at]
+    tail = bytes(result.leg.received[after[0] * 160 :]) if after else b""
+    assert tail == padded(requests[1].audio)
+
+
+async def test_caller_hanging_up_ends_the_call_and_the_hamsa_socket() -> None:
+    async with loopback(bridge_greeting="ب" * 60) as rig:
+        result = await rig.call(hangup_after=0.5)
+        async with asyncio.timeout(5):
+            await rig.hamsa.wait_until(lambda s: all(c.closed_at for c in s.connections))
+            await rig.bridge.registry.wait_empty()
+    assert result.hung_up
+
+
+async def test_malformed_frames_mid_call_do_not_break_the_call_or_the_server() -> None:
+    garbage: list[tuple[float, str | bytes]] = [
+        (0.1, "{not json"),
+        (0.15, b"\x00\x01binary"),
+        (0.2, json.dumps({"event": "media", "streamSid": "MZ0", "media": {"payload": "!!"}})),
+        (0.25, json.dumps({"event": "nonsense"})),
+        (0.3, json.dumps(["a", "list"])),
+        (0.35, json.dumps({"event": "dtmf", "dtmf": {}})),
+        (0.4, "x" * 200_000),
+        (0.45, json.dumps({"event": "mark"})),
+    ]
+    async with loopback(bridge_greeting=SHORT) as rig:
+        result = await rig.call(raw=garbage)
+        again = await rig.call()
+        requests = list(rig.hamsa.requests)
+    assert result.close_code == 1000
+    assert result.leg is not None
+    assert again.leg is not None
+    assert bytes(result.leg.received) == padded(requests[0].audio)
+    assert bytes(again.leg.received) == padded(requests[1].audio)
+
+
+async def test_hamsa_rejecting_the_key_ends_the_call_cleanly() -> None:
+    async with loopback(EmulatorConfig(balance_ok=False), bridge_greeting=SHORT) as rig:
+        result = await rig.call()
+        connections = len(rig.hamsa.connections)
+    assert result.close_code == 1000
+    assert result.leg is not None
+    assert result.leg.received == b""
+    assert connections == 1  # 4003 is not retried
+
+
+async def test_hamsa_error_frame_is_retried() -> None:
+    emulator = EmulatorConfig(faults={1: Fault.ERROR})
+    async with loopback(emulator, bridge_greeting=SHORT, **FAST_RETRY) as rig:
+        result = await rig.call()
+        requests = list(rig.hamsa.requests)
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(requests[-1].audio)
+    assert requests[-1].connection_id == 2  # the socket is not trusted after an error
+
+
+async def test_second_stream_for_the_same_call_is_refused() -> None:
+    async with loopback(bridge_greeting="ب" * 30) as rig:
+        plan = rig.plan()
+        first = asyncio.create_task(rig.call(call_sid=plan.call_sid))
+        async with asyncio.timeout(5):
+            await rig.hamsa.wait_until(lambda s: len(s.requests) == 1)
+        duplicate = await rig.call(call_sid=plan.call_sid)
+        await first
+        connections = len(rig.hamsa.connections)
+    assert duplicate.close_code == 1008
+    assert duplicate.leg is not None
+    assert duplicate.leg.received == b""
+    assert connections == 1
