@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
 from bridge.calls.hamsa_session import Connector
 from bridge.calls.registry import CallRegistry
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, PreloadError
 from bridge.preload import preload_voices
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
@@ -90,7 +90,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        await preload_voices(settings)
+        try:
+            await preload_voices(settings)
+        except PreloadError as exc:
+            log.error("startup_failed", reason=str(exc), voice_id=exc.voice_id)
+            raise
         state.ready = True
         log.info(
             "bridge_ready",

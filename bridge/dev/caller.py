@@ -62,6 +62,8 @@ class CallPlan:
     max_duration: float = 300.0
     sign_webhook: bool = True
     sign_handshake: bool = True
+    handshake_token: str | None = None
+    """Sign the handshake with this auth token instead (to test a forged signature)."""
     token_override: str | None = None
     """Replace the ``token`` Parameter (to test stream authentication)."""
     connect_url: str | None = None
@@ -201,8 +203,11 @@ async def place_call(
     if plan.token_override is not None:
         parameters["token"] = plan.token_override
     target = plan.connect_url or result.stream_url
+    handshake_signer = TwilioSignatures(plan.handshake_token) if plan.handshake_token else signer
     ws_headers = (
-        {"X-Twilio-Signature": signer.sign(result.stream_url, {})} if plan.sign_handshake else {}
+        {"X-Twilio-Signature": handshake_signer.sign(result.stream_url, {})}
+        if plan.sign_handshake
+        else {}
     )
     try:
         ws = await connect(target, additional_headers=ws_headers, open_timeout=10, max_size=2**20)
