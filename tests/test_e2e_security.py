@@ -47,9 +47,7 @@ async def test_stream_without_a_valid_token_is_refused_without_hamsa(token: str)
 
 async def test_token_for_another_call_is_refused() -> None:
     async with loopback(bridge_greeting=SHORT) as rig:
-        other = issue_token(
-            rig.auth_token.encode(), "CA" + "0" * 32, now=time.time(), ttl=60
-        )
+        other = issue_token(rig.auth_token.encode(), "CA" + "0" * 32, now=time.time(), ttl=60)
         result = await rig.call(token_override=other)
         connections = len(rig.hamsa.connections)
     assert result.close_code == 1008

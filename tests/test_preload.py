@@ -64,14 +64,18 @@ async def test_failures_name_the_voice_and_what_to_check(
 
 
 async def test_unreachable_hamsa_is_a_clear_error() -> None:
-    settings = Settings(hamsa_api_url="http://127.0.0.1:9", hamsa_api_key=KEY, hamsa_preload_voices=(VOICE_A,))
+    settings = Settings(
+        hamsa_api_url="http://127.0.0.1:9", hamsa_api_key=KEY, hamsa_preload_voices=(VOICE_A,)
+    )
     with pytest.raises(PreloadError, match=VOICE_A):
         await preload_voices(settings)
 
 
 async def test_bridge_is_ready_only_after_preload_and_it_happens_before_any_call() -> None:
     emulator = EmulatorConfig(custom_voices=frozenset({VOICE_A}))
-    async with loopback(emulator, hamsa_preload_voices=(VOICE_A,), bridge_greeting="مرحبا بك.") as rig:
+    async with loopback(
+        emulator, hamsa_preload_voices=(VOICE_A,), bridge_greeting="مرحبا بك."
+    ) as rig:
         assert rig.bridge.ready
         await rig.call()
         preloads = list(rig.hamsa.preloads)
@@ -93,8 +97,17 @@ async def test_serve_refuses_to_start_on_an_unknown_voice_and_names_it() -> None
             "BRIDGE_LOG_FORMAT": "json",
         }
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         async with asyncio.timeout(30):
             output, _ = await process.communicate()

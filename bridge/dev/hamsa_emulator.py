@@ -47,7 +47,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
@@ -58,6 +58,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
+from bridge.dev.servers import AppServer
 from bridge.dev.tone import MULAW_RATE, PCM_RATE, synthesize
 from bridge.settings import Settings
 
@@ -867,80 +868,12 @@ def create_emulator_app(config: EmulatorConfig) -> Starlette:
 # --- running it ----------------------------------------------------------------------------------
 
 
-class _UvicornServer(uvicorn.Server):
-    """uvicorn's server with a prompt exit (no 100 ms poll) and optional signal handling."""
-
-    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
-        super().__init__(config)
-        self.handle_signals = handle_signals
-        self.ready = asyncio.Event()
-        self.wake = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        if self.handle_signals:
-            with super().capture_signals():
-                yield
-        else:
-            yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            self.ready.set()
-
-    async def main_loop(self) -> None:
-        counter = 0
-        should_exit = await self.on_tick(counter)
-        while not should_exit:
-            counter = (counter + 1) % 864000
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.1):  # signals only set should_exit: keep ticking
-                    await self.wake.wait()
-            should_exit = await self.on_tick(counter)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn 0.54's sequence (stop listening, shut every connection down — WebSockets get
-        # 1012 —, wait for connections and tasks, lifespan shutdown) without its fixed 100 ms
-        # sleeps: tests start and stop one emulator each.
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
-        grace = self.config.timeout_graceful_shutdown
-        try:
-            async with asyncio.timeout(grace):
-                while self._draining():  # noqa: ASYNC110 (uvicorn offers no event to wait on)
-                    await asyncio.sleep(0.005)
-        except TimeoutError:
-            for task in self.server_state.tasks:
-                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
-        for server in self.servers:
-            await server.wait_closed()
-        if not self.force_exit:
-            await self.lifespan.shutdown()
-
-    def _draining(self) -> bool:
-        state = self.server_state
-        return bool(state.connections or state.tasks) and not self.force_exit
-
-    def request_exit(self) -> None:
-        self.should_exit = True
-        self.wake.set()
-
-
-class EmulatorServer:
+class EmulatorServer(AppServer):
     """The emulator under uvicorn in the running event loop, as an async context manager.
 
     ``port=0`` (the default) binds an ephemeral port; read it from :attr:`port` once started.
-    Pass ``sock`` to serve an already-bound socket instead; create it with
-    ``socket.socket(AF_INET, SOCK_STREAM, IPPROTO_TCP)``, since asyncio disables Nagle's algorithm
-    only when ``sock.proto`` is TCP (with proto 0, replies stall ~40 ms on delayed ACKs).
-    uvicorn's logging configuration is
-    left alone unless ``log_config`` is given; signal handlers are installed only with
-    ``handle_signals=True`` (the CLI), so embedding it never steals Ctrl-C.
+    uvicorn's logging configuration is left alone unless ``log_config`` is given; signal handlers
+    are installed only with ``handle_signals=True`` (the CLI), so embedding it never steals Ctrl-C.
     """
 
     def __init__(
@@ -952,95 +885,27 @@ class EmulatorServer:
         sock: socket.socket | None = None,
         handle_signals: bool = False,
         log_config: dict[str, Any] | None = None,
-        log_level: str = "warning",
     ) -> None:
         self.config = config or EmulatorConfig()
-        self.app = create_emulator_app(self.config)
-        self.state: EmulatorState = self.app.state.emulator
-        self.host = host
-        self._port = port
-        self._sock = sock
-        self._handle_signals = handle_signals
-        self._log_config = log_config
-        self._log_level = log_level
-        self._server: _UvicornServer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int:
-        if self._sock is None:
-            raise RuntimeError("the emulator is not started")
-        port: int = self._sock.getsockname()[1]
-        return port
-
-    @property
-    def http_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        app = create_emulator_app(self.config)
+        self.state: EmulatorState = app.state.emulator
+        super().__init__(
+            app,
+            host=host,
+            port=port,
+            sock=sock,
+            handle_signals=handle_signals,
+            log_config=log_config,
+            ws_ping_interval=self.config.ping_interval,
+        )
 
     @property
     def ws_url(self) -> str:
         return "ws" + self.http_url.removeprefix("http") + _WS_PATH
 
-    async def start(self) -> None:
-        """Bind (unless given a socket), start serving, and return once uvicorn is listening."""
-        if self._sock is None:
-            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            # proto=IPPROTO_TCP matters: asyncio disables Nagle only on sockets whose proto
-            # says TCP, and accepted sockets inherit it. With proto 0 every small frame after
-            # the ack waits ~40 ms for the peer's delayed ACK.
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self.host, self._port))
-            except OSError:
-                sock.close()
-                raise
-            self._sock = sock
-        config = uvicorn.Config(
-            self.app,
-            host=self.host,
-            port=self.port,
-            ws="websockets-sansio",
-            lifespan="on",
-            log_level=self._log_level,
-            log_config=self._log_config,
-            access_log=False,
-            ws_ping_interval=self.config.ping_interval,
-            ws_per_message_deflate=False,
-            ws_max_size=1 << 20,
-        )
-        self._server = server = _UvicornServer(config, handle_signals=self._handle_signals)
-        self._task = task = asyncio.create_task(server.serve(sockets=[self._sock]))
-        ready = asyncio.create_task(server.ready.wait())
-        try:
-            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-        if task.done():
-            task.result()  # re-raise a startup failure
-            raise RuntimeError("the Hamsa emulator stopped during startup")
-
-    async def stop(self) -> None:
-        """Close every connection (1012, as uvicorn does) and stop serving."""
-        if self._server is not None and self._task is not None:
-            self._server.request_exit()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._sock is not None:
-            self._sock.close()
-
-    async def wait_closed(self) -> None:
-        """Wait until the server stops (a signal, or :meth:`stop` from elsewhere)."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
     async def __aenter__(self) -> EmulatorServer:
         await self.start()
         return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
 
 async def serve_emulator(
