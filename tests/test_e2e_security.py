@@ -23,7 +23,8 @@ async def test_unsigned_and_wrongly_signed_webhooks_are_403() -> None:
         connections = len(rig.hamsa.connections)
     assert unsigned.webhook_status == 403
     assert wrong.webhook_status == 403
-    assert unsigned.leg is None and wrong.leg is None
+    assert unsigned.leg is None
+    assert wrong.leg is None
     assert connections == 0
 
 
