@@ -46,12 +46,11 @@ class Settings(BaseSettings):
     hamsa_connect_timeout: float = Field(default=10.0, gt=0)
     hamsa_connect_attempts: int = Field(default=3, ge=1)
     hamsa_first_byte_timeout: float = Field(default=10.0, gt=0)
-    hamsa_reply_timeout: float = Field(default=60.0, gt=0)
+    hamsa_chunk_timeout: float = Field(default=10.0, gt=0)
     hamsa_truncation_ms_per_char: float = Field(default=12.0, ge=0)
     hamsa_truncation_min_ms: float = Field(default=100.0, ge=0)
     hamsa_truncation_hold_ms: float = Field(default=200.0, ge=0)
     hamsa_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
-    hamsa_pcm_sample_rate: int = Field(default=16000, gt=0)
 
     # --- Twilio ------------------------------------------------------------------------------
     twilio_account_sid: str = ""

@@ -232,7 +232,7 @@ class HamsaSession:
                 conn = await self._ensure()
             settings = self._settings
             message = conn.start(
-                text, voice, settings.hamsa_first_byte_timeout, settings.hamsa_reply_timeout
+                text, voice, settings.hamsa_first_byte_timeout, settings.hamsa_chunk_timeout
             )
             reply = conn.reply
             assert reply is not None
