@@ -105,6 +105,7 @@ async def test_long_greeting_uses_one_hamsa_connection() -> None:
     assert connections == 1
     assert len(requests) == len(rig.hamsa.requests) >= 2
     assert all(len(r.text or "") <= 2000 for r in requests)
+    assert result.gaps() == []
     assert result.leg is not None
     assert bytes(result.leg.received) == padded(b"".join(r.audio for r in requests))
 
@@ -285,3 +286,38 @@ async def test_second_stream_for_the_same_call_is_refused() -> None:
     assert duplicate.leg is not None
     assert duplicate.leg.received == b""
     assert connections == 1
+
+
+async def test_sentences_play_gapless_when_synthesis_is_faster_than_real_time() -> None:
+    # first byte 0.3-0.6 s after each request, synthesis ~3x real time: the next sentence is
+    # requested while the current one plays, so the caller hears no gap between sentences.
+    emulator = quick(first_byte_delay=(0.3, 0.6), synthesis_speed=3.0)
+    async with loopback(emulator, bridge_greeting=SENTENCES * 2, **QUICK) as rig:
+        result = await rig.call()
+        requests = len(rig.hamsa.requests)
+    assert requests >= 4
+    assert result.gaps() == []
+    assert_clean_twilio_traffic(result)
+
+
+async def test_refused_connections_are_retried_with_backoff() -> None:
+    async with loopback(EmulatorConfig(refuse_connections=2), bridge_greeting=SHORT) as rig:
+        result = await rig.call()
+        refused = [c for c in rig.hamsa.connections if c.refused_status]
+        request = rig.hamsa.requests[0]
+    assert len(refused) == 2
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(request.audio)
+
+
+@pytest.mark.parametrize("failure", ["close", "http"])
+async def test_a_rejected_key_is_not_retried_and_ends_the_call(failure: str) -> None:
+    emulator = EmulatorConfig(auth_failure=failure)  # type: ignore[arg-type]
+    async with loopback(emulator, bridge_greeting=SHORT, hamsa_api_key="wrong-key") as rig:
+        result = await rig.call()
+        connections = list(rig.hamsa.connections)
+    assert len(connections) == 1  # 4001 / HTTP 401 is final: no retry, no reconnect
+    assert connections[0].auth_ok is False
+    assert result.close_code == 1000
+    assert result.leg is not None
+    assert result.leg.received == b""
