@@ -47,6 +47,7 @@ class BridgeState:
     ready: bool = False
     calls_handled: int = 0
     rejected_handshakes: int = 0
+    open_streams: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -175,13 +176,24 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
             PlainTextResponse("invalid Twilio signature", status_code=403)
         )
         return
+    unauthenticated = state.open_streams - len(state.registry)
+    if unauthenticated >= state.settings.bridge_max_pending_streams:
+        # Streams that have not yet proven a token hold a socket for up to the start timeout:
+        # bound how many strangers can do that at once.
+        state.rejected_handshakes += 1
+        log.warning("stream_refused_too_many_pending", pending=unauthenticated)
+        await websocket.send_denial_response(PlainTextResponse("busy", status_code=503))
+        return
     await websocket.accept()
     state.calls_handled += 1
+    state.open_streams += 1
     call = Call(websocket, state.deps)
     try:
         await call.run()
     except Exception:
         log.exception("call_crashed", call_sid=call.summary.call_sid)
+    finally:
+        state.open_streams -= 1
 
 
 async def livez(request: Request) -> Response:

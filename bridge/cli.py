@@ -102,7 +102,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         settings = Settings.from_env(env)
     except ValidationError as exc:
-        print(f"hamsa-bridge: invalid configuration:\n{exc}", file=sys.stderr)
+        # Name the variable and the problem, never the value (it may be a secret).
+        print("hamsa-bridge: invalid configuration:", file=sys.stderr)
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            print(f"  {name}: {error['msg']}", file=sys.stderr)
         return 2
     quiet = args.command in ("demo", "call") and "BRIDGE_LOG_LEVEL" not in env
     configure_logging(

@@ -7,6 +7,8 @@ check; the bridge refuses to start (and ``/readyz`` stays 503) until every voice
 
 from __future__ import annotations
 
+import re
+
 import httpx2
 import structlog
 
@@ -16,6 +18,7 @@ from bridge.settings import Settings
 log = structlog.get_logger("bridge.preload")
 
 PRELOAD_PATH = "/v2/tts/voices/custom/preload"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 _REASONS = {
     400: "Hamsa says the voice id is malformed (400); check HAMSA_PRELOAD_VOICES",
@@ -27,16 +30,25 @@ _REASONS = {
 }
 
 
+def voices_to_preload(settings: Settings) -> list[str]:
+    """``HAMSA_PRELOAD_VOICES``, plus ``HAMSA_SPEAKER`` when it is a cloned-voice id (a UUID)."""
+    voices = list(dict.fromkeys(settings.hamsa_preload_voices))
+    if _UUID.match(settings.hamsa_speaker) and settings.hamsa_speaker not in voices:
+        voices.append(settings.hamsa_speaker)
+    return voices
+
+
 async def preload_voices(settings: Settings, *, client: httpx2.AsyncClient | None = None) -> None:
-    """Preload each id in ``settings.hamsa_preload_voices`` in order; raise on the first failure."""
-    if not settings.hamsa_preload_voices:
+    """Preload every voice of ``voices_to_preload`` in order; raise on the first failure."""
+    voices = voices_to_preload(settings)
+    if not voices:
         return
     owns = client is None
     http = client or httpx2.AsyncClient(timeout=15.0)
     url = settings.hamsa_api_url.rstrip("/") + PRELOAD_PATH
     headers = {"Authorization": f"Token {settings.hamsa_api_key.get_secret_value()}"}
     try:
-        for voice_id in settings.hamsa_preload_voices:
+        for voice_id in voices:
             try:
                 response = await http.post(url, json={"voiceId": voice_id}, headers=headers)
             except httpx2.HTTPError as exc:

@@ -43,14 +43,16 @@ class Settings(BaseSettings):
     hamsa_dialect: str = "ksa"
     hamsa_language: str = "ar"
     hamsa_preload_voices: tuple[str, ...] = ()
-    hamsa_connect_timeout: float = Field(default=10.0, gt=0)
+    hamsa_connect_timeout: float = Field(default=5.0, gt=0)
     hamsa_connect_attempts: int = Field(default=3, ge=1)
     hamsa_first_byte_timeout: float = Field(default=10.0, gt=0)
     hamsa_chunk_timeout: float = Field(default=10.0, gt=0)
     hamsa_truncation_ms_per_char: float = Field(default=12.0, ge=0)
     hamsa_truncation_min_ms: float = Field(default=100.0, ge=0)
-    hamsa_truncation_hold_ms: float = Field(default=200.0, ge=0)
+    hamsa_truncation_hold_ms: float = Field(default=100.0, ge=0)
     hamsa_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
+    hamsa_segment_budget: float = Field(default=20.0, gt=0)
+    hamsa_drain_timeout: float = Field(default=1.5, ge=0)
 
     # --- Twilio ------------------------------------------------------------------------------
     twilio_account_sid: str = ""
@@ -62,6 +64,8 @@ class Settings(BaseSettings):
     bridge_greeting: str = "مرحبا بك في خدمة همسة. شكرا لاتصالك."
     bridge_stream_path: str = "/twilio/stream"
     bridge_stream_token_ttl: float = Field(default=300.0, gt=0)
+    bridge_start_timeout: float = Field(default=10.0, gt=0)
+    bridge_max_pending_streams: int = Field(default=64, ge=1)
     bridge_playback_lead_ms: float = Field(default=200.0, ge=20, le=1000)
     bridge_lookahead_seconds: float = Field(default=8.0, gt=0)
     bridge_max_text_chars: int = Field(default=2000, ge=50, le=2000)

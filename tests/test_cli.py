@@ -123,3 +123,12 @@ async def test_bad_invocations_fail_with_a_message(argv: list[str]) -> None:
     code, output = await run_cli(*argv, env=env)
     assert code != 0
     assert "missing required settings" in output or "SECONDS:DIGIT" in output
+
+
+async def test_invalid_configuration_names_the_variable_but_never_the_value() -> None:
+    env = {"BRIDGE_PUBLIC_URL": "not-a-url-secret-ish", "HAMSA_CONNECT_TIMEOUT": "-1"}
+    code, output = await run_cli("serve", env=env)
+    assert code == 2
+    assert "BRIDGE_PUBLIC_URL" in output
+    assert "HAMSA_CONNECT_TIMEOUT" in output
+    assert "not-a-url-secret-ish" not in output

@@ -321,3 +321,77 @@ async def test_a_rejected_key_is_not_retried_and_ends_the_call(failure: str) -> 
     assert result.close_code == 1000
     assert result.leg is not None
     assert result.leg.received == b""
+
+
+@pytest.mark.parametrize("fault", [Fault.CLOSE_MID_REPLY, Fault.TRUNCATE_3X640, Fault.NEVER_END])
+async def test_reply_failing_after_audio_played_resumes_and_is_heard_once_whole(
+    fault: Fault,
+) -> None:
+    text = "ب" * 30  # 2.4 s, several chunks
+    emulator = EmulatorConfig(faults={1: fault})
+    overrides = {**FAST_RETRY, "hamsa_chunk_timeout": 0.5}
+    async with loopback(emulator, bridge_greeting=text, **overrides) as rig:
+        result = await rig.call()
+        requests = list(rig.hamsa.requests)
+    assert_clean_twilio_traffic(result)
+    assert requests[0].fault is fault
+    assert 0 < len(requests[0].audio) <= len(requests[1].audio)
+    assert result.leg is not None
+    # the sentence is heard exactly once, whole: the retry resumed where the failure cut it
+    assert bytes(result.leg.received) == padded(requests[1].audio)
+    assert len(result.gaps()) <= 1  # at most one pause, while the retry came
+
+
+async def test_fatal_hamsa_close_mid_greeting_lets_queued_audio_finish() -> None:
+    emulator = quick(faults={2: Fault.CLOSE_4001})
+    async with loopback(emulator, bridge_greeting=SENTENCES, **QUICK) as rig:
+        result = await rig.call()
+        first = rig.hamsa.requests[0]
+    assert result.leg is not None
+    assert bytes(result.leg.received) == padded(first.audio)  # sentence 1 whole, not cut
+    assert [m.cleared for m in result.leg.timeline.marks] == [False]
+    assert result.close_code == 1000
+
+
+async def test_call_ends_even_if_marks_never_come_back() -> None:
+    async with loopback(bridge_greeting=SHORT) as rig:
+        result = await rig.call(echo_marks=False)
+        async with asyncio.timeout(5):
+            await rig.bridge.registry.wait_empty()
+    assert result.close_code == 1000
+    assert result.leg is not None
+    assert result.leg.timeline.marks  # the mark was sent, never echoed
+    assert result.ended_at is not None
+    assert result.started_at is not None
+    assert result.ended_at - result.started_at < 1.0 + 3.0 + 1.0  # audio + margin + slack
+
+
+async def test_a_used_stream_token_cannot_be_replayed() -> None:
+    async with loopback(bridge_greeting=SHORT) as rig:
+        first = await rig.call()
+        token = first.parameters["token"]
+        replay = await rig.call(
+            call_sid=first.plan.call_sid, token_override=token, sign_handshake=False
+        )
+        connections = len(rig.hamsa.connections)
+    assert first.leg is not None
+    assert len(first.leg.received) > 0
+    assert replay.close_code == 1008
+    assert replay.leg is not None
+    assert replay.leg.received == b""
+    assert connections == 1
+
+
+async def test_first_frame_waits_only_for_the_hold_when_first_chunks_are_tiny() -> None:
+    # 640-byte chunks (80 ms each) every 50 ms: the first is held (it could be the 640-byte
+    # failure), the second releases both (160 ms > the 100 ms hold): one chunk interval.
+    emulator = EmulatorConfig(max_chunk_bytes=640, chunk_interval=0.05)
+    async with loopback(emulator, bridge_greeting="ب" * 12) as rig:
+        result = await rig.call()
+        request = rig.hamsa.requests[0]
+    assert result.leg is not None
+    assert result.leg.timeline.first_media_at is not None
+    assert request.first_audio_at is not None
+    delay = result.leg.timeline.first_media_at - request.first_audio_at
+    assert 0.05 <= delay <= 0.05 + 0.03, delay
+    assert bytes(result.leg.received) == padded(request.audio)

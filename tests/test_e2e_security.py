@@ -3,6 +3,7 @@ unauthenticated stream never causes a Hamsa connection."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx2
@@ -103,3 +104,28 @@ async def test_health_endpoints_on_loopback() -> None:
     assert live.status_code == 200
     assert ready.status_code == 200
     assert get_webhook.status_code == 405
+
+
+async def test_streams_that_never_authenticate_are_bounded_and_timed_out() -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    overrides = {"bridge_max_pending_streams": 2, "bridge_start_timeout": 0.5}
+    async with loopback(bridge_greeting=SHORT, **overrides) as rig:
+        url = rig.settings.stream_url
+        async with connect(url) as first, connect(url) as second:
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(url):
+                    pass
+            assert info.value.response.status_code == 503
+            # silent sockets are closed once the start timeout passes (policy violation)
+            for ws in (first, second):
+                with pytest.raises(ConnectionClosed):
+                    async with asyncio.timeout(5):
+                        await ws.recv()
+                assert ws.close_code == 1008
+        result = await rig.call()  # and the bridge takes calls again
+        connections = len(rig.hamsa.connections)
+    assert result.leg is not None
+    assert len(result.leg.received) > 0
+    assert connections == 1

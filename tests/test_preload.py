@@ -116,3 +116,11 @@ async def test_serve_refuses_to_start_on_an_unknown_voice_and_names_it() -> None
     assert UNKNOWN in text
     assert "does not know this voice" in text
     assert KEY not in text
+
+
+def test_a_cloned_voice_as_default_speaker_is_preloaded_too() -> None:
+    from bridge.preload import voices_to_preload
+
+    settings = Settings(hamsa_speaker=VOICE_B, hamsa_preload_voices=(VOICE_A, VOICE_A))
+    assert voices_to_preload(settings) == [VOICE_A, VOICE_B]
+    assert voices_to_preload(Settings(hamsa_speaker="Majd")) == []

@@ -21,8 +21,10 @@ def test_valid_token_verifies() -> None:
         (None, CALL, 1000, "missing"),
         ("", CALL, 1000, "missing"),
         ("garbage", CALL, 1000, "malformed"),
-        ("v2.1300.abc", CALL, 1000, "malformed"),
-        ("v1.notanumber.abc", CALL, 1000, "malformed"),
+        ("v2.1300.n.abc", CALL, 1000, "malformed"),
+        ("v1.notanumber.n.abc", CALL, 1000, "malformed"),
+        ("v1.1300.abc", CALL, 1000, "malformed"),
+        ("v1.1300..abc", CALL, 1000, "malformed"),
         (issue_token(KEY, CALL, now=1000, ttl=300), "CA" + "2" * 32, 1000, "another call"),
         (issue_token(b"other key", CALL, now=1000, ttl=300), CALL, 1000, "invalid"),
         (issue_token(KEY, CALL, now=1000, ttl=300), CALL, 1301, "expired"),
@@ -33,11 +35,21 @@ def test_bad_tokens_are_refused(token: str | None, call: str, now: float, messag
         verify_token(KEY, token, call, now=now)
 
 
-def test_tampered_expiry_is_refused() -> None:
+def test_tampered_expiry_or_nonce_is_refused() -> None:
     token = issue_token(KEY, CALL, now=1000, ttl=300)
-    version, _, mac = token.split(".")
+    version, expiry, nonce, mac = token.split(".")
     with pytest.raises(SignatureError):
-        verify_token(KEY, f"{version}.99999999.{mac}", CALL, now=1000)
+        verify_token(KEY, f"{version}.99999999.{nonce}.{mac}", CALL, now=1000)
+    with pytest.raises(SignatureError):
+        verify_token(KEY, f"{version}.{expiry}.other.{mac}", CALL, now=1000)
+
+
+def test_every_token_is_unique() -> None:
+    assert issue_token(KEY, CALL, now=1000, ttl=300) != issue_token(KEY, CALL, now=1000, ttl=300)
+
+
+def test_verify_returns_the_expiry() -> None:
+    assert verify_token(KEY, issue_token(KEY, CALL, now=1000, ttl=300), CALL, now=1000) == 1300
 
 
 def test_token_fits_a_twilio_parameter() -> None:

@@ -720,3 +720,16 @@ def test_deeply_nested_json_is_a_violation_not_a_crash() -> None:
     [event] = stream.receive("[" * 5000 + "]" * 5000)
     assert isinstance(event, Violation)
     assert event.kind in ("invalid_json", "not_object")
+
+
+def test_inbound_audio_off_counts_media_without_decoding_or_events() -> None:
+    leg = TwilioMediaLeg("MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32, {})
+    stream = TwilioMediaStream(inbound_audio=False)
+    stream.receive(leg.connected())
+    stream.receive(leg.start())
+    assert stream.receive(leg.media(b"\xff" * 160, 20)) == []
+    assert stream.media_frames_in == 1
+    # structure is still checked: a media with the wrong streamSid is still a violation
+    bad = json.dumps({"event": "media", "streamSid": "MZ" + "9" * 32, "media": {"payload": "x"}})
+    [event] = stream.receive(bad)
+    assert isinstance(event, Violation)

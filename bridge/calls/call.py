@@ -31,7 +31,7 @@ from bridge.calls.hamsa_session import Connector, HamsaSession
 from bridge.calls.playback import Playback
 from bridge.calls.registry import CallRegistry
 from bridge.calls.speech import Speaker, SpeechOutcome
-from bridge.errors import HamsaError, SignatureError
+from bridge.errors import HamsaError, InvalidState, SignatureError
 from bridge.protocols.twilio_media import (
     DtmfReceived,
     MarkReceived,
@@ -129,7 +129,6 @@ class CallDeps:
     script: CallScript = greeting_script
     wall_clock: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
-    start_timeout: float = 10.0
 
 
 class Call:
@@ -138,7 +137,7 @@ class Call:
     def __init__(self, websocket: WebSocket[Any], deps: CallDeps) -> None:
         self._ws = websocket
         self._deps = deps
-        self._stream = TwilioMediaStream()
+        self._stream = TwilioMediaStream(inbound_audio=False)  # the bridge doesn't listen (yet)
         self.phase = CallPhase.AWAITING_START
         self.summary = CallSummary(started_at=deps.clock())
         self._hangup = asyncio.Event()
@@ -170,7 +169,7 @@ class Call:
 
     async def _await_start(self) -> Started | None:
         try:
-            async with asyncio.timeout(self._deps.start_timeout):
+            async with asyncio.timeout(self._deps.settings.bridge_start_timeout):
                 while True:
                     message = await self._ws.receive()
                     if message["type"] == "websocket.disconnect":
@@ -191,12 +190,16 @@ class Call:
         self.summary.call_sid = started.call_sid
         self.summary.stream_sid = started.stream_sid
         key = deps.settings.twilio_auth_token.get_secret_value().encode()
+        token = started.custom_parameters.get("token")
+        now = deps.wall_clock()
         try:
-            verify_token(
-                key, started.custom_parameters.get("token"), started.call_sid, now=deps.wall_clock()
-            )
+            expires_at = verify_token(key, token, started.call_sid, now=now)
         except SignatureError as exc:
             self._reject(f"stream token rejected: {exc.message}")
+            return False
+        assert token is not None
+        if not deps.registry.claim_token(token, expires_at=expires_at, now=now):
+            self._reject("stream token already used (replay)")
             return False
         if not deps.registry.add(started.call_sid, self):
             self._reject("a stream for this call is already active")
@@ -228,23 +231,29 @@ class Call:
                 speaker = Speaker(settings, hamsa, playback, clock=deps.clock)
                 self._playback = playback
                 self._context = context = CallContext(settings, started, speaker)
-                opener = tasks.create_task(hamsa.open())
-                writer = tasks.create_task(self._guard(playback.run()))
-                reader = tasks.create_task(self._read())
+                running: list[asyncio.Task[Any]] = [
+                    tasks.create_task(hamsa.open()),
+                    tasks.create_task(self._guard(playback.run())),
+                    tasks.create_task(self._read()),
+                ]
                 script = tasks.create_task(self._script(context))
                 hangup = tasks.create_task(self._hangup.wait())
-                await asyncio.wait({script, hangup}, return_when=asyncio.FIRST_COMPLETED)
-                if script.done() and not self._hangup.is_set():
-                    # Let the last frames/marks/clear leave before the stream closes.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(2.0):
-                            await playback.flush()
-                for task in (script, writer, reader, hangup, opener):
-                    task.cancel()
-                playback.cancel_pending()
-                await hamsa.close()
-                self.summary.hamsa_connections = hamsa.connections_opened
-                self.summary.hamsa_requests = hamsa.requests_sent
+                running += [script, hangup]
+                try:
+                    await asyncio.wait({script, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                    if script.done() and not self._hangup.is_set():
+                        # Let the last frames/marks/clear leave before the stream closes.
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(2.0):
+                                await playback.flush()
+                finally:
+                    # Runs on every exit, a crashed task included: nothing outlives the call.
+                    for task in running:
+                        task.cancel()
+                    playback.cancel_pending()
+                    await hamsa.close()
+                    self.summary.hamsa_connections = hamsa.connections_opened
+                    self.summary.hamsa_requests = hamsa.requests_sent
         finally:
             await self._close(CLOSE_NORMAL)
 
@@ -257,6 +266,10 @@ class Call:
             self.summary.outcome = "failed"
             self.summary.reason = str(exc)
             log.error("call_failed", reason=str(exc), retryable=exc.retryable)
+        except Exception as exc:  # a bug in a script must end this call, not the server
+            self.summary.outcome = "failed"
+            self.summary.reason = f"script error: {type(exc).__name__}"
+            log.exception("call_script_crashed")
 
     async def _read(self) -> None:
         """The Twilio socket's one reader."""
@@ -265,7 +278,10 @@ class Call:
         assert playback is not None
         try:
             while True:
-                message = await self._ws.receive()
+                try:
+                    message = await self._ws.receive()
+                except (WebSocketDisconnect, RuntimeError):
+                    message = {"type": "websocket.disconnect"}
                 if message["type"] == "websocket.disconnect":
                     if not self.summary.reason:
                         self.summary.reason = "Twilio closed the stream"
@@ -303,9 +319,11 @@ class Call:
             raise _SocketGone(str(exc)) from None
 
     async def _guard(self, coro: Awaitable[None]) -> None:
+        """Run the writer; a socket that can't be written (or a stream already stopped) ends the
+        call instead of crashing it."""
         try:
             await coro
-        except _SocketGone:
+        except (_SocketGone, InvalidState):
             self._hangup.set()
 
     async def _close(self, code: int) -> None:

@@ -5,7 +5,8 @@
   ``error`` frame, after which the socket's framing is uncertain), reconnect.
 - One request in flight: Hamsa has no request id (hamsa-api.md §3.3). A reply abandoned on
   barge-in is drained by the reader task in the background (read and discard until its ``end``);
-  the next request waits for that drain, bounded, and swaps the socket if it takes too long.
+  the next request waits for that drain up to ``HAMSA_DRAIN_TIMEOUT`` and swaps the socket if it
+  takes longer (new sockets are what Hamsa throttles, so draining is tried first).
 - Keepalive ``ping_interval=20, ping_timeout=10``; the key travels in ``X-Api-Key``, never in
   the URL.
 - Connect failures: bounded retries with backoff and jitter on the call's time scale; HTTP
@@ -188,13 +189,11 @@ class HamsaSession:
         *,
         connector: Connector = connect,
         rng: random.Random | None = None,
-        drain_timeout: float = 5.0,
     ) -> None:
         self._settings = settings
         self._tasks = tasks
         self._connector = connector
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
-        self._drain_timeout = drain_timeout
         self._lock = asyncio.Lock()
         self._conn: _Connection | None = None
         self._fatal: HamsaAuthError | None = None
@@ -224,7 +223,7 @@ class HamsaSession:
             conn = await self._ensure()
             if not conn.idle.is_set():
                 try:
-                    async with asyncio.timeout(self._drain_timeout):
+                    async with asyncio.timeout(self._settings.hamsa_drain_timeout):
                         await conn.idle.wait()
                 except TimeoutError:
                     log.info("hamsa_drain_timeout", connection=conn.number)
@@ -236,9 +235,13 @@ class HamsaSession:
             )
             reply = conn.reply
             assert reply is not None
-            # Closed between the state check and the send? The reader reports the close.
-            with contextlib.suppress(ConnectionClosed):
+            try:
                 await conn.ws.send(message)
+            except ConnectionClosed:
+                pass  # closed between the state check and the send: the reader reports it
+            except asyncio.CancelledError:
+                conn.dirty = True  # the frame may or may not have left: don't trust the socket
+                raise
             self.requests_sent += 1
             try:
                 yield reply

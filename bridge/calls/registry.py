@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 
 class CallRegistry:
-    """Active calls by CallSid: refuses a second stream for a call already streaming here."""
+    """Active calls by CallSid, and the stream tokens already used.
+
+    Refuses a second stream for a call already streaming here, and a stream token that was
+    already accepted (tokens are single-use; each is remembered until it expires).
+    """
 
     def __init__(self) -> None:
         self._calls: dict[str, object] = {}
         self._empty = asyncio.Event()
         self._empty.set()
+        self._used: set[str] = set()
+        self._expiries: deque[tuple[float, str]] = deque()
+
+    def claim_token(self, token: str, *, expires_at: float, now: float) -> bool:
+        """Record ``token`` as used; False if it was used before (a replay)."""
+        while self._expiries and self._expiries[0][0] < now:
+            self._used.discard(self._expiries.popleft()[1])
+        if token in self._used:
+            return False
+        self._used.add(token)
+        self._expiries.append((expires_at, token))
+        return True
 
     def add(self, call_sid: str, call: object) -> bool:
         if call_sid in self._calls:

@@ -1,15 +1,26 @@
 """Speak text into a call: Hamsa replies → decoded μ-law → 20 ms frames → paced playback.
 
 An *utterance* is one piece of text the call wants heard, ending in one ``mark``. Long text is
-split at sentence boundaries into Hamsa requests of at most 2000 characters, pipelined on the
-call's one socket: the next request goes out when the previous reply has ended and less than
-``lookahead`` seconds of audio are waiting, so sentence 1 plays while sentence 2 is synthesised
-and memory stays bounded. Audio streams from the first usable bytes; only the last frame of the
-utterance is padded (with 0xFF).
+split at sentence boundaries into Hamsa requests (*segments*) of at most 2000 characters,
+pipelined on the call's one socket: the next request goes out when the previous reply has ended
+and less than ``lookahead`` seconds of audio are waiting, so sentence 1 plays while sentence 2 is
+synthesised and memory stays bounded. Audio streams from the first usable bytes; only the last
+frame of the utterance is padded (with 0xFF).
 
-Each reply goes through a ``TruncationGuard`` (the 640-byte failure is never heard) and is
-retried on a fresh socket with backoff (1 s, 2 s, 4 s by default). A reply that fails after some
-of it was played is requested again from its start, so the caller hears the sentence whole.
+Failures, per segment:
+
+- A reply held by the ``TruncationGuard`` that ends too short (the 640-byte failure) is never
+  heard; it is retried on a fresh socket after 1 s, 2 s, 4 s (``HAMSA_RETRY_DELAYS``).
+- A reply that fails *after* some of it was played (socket closed mid-reply, no ``end``, too short
+  for its text at ``end``) is retried the same way, and playback **resumes** where it stopped: the
+  retry's first bytes, as many as were already played, are skipped. The caller hears the sentence
+  once, whole, with a pause where the failure was — never twice, never cut off mid-word.
+- A socket found closed before any audio (dropped between utterances) is replaced at once.
+- Retries stop after ``HAMSA_RETRY_DELAYS`` is exhausted or ``HAMSA_SEGMENT_BUDGET`` seconds; the
+  segment is then skipped with a logged reason, and two skipped segments in a row end the
+  utterance (Hamsa is failing systematically: don't keep the caller in silence for the rest).
+- A bad key or no balance (4001/4003) is final: what was already queued still plays to its end,
+  then the error goes up to the call.
 """
 
 from __future__ import annotations
@@ -29,12 +40,15 @@ from bridge.audio.framer import Framer
 from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.playback import Playback
 from bridge.calls.truncation import TruncationGuard
-from bridge.errors import HamsaError, HamsaReplyError, TruncatedReply
+from bridge.errors import AudioFormatError, HamsaError, HamsaReplyError, TruncatedReply
 from bridge.sentences import split_text
 from bridge.settings import Settings
 from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.speech")
+
+MARK_MARGIN = 3.0
+"""Seconds past the audio still buffered to wait for a mark echo before giving up on it."""
 
 
 class SpeechOutcome(enum.Enum):
@@ -51,9 +65,18 @@ class SpeechStats:
     requests: int = 0
     truncated: int = 0
     retries: int = 0
+    resumed: int = 0
     skipped_segments: int = 0
+    marks_lost: int = 0
     first_audio_latency: float | None = None
     """Seconds from a ``say`` call to the first frame of it being queued."""
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one segment got: bytes of its 8 kHz μ-law already handed to playback."""
+
+    played: int = 0
 
 
 class Speaker:
@@ -73,13 +96,16 @@ class Speaker:
         self._clock = clock
         self._ids = itertools.count(1)
         self._producer: asyncio.Task[bool] | None = None
+        self._interrupts = 0
         self.stats = SpeechStats()
 
     async def say(self, text: str, voice: Voice | None = None) -> SpeechOutcome:
         """Speak ``text`` and wait until it was played (its mark echoed) or interrupted."""
         voice = voice or self._settings.voice
         name = f"utt-{next(self._ids)}"
-        producer = asyncio.create_task(self._produce(text, voice, name))
+        interrupts = self._interrupts
+        framer = Framer()
+        producer = asyncio.create_task(self._produce(text, voice, framer))
         self._producer = producer
         try:
             complete = await producer
@@ -87,25 +113,44 @@ class Speaker:
             if producer.cancelled() and not _current_task_cancelling():
                 return SpeechOutcome.INTERRUPTED
             raise
+        except HamsaError:
+            # Final (bad key, no balance): let what is already queued finish, then report it.
+            await self._finish(name, framer)
+            raise
         finally:
             self._producer = None
-        mark = self._playback.push_mark(name)
-        played = await mark
-        if not played:
+        if self._interrupts != interrupts:
+            return SpeechOutcome.INTERRUPTED
+        played = await self._finish(name, framer)
+        if not played or self._interrupts != interrupts:
             return SpeechOutcome.INTERRUPTED
         return SpeechOutcome.PLAYED if complete else SpeechOutcome.PARTIAL
 
     def interrupt(self) -> None:
         """Barge-in: stop synthesis of the current utterance (its reply drains in the background),
         drop its queued audio and ``clear`` what Twilio buffered."""
+        self._interrupts += 1
         if self._producer is not None:
             self._producer.cancel()
         self._playback.interrupt()
 
-    async def _produce(self, text: str, voice: Voice, name: str) -> bool:
+    async def _finish(self, name: str, framer: Framer) -> bool:
+        """Pad and queue the utterance's last frame and its mark; wait for the echo (bounded)."""
+        tail = framer.flush()
+        if tail is not None:
+            self._playback.push_frames((tail,))
+        mark = self._playback.push_mark(name)
+        try:
+            async with asyncio.timeout(self._playback.buffered() + MARK_MARGIN):
+                return await mark
+        except TimeoutError:
+            self.stats.marks_lost += 1
+            log.warning("mark_lost", utterance=name, waited=self._playback.buffered() + MARK_MARGIN)
+            return True
+
+    async def _produce(self, text: str, voice: Voice, framer: Framer) -> bool:
         settings = self._settings
         started = self._clock()
-        framer = Framer()
         complete = True
         segments = split_text(
             text,
@@ -120,53 +165,61 @@ class Speaker:
             complete = complete and ok
             failed_in_a_row = 0 if ok else failed_in_a_row + 1
             if failed_in_a_row >= 2:
-                # Hamsa is failing systematically: don't keep the caller in silence for the rest.
                 log.error("utterance_abandoned", skipped_segments=len(segments) - index - 1)
-                break
-        tail = framer.flush()
-        if tail is not None:
-            self._playback.push_frames((tail,))
-        log.debug("utterance_queued", utterance=name, segments=len(segments), complete=complete)
+                return False
         return complete
 
     async def _segment(self, text: str, voice: Voice, framer: Framer, started: float) -> bool:
         """Play one request's reply, retrying failures; False if it had to be skipped."""
         settings = self._settings
         delays = settings.hamsa_retry_delays
+        deadline = self._clock() + settings.hamsa_segment_budget
+        progress = _Progress()
         immediate_retry_used = False
         attempt = 0
         while True:
             self.stats.requests += 1
+            resumed_from = progress.played
             try:
-                await self._play_reply(text, voice, framer, started)
+                await self._play_reply(text, voice, framer, started, progress)
+                if resumed_from:
+                    self.stats.resumed += 1
+                    log.info("hamsa_reply_resumed", skipped_bytes=resumed_from)
                 return True
             except TruncatedReply as exc:
                 self.stats.truncated += 1
                 log.warning(
                     "hamsa_reply_truncated",
-                    audio_ms=exc.audio_ms,
-                    threshold_ms=exc.threshold_ms,
+                    audio_ms=round(exc.audio_ms, 1),
+                    threshold_ms=round(exc.threshold_ms, 1),
+                    played_bytes=progress.played,
                     attempt=attempt + 1,
                     chars=len(text),
                 )
             except HamsaError as exc:
                 if not exc.retryable:
                     raise
+                log.warning(
+                    "hamsa_reply_failed",
+                    error=str(exc),
+                    played_bytes=progress.played,
+                    attempt=attempt + 1,
+                )
                 no_audio = isinstance(exc, HamsaReplyError) and not exc.audio_received
-                log.warning("hamsa_reply_failed", error=str(exc), attempt=attempt + 1)
                 if no_audio and not immediate_retry_used:
-                    # e.g. the socket was dropped between utterances: reconnect and resend now.
+                    # The socket was found closed (dropped between utterances): resend now.
                     immediate_retry_used = True
-                    await self._hamsa.reset()
                     self.stats.retries += 1
+                    await self._hamsa.reset()
                     continue
-            if attempt >= len(delays):
+            if attempt >= len(delays) or self._clock() + delays[attempt] > deadline:
                 self.stats.skipped_segments += 1
                 log.error(
                     "hamsa_gave_up",
                     attempts=attempt + 1,
                     chars=len(text),
-                    reason="no complete reply after retries",
+                    played_bytes=progress.played,
+                    reason="no complete reply within the retry limit",
                 )
                 return False
             await self._hamsa.reset()
@@ -174,7 +227,10 @@ class Speaker:
             attempt += 1
             self.stats.retries += 1
 
-    async def _play_reply(self, text: str, voice: Voice, framer: Framer, started: float) -> None:
+    async def _play_reply(
+        self, text: str, voice: Voice, framer: Framer, started: float, progress: _Progress
+    ) -> None:
+        """One request: stream its audio into the framer, skipping what an earlier try played."""
         settings = self._settings
         decoder = ReplyDecoder(MULAW_8K)
         guard = TruncationGuard(
@@ -184,16 +240,34 @@ class Speaker:
             hold_ms=settings.hamsa_truncation_hold_ms,
         )
         playback = self._playback
-        async with self._hamsa.reply(text, voice) as reply:
-            async for chunk in reply:
-                audio = guard.feed(decoder.feed(chunk), decoder.audio_ms)
+        skip = progress.played
+
+        def emit(audio: bytes) -> None:
+            nonlocal skip
+            if skip:
+                if len(audio) <= skip:
+                    skip -= len(audio)
+                    return
+                audio, skip = audio[skip:], 0
+            if self.stats.first_audio_latency is None:
+                self.stats.first_audio_latency = self._clock() - started
+            progress.played += len(audio)
+            playback.push_frames(framer.push(audio))
+
+        try:
+            async with self._hamsa.reply(text, voice) as reply:
+                async for chunk in reply:
+                    audio = guard.feed(decoder.feed(chunk), decoder.audio_ms)
+                    if audio:
+                        emit(audio)
+                audio = guard.finish(decoder.finish(), decoder.audio_ms)
                 if audio:
-                    if self.stats.first_audio_latency is None:
-                        self.stats.first_audio_latency = self._clock() - started
-                    playback.push_frames(framer.push(audio))
-            audio = guard.finish(decoder.finish(), decoder.audio_ms)
-            if audio:
-                playback.push_frames(framer.push(audio))
+                    emit(audio)
+        except AudioFormatError as exc:
+            raise HamsaReplyError(
+                f"Hamsa sent audio the bridge cannot decode: {exc.message}",
+                audio_received=progress.played > 0,
+            ) from None
 
 
 def _current_task_cancelling() -> bool:

@@ -57,6 +57,8 @@ class CallPlan:
     """(seconds after ``start``, digit) pairs."""
     raw: list[tuple[float, str | bytes]] = field(default_factory=list)
     """(seconds after ``start``, message) sent as is: malformed frames, to test robustness."""
+    echo_marks: bool = True
+    """False: never echo marks (to test a Twilio whose echoes are lost)."""
     hangup_after: float | None = None
     """The caller hangs up (``stop``) this long after ``start``; None: wait for the bridge."""
     max_duration: float = 300.0
@@ -245,7 +247,8 @@ async def _run_stream(
         try:
             async for message in ws:
                 for reply in leg.receive(message, clock()):
-                    outbox.put_nowait(reply)
+                    if plan.echo_marks:
+                        outbox.put_nowait(reply)
         except ConnectionClosed:
             pass
         finally:
@@ -264,7 +267,8 @@ async def _run_stream(
         while not bridge_closed.is_set():
             now = clock()
             for reply in leg.advance(now):
-                outbox.put_nowait(reply)
+                if plan.echo_marks:
+                    outbox.put_nowait(reply)
             while keys and t0 + keys[0][0] <= now:
                 _, digit = keys.pop(0)
                 result.keys_sent.append((now, digit))

@@ -160,6 +160,10 @@ class Fault(enum.Enum):
     TRUNCATE_640 = "truncate_640"
     """``ack``, one 640-byte binary frame (the first 640 bytes of the real audio), normal ``end``,
     no error: the "640-byte" failure of §4."""
+    TRUNCATE_3X640 = "truncate_3x640"
+    """``ack``, three 640-byte binary frames (the first 1920 bytes of the real audio), normal
+    ``end``: a short reply long enough to pass a hold of 200 ms ("3 audio chunks (640 bytes
+    each)", §4)."""
     ERROR = "error"
     """``ack``, then an ``error`` frame (``TTS stream error: aborted``) and no ``end``."""
     ERROR_THEN_END = "error_then_end"
@@ -500,6 +504,8 @@ def _plan_reply(
     bps = MULAW_RATE if audio_mulaw else PCM_RATE * 2
     if fault is Fault.TRUNCATE_640:
         chunks = [audio[:TRUNCATED_BYTES]]
+    elif fault is Fault.TRUNCATE_3X640:
+        chunks = [audio[i : i + TRUNCATED_BYTES] for i in range(0, 3 * TRUNCATED_BYTES, 640)]
     else:
         chunks = _split_audio(audio, rng, bps, cfg.max_chunk_bytes)
     if fault is Fault.CLOSE_MID_REPLY:

@@ -212,6 +212,7 @@ class TwilioMediaStream:
         "_call_sid",
         "_custom_parameters",
         "_fast_limit",
+        "_inbound_audio",
         "_max_message_bytes",
         "_media_prefix",
         "_state",
@@ -221,10 +222,15 @@ class TwilioMediaStream:
         "violations",
     )
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, inbound_audio: bool = True
+    ) -> None:
+        """``inbound_audio=False``: caller audio is counted but neither decoded nor delivered
+        (no ``MediaReceived`` events) — the cheapest path when nothing listens to the caller."""
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes must be positive")
         self._max_message_bytes = max_message_bytes
+        self._inbound_audio = inbound_audio
         # UTF-8 needs at most 4 bytes per code point, so a str this short cannot be too large.
         self._fast_limit = max_message_bytes // 4
         self._state = StreamState.NEW
@@ -307,6 +313,9 @@ class TwilioMediaStream:
             payload = media.get("payload")
             if type(payload) is not str:
                 return [self._shape_violation(payload, "media.payload")]
+            if not self._inbound_audio:
+                self.media_frames_in += 1
+                return []
             try:
                 audio = _a2b(payload, strict_mode=True)
             except ValueError:  # binascii.Error, or non-ASCII text
