@@ -356,5 +356,5 @@ def _public(summary: CallSummary) -> dict[str, Any]:
     return {
         f.name: getattr(summary, f.name)
         for f in dataclasses.fields(summary)
-        if f.name not in ("call_sid", "stream_sid")
+        if f.name not in ("call_sid", "stream_sid", "started_at")
     }

@@ -30,10 +30,17 @@ async def run_demo(
         result = await rig.call(keys=keys or [])
         connections = len(rig.hamsa.connections)
         requests = len(rig.hamsa.requests)
+        first_byte = rig.hamsa.requests[0].first_audio_at if rig.hamsa.requests else None
     print("hamsa-bridge demo: Hamsa emulator + bridge + simulated Twilio caller on loopback")
     for line in result.timeline():
         print("  " + line)
     print(f"  hamsa: {connections} connection(s), {requests} request(s)")
+    first_frame = result.leg.timeline.first_media_at if result.leg is not None else None
+    if first_byte is not None and first_frame is not None:
+        added = (first_frame - first_byte) * 1000
+        print(
+            f"  bridge-added latency (Hamsa's first audio byte → first frame at Twilio): {added:.1f} ms"
+        )
     if result.leg is None:
         print("demo failed: the call never reached the stream")
         return 1
