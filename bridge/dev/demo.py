@@ -38,9 +38,7 @@ async def run_demo(
     first_frame = result.leg.timeline.first_media_at if result.leg is not None else None
     if first_byte is not None and first_frame is not None:
         added = (first_frame - first_byte) * 1000
-        print(
-            f"  bridge-added latency (Hamsa's first audio byte → first frame at Twilio): {added:.1f} ms"
-        )
+        print(f"  bridge-added latency (Hamsa's first byte → first frame): {added:.1f} ms")
     if result.leg is None:
         print("demo failed: the call never reached the stream")
         return 1
