@@ -1,0 +1,259 @@
+"""Twilio's side of one Media Stream over a real WebSocket: the simulated caller's media leg.
+
+Shared by ``hamsa-bridge call`` and the Twilio emulator (one implementation of Twilio's side):
+connect to the ``<Stream url>`` with a signed handshake, send ``connected``, ``start`` and caller
+audio every 20 ms, keys at given times, model Twilio's playout buffer (``TwilioMediaLeg``), echo
+marks when their audio has played, and hang up (``stop``) when told to. What the caller heard is
+kept for a WAV file and a timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from bridge.audio.codec import ulaw_to_lin16
+from bridge.protocols.twilio_leg import TwilioMediaLeg
+from bridge.signatures import TwilioSignatures
+
+SILENCE_FRAME = b"\xff" * 160
+
+
+@dataclass(slots=True, kw_only=True)
+class CallerBehaviour:
+    """What the caller does on the media stream."""
+
+    keys: list[tuple[float, str]] = field(default_factory=list)
+    """(seconds after ``start``, digit) pairs."""
+    raw: list[tuple[float, str | bytes]] = field(default_factory=list)
+    """(seconds after ``start``, message) sent as is: malformed frames, to test robustness."""
+    echo_marks: bool = True
+    """False: never echo marks (to test a Twilio whose echoes are lost)."""
+    hangup_after: float | None = None
+    """The caller hangs up (``stop``) this long after ``start``; None: wait for the bridge."""
+    max_duration: float = 300.0
+    sign_handshake: bool = True
+    handshake_token: str | None = None
+    """Sign the handshake with this auth token instead (to test a forged signature)."""
+    token_override: str | None = None
+    """Replace the ``token`` Parameter (to test stream authentication)."""
+    connect_url: str | None = None
+    """Connect here instead of the TwiML's stream URL (same path; e.g. behind a tunnel)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class StreamResult:
+    """What happened on one media stream."""
+
+    stream_url: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    leg: TwilioMediaLeg | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    close_code: int | None = None
+    handshake_status: int | None = None
+    keys_sent: list[tuple[float, str]] = field(default_factory=list)
+    hung_up: bool = False
+
+    @property
+    def heard(self) -> bytes:
+        return self.leg.heard() if self.leg is not None else b""
+
+    def write_wav(self, path: Path) -> Path:
+        """What the caller heard, as 8 kHz 16-bit PCM WAV (plays anywhere)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(8000)
+            out.writeframes(ulaw_to_lin16(self.heard))
+        return path
+
+    def gaps(self) -> list[tuple[float, float]]:
+        """Underruns the caller heard as gaps: playout ran dry and audio came again later.
+
+        The buffer running dry after the last audio (the end of the call) is not a gap.
+        """
+        if self.leg is None:
+            return []
+        return [(u.at, u.duration) for u in self.leg.timeline.underruns if u.duration is not None]
+
+    def timeline(self) -> list[str]:
+        """Human-readable report of the stream, times in ms from ``start``."""
+        lines: list[str] = []
+        leg, t0 = self.leg, self.started_at
+        if leg is None or t0 is None:
+            if self.handshake_status is not None:
+                lines.append(f"stream handshake refused: HTTP {self.handshake_status}")
+            return lines
+
+        def ms(t: float | None) -> str:
+            return "-" if t is None else f"{(t - t0) * 1000:8.1f} ms"
+
+        tl = leg.timeline
+        lines.append(f"stream: {self.stream_url}  parameters: {sorted(self.parameters)}")
+        lines.append(f"first audio:        {ms(tl.first_media_at)}")
+        for at, digit in self.keys_sent:
+            lines.append(f"key {digit!r} pressed:     {ms(at)}")
+        for mark in tl.marks:
+            state = "cleared" if mark.cleared else "played"
+            lines.append(
+                f"mark {mark.name!r}: sent {ms(mark.received_at)}, "
+                f"echoed {ms(mark.echoed_at)} ({state})"
+            )
+        for clear in tl.clears:
+            lines.append(f"clear:              {ms(clear.at)} dropped {clear.dropped_bytes} bytes")
+        gaps = self.gaps()
+        for at, duration in gaps:
+            lines.append(f"underrun:           {ms(at)} for {duration * 1000:.1f} ms")
+        lines.append(
+            f"frames received: {tl.frames_received}  audio heard: {len(leg.played) / 8000:.2f} s  "
+            f"max lead: {tl.max_lead_ms:.0f} ms  underruns: {len(gaps)}"
+        )
+        if leg.warnings:
+            lines.append(
+                f"protocol warnings: {leg.warnings[:5]}{' …' if len(leg.warnings) > 5 else ''}"
+            )
+        else:
+            lines.append("protocol warnings: none")
+        end = (
+            "caller hung up"
+            if self.hung_up
+            else f"bridge closed the stream (code {self.close_code})"
+        )
+        lines.append(f"end:                {ms(self.ended_at)} {end}")
+        return lines
+
+
+async def run_media_stream(
+    stream_url: str,
+    parameters: dict[str, str],
+    *,
+    auth_token: str,
+    call_sid: str,
+    account_sid: str,
+    stream_sid: str,
+    behaviour: CallerBehaviour,
+    result: StreamResult | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> StreamResult:
+    """Open the stream as Twilio does and run it to its end (either side closing, or hang-up)."""
+    result = result if result is not None else StreamResult()
+    result.stream_url, result.parameters = stream_url, dict(parameters)
+    params = dict(parameters)
+    if behaviour.token_override is not None:
+        params["token"] = behaviour.token_override
+    signer = TwilioSignatures(behaviour.handshake_token or auth_token)
+    headers = (
+        {"X-Twilio-Signature": signer.sign(stream_url, {})} if behaviour.sign_handshake else {}
+    )
+    try:
+        ws = await connect(
+            behaviour.connect_url or stream_url,
+            additional_headers=headers,
+            open_timeout=10,
+            max_size=2**20,
+        )
+    except InvalidStatus as exc:
+        result.handshake_status = exc.response.status_code
+        return result
+    leg = TwilioMediaLeg(stream_sid, call_sid, account_sid, params)
+    result.leg = leg
+    async with ws:
+        await _run_stream(ws, leg, behaviour, result, clock)
+    result.close_code = ws.close_code
+    return result
+
+
+async def _run_stream(
+    ws: ClientConnection,
+    leg: TwilioMediaLeg,
+    plan: CallerBehaviour,
+    result: StreamResult,
+    clock: Callable[[], float],
+) -> None:
+    outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+    bridge_closed = asyncio.Event()
+
+    async def writer() -> None:
+        while (message := await outbox.get()) is not None:
+            try:
+                await ws.send(message)
+            except ConnectionClosed:
+                return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.close()
+
+    async def reader() -> None:
+        try:
+            async for message in ws:
+                for reply in leg.receive(message, clock()):
+                    if plan.echo_marks:
+                        outbox.put_nowait(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            bridge_closed.set()
+
+    async def ticker() -> None:
+        """Caller audio every 20 ms, keys on time, playout and mark echoes, hang-up."""
+        outbox.put_nowait(leg.connected())
+        t0 = clock()
+        result.started_at = t0
+        outbox.put_nowait(leg.start())
+        keys = sorted(plan.keys)
+        raw = sorted(plan.raw, key=lambda item: item[0])
+        frame = 0
+        deadline = t0 + (plan.hangup_after if plan.hangup_after is not None else plan.max_duration)
+        while not bridge_closed.is_set():
+            now = clock()
+            for reply in leg.advance(now):
+                if plan.echo_marks:
+                    outbox.put_nowait(reply)
+            while keys and t0 + keys[0][0] <= now:
+                _, digit = keys.pop(0)
+                result.keys_sent.append((now, digit))
+                outbox.put_nowait(leg.dtmf(digit))
+            while raw and t0 + raw[0][0] <= now:
+                outbox.put_nowait(raw.pop(0)[1])
+            next_media = t0 + 0.020 * (frame + 1)
+            if now >= next_media:
+                frame += 1
+                outbox.put_nowait(leg.media(SILENCE_FRAME, int(frame * 20)))
+                continue
+            if now >= deadline:
+                result.hung_up = True
+                outbox.put_nowait(leg.stop())
+                return
+            wake = min(next_media, deadline)
+            due = leg.next_due()
+            if due is not None:
+                wake = min(wake, due)
+            if keys:
+                wake = min(wake, t0 + keys[0][0])
+            if raw:
+                wake = min(wake, t0 + raw[0][0])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wake - clock())):
+                    await bridge_closed.wait()
+
+    async with asyncio.TaskGroup() as tasks:
+        write = tasks.create_task(writer())
+        tasks.create_task(reader())
+        await ticker()
+        result.ended_at = clock()
+        for reply in leg.advance(result.ended_at):
+            outbox.put_nowait(reply)
+        outbox.put_nowait(None)
+        await write
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await bridge_closed.wait()
