@@ -34,6 +34,7 @@ from twiml.inbound import connect_stream
 log = structlog.get_logger("bridge.app")
 
 INBOUND_PATH = "/twiml/inbound"
+STATUS_PATH = "/twilio/status"
 _CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 
 
@@ -108,6 +109,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route(INBOUND_PATH, inbound_webhook, methods=["POST"]),
+            Route(STATUS_PATH, call_status, methods=["POST"]),
             WebSocketRoute(settings.bridge_stream_path, media_stream),
             Route("/livez", livez, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -123,10 +125,13 @@ def _state(conn: Request | WebSocket[Any]) -> BridgeState:
     return bridge
 
 
-async def inbound_webhook(request: Request) -> Response:
-    """Twilio's Voice webhook for an incoming call: TwiML that connects it to our stream."""
+async def _signed_form(request: Request) -> dict[str, str | list[str]] | None:
+    """The posted form if ``X-Twilio-Signature`` is valid for the public URL, else None.
+
+    The URL signed is ``BRIDGE_PUBLIC_URL`` + path (+ query), never the Host header; every posted
+    field counts, repeated keys included (twilio-media-streams.md §7.1).
+    """
     state = _state(request)
-    settings = state.settings
     form = await request.form()
     params: dict[str, str | list[str]] = {}
     for key, value in form.multi_items():
@@ -138,11 +143,21 @@ async def inbound_webhook(request: Request) -> Response:
             previous.append(text)
         else:
             params[key] = [previous, text]
-    url = settings.webhook_url(request.url.path)
+    url = state.settings.webhook_url(request.url.path)
     if request.url.query:
         url += "?" + request.url.query
     if not state.signatures.webhook_ok(url, params, request.headers.get("x-twilio-signature")):
         log.warning("webhook_signature_invalid", path=request.url.path)
+        return None
+    return params
+
+
+async def inbound_webhook(request: Request) -> Response:
+    """Twilio's Voice webhook for an incoming call: TwiML that connects it to our stream."""
+    state = _state(request)
+    settings = state.settings
+    params = await _signed_form(request)
+    if params is None:
         return PlainTextResponse("invalid Twilio signature", status_code=403)
     call_sid = params.get("CallSid")
     if not isinstance(call_sid, str) or not _CALL_SID.match(call_sid):
@@ -161,6 +176,27 @@ async def inbound_webhook(request: Request) -> Response:
     twiml = connect_stream(settings.stream_url, parameters)
     log.info("webhook_answered", call_sid=call_sid)
     return Response(twiml, media_type="application/xml")
+
+
+async def call_status(request: Request) -> Response:
+    """Twilio's call-status callback (signed): logged per call; 204."""
+    params = await _signed_form(request)
+    if params is None:
+        return PlainTextResponse("invalid Twilio signature", status_code=403)
+    fields = {
+        name: value
+        for name in (
+            "CallSid",
+            "CallStatus",
+            "CallDuration",
+            "SequenceNumber",
+            "Direction",
+            "AnsweredBy",
+        )
+        if isinstance(value := params.get(name), str)
+    }
+    log.info("call_status", **{k.lower(): v for k, v in fields.items()})
+    return Response(status_code=204)
 
 
 async def media_stream(websocket: WebSocket[Any]) -> None:

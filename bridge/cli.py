@@ -7,7 +7,11 @@ Commands::
     hamsa-bridge demo                        a complete simulated call: no credentials,
                                              no network
     hamsa-bridge call --url URL ...          a simulated Twilio caller against any bridge
+    hamsa-bridge twilio configure|show       wire a Twilio number to this bridge / list numbers
+    hamsa-bridge twiml inbound               TwiML for a TwiML Bin
+    hamsa-bridge doctor                      check every link, Twilio to Hamsa
     hamsa-bridge emulate-hamsa ...           the Hamsa emulator (realtime WebSocket + preload REST)
+    hamsa-bridge emulate-twilio ...          the Twilio emulator (REST API + voice platform)
 """
 
 from __future__ import annotations
@@ -73,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--no-sign-handshake", action="store_true")
     call.add_argument("--out", type=Path, default=Path("hamsa-call.wav"))
 
+    twilio = commands.add_parser("twilio", help="wire Twilio numbers to this bridge")
+    twilio_commands = twilio.add_subparsers(dest="twilio_command", required=True)
+    configure = twilio_commands.add_parser(
+        "configure", help="point a number's Voice webhook and status callback at this bridge"
+    )
+    configure.add_argument("--number", help="E.164 number (default: TWILIO_PHONE_NUMBER)")
+    configure.add_argument("--dry-run", action="store_true", help="show the change, make none")
+    twilio_commands.add_parser("show", help="the account's numbers and where they point")
+
+    twiml = commands.add_parser("twiml", help="print TwiML for configuring by hand")
+    twiml_commands = twiml.add_subparsers(dest="twiml_command", required=True)
+    twiml_commands.add_parser("inbound", help="TwiML for a TwiML Bin that reaches this bridge")
+
+    doctor = commands.add_parser("doctor", help="check every link from Twilio to Hamsa")
+    doctor.add_argument("--number", help="E.164 number (default: TWILIO_PHONE_NUMBER)")
+
     emulate = commands.add_parser("emulate-hamsa", help="run the Hamsa emulator")
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=8765)
@@ -108,7 +128,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
             print(f"  {name}: {error['msg']}", file=sys.stderr)
         return 2
-    quiet = args.command in ("demo", "call") and "BRIDGE_LOG_LEVEL" not in env
+    quiet = args.command in ("demo", "call", "twilio", "twiml", "doctor")
+    quiet = quiet and "BRIDGE_LOG_LEVEL" not in env
     configure_logging(
         level="warning" if quiet else settings.bridge_log_level, fmt=settings.bridge_log_format
     )
@@ -127,6 +148,28 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from bridge.dev.caller import run_call_command
 
             return asyncio.run(run_call_command(settings, args))
+        if args.command == "twilio":
+            from bridge import console
+
+            if args.twilio_command == "configure":
+                number = args.number or settings.twilio_phone_number
+                if not number:
+                    print("hamsa-bridge: pass --number +E164 or set TWILIO_PHONE_NUMBER")
+                    return 2
+                return console.configure(settings, number, dry_run=args.dry_run)
+            return console.show(settings)
+        if args.command == "twiml":
+            from bridge.console import twiml_for_bin
+
+            if not settings.bridge_public_url:
+                print("hamsa-bridge: set BRIDGE_PUBLIC_URL first", file=sys.stderr)
+                return 2
+            print(twiml_for_bin(settings))
+            return 0
+        if args.command == "doctor":
+            from bridge.doctor import doctor
+
+            return asyncio.run(doctor(settings, args.number))
         if args.command == "emulate-hamsa":
             from bridge.dev.hamsa_emulator import run_emulator_command
 

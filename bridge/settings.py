@@ -6,6 +6,7 @@ down. Nothing below the entry point reads ``os.environ``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.voice import Voice
+
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
 class Settings(BaseSettings):
@@ -58,6 +61,7 @@ class Settings(BaseSettings):
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr = SecretStr("")
     twilio_api_url: str = "https://api.twilio.com"
+    twilio_phone_number: str = ""
 
     # --- Bridge ------------------------------------------------------------------------------
     bridge_public_url: str = ""
@@ -101,6 +105,14 @@ class Settings(BaseSettings):
                 raise ValueError("must not carry a query string or fragment")
         return value
 
+    @field_validator("twilio_phone_number")
+    @classmethod
+    def _check_phone_number(cls, value: str) -> str:
+        value = value.strip()
+        if value and not E164.match(value):
+            raise ValueError("must be an E.164 number such as +966501234567")
+        return value
+
     @field_validator("bridge_stream_path")
     @classmethod
     def _check_stream_path(cls, value: str) -> str:
@@ -135,6 +147,15 @@ class Settings(BaseSettings):
         elif base.startswith("http://"):
             base = "ws://" + base.removeprefix("http://")
         return base + self.bridge_stream_path
+
+    @property
+    def status_callback_url(self) -> str:
+        """Where Twilio posts call-status callbacks for calls to our numbers."""
+        return self.bridge_public_url + "/twilio/status"
+
+    @property
+    def inbound_webhook_url(self) -> str:
+        return self.bridge_public_url + "/twiml/inbound"
 
     def webhook_url(self, path: str) -> str:
         """The public URL Twilio signs for a webhook path."""

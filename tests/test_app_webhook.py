@@ -155,3 +155,12 @@ def test_settings_from_env_parses_lists_and_ignores_unrelated() -> None:
 def test_settings_reject_bad_public_url() -> None:
     with pytest.raises(ValueError, match="absolute"):
         Settings.from_env({"BRIDGE_PUBLIC_URL": "bridge.example.com"})
+
+
+def test_signed_status_callback_is_accepted_and_unsigned_refused(client: TestClient) -> None:
+    form = {**FORM, "CallStatus": "completed", "CallDuration": "12", "SequenceNumber": "3"}
+    url = PUBLIC + "/twilio/status"
+    assert client.post("/twilio/status", data=form, headers=signed(url, form)).status_code == 204
+    assert client.post("/twilio/status", data=form).status_code == 403
+    tampered = {**form, "CallStatus": "busy"}
+    assert client.post("/twilio/status", data=tampered, headers=signed(url, form)).status_code == 403

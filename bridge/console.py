@@ -1,0 +1,178 @@
+"""``hamsa-bridge twilio configure|show`` and ``hamsa-bridge twiml inbound``.
+
+Wiring a number to the bridge means exactly four fields of its IncomingPhoneNumber:
+``VoiceUrl`` = ``{BRIDGE_PUBLIC_URL}/twiml/inbound``, ``VoiceMethod`` = ``POST``, and the
+call-status callback ``StatusCallback`` = ``{BRIDGE_PUBLIC_URL}/twilio/status`` with
+``StatusCallbackMethod`` = ``POST``. ``configure`` changes only those that differ (a second run
+changes nothing) and shows them before and after; ``--dry-run`` makes no changing request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from bridge.settings import E164, Settings
+from bridge.twilio_api import PhoneNumber, TwilioApi, TwilioApiError
+
+Print = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    field: str
+    """twilio-python's name (``voice_url``)."""
+    api_name: str
+    """Twilio's name (``VoiceUrl``)."""
+    before: str
+    after: str
+
+
+FIELDS = (
+    ("voice_url", "VoiceUrl"),
+    ("voice_method", "VoiceMethod"),
+    ("status_callback", "StatusCallback"),
+    ("status_callback_method", "StatusCallbackMethod"),
+)
+
+
+def wanted_wiring(settings: Settings) -> dict[str, str]:
+    return {
+        "voice_url": settings.inbound_webhook_url,
+        "voice_method": "POST",
+        "status_callback": settings.status_callback_url,
+        "status_callback_method": "POST",
+    }
+
+
+def changes_needed(number: PhoneNumber, settings: Settings) -> list[Change]:
+    wanted = wanted_wiring(settings)
+    out = []
+    for field, api_name in FIELDS:
+        before = getattr(number, field)
+        if field.endswith("method"):
+            same = before.upper() == wanted[field]
+        else:
+            same = before == wanted[field]
+        if not same:
+            out.append(Change(field, api_name, before, wanted[field]))
+    return out
+
+
+def how_it_points(number: PhoneNumber, settings: Settings) -> str:
+    """One phrase: whether and how a number reaches this bridge."""
+    if number.voice_application_sid:
+        return f"uses TwiML App {number.voice_application_sid} (not this bridge's webhook)"
+    if not number.voice_url:
+        return "no voice webhook configured"
+    if number.voice_url != settings.inbound_webhook_url:
+        return f"points elsewhere: {number.voice_method or 'POST'} {number.voice_url}"
+    if number.voice_method.upper() != "POST":
+        return f"points here but with HTTP {number.voice_method}; needs POST"
+    if number.status_callback != settings.status_callback_url:
+        return "points here (call-status callback not set to this bridge)"
+    return "points here ✓"
+
+
+def public_url_problem(settings: Settings) -> str | None:
+    """Why ``BRIDGE_PUBLIC_URL`` can't be given to Twilio, or None.
+
+    It must be ``https://`` (Twilio streams only to ``wss://`` on 443). Plain ``http://`` is
+    accepted for a loopback host only: that is the Twilio emulator on this machine.
+    """
+    url = settings.bridge_public_url
+    if not url:
+        return "BRIDGE_PUBLIC_URL is not set (e.g. https://bridge.example.com)"
+    if url.startswith("https://") or _is_loopback(urlsplit(url).hostname or ""):
+        return None
+    return (
+        f"BRIDGE_PUBLIC_URL must be https:// (Twilio only streams to wss:// on port 443), not {url}"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def configure(settings: Settings, number: str, *, dry_run: bool, out: Print = print) -> int:
+    """Point ``number``'s Voice webhook and status callback at this bridge. Exit status."""
+    problem = public_url_problem(settings)
+    if problem:
+        out(f"✗ {problem}")
+        return 2
+    if not E164.match(number):
+        out(f"✗ {number!r} is not an E.164 number (e.g. +966501234567)")
+        return 2
+    try:
+        api = TwilioApi(settings)
+        current = api.find_number(number)
+        if current is None:
+            out(
+                f"✗ {number} is not a number of account {settings.twilio_account_sid}; "
+                "`hamsa-bridge twilio show` lists the account's numbers"
+            )
+            return 1
+        todo = changes_needed(current, settings)
+        out(f"{current.phone_number} ({current.sid}) {current.friendly_name}")
+        for field, api_name in FIELDS:
+            out(f"  {api_name:22} {getattr(current, field) or '-'}")
+        if not todo:
+            out("already points at this bridge: nothing to change")
+            return 0
+        verb = "would change" if dry_run else "changing"
+        for change in todo:
+            out(f"  {verb}: {change.api_name}: {change.before or '-'} → {change.after}")
+        if dry_run:
+            out("dry run: nothing was changed")
+            return 0
+        updated = api.update_number(current.sid, **{c.field: c.after for c in todo})
+    except TwilioApiError as exc:
+        out(f"✗ {exc}")
+        return 1
+    out("after:")
+    for field, api_name in FIELDS:
+        out(f"  {api_name:22} {getattr(updated, field) or '-'}")
+    left = changes_needed(updated, settings)
+    if left:
+        out(f"✗ Twilio did not apply: {', '.join(c.api_name for c in left)}")
+        return 1
+    out("✓ configured: calls to this number now reach the bridge")
+    return 0
+
+
+def show(settings: Settings, *, out: Print = print) -> int:
+    """List the account's numbers and whether they point at this bridge."""
+    try:
+        api = TwilioApi(settings)
+        name = api.account_name()
+        numbers = api.numbers()
+    except TwilioApiError as exc:
+        out(f"✗ {exc}")
+        return 1
+    out(f"account {settings.twilio_account_sid} ({name}): {len(numbers)} number(s)")
+    if settings.bridge_public_url:
+        out(f"this bridge: {settings.inbound_webhook_url}")
+    for number in numbers:
+        out(f"  {number.phone_number:16} {number.sid}  {how_it_points(number, settings)}")
+    return 0
+
+
+def twiml_for_bin(settings: Settings) -> str:
+    """TwiML to paste into a TwiML Bin: redirect the call to this bridge's signed webhook.
+
+    A Bin is static, so it cannot carry the per-call stream token; redirecting to the webhook
+    keeps every guarantee (a signed request, a token bound to the CallSid) for one extra round
+    trip at call setup.
+    """
+    response = VoiceResponse()
+    response.redirect(settings.inbound_webhook_url, method="POST")
+    return str(response.to_xml())

@@ -1,0 +1,119 @@
+"""The bridge's Twilio REST client: twilio's own ``Client``, aimed at ``TWILIO_API_URL``.
+
+Every Twilio-facing command goes through here, so pointing ``TWILIO_API_URL`` at the Twilio
+emulator makes all of them work offline, unchanged. Failures become ``TwilioApiError`` with a
+message that says which setting to check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.rest import Client
+
+from bridge.errors import BridgeError
+from bridge.settings import Settings
+
+
+class TwilioApiError(BridgeError):
+    """A Twilio REST call failed; ``status``/``code`` are Twilio's when it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneNumber:
+    """The parts of an IncomingPhoneNumber the bridge cares about."""
+
+    sid: str
+    phone_number: str
+    friendly_name: str
+    voice_url: str
+    voice_method: str
+    status_callback: str
+    status_callback_method: str
+    voice_application_sid: str
+
+    @classmethod
+    def from_resource(cls, resource: Any) -> PhoneNumber:
+        return cls(
+            sid=str(resource.sid),
+            phone_number=str(resource.phone_number),
+            friendly_name=str(resource.friendly_name or ""),
+            voice_url=str(resource.voice_url or ""),
+            voice_method=str(resource.voice_method or ""),
+            status_callback=str(resource.status_callback or ""),
+            status_callback_method=str(resource.status_callback_method or ""),
+            voice_application_sid=str(resource.voice_application_sid or ""),
+        )
+
+
+def _explain(exc: Exception, settings: Settings) -> TwilioApiError:
+    if isinstance(exc, TwilioRestException):
+        status, code = exc.status, exc.code
+        if status == 401:
+            return TwilioApiError(
+                f"Twilio rejected the credentials (HTTP 401, code {code}): check "
+                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (the account's primary auth token)",
+                status=status,
+                code=code,
+            )
+        return TwilioApiError(
+            f"Twilio answered HTTP {status} (code {code}): {exc.msg}", status=status, code=code
+        )
+    return TwilioApiError(
+        f"cannot reach the Twilio API at {settings.twilio_api_url}: {type(exc).__name__}; "
+        "check TWILIO_API_URL and the network"
+    )
+
+
+class TwilioApi:
+    """A few typed Twilio REST operations (sync: used by the command-line tools)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.twilio_account_sid or not settings.twilio_auth_token.get_secret_value():
+            raise TwilioApiError("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        self._settings = settings
+        self._client = Client(
+            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value()
+        )
+        self._client.api.base_url = settings.twilio_api_url.rstrip("/")
+
+    def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return operation(*args, **kwargs)
+        except (TwilioException, OSError) as exc:
+            raise _explain(exc, self._settings) from None
+        except Exception as exc:  # requests' ConnectionError and friends
+            if type(exc).__module__.startswith(("requests", "urllib3")):
+                raise _explain(exc, self._settings) from None
+            raise
+
+    def account_name(self) -> str:
+        """Fetch the account (proves the credentials); its friendly name."""
+        sid = self._settings.twilio_account_sid
+        account = self._call(lambda: self._client.api.v2010.accounts(sid).fetch())
+        return str(account.friendly_name or sid)
+
+    def numbers(self) -> list[PhoneNumber]:
+        records = self._call(lambda: self._client.incoming_phone_numbers.list(page_size=100))
+        return [PhoneNumber.from_resource(r) for r in records]
+
+    def find_number(self, phone_number: str) -> PhoneNumber | None:
+        records = self._call(
+            lambda: self._client.incoming_phone_numbers.list(phone_number=phone_number, limit=20)
+        )
+        for record in records:
+            if record.phone_number == phone_number:
+                return PhoneNumber.from_resource(record)
+        return None
+
+    def update_number(self, sid: str, **fields: str) -> PhoneNumber:
+        """Change only the given fields (snake_case twilio-python names) of a number."""
+        record = self._call(lambda: self._client.incoming_phone_numbers(sid).update(**fields))
+        return PhoneNumber.from_resource(record)
