@@ -163,4 +163,6 @@ def test_signed_status_callback_is_accepted_and_unsigned_refused(client: TestCli
     assert client.post("/twilio/status", data=form, headers=signed(url, form)).status_code == 204
     assert client.post("/twilio/status", data=form).status_code == 403
     tampered = {**form, "CallStatus": "busy"}
-    assert client.post("/twilio/status", data=tampered, headers=signed(url, form)).status_code == 403
+    assert (
+        client.post("/twilio/status", data=tampered, headers=signed(url, form)).status_code == 403
+    )
