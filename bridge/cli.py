@@ -93,6 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check every link from Twilio to Hamsa")
     doctor.add_argument("--number", help="E.164 number (default: TWILIO_PHONE_NUMBER)")
 
+    emulate_twilio = commands.add_parser(
+        "emulate-twilio", help="run the Twilio emulator (REST API + voice platform)"
+    )
+    emulate_twilio.add_argument("--host", default="127.0.0.1")
+    emulate_twilio.add_argument("--port", type=int, default=8766)
+    emulate_twilio.add_argument(
+        "--number",
+        action="append",
+        default=[],
+        metavar="E164[=VOICE_URL]",
+        help="a number of the emulated account (default: TWILIO_PHONE_NUMBER)",
+    )
+    emulate_twilio.add_argument("--status-callback", help="the numbers' call-status callback URL")
+    emulate_twilio.add_argument("--ring-seconds", type=float, default=2.0)
+    emulate_twilio.add_argument(
+        "--outcome",
+        action="append",
+        default=[],
+        metavar="E164=OUTCOME",
+        help="busy, no-answer, failed, human or machine_end_beep for calls to E164",
+    )
+    emulate_twilio.add_argument("--max-call-seconds", type=float, default=4 * 3600.0)
+    emulate_twilio.add_argument("--seed", type=int)
+
     emulate = commands.add_parser("emulate-hamsa", help="run the Hamsa emulator")
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=8765)
@@ -170,6 +194,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from bridge.doctor import doctor
 
             return asyncio.run(doctor(settings, args.number))
+        if args.command == "emulate-twilio":
+            from bridge.dev.twilio_emulator import run_twilio_emulator_command
+
+            return run_twilio_emulator_command(settings, args)
         if args.command == "emulate-hamsa":
             from bridge.dev.hamsa_emulator import run_emulator_command
 

@@ -7,6 +7,7 @@ message that says which setting to check.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,27 @@ class PhoneNumber:
         )
 
 
-def _explain(exc: Exception, settings: Settings) -> TwilioApiError:
+def _status_of(exc: Exception) -> tuple[int | None, int | None, str]:
+    """(HTTP status, Twilio code, message) of a twilio-python error, when Twilio answered."""
     if isinstance(exc, TwilioRestException):
-        status, code = exc.status, exc.code
+        return exc.status, exc.code, str(exc.msg)
+    # list() raises TwilioException("Unable to fetch page", response) for a non-200 page
+    response = exc.args[1] if len(exc.args) > 1 else None
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int):
+        return None, None, str(exc)
+    try:
+        body = json.loads(getattr(response, "text", "") or "{}")
+    except ValueError:
+        body = {}
+    code = body.get("code") if isinstance(body, dict) else None
+    message = body.get("message", "") if isinstance(body, dict) else ""
+    return status, code if isinstance(code, int) else None, str(message)
+
+
+def _explain(exc: Exception, settings: Settings) -> TwilioApiError:
+    status, code, message = _status_of(exc)
+    if status is not None:
         if status == 401:
             return TwilioApiError(
                 f"Twilio rejected the credentials (HTTP 401, code {code}): check "
@@ -64,7 +83,7 @@ def _explain(exc: Exception, settings: Settings) -> TwilioApiError:
                 code=code,
             )
         return TwilioApiError(
-            f"Twilio answered HTTP {status} (code {code}): {exc.msg}", status=status, code=code
+            f"Twilio answered HTTP {status} (code {code}): {message}", status=status, code=code
         )
     return TwilioApiError(
         f"cannot reach the Twilio API at {settings.twilio_api_url}: {type(exc).__name__}; "

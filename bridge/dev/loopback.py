@@ -56,11 +56,15 @@ async def loopback(
     *,
     settings: Settings | None = None,
     script: CallScript = greeting_script,
+    auth_token: str | None = None,
     **setting_overrides: Any,
 ) -> AsyncIterator[Loopback]:
-    """Start the emulator and the bridge; yield a ``Loopback`` to place calls through."""
+    """Start the emulator and the bridge; yield a ``Loopback`` to place calls through.
+
+    ``auth_token``: the Twilio auth token the bridge validates with (default: a random one).
+    """
     api_key = "loopback-" + secrets.token_hex(8)
-    auth_token = secrets.token_hex(16)
+    auth_token = auth_token or secrets.token_hex(16)
     config = dataclasses.replace(emulator or EmulatorConfig(), api_keys=frozenset({api_key}))
     emulator_app = create_emulator_app(config)
     async with serving(emulator_app) as hamsa_url:

@@ -1,0 +1,200 @@
+"""``twilio configure``/``show`` and ``doctor`` against the Twilio emulator, the Hamsa emulator
+and a running bridge, all over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from bridge.console import configure, show
+from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.loopback import Loopback, loopback
+from bridge.dev.twilio_emulator import TwilioEmulatorConfig, TwilioEmulatorServer
+from bridge.doctor import doctor
+from bridge.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+ACCOUNT = "AC" + "c" * 32
+TOKEN = "console-auth-token"
+NUMBER = "+966501234567"
+OTHER = "+966501234568"
+ELSEWHERE = "https://elsewhere.example.com/voice"
+VOICE = "c803658e-ccec-47e7-ad0f-1caf9ba4babb"
+
+
+@dataclasses.dataclass
+class Stack:
+    twilio: TwilioEmulatorServer
+    rig: Loopback
+
+    @property
+    def settings(self) -> Settings:
+        return self.rig.settings
+
+    def with_(self, **overrides: Any) -> Settings:
+        return Settings.model_validate(self.settings.model_dump() | overrides)
+
+    def number(self, phone: str) -> Any:
+        found = self.twilio.state.number(phone)
+        assert found is not None
+        return found
+
+    def changing_requests(self) -> list[Any]:
+        return [r for r in self.twilio.state.requests if r.method != "GET"]
+
+
+@asynccontextmanager
+async def stack(hamsa: EmulatorConfig | None = None, **overrides: Any) -> AsyncIterator[Stack]:
+    config = TwilioEmulatorConfig(
+        account_sid=ACCOUNT,
+        auth_token=TOKEN,
+        numbers={NUMBER: {}, OTHER: {"voice_url": ELSEWHERE, "friendly_name": "other line"}},
+    )
+    async with (
+        TwilioEmulatorServer(config) as twilio,
+        loopback(
+            hamsa,
+            auth_token=TOKEN,
+            twilio_account_sid=ACCOUNT,
+            twilio_api_url=twilio.http_url,
+            twilio_phone_number=NUMBER,
+            bridge_greeting="مرحبا بك.",
+            **overrides,
+        ) as rig,
+    ):
+        yield Stack(twilio, rig)
+
+
+async def run(function: Any, *args: Any, **kwargs: Any) -> tuple[int, str]:
+    lines: list[str] = []
+    code = await asyncio.to_thread(function, *args, out=lines.append, **kwargs)
+    return code, "\n".join(lines)
+
+
+async def run_doctor(settings: Settings, number: str | None = None) -> tuple[int, str]:
+    lines: list[str] = []
+    code = await doctor(settings, number, out=lines.append)
+    return code, "\n".join(lines)
+
+
+async def test_configure_changes_exactly_the_voice_fields_and_is_idempotent() -> None:
+    async with stack() as s:
+        before = dataclasses.asdict(s.number(NUMBER))
+        other_before = dataclasses.asdict(s.number(OTHER))
+        code, output = await run(configure, s.settings, NUMBER, dry_run=False)
+        assert code == 0, output
+        after = dataclasses.asdict(s.number(NUMBER))
+        changed = {k for k in before if before[k] != after[k]}
+        assert changed <= {
+            "voice_url",
+            "voice_method",
+            "status_callback",
+            "status_callback_method",
+            "date_updated",
+        }
+        assert after["voice_url"] == s.settings.bridge_public_url + "/twiml/inbound"
+        assert after["voice_method"] == "POST"
+        assert after["status_callback"] == s.settings.bridge_public_url + "/twilio/status"
+        assert dataclasses.asdict(s.number(OTHER)) == other_before
+        posts = s.changing_requests()
+        assert len(posts) == 1
+        assert set(posts[0].form) == {"VoiceUrl", "StatusCallback"}  # only what differed
+        assert "→" in output and "configured" in output
+
+        code, output = await run(configure, s.settings, NUMBER, dry_run=False)
+        assert code == 0
+        assert "nothing to change" in output
+        assert len(s.changing_requests()) == 1  # the second run made no change
+
+
+async def test_dry_run_makes_no_changing_request() -> None:
+    async with stack() as s:
+        code, output = await run(configure, s.settings, NUMBER, dry_run=True)
+        assert code == 0
+        assert "would change" in output and "dry run" in output
+        assert s.changing_requests() == []
+        assert s.number(NUMBER).voice_url != s.settings.bridge_public_url + "/twiml/inbound"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "number", "message", "exit_code"),
+    [
+        ({}, "+966500000000", "is not a number of account", 1),
+        ({"twilio_auth_token": "wrong"}, NUMBER, "TWILIO_AUTH_TOKEN", 1),
+        ({"bridge_public_url": "http://bridge.example.com"}, NUMBER, "must be https://", 2),
+        ({}, "0501234567", "not an E.164 number", 2),
+    ],
+)
+async def test_configure_failures_are_specific(
+    overrides: dict[str, str], number: str, message: str, exit_code: int
+) -> None:
+    async with stack() as s:
+        code, output = await run(configure, s.with_(**overrides), number, dry_run=False)
+        assert code == exit_code
+        assert message in output
+        assert s.changing_requests() == []
+
+
+async def test_show_lists_numbers_and_where_they_point() -> None:
+    async with stack() as s:
+        await run(configure, s.settings, NUMBER, dry_run=False)
+        code, output = await run(show, s.settings)
+    assert code == 0
+    assert f"{NUMBER}" in output and "points here ✓" in output
+    assert f"{OTHER}" in output and f"points elsewhere: POST {ELSEWHERE}" in output
+
+
+async def test_doctor_passes_with_a_correct_setup() -> None:
+    hamsa = EmulatorConfig(custom_voices=frozenset({VOICE}))
+    async with stack(hamsa, hamsa_preload_voices=(VOICE,)) as s:
+        await run(configure, s.settings, NUMBER, dry_run=False)
+        code, output = await run_doctor(s.settings)
+    assert code == 0, output
+    assert "✗" not in output
+    assert "all checks passed" in output
+
+
+async def test_doctor_names_each_broken_link_and_its_fix() -> None:
+    async with stack() as s:
+        # the number is not configured yet: points nowhere
+        code, output = await run_doctor(s.settings)
+        assert code == 1
+        assert "✗ number points at this bridge — no voice webhook configured" in output
+        assert "hamsa-bridge twilio configure --number" in output
+
+        await run(configure, s.settings, NUMBER, dry_run=False)
+        code, output = await run_doctor(s.settings, OTHER)
+        assert "✗ number points at this bridge — points elsewhere" in output
+
+        code, output = await run_doctor(s.with_(twilio_auth_token="wrong-token"))
+        assert "✗ Twilio credentials" in output
+        assert "TWILIO_AUTH_TOKEN" in output
+        # the bridge runs with the right token: a handshake signed with the wrong one is refused
+        assert "✗ signed stream handshake accepted" in output
+
+        code, output = await run_doctor(s.with_(hamsa_api_key="rejected-key"))
+        assert "✗ Hamsa key accepted — closed 4001" in output
+        assert "HAMSA_API_KEY" in output
+
+        unknown = "7d2f9c4e-1111-4222-8333-944455556666"
+        code, output = await run_doctor(s.with_(hamsa_preload_voices=(unknown,)))
+        assert code == 1
+        assert f"✗ custom voices preload — cannot preload custom voice '{unknown}'" in output
+
+        code, output = await run_doctor(s.with_(bridge_public_url="http://127.0.0.1:9"))
+        assert "✗ public URL answers /livez" in output
+        assert "start `hamsa-bridge serve`" in output
+
+
+async def test_doctor_reports_missing_settings() -> None:
+    code, output = await run_doctor(Settings(), None)
+    assert code == 1
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "HAMSA_API_KEY", "BRIDGE_PUBLIC_URL"):
+        assert f"✗ {name}" in output
+    assert "✗ phone number — none given" in output
