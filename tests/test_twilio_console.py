@@ -105,7 +105,8 @@ async def test_configure_changes_exactly_the_voice_fields_and_is_idempotent() ->
         posts = s.changing_requests()
         assert len(posts) == 1
         assert set(posts[0].form) == {"VoiceUrl", "StatusCallback"}  # only what differed
-        assert "→" in output and "configured" in output
+        assert "→" in output
+        assert "configured" in output
 
         code, output = await run(configure, s.settings, NUMBER, dry_run=False)
         assert code == 0
@@ -117,7 +118,8 @@ async def test_dry_run_makes_no_changing_request() -> None:
     async with stack() as s:
         code, output = await run(configure, s.settings, NUMBER, dry_run=True)
         assert code == 0
-        assert "would change" in output and "dry run" in output
+        assert "would change" in output
+        assert "dry run" in output
         assert s.changing_requests() == []
         assert s.number(NUMBER).voice_url != s.settings.bridge_public_url + "/twiml/inbound"
 
@@ -146,8 +148,10 @@ async def test_show_lists_numbers_and_where_they_point() -> None:
         await run(configure, s.settings, NUMBER, dry_run=False)
         code, output = await run(show, s.settings)
     assert code == 0
-    assert f"{NUMBER}" in output and "points here ✓" in output
-    assert f"{OTHER}" in output and f"points elsewhere: POST {ELSEWHERE}" in output
+    assert f"{NUMBER}" in output
+    assert "points here ✓" in output
+    assert f"{OTHER}" in output
+    assert f"points elsewhere: POST {ELSEWHERE}" in output
 
 
 async def test_doctor_passes_with_a_correct_setup() -> None:

@@ -29,6 +29,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from bridge.dev.media_leg import CallerBehaviour, StreamResult, run_media_stream
 from bridge.dev.servers import bind, serving
 from bridge.dev.twilio_emulator import (
     NumberConfig,
@@ -73,6 +74,7 @@ class FakeBridge:
     webhooks: list[tuple[str, dict[str, str], bool]] = field(default_factory=list)
     callbacks: list[tuple[dict[str, str], bool]] = field(default_factory=list)
     handshakes: list[bool] = field(default_factory=list)
+    user_agents: list[str | None] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
     close_codes: list[int] = field(default_factory=list)
     streaming: asyncio.Event = field(default_factory=asyncio.Event)
@@ -132,6 +134,7 @@ class FakeBridge:
                 self.stream_url, websocket.headers.get("x-twilio-signature", "")
             )
             self.handshakes.append(ok)
+            self.user_agents.append(websocket.headers.get("user-agent"))
             if not ok:
                 await websocket.send_denial_response(Response(status_code=403))
                 return
@@ -459,12 +462,13 @@ async def test_inbound_call_runs_the_stream_and_completes() -> None:
         assert form["ApiVersion"] == "2010-04-01"
         # The stream: signed handshake, start with the Parameter, audio heard, mark echoed.
         assert env.bridge.handshakes == [True]
+        assert env.bridge.user_agents == ["Twilio.TmeWs/1.0"]
         start = env.bridge.events("start")[0]
         assert start["start"]["callSid"] == sid
         assert start["start"]["customParameters"] == {"token": "t-1"}
         assert [m["mark"]["name"] for m in env.bridge.events("mark")] == ["greeting"]
         (stream,) = env.state.streams_for(sid)
-        assert stream.ended_by == "bridge"
+        assert (stream.ended_by, stream.result.ended_by) == ("bridge", "bridge")
         assert stream.result.close_code == 1000
         assert stream.result.heard == PAYLOAD * 3
         assert stream.parameters == {"token": "t-1"}
@@ -517,6 +521,7 @@ async def test_inbound_call_over_http_with_keys_and_caller_hangup() -> None:
         assert stop["stop"] == {"accountSid": ACCOUNT, "callSid": sid}
         (stream,) = env.state.streams_for(sid)
         assert (stream.ended_by, stream.stop_sent, stream.result.hung_up) == ("caller", True, True)
+        assert stream.result.ended_by == "hangup_after"
         missing = await env.http.post("/_emulator/inbound", json={"to": "+15550000000"})
         assert missing.status_code == 404
         bad = await env.http.post("/_emulator/inbound", json={"to": NUMBER, "from": "nobody"})
@@ -548,6 +553,32 @@ async def test_unsigned_handshake_is_refused_and_the_call_goes_on() -> None:
         assert stream.ended_by == "error"
         assert stream.error is not None
         assert stream.error[0] == 31920
+        assert [v.verb for v in call.verbs] == ["Connect", "Say"]
+        assert call.status == "completed"
+
+
+async def test_unreachable_stream_is_31902_and_the_call_goes_on() -> None:
+    closed = bind()
+    port = closed.getsockname()[1]
+    closed.close()
+    async with environment() as env:
+        twiml = (
+            f'<Response><Connect><Stream url="ws://127.0.0.1:{port}/media" '
+            f'statusCallback="{env.bridge.base}/status"/></Connect><Say>sorry</Say></Response>'
+        )
+        response = await env.http.post(
+            env.calls_path(), data={"To": CALLEE, "From": NUMBER, "Twiml": twiml}
+        )
+        async with asyncio.timeout(TIMEOUT):
+            call = await env.state.wait_for_call(response.json()["sid"])
+        (stream,) = env.state.streams_for(call.sid)
+        assert stream.ended_by == "error"
+        assert stream.error is not None
+        assert stream.error[0] == 31902
+        assert [code for code, _ in call.errors] == [31902]
+        (callback,) = env.bridge.callbacks
+        assert callback[0]["StreamEvent"] == "stream-error"
+        assert callback[0]["StreamError"].startswith("31902: ")
         assert [v.verb for v in call.verbs] == ["Connect", "Say"]
         assert call.status == "completed"
 
@@ -735,6 +766,62 @@ async def test_time_limit_hangs_up_the_stream() -> None:
         assert env.bridge.events("stop")
         assert [v.verb for v in call.verbs] == ["Connect"]
         assert call.status == "completed"
+
+
+async def test_time_limit_update_hangs_up_a_running_stream() -> None:
+    async with environment(bridge={"hold": True, "after": "<Say>never</Say>"}) as env:
+        sid = env.state.start_inbound_call(NUMBER, CALLER)  # TimeLimit: max_call_seconds (4 h)
+        async with asyncio.timeout(TIMEOUT):
+            await env.bridge.streaming.wait()
+        response = await env.http.post(env.calls_path(f"/{sid}"), data={"TimeLimit": "1"})
+        assert response.status_code == 200
+        async with asyncio.timeout(TIMEOUT):
+            call = await env.state.wait_for_call(sid)
+            await env.bridge.stream_done.wait()
+        (stream,) = env.state.streams
+        assert (stream.ended_by, stream.stop_sent) == ("time-limit", True)
+        assert env.bridge.received[-1]["event"] == "stop"
+        assert env.bridge.close_codes == [1000]
+        assert [v.verb for v in call.verbs] == ["Connect"]
+        assert call.status == "completed"
+
+
+async def test_media_leg_hangs_up_when_told() -> None:
+    """``run_media_stream(hangup=…)``, the hook the emulator ends streams with: ``stop`` numbered
+    after everything sent before it, then close 1000."""
+    async with environment(bridge={"hold": True}) as env:
+        hangup = asyncio.Event()
+        opened: list[StreamResult] = []
+        result = StreamResult()
+        leg = asyncio.create_task(
+            run_media_stream(
+                env.bridge.stream_url,
+                {"token": "t-1"},
+                auth_token=TOKEN,
+                call_sid="CA" + "1" * 32,
+                account_sid=ACCOUNT,
+                stream_sid="MZ" + "1" * 32,
+                behaviour=CallerBehaviour(),
+                result=result,
+                hangup=hangup,
+                on_open=lambda: opened.append(result),
+            )
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await env.bridge.streaming.wait()
+        assert opened == [result]
+        assert not leg.done()
+        hangup.set()
+        async with asyncio.timeout(TIMEOUT):
+            assert await leg is result
+            await env.bridge.stream_done.wait()
+        assert (result.hung_up, result.ended_by, result.close_code) == (True, "hangup", 1000)
+        stop = env.bridge.received[-1]
+        assert stop["event"] == "stop"
+        assert stop["stop"] == {"accountSid": ACCOUNT, "callSid": "CA" + "1" * 32}
+        numbers = [int(m["sequenceNumber"]) for m in env.bridge.received if "sequenceNumber" in m]
+        assert numbers == list(range(1, len(numbers) + 1))
+        assert env.bridge.close_codes == [1000]
 
 
 async def test_update_with_url_replaces_the_running_twiml() -> None:

@@ -3,8 +3,9 @@
 Shared by ``hamsa-bridge call`` and the Twilio emulator (one implementation of Twilio's side):
 connect to the ``<Stream url>`` with a signed handshake, send ``connected``, ``start`` and caller
 audio every 20 ms, keys at given times, model Twilio's playout buffer (``TwilioMediaLeg``), echo
-marks when their audio has played, and hang up (``stop``) when told to. What the caller heard is
-kept for a WAV file and a timeline.
+marks when their audio has played, and hang up (``stop``, then close 1000) after a delay, at a
+maximum duration or when the ``hangup`` event is set. What the caller heard is kept for a WAV file
+and a timeline.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -25,6 +27,10 @@ from bridge.protocols.twilio_leg import TwilioMediaLeg
 from bridge.signatures import TwilioSignatures
 
 SILENCE_FRAME = b"\xff" * 160
+STREAM_USER_AGENT: Final = "Twilio.TmeWs/1.0"
+"""The ``User-Agent`` of Twilio's stream handshakes."""
+
+EndedBy = Literal["bridge", "hangup_after", "max_duration", "hangup"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -62,6 +68,11 @@ class StreamResult:
     handshake_status: int | None = None
     keys_sent: list[tuple[float, str]] = field(default_factory=list)
     hung_up: bool = False
+    """The caller hung up: sent ``stop`` and closed the socket with 1000."""
+    ended_by: EndedBy | None = None
+    """Why the stream ended: ``bridge`` (it closed the socket), else why the caller hung up —
+    :attr:`CallerBehaviour.hangup_after` or :attr:`~CallerBehaviour.max_duration` elapsed, or
+    the ``hangup`` event of :func:`run_media_stream` was set. ``None``: the stream never ran."""
 
     @property
     def heard(self) -> bytes:
@@ -144,8 +155,15 @@ async def run_media_stream(
     behaviour: CallerBehaviour,
     result: StreamResult | None = None,
     clock: Callable[[], float] = time.monotonic,
+    hangup: asyncio.Event | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> StreamResult:
-    """Open the stream as Twilio does and run it to its end (either side closing, or hang-up)."""
+    """Open the stream as Twilio does and run it to its end (either side closing, or hang-up).
+
+    Setting ``hangup`` hangs up at once, as Twilio does when the call ends (a REST update, a
+    time limit): ``stop`` with the next ``sequenceNumber``, then close 1000. ``on_open`` is
+    called once the handshake has succeeded, before ``connected`` is sent.
+    """
     result = result if result is not None else StreamResult()
     result.stream_url, result.parameters = stream_url, dict(parameters)
     params = dict(parameters)
@@ -159,6 +177,7 @@ async def run_media_stream(
         ws = await connect(
             behaviour.connect_url or stream_url,
             additional_headers=headers,
+            user_agent_header=STREAM_USER_AGENT,
             open_timeout=10,
             max_size=2**20,
         )
@@ -168,7 +187,9 @@ async def run_media_stream(
     leg = TwilioMediaLeg(stream_sid, call_sid, account_sid, params)
     result.leg = leg
     async with ws:
-        await _run_stream(ws, leg, behaviour, result, clock)
+        if on_open is not None:
+            on_open()
+        await _run_stream(ws, leg, behaviour, result, clock, hangup)
     result.close_code = ws.close_code
     return result
 
@@ -179,9 +200,11 @@ async def _run_stream(
     plan: CallerBehaviour,
     result: StreamResult,
     clock: Callable[[], float],
+    hangup: asyncio.Event | None,
 ) -> None:
     outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
     bridge_closed = asyncio.Event()
+    wake = asyncio.Event()  # the bridge closed the socket or ``hangup`` was set: stop sleeping
 
     async def writer() -> None:
         while (message := await outbox.get()) is not None:
@@ -202,6 +225,15 @@ async def _run_stream(
             pass
         finally:
             bridge_closed.set()
+            wake.set()
+
+    async def wake_on_hangup(event: asyncio.Event) -> None:
+        await event.wait()
+        wake.set()
+
+    def hang_up(why: EndedBy) -> None:
+        result.hung_up, result.ended_by = True, why
+        outbox.put_nowait(leg.stop())
 
     async def ticker() -> None:
         """Caller audio every 20 ms, keys on time, playout and mark echoes, hang-up."""
@@ -218,6 +250,9 @@ async def _run_stream(
             for reply in leg.advance(now):
                 if plan.echo_marks:
                     outbox.put_nowait(reply)
+            if hangup is not None and hangup.is_set():
+                hang_up("hangup")
+                return
             while keys and t0 + keys[0][0] <= now:
                 _, digit = keys.pop(0)
                 result.keys_sent.append((now, digit))
@@ -230,25 +265,28 @@ async def _run_stream(
                 outbox.put_nowait(leg.media(SILENCE_FRAME, int(frame * 20)))
                 continue
             if now >= deadline:
-                result.hung_up = True
-                outbox.put_nowait(leg.stop())
+                hang_up("hangup_after" if plan.hangup_after is not None else "max_duration")
                 return
-            wake = min(next_media, deadline)
+            wake_at = min(next_media, deadline)
             due = leg.next_due()
             if due is not None:
-                wake = min(wake, due)
+                wake_at = min(wake_at, due)
             if keys:
-                wake = min(wake, t0 + keys[0][0])
+                wake_at = min(wake_at, t0 + keys[0][0])
             if raw:
-                wake = min(wake, t0 + raw[0][0])
+                wake_at = min(wake_at, t0 + raw[0][0])
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, wake - clock())):
-                    await bridge_closed.wait()
+                async with asyncio.timeout(max(0.0, wake_at - clock())):
+                    await wake.wait()
+        result.ended_by = "bridge"
 
     async with asyncio.TaskGroup() as tasks:
         write = tasks.create_task(writer())
         tasks.create_task(reader())
+        watcher = tasks.create_task(wake_on_hangup(hangup)) if hangup is not None else None
         await ticker()
+        if watcher is not None:
+            watcher.cancel()
         result.ended_at = clock()
         for reply in leg.advance(result.ended_at):
             outbox.put_nowait(reply)

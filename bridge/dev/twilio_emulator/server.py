@@ -1,0 +1,231 @@
+"""The emulator as a Starlette app, served by uvicorn in-process or by ``emulate-twilio``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any, Final
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge.dev.servers import AppServer
+from bridge.dev.twilio_emulator.config import NumberConfig, TwilioEmulatorConfig
+from bridge.dev.twilio_emulator.rest_api import RestApi
+from bridge.dev.twilio_emulator.state import TwilioEmulatorState
+from bridge.protocols import twilio_rest as rest
+from bridge.settings import Settings
+
+__all__ = [
+    "DEFAULT_PORT",
+    "TwilioEmulatorServer",
+    "create_twilio_emulator_app",
+    "run_twilio_emulator",
+    "run_twilio_emulator_command",
+    "serve_twilio_emulator",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT: Final = 8766
+
+
+def create_twilio_emulator_app(
+    config: TwilioEmulatorConfig, *, wall_clock: Callable[[], datetime] | None = None
+) -> Starlette:
+    """The emulator as a Starlette app; its state is ``app.state.twilio_emulator``.
+
+    Routes: the REST API, ``GET /_emulator/log`` (every record, as JSON) and ``POST
+    /_emulator/inbound`` (someone calls one of the account's numbers).
+    """
+    state = (
+        TwilioEmulatorState(config, wall_clock=wall_clock)
+        if wall_clock is not None
+        else TwilioEmulatorState(config)
+    )
+    api = RestApi(state)
+
+    async def log(request: Request) -> Response:
+        return JSONResponse(state.snapshot())
+
+    async def inbound(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "expected a JSON object"}, status_code=400)
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str):
+            return JSONResponse({"error": "'to' (E.164) is required"}, status_code=400)
+        try:
+            keys = [(float(at), str(digit)) for at, digit in body.get("keys") or []]
+            hangup = body.get("hangup_after")
+            sid = state.start_inbound_call(
+                body["to"],
+                str(body.get("from") or "+15005550001"),
+                keys=keys,
+                hangup_after=float(hangup) if hangup is not None else None,
+                sign_handshake=bool(body.get("sign_handshake", True)),
+                forwarded_from=body.get("forwarded_from"),
+                caller_name=body.get("caller_name"),
+            )
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except (TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(
+            {"call_sid": sid, "uri": rest.call_uri(state.account.sid, sid)}, status_code=201
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+    app = Starlette(
+        routes=[
+            Route("/_emulator/log", log, methods=["GET"]),
+            Route("/_emulator/inbound", inbound, methods=["POST"]),
+            Route("/{path:path}", api.handle, methods=methods),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.twilio_emulator = state
+    return app
+
+
+class TwilioEmulatorServer(AppServer):
+    """The emulator under uvicorn in the running event loop, as an async context manager.
+
+    ``port=0`` binds an ephemeral port. Point twilio-python at :attr:`http_url`
+    (``client.api.base_url = server.http_url``) and the bridge's ``TWILIO_API_URL`` likewise.
+    """
+
+    def __init__(
+        self,
+        config: TwilioEmulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sock: socket.socket | None = None,
+        handle_signals: bool = False,
+        log_config: dict[str, Any] | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config or TwilioEmulatorConfig()
+        app = create_twilio_emulator_app(self.config, wall_clock=wall_clock)
+        self.state: TwilioEmulatorState = app.state.twilio_emulator
+        super().__init__(
+            app,
+            host=host,
+            port=port,
+            sock=sock,
+            handle_signals=handle_signals,
+            log_config=log_config,
+        )
+
+    async def __aenter__(self) -> TwilioEmulatorServer:
+        await self.start()
+        return self
+
+
+async def serve_twilio_emulator(
+    config: TwilioEmulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    ready: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    log_config: dict[str, Any] | None = None,
+) -> None:
+    """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening."""
+    async with TwilioEmulatorServer(
+        config, host=host, port=port, handle_signals=handle_signals, log_config=log_config
+    ) as server:
+        logger.warning("Twilio emulator listening on %s", server.http_url)
+        if ready is not None:
+            ready.set()
+        await server.wait_closed()
+
+
+def run_twilio_emulator(
+    config: TwilioEmulatorConfig, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+) -> None:
+    """Blocking entry point for ``hamsa-bridge emulate-twilio``; Ctrl-C stops it quietly."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve_twilio_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG)
+        )
+
+
+def _number_option(value: str) -> tuple[str, str | None]:
+    number, _, url = value.partition("=")
+    return number.strip(), url.strip() or None
+
+
+def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``hamsa-bridge emulate-twilio``: the emulator with the CLI's options.
+
+    Expected arguments: ``--host``, ``--port``, ``--number E164[=VOICE_URL]`` (repeatable),
+    ``--status-callback URL``, ``--ring-seconds``, ``--outcome E164=OUTCOME`` (repeatable),
+    ``--max-call-seconds``, ``--seed``. Credentials come from ``TWILIO_ACCOUNT_SID`` /
+    ``TWILIO_AUTH_TOKEN`` or are generated and printed.
+    """
+    account_sid = settings.twilio_account_sid or "AC" + secrets.token_hex(16)
+    auth_token = settings.twilio_auth_token.get_secret_value() or secrets.token_hex(16)
+    public = settings.bridge_public_url
+    default_voice = settings.inbound_webhook_url if public else None
+    status_callback = getattr(args, "status_callback", None) or (
+        settings.status_callback_url if public else None
+    )
+    numbers: dict[str, NumberConfig] = {}
+    for item in getattr(args, "number", None) or []:
+        number, url = _number_option(item)
+        numbers[number] = NumberConfig(
+            voice_url=url or default_voice, status_callback=status_callback
+        )
+    if not numbers:
+        number = settings.twilio_phone_number or "+15005550006"
+        numbers[number] = NumberConfig(voice_url=default_voice, status_callback=status_callback)
+    outcomes: dict[str, str] = {}
+    for item in getattr(args, "outcome", None) or []:
+        destination, _, outcome = item.partition("=")
+        outcomes[destination.strip()] = outcome.strip()
+    try:
+        config = TwilioEmulatorConfig(
+            account_sid=account_sid,
+            auth_token=auth_token,
+            numbers=numbers,
+            ring_seconds=getattr(args, "ring_seconds", None) or 2.0,
+            outcomes=outcomes,
+            max_call_seconds=getattr(args, "max_call_seconds", None) or 4 * 60 * 60.0,
+            seed=getattr(args, "seed", None),
+        )
+    except ValueError as exc:
+        print(f"emulate-twilio: {exc}")
+        return 2
+    host = getattr(args, "host", "127.0.0.1")
+    port = getattr(args, "port", DEFAULT_PORT)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    print(f"Twilio emulator: http://{shown}:{port}  (set TWILIO_API_URL to this)")
+    if not settings.twilio_account_sid or not settings.twilio_auth_token.get_secret_value():
+        print(f"TWILIO_ACCOUNT_SID={account_sid}")
+        print(f"TWILIO_AUTH_TOKEN={auth_token}")
+    for number, settings_ in numbers.items():
+        print(f"number {number}: VoiceUrl={settings_.voice_url or '(unset)'}")
+    print(
+        f"inbound call: curl -X POST http://{shown}:{port}/_emulator/inbound "
+        f'-d \'{{"to": "{next(iter(numbers))}", "from": "+15005550001"}}\''
+    )
+    run_twilio_emulator(config, host, port)
+    return 0
