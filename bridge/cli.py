@@ -85,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     configure.add_argument("--number", help="E.164 number (default: TWILIO_PHONE_NUMBER)")
     configure.add_argument("--dry-run", action="store_true", help="show the change, make none")
     twilio_commands.add_parser("show", help="the account's numbers and where they point")
+    call_in = twilio_commands.add_parser(
+        "call-in", help="(Twilio emulator only) someone dials a number; writes what they heard"
+    )
+    call_in.add_argument("--number", help="E.164 number dialled (default: TWILIO_PHONE_NUMBER)")
+    call_in.add_argument("--from", dest="from_number", default="+966500000001")
+    call_in.add_argument(
+        "--press", type=_key_press, action="append", default=[], metavar="SECONDS:DIGIT"
+    )
+    call_in.add_argument("--hangup-after", type=float)
+    call_in.add_argument("--out", type=Path, default=Path("hamsa-call-in.wav"))
 
     twiml = commands.add_parser("twiml", help="print TwiML for configuring by hand")
     twiml_commands = twiml.add_subparsers(dest="twiml_command", required=True)
@@ -181,6 +191,21 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     print("hamsa-bridge: pass --number +E164 or set TWILIO_PHONE_NUMBER")
                     return 2
                 return console.configure(settings, number, dry_run=args.dry_run)
+            if args.twilio_command == "call-in":
+                number = args.number or settings.twilio_phone_number
+                if not number:
+                    print("hamsa-bridge: pass --number +E164 or set TWILIO_PHONE_NUMBER")
+                    return 2
+                return asyncio.run(
+                    console.call_in(
+                        settings,
+                        number,
+                        from_number=args.from_number,
+                        keys=args.press,
+                        hangup_after=args.hangup_after,
+                        out_path=args.out,
+                    )
+                )
             return console.show(settings)
         if args.command == "twiml":
             from bridge.console import twiml_for_bin

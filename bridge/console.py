@@ -1,4 +1,4 @@
-"""``hamsa-bridge twilio configure|show`` and ``hamsa-bridge twiml inbound``.
+"""``hamsa-bridge twilio configure|show|call-in`` and ``hamsa-bridge twiml inbound``.
 
 Wiring a number to the bridge means exactly four fields of its IncomingPhoneNumber:
 ``VoiceUrl`` = ``{BRIDGE_PUBLIC_URL}/twiml/inbound``, ``VoiceMethod`` = ``POST``, and the
@@ -9,11 +9,14 @@ changes nothing) and shows them before and after; ``--dry-run`` makes no changin
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx2
 from twilio.twiml.voice_response import VoiceResponse
 
 from bridge.settings import E164, Settings
@@ -176,3 +179,65 @@ def twiml_for_bin(settings: Settings) -> str:
     response = VoiceResponse()
     response.redirect(settings.inbound_webhook_url, method="POST")
     return str(response.to_xml())
+
+
+async def call_in(
+    settings: Settings,
+    number: str,
+    *,
+    from_number: str,
+    keys: list[tuple[float, str]],
+    hangup_after: float | None,
+    out_path: Path,
+    max_seconds: float = 600.0,
+    out: Print = print,
+) -> int:
+    """Someone dials ``number`` — on the Twilio emulator at ``TWILIO_API_URL`` only.
+
+    The emulator requests the number's Voice webhook (signed), runs the TwiML and the media
+    stream, sends the status callbacks (signed); this writes what the caller heard to a WAV and
+    prints what happened on each hop.
+    """
+    base = settings.twilio_api_url.rstrip("/")
+    body = {"to": number, "from": from_number, "keys": keys, "hangup_after": hangup_after}
+    async with httpx2.AsyncClient(timeout=max_seconds + 10) as http:
+        try:
+            started = await http.post(base + "/_emulator/inbound", json=body)
+        except httpx2.HTTPError as exc:
+            out(f"✗ cannot reach {base}: {type(exc).__name__}")
+            return 1
+        if started.status_code != 201:
+            out(
+                f"✗ {base} did not start a call (HTTP {started.status_code}): "
+                "`twilio call-in` needs TWILIO_API_URL to be `hamsa-bridge emulate-twilio`"
+            )
+            return 1
+        call_sid = started.json()["call_sid"]
+        out(f"calling {number} from {from_number}: {call_sid}")
+        heard = await http.get(f"{base}/_emulator/calls/{call_sid}/heard.wav?wait={max_seconds}")
+        log = (await http.get(base + "/_emulator/log")).json()
+    if heard.status_code != 200:
+        out(f"✗ the call did not end within {max_seconds:g} s")
+        return 1
+    for webhook in log.get("webhooks", []):
+        if webhook.get("call_sid") == call_sid:
+            out(f"  webhook {webhook['method']} {webhook['url']}: HTTP {webhook.get('status')}")
+    for stream in log.get("streams", []):
+        if stream.get("call_sid") == call_sid:
+            out(
+                f"  stream {stream['url']}: {stream['heard_bytes'] / 8000:.2f} s heard, "
+                f"ended by {stream['ended_by']}, warnings {len(stream['warnings'])}"
+            )
+    for callback in log.get("callbacks", []):
+        if callback.get("call_sid") == call_sid:
+            out(f"  status callback {callback['event']}: HTTP {callback.get('status')}")
+    status = heard.headers.get("x-call-status", "?")
+    written = await asyncio.to_thread(_write, out_path, heard.content)
+    out(f"call {status}; wav: {written}")
+    return 0 if status == "completed" else 1
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path.resolve()

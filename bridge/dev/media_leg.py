@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 import wave
 from collections.abc import Callable
@@ -27,6 +28,19 @@ from bridge.protocols.twilio_leg import TwilioMediaLeg
 from bridge.signatures import TwilioSignatures
 
 SILENCE_FRAME = b"\xff" * 160
+
+
+def mulaw_to_wav(mulaw: bytes) -> bytes:
+    """8 kHz μ-law as a 16-bit PCM WAV file (plays anywhere)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(ulaw_to_lin16(mulaw))
+    return buffer.getvalue()
+
+
 STREAM_USER_AGENT: Final = "Twilio.TmeWs/1.0"
 """The ``User-Agent`` of Twilio's stream handshakes."""
 
@@ -81,11 +95,7 @@ class StreamResult:
     def write_wav(self, path: Path) -> Path:
         """What the caller heard, as 8 kHz 16-bit PCM WAV (plays anywhere)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(8000)
-            out.writeframes(ulaw_to_lin16(self.heard))
+        path.write_bytes(mulaw_to_wav(self.heard))
         return path
 
     def gaps(self) -> list[tuple[float, float]]:

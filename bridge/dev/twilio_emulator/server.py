@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.dev.media_leg import mulaw_to_wav
 from bridge.dev.servers import AppServer
 from bridge.dev.twilio_emulator.config import NumberConfig, TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.rest_api import RestApi
@@ -84,6 +85,29 @@ def create_twilio_emulator_app(
             {"call_sid": sid, "uri": rest.call_uri(state.account.sid, sid)}, status_code=201
         )
 
+    async def heard(request: Request) -> Response:
+        """What the caller of a call heard (all its streams), as WAV; ``?wait=S``: wait for the
+        call to end first (at most S seconds)."""
+        sid = request.path_params["call_sid"]
+        if sid not in state.calls:
+            return JSONResponse({"error": f"no call {sid}"}, status_code=404)
+        try:
+            wait = float(request.query_params.get("wait", "0"))
+        except ValueError:
+            return JSONResponse({"error": "wait must be seconds"}, status_code=400)
+        if wait > 0:
+            try:
+                async with asyncio.timeout(min(wait, 3600.0)):
+                    await state.wait_for_call(sid)
+            except TimeoutError:
+                return JSONResponse({"error": "the call has not ended"}, status_code=409)
+        audio = b"".join(s.result.heard for s in state.streams_for(sid))
+        return Response(
+            mulaw_to_wav(audio),
+            media_type="audio/wav",
+            headers={"X-Call-Status": state.calls[sid].info.status.value},
+        )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -96,6 +120,7 @@ def create_twilio_emulator_app(
         routes=[
             Route("/_emulator/log", log, methods=["GET"]),
             Route("/_emulator/inbound", inbound, methods=["POST"]),
+            Route("/_emulator/calls/{call_sid}/heard.wav", heard, methods=["GET"]),
             Route("/{path:path}", api.handle, methods=methods),
         ],
         lifespan=lifespan,
