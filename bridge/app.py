@@ -220,6 +220,8 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
         log.warning("stream_refused_too_many_pending", pending=unauthenticated)
         await websocket.send_denial_response(PlainTextResponse("busy", status_code=503))
         return
+    # Twilio may not sign <Connect><Stream> handshakes; the per-call token decides either way.
+    log.info("stream_handshake", signature="valid" if signature is not None else "absent")
     await websocket.accept()
     state.calls_handled += 1
     state.open_streams += 1

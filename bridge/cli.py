@@ -208,10 +208,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 )
             return console.show(settings)
         if args.command == "twiml":
-            from bridge.console import twiml_for_bin
+            from bridge.console import public_url_problem, twiml_for_bin
 
-            if not settings.bridge_public_url:
-                print("hamsa-bridge: set BRIDGE_PUBLIC_URL first", file=sys.stderr)
+            problem = public_url_problem(settings)
+            if problem:
+                print(f"hamsa-bridge: {problem}", file=sys.stderr)
                 return 2
             print(twiml_for_bin(settings))
             return 0

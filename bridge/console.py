@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 from twilio.twiml.voice_response import VoiceResponse
@@ -53,8 +53,17 @@ def wanted_wiring(settings: Settings) -> dict[str, str]:
 
 
 def changes_needed(number: PhoneNumber, settings: Settings) -> list[Change]:
+    """The field changes that make ``number`` reach this bridge (empty: it already does).
+
+    A TwiML App on the number takes precedence over ``VoiceUrl`` (Twilio then never calls the
+    webhook), so it is cleared too; a SIP trunk is not touched (see ``blocked_by_trunk``).
+    """
     wanted = wanted_wiring(settings)
     out = []
+    if number.voice_application_sid:
+        out.append(
+            Change("voice_application_sid", "VoiceApplicationSid", number.voice_application_sid, "")
+        )
     for field, api_name in FIELDS:
         before = getattr(number, field)
         if field.endswith("method"):
@@ -66,35 +75,71 @@ def changes_needed(number: PhoneNumber, settings: Settings) -> list[Change]:
     return out
 
 
+def blocked_by_trunk(number: PhoneNumber) -> str | None:
+    if number.trunk_sid:
+        return (
+            f"{number.phone_number} belongs to SIP trunk {number.trunk_sid}: Twilio sends its "
+            "calls to the trunk and never calls a Voice webhook; remove it from the trunk first "
+            "(Elastic SIP Trunking → the trunk → Numbers)"
+        )
+    return None
+
+
 def how_it_points(number: PhoneNumber, settings: Settings) -> str:
-    """One phrase: whether and how a number reaches this bridge."""
-    if number.voice_application_sid:
+    """One phrase: whether and how a number reaches this bridge (ends with ✓ when it does)."""
+    if number.trunk_sid:
+        return f"routed to SIP trunk {number.trunk_sid} (never calls a webhook)"
+    todo = {c.field: c for c in changes_needed(number, settings)}
+    if not todo:
+        return "points here ✓"
+    if "voice_application_sid" in todo:
         return f"uses TwiML App {number.voice_application_sid} (not this bridge's webhook)"
     if not number.voice_url:
         return "no voice webhook configured"
-    if number.voice_url != settings.inbound_webhook_url:
-        return f"points elsewhere: {number.voice_method or 'POST'} {number.voice_url}"
-    if number.voice_method.upper() != "POST":
+    if "voice_url" in todo:
+        return f"points elsewhere: {number.voice_method or 'POST'} {redact_url(number.voice_url)}"
+    if "voice_method" in todo:
         return f"points here but with HTTP {number.voice_method}; needs POST"
-    if number.status_callback != settings.status_callback_url:
-        return "points here (call-status callback not set to this bridge)"
-    return "points here ✓"
+    return "points here, but the call-status callback is not this bridge's (POST /twilio/status)"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without ``user:password@`` (Twilio allows credentials in webhook URLs)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def public_url_problem(settings: Settings) -> str | None:
     """Why ``BRIDGE_PUBLIC_URL`` can't be given to Twilio, or None.
 
-    It must be ``https://`` (Twilio streams only to ``wss://`` on 443). Plain ``http://`` is
-    accepted for a loopback host only: that is the Twilio emulator on this machine.
+    Twilio needs ``https://`` on port 443 (it streams only to ``wss://`` there). The one
+    exception is the emulators on this machine: a loopback ``http://`` URL is accepted while
+    ``TWILIO_API_URL`` is a loopback URL too.
     """
     url = settings.bridge_public_url
     if not url:
         return "BRIDGE_PUBLIC_URL is not set (e.g. https://bridge.example.com)"
-    if url.startswith("https://") or _is_loopback(urlsplit(url).hostname or ""):
-        return None
-    return (
-        f"BRIDGE_PUBLIC_URL must be https:// (Twilio only streams to wss:// on port 443), not {url}"
+    parts = urlsplit(url)
+    local = _is_loopback(parts.hostname or "") and _is_loopback(
+        urlsplit(settings.twilio_api_url).hostname or ""
     )
+    if local:
+        return None
+    if parts.scheme != "https":
+        return (
+            f"BRIDGE_PUBLIC_URL must be https:// (Twilio only streams to wss:// on port 443), "
+            f"not {redact_url(url)}"
+        )
+    if parts.port not in (None, 443):
+        return (
+            f"BRIDGE_PUBLIC_URL must use port 443 (Twilio streams only to wss:// on 443), "
+            f"not {parts.port}"
+        )
+    return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -124,16 +169,20 @@ def configure(settings: Settings, number: str, *, dry_run: bool, out: Print = pr
                 "`hamsa-bridge twilio show` lists the account's numbers"
             )
             return 1
+        blocked = blocked_by_trunk(current)
+        if blocked:
+            out(f"✗ {blocked}")
+            return 1
         todo = changes_needed(current, settings)
         out(f"{current.phone_number} ({current.sid}) {current.friendly_name}")
-        for field, api_name in FIELDS:
-            out(f"  {api_name:22} {getattr(current, field) or '-'}")
+        _print_wiring(current, out)
         if not todo:
             out("already points at this bridge: nothing to change")
             return 0
         verb = "would change" if dry_run else "changing"
         for change in todo:
-            out(f"  {verb}: {change.api_name}: {change.before or '-'} → {change.after}")
+            before, after = redact_url(change.before) or "-", change.after or "(cleared)"
+            out(f"  {verb}: {change.api_name}: {before} → {after}")
         if dry_run:
             out("dry run: nothing was changed")
             return 0
@@ -142,14 +191,20 @@ def configure(settings: Settings, number: str, *, dry_run: bool, out: Print = pr
         out(f"✗ {exc}")
         return 1
     out("after:")
-    for field, api_name in FIELDS:
-        out(f"  {api_name:22} {getattr(updated, field) or '-'}")
+    _print_wiring(updated, out)
     left = changes_needed(updated, settings)
     if left:
         out(f"✗ Twilio did not apply: {', '.join(c.api_name for c in left)}")
         return 1
     out("✓ configured: calls to this number now reach the bridge")
     return 0
+
+
+def _print_wiring(number: PhoneNumber, out: Print) -> None:
+    if number.voice_application_sid:
+        out(f"  {'VoiceApplicationSid':22} {number.voice_application_sid}")
+    for field, api_name in FIELDS:
+        out(f"  {api_name:22} {redact_url(getattr(number, field)) or '-'}")
 
 
 def show(settings: Settings, *, out: Print = print) -> int:
@@ -207,10 +262,11 @@ async def call_in(
             out(f"✗ cannot reach {base}: {type(exc).__name__}")
             return 1
         if started.status_code != 201:
-            out(
-                f"✗ {base} did not start a call (HTTP {started.status_code}): "
-                "`twilio call-in` needs TWILIO_API_URL to be `hamsa-bridge emulate-twilio`"
-            )
+            try:
+                reason = str(started.json()["error"])
+            except (ValueError, KeyError, TypeError):
+                reason = "`twilio call-in` needs TWILIO_API_URL to be `hamsa-bridge emulate-twilio`"
+            out(f"✗ {base} did not start a call (HTTP {started.status_code}): {reason}")
             return 1
         call_sid = started.json()["call_sid"]
         out(f"calling {number} from {from_number}: {call_sid}")

@@ -5,26 +5,25 @@ failed one are skipped (–). Exit status 0 only when every link holds.
 
     settings → Twilio credentials → the number is in the account → it points here
     → the public URL answers /livez → a signed stream handshake is accepted
-    → the Hamsa key is accepted → custom voices preload
+    → the Hamsa key is accepted → custom voices preload → a test phrase in the default voice
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx2
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from bridge.console import how_it_points, public_url_problem
 from bridge.errors import PreloadError
 from bridge.preload import preload_voices, voices_to_preload
+from bridge.protocols.hamsa import Audio, End, HamsaProtocol, Info, ReplyError
 from bridge.settings import E164, Settings
 from bridge.signatures import TwilioSignatures
 from bridge.twilio_api import TwilioApi, TwilioApiError
@@ -111,11 +110,12 @@ async def check_twilio(settings: Settings, number: str | None) -> list[Check]:
         api = TwilioApi(settings)
         account = await asyncio.to_thread(api.account_name)
     except TwilioApiError as exc:
-        fix = (
-            "check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (the primary auth token)"
-            if exc.status in (None, 401) or "TWILIO_" in exc.message
-            else "check TWILIO_API_URL and Twilio's status page"
-        )
+        if exc.status == 401 or (exc.status is None and "TWILIO_ACCOUNT_SID" in exc.message):
+            fix = "check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (the primary auth token)"
+        elif exc.status is None:
+            fix = "check TWILIO_API_URL and this machine's network access to it"
+        else:
+            fix = "check TWILIO_API_URL and Twilio's status page"
         return [
             failed(names[0], exc.message, fix),
             *(skipped(n, "needs Twilio credentials") for n in names[1:]),
@@ -214,56 +214,103 @@ async def check_bridge(settings: Settings) -> list[Check]:
     return [*checks, ok(names[1], settings.stream_url)]
 
 
+TEST_PHRASE = "مرحبا."
+"""What doctor asks Hamsa to say: short, so it costs next to nothing."""
+
+
 async def check_hamsa(settings: Settings) -> list[Check]:
-    names = ("Hamsa key accepted", "custom voices preload")
+    """The key (``info``, not 4001/4003), custom voices preload, and a test phrase in the
+    configured voice (proves balance, speaker, dialect and language are accepted too)."""
+    names = ("Hamsa key accepted", "custom voices preload", "Hamsa speaks the default voice")
     key = settings.hamsa_api_key.get_secret_value()
     if not key:
         return [skipped(n, "needs HAMSA_API_KEY") for n in names]
-    verdict = await _hamsa_greets(settings, key)
-    checks = [verdict]
-    if verdict.verdict is not Verdict.OK:
-        return [*checks, skipped(names[1], "needs the Hamsa key accepted")]
-    voices = voices_to_preload(settings)
-    if not voices:
-        return [*checks, ok(names[1], "none configured")]
-    try:
-        await preload_voices(settings)
-    except PreloadError as exc:
-        return [
-            *checks,
-            failed(names[1], exc.message, "fix or remove that id in HAMSA_PRELOAD_VOICES"),
-        ]
-    return [*checks, ok(names[1], ", ".join(voices))]
-
-
-async def _hamsa_greets(settings: Settings, key: str) -> Check:
-    name = "Hamsa key accepted"
     fix_key = "check HAMSA_API_KEY in your Hamsa dashboard"
     try:
         async with connect(
             settings.hamsa_ws_url, additional_headers={"X-Api-Key": key}, open_timeout=10
         ) as ws:
+            protocol = HamsaProtocol()
             async with asyncio.timeout(5):
-                first = await ws.recv()
-            with contextlib.suppress(ValueError, AttributeError):
-                if json.loads(first).get("type") == "info":
-                    return ok(name, "realtime WebSocket said info")
-            return failed(name, f"unexpected first frame {str(first)[:60]!r}", fix_key)
+                events = protocol.receive_text(str(await ws.recv()))
+            if not any(isinstance(e, Info) for e in events):
+                return [
+                    failed(names[0], "the realtime WebSocket did not say info", fix_key),
+                    *(skipped(n, "needs the Hamsa key accepted") for n in names[1:]),
+                ]
+            checks = [ok(names[0], "realtime WebSocket said info")]
+            voices = voices_to_preload(settings)
+            try:
+                await preload_voices(settings)
+            except PreloadError as exc:
+                return [
+                    *checks,
+                    failed(names[1], exc.message, "fix or remove that id in HAMSA_PRELOAD_VOICES"),
+                    skipped(names[2], "needs the custom voices"),
+                ]
+            checks.append(ok(names[1], ", ".join(voices) if voices else "none configured"))
+            return [*checks, await _test_phrase(ws, protocol, settings, names[2])]
     except ConnectionClosed as exc:
         code = exc.rcvd.code if exc.rcvd is not None else None
-        if code == 4001:
-            return failed(name, "closed 4001: invalid API key", fix_key)
-        if code == 4003:
-            return failed(name, "closed 4003: no balance", "top up the Hamsa project wallet")
-        return failed(name, f"closed {code}", "retry; check HAMSA_WS_URL")
+        return [_closed(names[0], code), *(skipped(n, "needs the Hamsa key") for n in names[1:])]
     except InvalidStatus as exc:
         status = exc.response.status_code
         fix = fix_key if status in (401, 403) else "check HAMSA_WS_URL"
-        return failed(name, f"HTTP {status} at the upgrade", fix)
+        return [
+            failed(names[0], f"HTTP {status} at the upgrade", fix),
+            *(skipped(n, "needs the Hamsa key") for n in names[1:]),
+        ]
     except (OSError, TimeoutError, WebSocketException) as exc:
+        return [
+            failed(
+                names[0],
+                f"{type(exc).__name__} reaching {settings.hamsa_ws_url}",
+                "check HAMSA_WS_URL",
+            ),
+            *(skipped(n, "needs Hamsa reachable") for n in names[1:]),
+        ]
+
+
+def _closed(name: str, code: int | None) -> Check:
+    if code == 4001:
         return failed(
-            name, f"{type(exc).__name__} reaching {settings.hamsa_ws_url}", "check HAMSA_WS_URL"
+            name, "closed 4001: invalid API key", "check HAMSA_API_KEY in your Hamsa dashboard"
         )
+    if code == 4003:
+        return failed(name, "closed 4003: no balance", "top up the Hamsa project wallet")
+    return failed(name, f"closed {code}", "retry; check HAMSA_WS_URL")
+
+
+async def _test_phrase(
+    ws: ClientConnection, protocol: HamsaProtocol, settings: Settings, name: str
+) -> Check:
+    voice = settings.voice
+    what = f"{voice.speaker}/{voice.dialect}/{voice.language}"
+    fix_voice = "check HAMSA_SPEAKER, HAMSA_DIALECT and HAMSA_LANGUAGE"
+    await ws.send(protocol.request(TEST_PHRASE, voice))
+    audio = 0
+    try:
+        async with asyncio.timeout(15):
+            async for message in ws:
+                events = (
+                    protocol.receive_bytes(message)
+                    if isinstance(message, bytes)
+                    else protocol.receive_text(message)
+                )
+                for event in events:
+                    if isinstance(event, Audio):
+                        audio += len(event.data)
+                    elif isinstance(event, ReplyError):
+                        return failed(name, f"{what}: Hamsa said {event.message!r}", fix_voice)
+                    elif isinstance(event, End):
+                        if not audio:
+                            return failed(name, f"{what}: no audio", fix_voice)
+                        return ok(name, f"{what}: {audio} bytes of audio")
+    except TimeoutError:
+        return failed(name, f"{what}: no complete reply in 15 s", "retry; Hamsa may be slow")
+    except ConnectionClosed as exc:
+        return _closed(name, exc.rcvd.code if exc.rcvd is not None else None)
+    return _closed(name, ws.close_code)
 
 
 async def run_checks(settings: Settings, number: str | None) -> list[Check]:

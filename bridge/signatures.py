@@ -8,6 +8,7 @@ that rewrites Host or scheme would otherwise break (or fake) validation
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator
 
@@ -34,5 +35,25 @@ class TwilioSignatures:
         )
 
     def sign(self, url: str, params: Mapping[str, str]) -> str:
-        """The signature Twilio would send (used by our Twilio simulator and emulator)."""
-        return str(self._validator.compute_signature(url, dict(params)))
+        """The signature Twilio would send (used by our Twilio simulator and emulator).
+
+        As Twilio does (twilio-media-streams.md §7.1): ``user:password@`` is removed from the URL
+        and, over HTTPS/WSS, the port too; plain HTTP keeps its port.
+        """
+        return str(self._validator.compute_signature(_as_twilio_signs(url), dict(params)))
+
+
+def _as_twilio_signs(url: str) -> str:
+    parts = urlsplit(url)
+    if (
+        parts.username is None
+        and parts.password is None
+        and (parts.port is None or parts.scheme not in ("https", "wss"))
+    ):
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    keep_port = parts.port is not None and parts.scheme not in ("https", "wss")
+    netloc = f"{host}:{parts.port}" if keep_port else host
+    return urlunsplit(parts._replace(netloc=netloc))

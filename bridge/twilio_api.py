@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from bridge.errors import BridgeError
 from bridge.settings import Settings
+
+REQUEST_TIMEOUT = 15.0
+"""Seconds for one Twilio REST request (twilio-python's default is to wait forever)."""
 
 
 class TwilioApiError(BridgeError):
@@ -39,6 +43,7 @@ class PhoneNumber:
     status_callback: str
     status_callback_method: str
     voice_application_sid: str
+    trunk_sid: str = ""
 
     @classmethod
     def from_resource(cls, resource: Any) -> PhoneNumber:
@@ -51,6 +56,7 @@ class PhoneNumber:
             status_callback=str(resource.status_callback or ""),
             status_callback_method=str(resource.status_callback_method or ""),
             voice_application_sid=str(resource.voice_application_sid or ""),
+            trunk_sid=str(getattr(resource, "trunk_sid", None) or ""),
         )
 
 
@@ -99,7 +105,9 @@ class TwilioApi:
             raise TwilioApiError("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
         self._settings = settings
         self._client = Client(
-            settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value()
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            http_client=TwilioHttpClient(timeout=REQUEST_TIMEOUT),
         )
         self._client.api.base_url = settings.twilio_api_url.rstrip("/")
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.console import changes_needed, how_it_points, public_url_problem, twiml_for_bin
+from bridge.console import (
+    changes_needed,
+    how_it_points,
+    public_url_problem,
+    redact_url,
+    twiml_for_bin,
+)
 from bridge.settings import Settings
 from bridge.twilio_api import PhoneNumber
 
@@ -52,7 +58,16 @@ def test_configured_number_needs_nothing_and_method_case_is_ignored() -> None:
         ({}, "no voice webhook"),
         ({"voice_url": "https://other.example.com/voice"}, "points elsewhere"),
         ({"voice_url": PUBLIC + "/twiml/inbound", "voice_method": "GET"}, "needs POST"),
-        ({"voice_url": PUBLIC + "/twiml/inbound"}, "call-status callback not set"),
+        ({"voice_url": PUBLIC + "/twiml/inbound"}, "call-status callback is not this bridge's"),
+        (
+            {
+                "voice_url": PUBLIC + "/twiml/inbound",
+                "status_callback": PUBLIC + "/twilio/status",
+                "status_callback_method": "GET",
+            },
+            "call-status callback is not this bridge's",
+        ),
+        ({"trunk_sid": "TK" + "3" * 32}, "SIP trunk"),
         ({"voice_application_sid": "AP" + "2" * 32}, "TwiML App"),
     ],
 )
@@ -60,20 +75,51 @@ def test_how_a_number_points(fields: dict[str, str], phrase: str) -> None:
     assert phrase in how_it_points(number(**fields), SETTINGS)
 
 
+EMULATOR = "http://127.0.0.1:8766"
+
+
 @pytest.mark.parametrize(
-    ("url", "ok"),
+    ("url", "api", "ok"),
     [
-        ("https://bridge.example.com", True),
-        ("http://bridge.example.com", False),
-        ("http://127.0.0.1:8080", True),
-        ("http://localhost:8080", True),
-        ("http://[::1]:8080", True),
-        ("http://10.0.0.5:8080", False),
-        ("", False),
+        ("https://bridge.example.com", "https://api.twilio.com", True),
+        ("https://bridge.example.com:443", "https://api.twilio.com", True),
+        ("https://bridge.example.com:8443", "https://api.twilio.com", False),
+        ("http://bridge.example.com", "https://api.twilio.com", False),
+        ("http://127.0.0.1:8080", EMULATOR, True),
+        ("http://localhost:8080", EMULATOR, True),
+        ("http://[::1]:8080", EMULATOR, True),
+        # loopback is only for the emulators: real Twilio can't reach this machine's loopback
+        ("http://127.0.0.1:8080", "https://api.twilio.com", False),
+        ("http://localhost:8080", "https://api.twilio.com", False),
+        ("http://10.0.0.5:8080", EMULATOR, False),
+        ("", EMULATOR, False),
     ],
 )
-def test_public_url_must_be_https_except_on_loopback(url: str, ok: bool) -> None:
-    assert (public_url_problem(Settings(bridge_public_url=url)) is None) is ok
+def test_public_url_must_be_https_on_443_except_for_the_emulators(
+    url: str, api: str, ok: bool
+) -> None:
+    settings = Settings(bridge_public_url=url, twilio_api_url=api)
+    assert (public_url_problem(settings) is None) is ok
+
+
+def test_a_twiml_app_on_the_number_is_cleared_by_configure() -> None:
+    wired = number(
+        voice_url=PUBLIC + "/twiml/inbound",
+        status_callback=PUBLIC + "/twilio/status",
+        voice_application_sid="AP" + "2" * 32,
+    )
+    assert [(c.api_name, c.after) for c in changes_needed(wired, SETTINGS)] == [
+        ("VoiceApplicationSid", "")
+    ]
+
+
+def test_credentials_in_webhook_urls_are_never_shown() -> None:
+    assert redact_url("https://user:s3cret@hooks.example.com/voice") == (
+        "https://***@hooks.example.com/voice"
+    )
+    assert redact_url("https://hooks.example.com/voice") == "https://hooks.example.com/voice"
+    shown = how_it_points(number(voice_url="https://u:s3cret@hooks.example.com/v"), SETTINGS)
+    assert "s3cret" not in shown
 
 
 def test_twiml_bin_redirects_to_the_signed_webhook() -> None:

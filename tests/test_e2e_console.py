@@ -135,6 +135,11 @@ async def test_configure_then_an_inbound_call_hears_the_greeting(tmp_path: Path)
 
         code, output = await cli(env, "doctor")
         assert code == 0, output
+        # the running bridge checks handshake signatures: one signed with another token is refused
+        code, output = await cli({**env, "TWILIO_AUTH_TOKEN": "not-the-token"}, "doctor")
+        assert code == 1
+        assert "✗ signed stream handshake accepted" in output
+        assert "HTTP 403" in output
 
         wav_path = tmp_path / "heard.wav"
         code, output = await cli(env, "twilio", "call-in", "--out", str(wav_path))
@@ -145,7 +150,8 @@ async def test_configure_then_an_inbound_call_hears_the_greeting(tmp_path: Path)
 
         async with httpx2.AsyncClient() as http:
             log = (await http.get(f"{env['HAMSA_API_URL']}/_emulator/log?audio=base64")).json()
-    [request] = log["requests"]
+    # doctor's test phrases came first; the call made exactly one request
+    [request] = [r for r in log["requests"] if r["text"] == GREETING]
     hamsa_audio = base64.b64decode(request["audio"])
     with wave.open(str(wav_path)) as wav:
         heard = lin16_to_ulaw(wav.readframes(wav.getnframes()))
@@ -158,6 +164,9 @@ async def test_configure_then_an_inbound_call_hears_the_greeting(tmp_path: Path)
     # the only rejected stream is doctor's signed probe, which never sends ``start``
     rejected = [e["reason"] for e in events if e["event"] == "stream_rejected"]
     assert rejected == ["stream closed before start"]
+    # every stream handshake the bridge accepted carried a valid signature (the emulator signs)
+    handshakes = [e["signature"] for e in events if e["event"] == "stream_handshake"]
+    assert handshakes == ["valid", "valid"]  # doctor's probe and the call
     assert [e["outcome"] for e in events if e["event"] == "call_summary"] == ["completed"]
     assert TOKEN not in joined
     assert KEY not in joined

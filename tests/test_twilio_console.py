@@ -202,3 +202,78 @@ async def test_doctor_reports_missing_settings() -> None:
     for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "HAMSA_API_KEY", "BRIDGE_PUBLIC_URL"):
         assert f"✗ {name}" in output
     assert "✗ phone number — none given" in output
+
+
+async def test_configure_fixes_the_method_and_clears_a_twiml_app_that_would_win() -> None:
+    from bridge.twilio_api import TwilioApi
+
+    async with stack() as s:
+        api = TwilioApi(s.settings)
+        sid = s.number(NUMBER).sid
+        await asyncio.to_thread(
+            api.update_number, sid, voice_method="GET", voice_application_sid="AP" + "1" * 32
+        )
+        code, output = await run(show, s.settings)
+        assert "uses TwiML App" in output
+        code, output = await run(configure, s.settings, NUMBER, dry_run=False)
+        assert code == 0, output
+        wired = s.number(NUMBER)
+        assert wired.voice_method == "POST"
+        assert wired.voice_application_sid is None
+        posted = s.changing_requests()[-1].form
+        assert posted["VoiceMethod"] == "POST"
+        assert posted["VoiceApplicationSid"] == ""
+        # and now a call to the number really reaches the bridge
+        call_sid = s.twilio.state.start_inbound_call(NUMBER, "+966500000009")
+        async with asyncio.timeout(10):
+            record = await s.twilio.state.wait_for_call(call_sid)
+        assert record.info.status.value == "completed"
+        assert s.twilio.state.streams_for(call_sid)[0].result.heard
+
+
+async def test_configure_refuses_a_number_on_a_sip_trunk() -> None:
+    from bridge.twilio_api import TwilioApi
+
+    async with stack() as s:
+        api = TwilioApi(s.settings)
+        await asyncio.to_thread(api.update_number, s.number(NUMBER).sid, trunk_sid="TK" + "2" * 32)
+        before = len(s.changing_requests())
+        code, output = await run(configure, s.settings, NUMBER, dry_run=False)
+        assert code == 1
+        assert "SIP trunk" in output
+        assert len(s.changing_requests()) == before
+        code, output = await run_doctor(s.settings)
+        assert "✗ number points at this bridge — routed to SIP trunk" in output
+
+
+async def test_doctor_catches_a_status_callback_with_the_wrong_method() -> None:
+    from bridge.twilio_api import TwilioApi
+
+    async with stack() as s:
+        await run(configure, s.settings, NUMBER, dry_run=False)
+        api = TwilioApi(s.settings)
+        await asyncio.to_thread(
+            api.update_number, s.number(NUMBER).sid, status_callback_method="GET"
+        )
+        code, output = await run_doctor(s.settings)
+        assert code == 1
+        assert "call-status callback is not this bridge's" in output
+
+
+async def test_doctor_test_phrase_catches_a_refused_voice_or_balance() -> None:
+    from bridge.dev.hamsa_emulator import Fault
+
+    hamsa = EmulatorConfig(faults={1: Fault.CLOSE_4003})
+    async with stack(hamsa) as s:
+        await run(configure, s.settings, NUMBER, dry_run=False)
+        code, output = await run_doctor(s.settings)
+    assert code == 1
+    assert "✓ Hamsa key accepted" in output
+    assert "✗ Hamsa speaks the default voice — closed 4003: no balance" in output
+
+
+async def test_doctor_tells_an_unreachable_twilio_from_bad_credentials() -> None:
+    async with stack() as s:
+        code, output = await run_doctor(s.with_(twilio_api_url="http://127.0.0.1:9"))
+    assert "✗ Twilio credentials" in output
+    assert "fix: check TWILIO_API_URL and this machine's network access to it" in output

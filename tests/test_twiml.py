@@ -59,3 +59,12 @@ def test_handshake_accepts_trailing_slash_variant_only_for_the_exact_url() -> No
     assert sig.handshake_ok(url, sig.sign(url + "/", {}))
     assert not sig.handshake_ok(url, sig.sign("https://bridge.example.com/twilio/stream", {}))
     assert not sig.handshake_ok(url, sig.sign("wss://evil.example.com/twilio/stream", {}))
+
+
+def test_signing_drops_credentials_and_the_https_port_as_twilio_does() -> None:
+    sig = TwilioSignatures("secret")
+    base = sig.sign("https://example.com/voice", {"a": "1"})
+    assert sig.sign("https://user:pw@example.com:8443/voice", {"a": "1"}) == base
+    assert sig.sign("wss://example.com:443/s", {}) == sig.sign("wss://example.com/s", {})
+    # plain HTTP keeps its port
+    assert sig.sign("http://127.0.0.1:8080/v", {}) != sig.sign("http://127.0.0.1/v", {})

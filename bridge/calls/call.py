@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -173,7 +174,8 @@ class Call:
                 while True:
                     message = await self._ws.receive()
                     if message["type"] == "websocket.disconnect":
-                        self._reject("stream closed before start")
+                        # health probes (``doctor``) do this: not worth a warning
+                        self._reject("stream closed before start", level="info")
                         return None
                     for event in self._stream.receive(_payload(message)):
                         if isinstance(event, Started):
@@ -208,11 +210,11 @@ class Call:
         log.info("call_started", direction=started.custom_parameters.get("direction", "inbound"))
         return True
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, *, level: str = "warning") -> None:
         self.phase = CallPhase.REJECTED
         self.summary.outcome = "rejected"
         self.summary.reason = reason
-        log.warning("stream_rejected", reason=reason)
+        log.log(logging.getLevelName(level.upper()), "stream_rejected", reason=reason)
 
     # --- active call ---------------------------------------------------------------------------
 

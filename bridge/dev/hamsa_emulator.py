@@ -58,7 +58,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from bridge.dev.servers import AppServer
+from bridge.dev.servers import AppServer, port_problem
 from bridge.dev.tone import MULAW_RATE, PCM_RATE, synthesize
 from bridge.settings import Settings
 
@@ -976,5 +976,9 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
     config = (
         EmulatorConfig.realistic(**overrides) if args.realistic else EmulatorConfig(**overrides)
     )
+    problem = port_problem(args.host, args.port)
+    if problem:
+        print(f"emulate-hamsa: {problem}")
+        return 2
     run_emulator(config, args.host, args.port)
     return 0

@@ -32,6 +32,15 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` can't be listened on (checked before printing "listening"), or None."""
+    try:
+        bind(host, port).close()
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def uvicorn_config(
     app: Any,
     *,

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.dev.media_leg import mulaw_to_wav
-from bridge.dev.servers import AppServer
+from bridge.dev.servers import AppServer, port_problem
 from bridge.dev.twilio_emulator.config import NumberConfig, TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.rest_api import RestApi
 from bridge.dev.twilio_emulator.state import TwilioEmulatorState
@@ -231,16 +231,19 @@ def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) ->
             account_sid=account_sid,
             auth_token=auth_token,
             numbers=numbers,
-            ring_seconds=getattr(args, "ring_seconds", None) or 2.0,
+            ring_seconds=args.ring_seconds,
             outcomes=outcomes,
-            max_call_seconds=getattr(args, "max_call_seconds", None) or 4 * 60 * 60.0,
+            max_call_seconds=args.max_call_seconds,
             seed=getattr(args, "seed", None),
         )
     except ValueError as exc:
         print(f"emulate-twilio: {exc}")
         return 2
-    host = getattr(args, "host", "127.0.0.1")
-    port = getattr(args, "port", DEFAULT_PORT)
+    host, port = args.host, args.port
+    problem = port_problem(host, port)
+    if problem:
+        print(f"emulate-twilio: {problem}")
+        return 2
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     print(f"Twilio emulator: http://{shown}:{port}  (set TWILIO_API_URL to this)")
     if not settings.twilio_account_sid or not settings.twilio_auth_token.get_secret_value():

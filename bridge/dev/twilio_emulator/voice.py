@@ -75,6 +75,16 @@ class VoicePlatform:
             raise LookupError(f"{to} is not one of the account's numbers")
         if not (rest.is_e164(from_) or from_.startswith(("client:", "sip:"))):
             raise ValueError(f"from {from_!r} is not an E.164 number, client: or sip: address")
+        if number.trunk_sid:
+            raise ValueError(
+                f"{to} belongs to SIP trunk {number.trunk_sid}: Twilio routes its calls to the "
+                "trunk, not to VoiceUrl (the emulator has no SIP trunks)"
+            )
+        if number.voice_application_sid:
+            raise ValueError(
+                f"{to} uses TwiML App {number.voice_application_sid}, which takes precedence over "
+                "VoiceUrl (the emulator has no TwiML Apps)"
+            )
         if number.voice_url is None:
             raise ValueError(f"{to} has no VoiceUrl: set one through the REST API first")
         for _, digit in keys:
