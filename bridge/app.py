@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,12 +24,14 @@ from websockets.asyncio.client import connect
 
 from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
 from bridge.calls.hamsa_session import Connector
+from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
 from bridge.errors import ConfigError, PreloadError
 from bridge.preload import preload_voices
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
 from bridge.stream_token import issue_token
+from bridge.twilio_api import TwilioApi
 from twiml.inbound import connect_stream
 
 log = structlog.get_logger("bridge.app")
@@ -69,6 +72,27 @@ def check_serving_settings(settings: Settings) -> None:
         )
 
 
+def load_ivr_script(settings: Settings) -> CallScript:
+    """The flow in ``BRIDGE_IVR_FLOW`` as a call script; ``ConfigError`` listing every problem."""
+    from bridge.ivr.flow import Transfer
+    from bridge.ivr.load import FlowInvalid, load_flow
+    from bridge.ivr.runner import FlowRunner
+
+    try:
+        flow = load_flow(Path(settings.bridge_ivr_flow))
+    except FlowInvalid as exc:
+        problems = "\n".join(f"  {e.location}: {e.message}" for e in exc.errors)
+        raise ConfigError(
+            f"BRIDGE_IVR_FLOW {settings.bridge_ivr_flow} is invalid:\n{problems}"
+        ) from None
+    transfers = any(isinstance(node, Transfer) for node in flow.nodes.values())
+    if transfers and not settings.twilio_account_sid:
+        raise ConfigError(
+            "the IVR flow transfers calls: set TWILIO_ACCOUNT_SID (and TWILIO_API_URL)"
+        )
+    return FlowRunner.with_twilio(flow, lambda: TwilioApi(settings))
+
+
 def create_app(
     settings: Settings,
     *,
@@ -79,13 +103,27 @@ def create_app(
 ) -> Starlette:
     """The bridge app. ``script`` is what each call does once authenticated (default: greeting)."""
     check_serving_settings(settings)
+    if settings.bridge_ivr_flow and script is greeting_script:
+        script = load_ivr_script(settings)
+    cache = PromptCache(
+        max_bytes=settings.bridge_prompt_cache_mb * 1024 * 1024,
+        directory=Path(settings.bridge_prompt_cache_dir)
+        if settings.bridge_prompt_cache_dir
+        else None,
+    )
     registry = CallRegistry()
     state = BridgeState(
         settings=settings,
         signatures=TwilioSignatures(settings.twilio_auth_token.get_secret_value()),
         registry=registry,
         deps=CallDeps(
-            settings, registry, hamsa_connector, script, wall_clock=wall_clock, clock=clock
+            settings,
+            registry,
+            hamsa_connector,
+            script,
+            prompt_cache=cache,
+            wall_clock=wall_clock,
+            clock=clock,
         ),
         wall_clock=wall_clock,
     )

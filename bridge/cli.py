@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="press a key during the call (skips the greeting)",
     )
     demo.add_argument("--fast", action="store_true", help="no latency model in the Hamsa emulator")
+    demo.add_argument("--flow", help="run an IVR flow (a file, or `clinic`, the shipped example)")
+    demo.add_argument(
+        "--answer",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help="with --flow: keys pressed after each prompt that waits for input",
+    )
 
     call = commands.add_parser("call", help="simulate Twilio calling a bridge")
     call.add_argument(
@@ -71,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     call.add_argument(
         "--hangup-after", type=float, help="the caller hangs up after this many seconds"
+    )
+    call.add_argument(
+        "--answer",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help="keys pressed after the next IVR prompt that waits for input (repeatable, in order)",
     )
     call.add_argument("--max-duration", type=float, default=300.0)
     call.add_argument("--connect-url", help="connect the stream here instead of the TwiML's URL")
@@ -99,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     twiml = commands.add_parser("twiml", help="print TwiML for configuring by hand")
     twiml_commands = twiml.add_subparsers(dest="twiml_command", required=True)
     twiml_commands.add_parser("inbound", help="TwiML for a TwiML Bin that reaches this bridge")
+
+    ivr = commands.add_parser("ivr", help="IVR flows: validate, draw, warm the prompt cache")
+    ivr_commands = ivr.add_subparsers(dest="ivr_command", required=True)
+    for name, help_text in (
+        ("validate", "report every error in a flow, with its location"),
+        ("graph", "draw a flow (Mermaid text; --png with graphviz)"),
+        ("warm", "synthesise a flow's static prompts into BRIDGE_PROMPT_CACHE_DIR"),
+    ):
+        sub = ivr_commands.add_parser(name, help=help_text)
+        sub.add_argument("flow", help="a flow file, or the name of a shipped example (clinic)")
+        if name == "graph":
+            sub.add_argument("--png", type=Path, help="also write a PNG (needs graphviz)")
 
     doctor = commands.add_parser("doctor", help="check every link from Twilio to Hamsa")
     doctor.add_argument("--number", help="E.164 number (default: TWILIO_PHONE_NUMBER)")
@@ -162,7 +189,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
             print(f"  {name}: {error['msg']}", file=sys.stderr)
         return 2
-    quiet = args.command in ("demo", "call", "twilio", "twiml", "doctor")
+    quiet = args.command in ("demo", "call", "twilio", "twiml", "doctor", "ivr")
     quiet = quiet and "BRIDGE_LOG_LEVEL" not in env
     configure_logging(
         level="warning" if quiet else settings.bridge_log_level, fmt=settings.bridge_log_format
@@ -176,7 +203,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from bridge.dev.demo import run_demo
 
             return asyncio.run(
-                run_demo(settings, out=args.out, text=args.text, keys=args.press, fast=args.fast)
+                run_demo(
+                    settings,
+                    out=args.out,
+                    text=args.text,
+                    keys=args.press,
+                    fast=args.fast,
+                    flow=args.flow,
+                    answers=args.answer,
+                )
             )
         if args.command == "call":
             from bridge.dev.caller import run_call_command
@@ -216,6 +251,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 return 2
             print(twiml_for_bin(settings))
             return 0
+        if args.command == "ivr":
+            from bridge.ivr import commands as ivr_commands
+
+            path = ivr_commands.flow_path(args.flow)
+            if args.ivr_command == "validate":
+                return ivr_commands.validate(path)
+            if args.ivr_command == "graph":
+                return ivr_commands.graph(path, png=args.png)
+            return asyncio.run(ivr_commands.warm(settings, path))
         if args.command == "doctor":
             from bridge.doctor import doctor
 

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     bridge_lookahead_seconds: float = Field(default=8.0, gt=0)
     bridge_max_text_chars: int = Field(default=2000, ge=50, le=2000)
     bridge_min_sentence_chars: int = Field(default=30, ge=0)
+    bridge_ivr_flow: str = ""
+    bridge_prompt_cache_dir: str = ""
+    bridge_prompt_cache_mb: int = Field(default=32, ge=0)
     bridge_log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     bridge_log_level: str = "info"
 

@@ -144,3 +144,11 @@ class TwilioApi:
         """Change only the given fields (snake_case twilio-python names) of a number."""
         record = self._call(lambda: self._client.incoming_phone_numbers(sid).update(**fields))
         return PhoneNumber.from_resource(record)
+
+    def update_call(self, call_sid: str, **fields: str) -> str:
+        """Update a live call (``twiml=…``, ``status="completed"``); its new status.
+
+        An ended call answers 21220 (or 20404): raised as ``TwilioApiError`` with that code.
+        """
+        record = self._call(lambda: self._client.calls(call_sid).update(**fields))
+        return str(record.status)

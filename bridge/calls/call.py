@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bridge.calls.hamsa_session import Connector, HamsaSession
 from bridge.calls.playback import Playback
+from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
 from bridge.calls.speech import Speaker, SpeechOutcome
 from bridge.errors import HamsaError, InvalidState, SignatureError
@@ -77,33 +78,69 @@ class CallSummary:
     clears: int = 0
     underruns: int = 0
     violations: dict[str, int] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
 
 
 class CallContext:
-    """What a call's script sees: who called, how to speak, the keys pressed."""
+    """What a call's script sees: who called, how to speak, the keys pressed, the hang-up."""
 
-    def __init__(self, settings: Settings, started: Started, speaker: Speaker) -> None:
+    def __init__(
+        self, settings: Settings, started: Started, speaker: Speaker, hangup: asyncio.Event
+    ) -> None:
         self.settings = settings
         self.call_sid = started.call_sid
         self.stream_sid = started.stream_sid
         self.parameters = started.custom_parameters
         self.digits: asyncio.Queue[str] = asyncio.Queue()
+        self.keys_pressed: list[str] = []
         self.barge_in = True
         """A key pressed while speaking interrupts the speech (and is still queued as input)."""
         self.speaking = False
-        self.outcome = "completed"
+        self.outcome: str | None = None
+        """Set by the script: completed, transferred, failed… (None: the caller ended it)."""
         self.reason = ""
+        self.details: dict[str, object] = {}
+        """Anything the script wants in the call's summary line (e.g. the IVR path)."""
         self._speaker = speaker
+        self._hangup = hangup
 
-    async def say(self, text: str, voice: Voice | None = None) -> SpeechOutcome:
-        """Speak and wait until it was played, or interrupted by a key (barge-in)."""
+    async def say(
+        self,
+        text: str,
+        voice: Voice | None = None,
+        *,
+        label: str = "utt",
+        cacheable: bool = False,
+        barge_in: bool = True,
+    ) -> SpeechOutcome:
+        """Speak and wait until it was played, or interrupted by a key (when ``barge_in``)."""
         self.speaking = True
+        self.barge_in = barge_in
         try:
-            return await self._speaker.say(text, voice)
+            return await self._speaker.say(text, voice, label=label, cacheable=cacheable)
         finally:
             self.speaking = False
+            self.barge_in = True
+
+    async def key(self, within: float) -> str | None:
+        """The next key (one already pressed, or one within ``within`` seconds), or None."""
+        try:
+            async with asyncio.timeout(within):
+                return await self.digits.get()
+        except TimeoutError:
+            return None
+
+    async def hung_up(self, within: float) -> bool:
+        """Wait (bounded) for Twilio to end the stream; True if it did."""
+        try:
+            async with asyncio.timeout(within):
+                await self._hangup.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def key_pressed(self, digit: str) -> None:
+        self.keys_pressed.append(digit)
         self.digits.put_nowait(digit)
         if self.speaking and self.barge_in:
             self._speaker.interrupt()
@@ -128,6 +165,7 @@ class CallDeps:
     registry: CallRegistry
     hamsa_connector: Connector
     script: CallScript = greeting_script
+    prompt_cache: PromptCache | None = None
     wall_clock: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
 
@@ -230,9 +268,11 @@ class Call:
                     lead=settings.bridge_playback_lead_ms / 1000,
                     clock=deps.clock,
                 )
-                speaker = Speaker(settings, hamsa, playback, clock=deps.clock)
+                speaker = Speaker(
+                    settings, hamsa, playback, cache=deps.prompt_cache, clock=deps.clock
+                )
                 self._playback = playback
-                self._context = context = CallContext(settings, started, speaker)
+                self._context = context = CallContext(settings, started, speaker, self._hangup)
                 running: list[asyncio.Task[Any]] = [
                     tasks.create_task(hamsa.open()),
                     tasks.create_task(self._guard(playback.run())),
@@ -262,7 +302,7 @@ class Call:
     async def _script(self, context: CallContext) -> None:
         try:
             await self._deps.script(context)
-            self.summary.outcome = context.outcome
+            self.summary.outcome = context.outcome or "completed"
             self.summary.reason = context.reason
         except HamsaError as exc:
             self.summary.outcome = "failed"
@@ -337,6 +377,12 @@ class Call:
 
     def _finish_summary(self) -> None:
         s = self.summary
+        context = self._context
+        if context is not None:
+            if context.outcome and s.outcome == "hung_up":
+                s.outcome = context.outcome  # e.g. transferred: Twilio then stops the stream
+                s.reason = context.reason or s.reason
+            s.details = dict(context.details, keys="".join(context.keys_pressed))
         s.duration = self._deps.clock() - s.started_at
         s.violations = dict(self._stream.violations)
         if self._playback is not None:

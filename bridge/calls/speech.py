@@ -29,7 +29,7 @@ import asyncio
 import enum
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -39,6 +39,7 @@ from bridge.audio.formats import MULAW_8K
 from bridge.audio.framer import Framer
 from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.playback import Playback
+from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.truncation import TruncationGuard
 from bridge.errors import AudioFormatError, HamsaError, HamsaReplyError, TruncatedReply
 from bridge.sentences import split_text
@@ -79,76 +80,37 @@ class _Progress:
     played: int = 0
 
 
-class Speaker:
-    """Turns text into audio in the call, one utterance at a time."""
+Sink = Callable[[bytes], None]
+"""Where synthesised 8 kHz μ-law goes, in order, as it becomes playable."""
+
+
+class Synthesizer:
+    """Text → 8 kHz μ-law through the call's Hamsa session, with every retry rule above."""
 
     def __init__(
         self,
         settings: Settings,
         hamsa: HamsaSession,
-        playback: Playback,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._hamsa = hamsa
-        self._playback = playback
         self._clock = clock
-        self._ids = itertools.count(1)
-        self._producer: asyncio.Task[bool] | None = None
-        self._interrupts = 0
         self.stats = SpeechStats()
 
-    async def say(self, text: str, voice: Voice | None = None) -> SpeechOutcome:
-        """Speak ``text`` and wait until it was played (its mark echoed) or interrupted."""
-        voice = voice or self._settings.voice
-        name = f"utt-{next(self._ids)}"
-        interrupts = self._interrupts
-        framer = Framer()
-        producer = asyncio.create_task(self._produce(text, voice, framer))
-        self._producer = producer
-        try:
-            complete = await producer
-        except asyncio.CancelledError:
-            if producer.cancelled() and not _current_task_cancelling():
-                return SpeechOutcome.INTERRUPTED
-            raise
-        except HamsaError:
-            # Final (bad key, no balance): let what is already queued finish, then report it.
-            await self._finish(name, framer)
-            raise
-        finally:
-            self._producer = None
-        if self._interrupts != interrupts:
-            return SpeechOutcome.INTERRUPTED
-        played = await self._finish(name, framer)
-        if not played or self._interrupts != interrupts:
-            return SpeechOutcome.INTERRUPTED
-        return SpeechOutcome.PLAYED if complete else SpeechOutcome.PARTIAL
+    async def text(
+        self,
+        text: str,
+        voice: Voice,
+        sink: Sink,
+        *,
+        room: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Synthesise ``text`` segment by segment into ``sink``; False if a part was skipped.
 
-    def interrupt(self) -> None:
-        """Barge-in: stop synthesis of the current utterance (its reply drains in the background),
-        drop its queued audio and ``clear`` what Twilio buffered."""
-        self._interrupts += 1
-        if self._producer is not None:
-            self._producer.cancel()
-        self._playback.interrupt()
-
-    async def _finish(self, name: str, framer: Framer) -> bool:
-        """Pad and queue the utterance's last frame and its mark; wait for the echo (bounded)."""
-        tail = framer.flush()
-        if tail is not None:
-            self._playback.push_frames((tail,))
-        mark = self._playback.push_mark(name)
-        try:
-            async with asyncio.timeout(self._playback.buffered() + MARK_MARGIN):
-                return await mark
-        except TimeoutError:
-            self.stats.marks_lost += 1
-            log.warning("mark_lost", utterance=name, waited=self._playback.buffered() + MARK_MARGIN)
-            return True
-
-    async def _produce(self, text: str, voice: Voice, framer: Framer) -> bool:
+        ``room`` is awaited before each request (playback's lookahead bound).
+        """
         settings = self._settings
         started = self._clock()
         complete = True
@@ -160,8 +122,9 @@ class Speaker:
         )
         failed_in_a_row = 0
         for index, segment in enumerate(segments):
-            await self._playback.wait_for_room(settings.bridge_lookahead_seconds)
-            ok = await self._segment(segment, voice, framer, started)
+            if room is not None:
+                await room()
+            ok = await self._segment(segment, voice, sink, started)
             complete = complete and ok
             failed_in_a_row = 0 if ok else failed_in_a_row + 1
             if failed_in_a_row >= 2:
@@ -169,7 +132,7 @@ class Speaker:
                 return False
         return complete
 
-    async def _segment(self, text: str, voice: Voice, framer: Framer, started: float) -> bool:
+    async def _segment(self, text: str, voice: Voice, sink: Sink, started: float) -> bool:
         """Play one request's reply, retrying failures; False if it had to be skipped."""
         settings = self._settings
         delays = settings.hamsa_retry_delays
@@ -181,7 +144,7 @@ class Speaker:
             self.stats.requests += 1
             resumed_from = progress.played
             try:
-                await self._play_reply(text, voice, framer, started, progress)
+                await self._play_reply(text, voice, sink, started, progress)
                 if resumed_from:
                     self.stats.resumed += 1
                     log.info("hamsa_reply_resumed", skipped_bytes=resumed_from)
@@ -228,7 +191,7 @@ class Speaker:
             self.stats.retries += 1
 
     async def _play_reply(
-        self, text: str, voice: Voice, framer: Framer, started: float, progress: _Progress
+        self, text: str, voice: Voice, sink: Sink, started: float, progress: _Progress
     ) -> None:
         """One request: stream its audio into the framer, skipping what an earlier try played."""
         settings = self._settings
@@ -239,7 +202,6 @@ class Speaker:
             min_ms=settings.hamsa_truncation_min_ms,
             hold_ms=settings.hamsa_truncation_hold_ms,
         )
-        playback = self._playback
         skip = progress.played
 
         def emit(audio: bytes) -> None:
@@ -252,7 +214,7 @@ class Speaker:
             if self.stats.first_audio_latency is None:
                 self.stats.first_audio_latency = self._clock() - started
             progress.played += len(audio)
-            playback.push_frames(framer.push(audio))
+            sink(audio)
 
         try:
             async with self._hamsa.reply(text, voice) as reply:
@@ -268,6 +230,119 @@ class Speaker:
                 f"Hamsa sent audio the bridge cannot decode: {exc.message}",
                 audio_received=progress.played > 0,
             ) from None
+
+
+class Speaker:
+    """Turns text into audio in the call, one utterance at a time.
+
+    Static prompts (``cacheable=True``) are played from the ``PromptCache`` when it has them —
+    no Hamsa request, first frame at once — and stored there after a complete synthesis.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        hamsa: HamsaSession,
+        playback: Playback,
+        *,
+        cache: PromptCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._playback = playback
+        self._cache = cache
+        self._synth = Synthesizer(settings, hamsa, clock=clock)
+        self._ids = itertools.count(1)
+        self._producer: asyncio.Task[bool] | None = None
+        self._interrupts = 0
+        self.cache_hits = 0
+
+    @property
+    def stats(self) -> SpeechStats:
+        return self._synth.stats
+
+    async def say(
+        self,
+        text: str,
+        voice: Voice | None = None,
+        *,
+        label: str = "utt",
+        cacheable: bool = False,
+    ) -> SpeechOutcome:
+        """Speak ``text`` and wait until it was played (its mark echoed) or interrupted.
+
+        The mark is named ``{label}:{n}`` so a listener can tell which prompt was heard.
+        """
+        voice = voice or self._settings.voice
+        name = f"{label}:{next(self._ids)}"
+        interrupts = self._interrupts
+        framer = Framer()
+        producer = asyncio.create_task(self._produce(text, voice, framer, cacheable))
+        self._producer = producer
+        try:
+            complete = await producer
+        except asyncio.CancelledError:
+            if producer.cancelled() and not _current_task_cancelling():
+                return SpeechOutcome.INTERRUPTED
+            raise
+        except HamsaError:
+            # Final (bad key, no balance): let what is already queued finish, then report it.
+            await self._finish(name, framer)
+            raise
+        finally:
+            self._producer = None
+        if self._interrupts != interrupts:
+            return SpeechOutcome.INTERRUPTED
+        played = await self._finish(name, framer)
+        if not played or self._interrupts != interrupts:
+            return SpeechOutcome.INTERRUPTED
+        return SpeechOutcome.PLAYED if complete else SpeechOutcome.PARTIAL
+
+    def interrupt(self) -> None:
+        """Barge-in: stop synthesis of the current utterance (its reply drains in the background),
+        drop its queued audio and ``clear`` what Twilio buffered."""
+        self._interrupts += 1
+        if self._producer is not None:
+            self._producer.cancel()
+        self._playback.interrupt()
+
+    async def _finish(self, name: str, framer: Framer) -> bool:
+        """Pad and queue the utterance's last frame and its mark; wait for the echo (bounded)."""
+        tail = framer.flush()
+        if tail is not None:
+            self._playback.push_frames((tail,))
+        mark = self._playback.push_mark(name)
+        try:
+            async with asyncio.timeout(self._playback.buffered() + MARK_MARGIN):
+                return await mark
+        except TimeoutError:
+            self.stats.marks_lost += 1
+            log.warning("mark_lost", utterance=name, waited=self._playback.buffered() + MARK_MARGIN)
+            return True
+
+    async def _produce(self, text: str, voice: Voice, framer: Framer, cacheable: bool) -> bool:
+        playback = self._playback
+        cache = self._cache if cacheable else None
+        if cache is not None:
+            audio = cache.get(text, voice)
+            if audio is not None:
+                self.cache_hits += 1
+                playback.push_frames(framer.push(audio))
+                return True
+        captured = bytearray() if cache is not None else None
+
+        def sink(audio: bytes) -> None:
+            if captured is not None:
+                captured.extend(audio)
+            playback.push_frames(framer.push(audio))
+
+        lookahead = self._settings.bridge_lookahead_seconds
+        complete = await self._synth.text(
+            text, voice, sink, room=lambda: playback.wait_for_room(lookahead)
+        )
+        if cache is not None and captured is not None and complete:
+            cache.put(text, voice, bytes(captured))
+        return complete
 
 
 def _current_task_cancelling() -> bool:

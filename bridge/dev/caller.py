@@ -128,6 +128,7 @@ async def run_call_command(settings: Settings, args: argparse.Namespace) -> int:
         to_number=args.to_number,
         keys=list(args.press),
         hangup_after=args.hangup_after,
+        answers=list(args.answer),
         max_duration=args.max_duration,
         sign_handshake=not args.no_sign_handshake,
         connect_url=args.connect_url,

@@ -3,7 +3,8 @@
 The Hamsa emulator (with its realistic latency model), the bridge and a simulated Twilio caller
 run on loopback with throwaway credentials; the caller's webhook and stream handshake are signed
 and checked exactly as in production. Prints the call's timeline and writes what the caller heard
-to a WAV file.
+to a WAV file. With ``--flow`` the call goes through the Twilio emulator too (an inbound call to
+a number wired to the bridge), so IVR transfers are real REST updates.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
+from bridge.dev.media_leg import StreamResult
 from bridge.settings import Settings
 
 
@@ -23,16 +25,37 @@ async def run_demo(
     text: str | None = None,
     keys: list[tuple[float, str]] | None = None,
     fast: bool = False,
+    flow: str | None = None,
+    answers: list[str] | None = None,
 ) -> int:
     emulator = EmulatorConfig() if fast else EmulatorConfig.realistic()
     overrides: dict[str, Any] = {"bridge_greeting": text} if text else {}
-    async with loopback(emulator, settings=settings, hamsa_preload_voices=(), **overrides) as rig:
-        result = await rig.call(keys=keys or [])
+    if flow:
+        from bridge.ivr.commands import flow_path
+
+        overrides["bridge_ivr_flow"] = str(flow_path(flow))
+    lines: list[str] = []
+    result: StreamResult | None
+    async with loopback(
+        emulator, settings=settings, hamsa_preload_voices=(), twilio=bool(flow), **overrides
+    ) as rig:
+        if rig.twilio is not None:
+            sid = await rig.call_in(keys=keys or [], answers=answers or [])
+            streams = rig.twilio.streams_for(sid)
+            result = streams[0].result if streams else None
+            call = rig.twilio.call(sid)
+            lines.append(f"call {sid}: {call.info.status.value}")
+            lines += [f"transferred to {', '.join(t.targets)}" for t in rig.twilio.transfers]
+        else:
+            result = await rig.call(keys=keys or [])
         connections = len(rig.hamsa.connections)
         requests = len(rig.hamsa.requests)
         first_byte = rig.hamsa.requests[0].first_audio_at if rig.hamsa.requests else None
     print("hamsa-bridge demo: Hamsa emulator + bridge + simulated Twilio caller on loopback")
-    for line in result.timeline():
+    if result is None:
+        print("demo failed: the call never reached the stream")
+        return 1
+    for line in [*lines, *result.timeline()]:
         print("  " + line)
     print(f"  hamsa: {connections} connection(s), {requests} request(s)")
     first_frame = result.leg.timeline.first_media_at if result.leg is not None else None

@@ -1,4 +1,5 @@
-"""A whole deployment on loopback: the Hamsa emulator and the bridge, with throwaway credentials.
+"""A whole deployment on loopback: the Hamsa emulator and the bridge (and, on request, the Twilio
+emulator with a number wired to the bridge), with throwaway credentials.
 
 Used by ``hamsa-bridge demo`` and by the end-to-end tests. Everything runs over real sockets
 (ports bound on 127.0.0.1 first, so each app knows its own URL), and every signature and token
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +22,29 @@ from bridge.calls.call import CallScript, greeting_script
 from bridge.dev.caller import CallPlan, CallResult, place_call
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
 from bridge.dev.servers import bind, serving
+from bridge.dev.twilio_emulator import (
+    NumberConfig,
+    TwilioEmulatorConfig,
+    TwilioEmulatorServer,
+    TwilioEmulatorState,
+)
 from bridge.settings import Settings
+
+LOOPBACK_NUMBER = "+966501230000"
+"""The Twilio emulator's number wired to the bridge (``loopback(twilio=True)``)."""
 
 
 @dataclass(slots=True)
 class Loopback:
     settings: Settings
-    """The bridge's settings (pointing at the emulator)."""
+    """The bridge's settings (pointing at the emulators)."""
     hamsa: EmulatorState
-    """The emulator's live records: connections, requests, the exact audio it sent."""
+    """The Hamsa emulator's live records: connections, requests, the exact audio it sent."""
     bridge_app: Starlette
     public_url: str
     auth_token: str
+    twilio: TwilioEmulatorState | None = None
+    """The Twilio emulator's records, when it runs (``loopback(twilio=True)``)."""
 
     @property
     def bridge(self) -> BridgeState:
@@ -47,7 +59,17 @@ class Loopback:
         return plan
 
     async def call(self, **overrides: Any) -> CallResult:
+        """An inbound call straight to the bridge (our simulated Twilio caller)."""
         return await place_call(self.plan(**overrides))
+
+    async def call_in(self, **options: Any) -> str:
+        """Someone dials the wired number through the Twilio emulator; its CallSid once ended.
+
+        ``options``: ``keys``, ``answers``, ``hangup_after`` (see ``start_inbound_call``).
+        """
+        assert self.twilio is not None, "start the loopback with twilio=True"
+        record = await self.twilio.place_inbound_call(LOOPBACK_NUMBER, "+966500000001", **options)
+        return record.sid
 
 
 @asynccontextmanager
@@ -57,20 +79,47 @@ async def loopback(
     settings: Settings | None = None,
     script: CallScript = greeting_script,
     auth_token: str | None = None,
+    twilio: bool | TwilioEmulatorConfig = False,
     **setting_overrides: Any,
 ) -> AsyncIterator[Loopback]:
-    """Start the emulator and the bridge; yield a ``Loopback`` to place calls through.
+    """Start the emulator(s) and the bridge; yield a ``Loopback`` to place calls through.
 
     ``auth_token``: the Twilio auth token the bridge validates with (default: a random one).
+    ``twilio``: also run the Twilio emulator (its account's token is ``auth_token``) with
+    ``LOOPBACK_NUMBER`` wired to the bridge, and point the bridge's REST client at it.
     """
     api_key = "loopback-" + secrets.token_hex(8)
     auth_token = auth_token or secrets.token_hex(16)
     config = dataclasses.replace(emulator or EmulatorConfig(), api_keys=frozenset({api_key}))
     emulator_app = create_emulator_app(config)
-    async with serving(emulator_app) as hamsa_url:
+    async with AsyncExitStack() as stack:
+        hamsa_url = await stack.enter_async_context(serving(emulator_app))
         sock = bind()
+        public = "http://{}:{}".format(*sock.getsockname()[:2])
+        twilio_state: TwilioEmulatorState | None = None
+        twilio_settings: dict[str, Any] = {}
+        if twilio:
+            twilio_config = twilio if isinstance(twilio, TwilioEmulatorConfig) else None
+            twilio_config = dataclasses.replace(
+                twilio_config or TwilioEmulatorConfig(),
+                account_sid="AC" + secrets.token_hex(16),
+                auth_token=auth_token,
+                numbers={
+                    LOOPBACK_NUMBER: NumberConfig(
+                        voice_url=public + "/twiml/inbound",
+                        status_callback=public + "/twilio/status",
+                    )
+                },
+            )
+            server = TwilioEmulatorServer(twilio_config)
+            await stack.enter_async_context(server)
+            twilio_state = server.state
+            twilio_settings = {
+                "twilio_account_sid": twilio_config.account_sid,
+                "twilio_api_url": server.http_url,
+                "twilio_phone_number": LOOPBACK_NUMBER,
+            }
         try:
-            public = "http://{}:{}".format(*sock.getsockname()[:2])
             base = settings.model_dump() if settings is not None else {}
             bridge_settings = Settings.model_validate(
                 base
@@ -81,17 +130,19 @@ async def loopback(
                     "twilio_auth_token": auth_token,
                     "bridge_public_url": public,
                 }
+                | twilio_settings
                 | setting_overrides
             )
             app = create_app(bridge_settings, script=script)
         except BaseException:
             sock.close()
             raise
-        async with serving(app, sock=sock):
-            yield Loopback(
-                settings=bridge_settings,
-                hamsa=emulator_app.state.emulator,
-                bridge_app=app,
-                public_url=public,
-                auth_token=auth_token,
-            )
+        await stack.enter_async_context(serving(app, sock=sock))
+        yield Loopback(
+            settings=bridge_settings,
+            hamsa=emulator_app.state.emulator,
+            bridge_app=app,
+            public_url=public,
+            auth_token=auth_token,
+            twilio=twilio_state,
+        )

@@ -55,6 +55,10 @@ class CallerBehaviour:
     """(seconds after ``start``, digit) pairs."""
     raw: list[tuple[float, str | bytes]] = field(default_factory=list)
     """(seconds after ``start``, message) sent as is: malformed frames, to test robustness."""
+    answers: list[str] = field(default_factory=list)
+    """Keys to press in answer to prompts: after each IVR prompt that waits for input (a mark
+    named ``menu:…`` or ``gather:…`` echoed as played) the next string is pressed, a key every
+    150 ms, starting 300 ms after the prompt ended."""
     echo_marks: bool = True
     """False: never echo marks (to test a Twilio whose echoes are lost)."""
     hangup_after: float | None = None
@@ -98,6 +102,13 @@ class StreamResult:
         path.write_bytes(mulaw_to_wav(self.heard))
         return path
 
+    def prompts(self) -> list[str]:
+        """The IVR nodes whose prompts were sent, in order (from mark names ``kind:node:n``)."""
+        if self.leg is None:
+            return []
+        nodes = [m.name.split(":")[1] for m in self.leg.timeline.marks if m.name.count(":") == 2]
+        return [n for i, n in enumerate(nodes) if i == 0 or nodes[i - 1] != n]
+
     def gaps(self) -> list[tuple[float, float]]:
         """Underruns the caller heard as gaps: playout ran dry and audio came again later.
 
@@ -122,6 +133,8 @@ class StreamResult:
         tl = leg.timeline
         lines.append(f"stream: {self.stream_url}  parameters: {sorted(self.parameters)}")
         lines.append(f"first audio:        {ms(tl.first_media_at)}")
+        if self.prompts():
+            lines.append(f"IVR nodes heard:    {' > '.join(self.prompts())}")
         for at, digit in self.keys_sent:
             lines.append(f"key {digit!r} pressed:     {ms(at)}")
         for mark in tl.marks:
@@ -253,6 +266,8 @@ async def _run_stream(
         outbox.put_nowait(leg.start())
         keys = sorted(plan.keys)
         raw = sorted(plan.raw, key=lambda item: item[0])
+        answers = list(plan.answers)
+        marks_seen = 0
         frame = 0
         deadline = t0 + (plan.hangup_after if plan.hangup_after is not None else plan.max_duration)
         while not bridge_closed.is_set():
@@ -263,6 +278,14 @@ async def _run_stream(
             if hangup is not None and hangup.is_set():
                 hang_up("hangup")
                 return
+            marks = leg.timeline.marks
+            while answers and marks_seen < len(marks) and marks[marks_seen].echoed_at is not None:
+                mark = marks[marks_seen]
+                marks_seen += 1
+                if not mark.cleared and mark.name.startswith(("menu:", "gather:")):
+                    at = now - t0 + 0.3
+                    keys.extend((at + 0.15 * i, digit) for i, digit in enumerate(answers.pop(0)))
+                    keys.sort()
             while keys and t0 + keys[0][0] <= now:
                 _, digit = keys.pop(0)
                 result.keys_sent.append((now, digit))

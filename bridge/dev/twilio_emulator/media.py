@@ -80,6 +80,7 @@ class MediaStreams:
         hangup = asyncio.Event()
         behaviour = CallerBehaviour(
             keys=list(call.keys),
+            answers=list(call.answers),
             hangup_after=call.hangup_after,
             max_duration=config.max_call_seconds,
             sign_handshake=call.sign_handshake and config.sign_handshake,

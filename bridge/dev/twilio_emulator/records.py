@@ -187,6 +187,7 @@ class CallRecord:
     time_limit: float = float(rest.DEFAULT_TIME_LIMIT)
     outcome: Outcome = field(default_factory=Outcome)
     keys: tuple[tuple[float, str], ...] = ()
+    answers: tuple[str, ...] = ()
     hangup_after: float | None = None
     sign_handshake: bool = True
     verbs: list[VerbRecord] = field(default_factory=list)

@@ -67,11 +67,13 @@ def create_twilio_emulator_app(
             return JSONResponse({"error": "'to' (E.164) is required"}, status_code=400)
         try:
             keys = [(float(at), str(digit)) for at, digit in body.get("keys") or []]
+            answers = [str(a) for a in body.get("answers") or []]
             hangup = body.get("hangup_after")
             sid = state.start_inbound_call(
                 body["to"],
                 str(body.get("from") or "+15005550001"),
                 keys=keys,
+                answers=answers,
                 hangup_after=float(hangup) if hangup is not None else None,
                 sign_handshake=bool(body.get("sign_handshake", True)),
                 forwarded_from=body.get("forwarded_from"),

@@ -61,6 +61,7 @@ class VoicePlatform:
         from_: str,
         *,
         keys: Sequence[tuple[float, str]] = (),
+        answers: Sequence[str] = (),
         hangup_after: float | None = None,
         sign_handshake: bool = True,
         forwarded_from: str | None = None,
@@ -115,6 +116,7 @@ class VoicePlatform:
             status_callback_method=number.status_callback_method,
             time_limit=state.config.max_call_seconds,
             keys=tuple(keys),
+            answers=tuple(answers),
             hangup_after=hangup_after,
             sign_handshake=sign_handshake,
         )

@@ -1,0 +1,169 @@
+"""The IVR flow model: what a flow file describes, as frozen dataclasses.
+
+A flow is a start node and a mapping of node names to nodes. Every node that continues names the
+next node(s) by name. Prompts may use ``{variables}``: ``{from}``, ``{to}``, ``{call_sid}``,
+``{digits}`` (the last keys collected), any ``gather.store`` name, and any value a webhook
+answered with. A prompt without ``{…}`` is *static*: its audio is cached and replayed.
+
+Loading and validation live in ``bridge.ivr.load`` (file → ``Flow`` or a list of located
+errors); running a flow lives in ``bridge.ivr.runner``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bridge.voice import Voice
+
+DIGITS = frozenset("0123456789*#")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def placeholders(text: str) -> list[str]:
+    """The ``{name}`` variables a prompt uses."""
+    return _PLACEHOLDER.findall(text)
+
+
+def is_static(text: str) -> bool:
+    """True when a prompt has no variables: the same audio every time (cacheable)."""
+    return not placeholders(text)
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceOverride:
+    """Per-flow or per-node voice fields; ``None`` inherits."""
+
+    speaker: str | None = None
+    dialect: str | None = None
+    language: str | None = None
+
+    def apply(self, base: Voice) -> Voice:
+        return Voice(
+            self.speaker or base.speaker,
+            self.dialect or base.dialect,
+            self.language or base.language,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Speak ``text``, then go to ``next``."""
+
+    text: str
+    next: str
+    voice: VoiceOverride = VoiceOverride()
+    barge_in: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Menu:
+    """A prompt and keypad options (digit → node); re-prompts on no input or an invalid key."""
+
+    prompt: str
+    options: dict[str, str]
+    timeout: float = 5.0
+    """Seconds to wait for a key after the prompt has played."""
+    invalid: str = ""
+    """Said after a key that is not an option (then the prompt again)."""
+    no_input: str = ""
+    """Said when no key came within ``timeout`` (then the prompt again)."""
+    retries: int = 2
+    """How many times the prompt is repeated after a failure before ``on_failure``."""
+    on_failure: str = ""
+    voice: VoiceOverride = VoiceOverride()
+    barge_in: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Gather:
+    """Collect digits (a fixed count, or until ``finish_on``), check them, store them."""
+
+    prompt: str
+    store: str
+    next: str
+    num_digits: int | None = None
+    finish_on: str = "#"
+    timeout: float = 5.0
+    """Seconds to wait for the first key after the prompt has played."""
+    inter_digit_timeout: float = 3.0
+    pattern: str | None = None
+    """A regular expression the whole input must match (``re.fullmatch``)."""
+    invalid: str = ""
+    retries: int = 2
+    on_failure: str = ""
+    voice: VoiceOverride = VoiceOverride()
+    barge_in: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Say ``message``, then connect the caller to ``to`` (E.164 or ``sip:``) with ``<Dial>``."""
+
+    to: str
+    message: str = ""
+    caller_id: str | None = None
+    voice: VoiceOverride = VoiceOverride()
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """POST the call's variables as JSON to ``url``; branch on the answer.
+
+    The answer is JSON ``{"branch": NAME, "vars": {…}}``: ``branches[NAME]`` is next (``next``
+    when the branch is absent or unknown); ``vars`` are merged into the call's variables. A
+    timeout, a non-2xx status or a malformed answer goes to ``fallback``.
+    """
+
+    url: str
+    fallback: str
+    branches: dict[str, str] = field(default_factory=dict)
+    next: str = ""
+    timeout: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """Say ``text`` (a goodbye), wait until it has been heard, end the call."""
+
+    text: str = ""
+    voice: VoiceOverride = VoiceOverride()
+
+
+Node = Say | Menu | Gather | Transfer | Webhook | Hangup
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    start: str
+    nodes: dict[str, Node]
+    voice: VoiceOverride = VoiceOverride()
+    name: str = "flow"
+
+    def static_prompts(self, base: Voice) -> list[tuple[str, Voice]]:
+        """Every static text the flow can speak, with its voice (for warming the cache)."""
+        out: list[tuple[str, Voice]] = []
+        for node in self.nodes.values():
+            if isinstance(node, Webhook):
+                continue
+            voice = node.voice.apply(self.voice.apply(base))
+            for text in _texts(node):
+                if text and is_static(text) and (text, voice) not in out:
+                    out.append((text, voice))
+        return out
+
+
+def _texts(node: Node) -> list[str]:
+    match node:
+        case Say(text=text):
+            return [text]
+        case Menu(prompt=prompt, invalid=invalid, no_input=no_input):
+            return [prompt, invalid, no_input]
+        case Gather(prompt=prompt, invalid=invalid):
+            return [prompt, invalid]
+        case Transfer(message=message):
+            return [message]
+        case Hangup(text=text):
+            return [text]
+        case Webhook():
+            return []

@@ -1,0 +1,261 @@
+"""Run an IVR ``Flow`` on a call: a ``CallScript``.
+
+Node by node, from ``flow.start``: speak (static prompts from the prompt cache), wait for keys,
+branch. Barge-in: a key pressed during a prompt interrupts it (``clear``, stale audio dropped,
+Hamsa reply drained) and is taken as input; ``barge_in = false`` plays the prompt to its end and
+keeps the key for after it. Keys typed ahead stay queued: a menu whose key is already waiting
+does not play its prompt. A summary line per call logs the path, the keys and the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import structlog
+from twilio.twiml.voice_response import Dial, VoiceResponse
+
+from bridge.calls.call import CallContext
+from bridge.calls.speech import SpeechOutcome
+from bridge.ivr.flow import Flow, Gather, Hangup, Menu, Node, Say, Transfer, Webhook, is_static
+from bridge.twilio_api import TwilioApi, TwilioApiError
+from bridge.voice import Voice
+
+log = structlog.get_logger("bridge.ivr")
+
+MAX_STEPS = 200
+"""Nodes one call may visit: a loop in a flow ends the call instead of running forever."""
+_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+Transferrer = Callable[[str, str], Any]
+"""``(call_sid, twiml) -> None``: update the live call (sync; run in a thread)."""
+
+
+def render(text: str, variables: Mapping[str, str]) -> str:
+    """Fill ``{name}`` placeholders; unknown names become empty (validation catches them)."""
+    return _VARIABLE.sub(lambda m: variables.get(m.group(1), ""), text)
+
+
+def dial_twiml(to: str, caller_id: str | None) -> str:
+    response = VoiceResponse()
+    dial = Dial(caller_id=caller_id) if caller_id else Dial()
+    if to.startswith("sip:"):
+        dial.sip(to)
+    else:
+        dial.number(to)
+    response.append(dial)
+    return str(response.to_xml())
+
+
+@dataclass(slots=True)
+class _Step:
+    next: str | None
+    """The node to go to; None ends the call."""
+
+
+class FlowRunner:
+    """Executes ``flow`` for each call it is given (one instance serves all calls)."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        *,
+        transfer: Transferrer | None = None,
+        http: Callable[[], httpx2.AsyncClient] = lambda: httpx2.AsyncClient(),
+    ) -> None:
+        self.flow = flow
+        self._transfer = transfer
+        self._http = http
+
+    @classmethod
+    def with_twilio(cls, flow: Flow, api: Callable[[], TwilioApi]) -> FlowRunner:
+        def transfer(call_sid: str, twiml: str) -> None:
+            api().update_call(call_sid, twiml=twiml)
+
+        return cls(flow, transfer=transfer)
+
+    async def __call__(self, ctx: CallContext) -> None:
+        run = _Run(self, ctx)
+        try:
+            await run.execute()
+        finally:
+            ctx.details["path"] = run.path
+            log.info(
+                "ivr_summary",
+                flow=self.flow.name,
+                path=" > ".join(run.path),
+                keys="".join(ctx.keys_pressed),
+                outcome=ctx.outcome or "hung_up",
+            )
+
+
+class _Run:
+    """One call's walk through the flow."""
+
+    def __init__(self, runner: FlowRunner, ctx: CallContext) -> None:
+        self.runner = runner
+        self.flow = runner.flow
+        self.ctx = ctx
+        self.path: list[str] = []
+        params = ctx.parameters
+        self.variables: dict[str, str] = {
+            "from": params.get("from", ""),
+            "to": params.get("to", ""),
+            "call_sid": ctx.call_sid,
+            "digits": "",
+        }
+
+    async def execute(self) -> None:
+        name: str | None = self.flow.start
+        while name is not None:
+            if len(self.path) >= MAX_STEPS:
+                self.ctx.outcome = "failed"
+                self.ctx.reason = f"flow visited {MAX_STEPS} nodes: a loop?"
+                log.error("ivr_loop", path=self.path[-10:])
+                return
+            self.path.append(name)
+            node = self.flow.nodes[name]
+            log.info("ivr_node", node=name, kind=type(node).__name__.lower())
+            step = await self.visit(name, node)
+            name = step.next
+        if self.ctx.outcome is None:
+            self.ctx.outcome = "completed"
+
+    def voice(self, node: Node) -> Voice:
+        base = self.flow.voice.apply(self.ctx.settings.voice)
+        return base if isinstance(node, Webhook) else node.voice.apply(base)
+
+    async def say(self, name: str, node: Node, text: str, *, barge_in: bool) -> SpeechOutcome:
+        if not text:
+            return SpeechOutcome.PLAYED
+        kind = type(node).__name__.lower()
+        return await self.ctx.say(
+            render(text, self.variables),
+            self.voice(node),
+            label=f"{kind}:{name}",
+            cacheable=is_static(text),
+            barge_in=barge_in,
+        )
+
+    async def visit(self, name: str, node: Node) -> _Step:
+        match node:
+            case Say():
+                await self.say(name, node, node.text, barge_in=node.barge_in)
+                return _Step(node.next)
+            case Menu():
+                return await self.menu(name, node)
+            case Gather():
+                return await self.gather(name, node)
+            case Webhook():
+                return await self.webhook(name, node)
+            case Transfer():
+                return await self.transfer(name, node)
+            case Hangup():
+                await self.say(name, node, node.text, barge_in=False)
+                self.ctx.outcome = "completed"
+                self.ctx.reason = f"hung up at {name}"
+                return _Step(None)
+
+    async def menu(self, name: str, node: Menu) -> _Step:
+        failures = 0
+        while True:
+            if self.ctx.digits.empty():  # a key typed ahead answers at once
+                await self.say(name, node, node.prompt, barge_in=node.barge_in)
+            key = await self.ctx.key(node.timeout)
+            if key is not None and key in node.options:
+                self.variables["digits"] = key
+                return _Step(node.options[key])
+            failures += 1
+            log.info("ivr_retry", node=name, key=key, failures=failures)
+            if failures > node.retries:
+                return _Step(node.on_failure or None)
+            retry_text = node.no_input if key is None else node.invalid
+            await self.say(name, node, retry_text, barge_in=node.barge_in)
+
+    async def gather(self, name: str, node: Gather) -> _Step:
+        failures = 0
+        pattern = re.compile(node.pattern) if node.pattern else None
+        while True:
+            if self.ctx.digits.empty():
+                await self.say(name, node, node.prompt, barge_in=node.barge_in)
+            entered = await self.collect(node)
+            valid = entered is not None and (
+                (pattern.fullmatch(entered) if pattern else bool(entered))
+                and (node.num_digits is None or len(entered) == node.num_digits or pattern)
+            )
+            if entered is not None and valid:
+                self.variables[node.store] = entered
+                self.variables["digits"] = entered
+                return _Step(node.next)
+            failures += 1
+            log.info("ivr_retry", node=name, entered=entered, failures=failures)
+            if failures > node.retries:
+                return _Step(node.on_failure or None)
+            if entered is not None:
+                await self.say(name, node, node.invalid, barge_in=node.barge_in)
+
+    async def collect(self, node: Gather) -> str | None:
+        """Digits up to ``num_digits``, ``finish_on`` or the inter-digit timeout; None: no input."""
+        first = await self.ctx.key(node.timeout)
+        if first is None:
+            return None
+        entered = ""
+        key: str | None = first
+        while key is not None and key != node.finish_on:
+            entered += key
+            if node.num_digits is not None and len(entered) >= node.num_digits:
+                break
+            key = await self.ctx.key(node.inter_digit_timeout)
+        return entered
+
+    async def webhook(self, name: str, node: Webhook) -> _Step:
+        payload = {
+            "call_sid": self.ctx.call_sid,
+            "from": self.variables["from"],
+            "to": self.variables["to"],
+            "digits": self.variables["digits"],
+            "node": name,
+            "vars": dict(self.variables),
+        }
+        try:
+            async with self.runner._http() as http, asyncio.timeout(node.timeout):
+                response = await http.post(node.url, json=payload)
+            if not 200 <= response.status_code < 300:
+                raise ValueError(f"HTTP {response.status_code}")
+            answer = response.json()
+            if not isinstance(answer, dict):
+                raise ValueError("the answer is not a JSON object")
+        except (httpx2.HTTPError, TimeoutError, ValueError) as exc:
+            log.warning("ivr_webhook_failed", node=name, error=f"{type(exc).__name__}: {exc}")
+            return _Step(node.fallback)
+        extra = answer.get("vars")
+        if isinstance(extra, dict):
+            self.variables.update({str(k): str(v) for k, v in extra.items()})
+        branch = answer.get("branch")
+        target = node.branches.get(branch) if isinstance(branch, str) else None
+        log.info("ivr_webhook", node=name, branch=branch)
+        return _Step(target or node.next or node.fallback)
+
+    async def transfer(self, name: str, node: Transfer) -> _Step:
+        await self.say(name, node, node.message, barge_in=False)
+        if self.runner._transfer is None:
+            self.ctx.outcome, self.ctx.reason = "failed", "transfer: no Twilio API configured"
+            return _Step(None)
+        twiml = dial_twiml(render(node.to, self.variables), node.caller_id)
+        try:
+            await asyncio.to_thread(self.runner._transfer, self.ctx.call_sid, twiml)
+        except TwilioApiError as exc:
+            if exc.code in (20404, 21220):
+                self.ctx.outcome, self.ctx.reason = "hung_up", "caller left before the transfer"
+                return _Step(None)
+            self.ctx.outcome, self.ctx.reason = "failed", f"transfer failed: {exc.message}"
+            log.error("ivr_transfer_failed", node=name, error=exc.message)
+            return _Step(None)
+        self.ctx.outcome, self.ctx.reason = "transferred", f"transferred to {node.to}"
+        # Twilio now leaves <Connect><Stream> for the <Dial>: it stops the stream itself.
+        await self.ctx.hung_up(10.0)
+        return _Step(None)

@@ -1,0 +1,311 @@
+"""IVR flows end to end on loopback: simulated caller (or the Twilio emulator) ↔ bridge ↔ Hamsa
+emulator, over real sockets. What the caller heard is checked against what Hamsa said, node by
+node (marks are named after the node that spoke)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge.dev.caller import CallResult
+from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.loopback import Loopback, loopback
+from bridge.dev.servers import serving
+
+pytestmark = pytest.mark.anyio
+
+# 25 ms of audio per character keeps calls short; the truncation guard is scaled to match
+FAST = {"hamsa_truncation_ms_per_char": 3.0}
+
+FLOW = """
+[flow]
+name = "test"
+start = "{start}"
+
+{welcome}
+[nodes.menu]
+type = "menu"
+prompt = "للمواعيد اضغط واحد، لساعات العمل اضغط اثنين، للاستقبال اضغط صفر، للتنبيه اضغط تسعة."
+options = {{ "1" = "appointments", "2" = "hours", "0" = "reception", "9" = "notice" }}
+timeout = 1.0
+invalid = "خيار غير صحيح."
+no_input = "لم نسمع اختيارك."
+retries = 1
+on_failure = "goodbye"
+
+[nodes.hours]
+type = "hangup"
+text = "نعمل من التاسعة صباحا حتى الخامسة مساء."
+
+[nodes.appointments]
+type = "gather"
+prompt = "أدخل رقم الملف من ثلاثة أرقام ثم اضغط المربع."
+store = "file"
+finish_on = "#"
+timeout = 2.0
+inter_digit_timeout = 0.6
+pattern = "[0-9]{{3}}"
+invalid = "رقم غير صحيح."
+retries = 1
+next = "lookup"
+on_failure = "goodbye"
+
+[nodes.lookup]
+type = "webhook"
+url = "{webhook}"
+timeout = 0.5
+branches = {{ found = "found", missing = "missing" }}
+next = "goodbye"
+fallback = "unavailable"
+
+[nodes.found]
+type = "hangup"
+text = "ملف {{file}}: موعدك يوم {{appointment_date}}."
+
+[nodes.missing]
+type = "hangup"
+text = "لم نجد ملفك."
+
+[nodes.unavailable]
+type = "hangup"
+text = "عذرا، النظام غير متاح الآن."
+
+[nodes.notice]
+type = "say"
+text = "تنبيه: هذه المكالمة مسجلة لأغراض الجودة والتدريب."
+barge_in = false
+next = "menu"
+
+[nodes.reception]
+type = "transfer"
+to = "+966112345678"
+message = "جار تحويلك إلى الاستقبال."
+
+[nodes.goodbye]
+type = "hangup"
+text = "مع السلامة."
+"""
+
+
+WELCOME = """
+[nodes.welcome]
+type = "say"
+text = "مرحبا بكم في العيادة."
+next = "menu"
+"""
+
+
+@asynccontextmanager
+async def booking_service() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """The user's booking webhook: /ok answers found or missing, /error 500, /slow times out."""
+    seen: list[dict[str, Any]] = []
+
+    async def ok(request: Request) -> Response:
+        body = await request.json()
+        seen.append(body)
+        if body["vars"].get("file") == "123":
+            return JSONResponse({"branch": "found", "vars": {"appointment_date": "الأحد"}})
+        return JSONResponse({"branch": "missing"})
+
+    async def error(request: Request) -> Response:
+        seen.append(await request.json())
+        return JSONResponse({"error": "down"}, status_code=500)
+
+    async def slow(request: Request) -> Response:
+        seen.append(await request.json())
+        await asyncio.sleep(3)  # the service being slow, not test synchronisation
+        return JSONResponse({"branch": "found"})
+
+    app = Starlette(
+        routes=[
+            Route("/ok", ok, methods=["POST"]),
+            Route("/error", error, methods=["POST"]),
+            Route("/slow", slow, methods=["POST"]),
+        ]
+    )
+    async with serving(app) as url:
+        yield url, seen
+
+
+@asynccontextmanager
+async def ivr(
+    tmp_path: Path, *, start: str = "welcome", webhook: str = "http://127.0.0.1:9/none", **kw: Any
+) -> AsyncIterator[Loopback]:
+    path = tmp_path / "flow.toml"
+    welcome = WELCOME if start == "welcome" else ""  # else unreachable: an invalid flow
+    path.write_text(FLOW.format(start=start, webhook=webhook, welcome=welcome), encoding="utf-8")
+    emulator = kw.pop("emulator", EmulatorConfig(ms_per_char=25))
+    if not kw.get("twilio"):
+        kw["twilio_account_sid"] = "AC" + "0" * 32  # the flow can transfer: the setting is required
+    async with loopback(emulator, bridge_ivr_flow=str(path), **FAST, **kw) as rig:
+        yield rig
+
+
+def heard_after(result: CallResult, at: float) -> bytes:
+    assert result.leg is not None
+    arrivals = result.leg.timeline.media_arrivals
+    index = next((i for i, t in enumerate(arrivals) if t > at), len(arrivals))
+    return bytes(result.leg.received[index * 160 :])
+
+
+def padded(audio: bytes) -> bytes:
+    return audio + b"\xff" * (-len(audio) % 160)
+
+
+def said(rig: Loopback, text_part: str) -> bytes:
+    """The audio Hamsa produced for the (one) request whose text contains ``text_part``."""
+    [request] = [r for r in rig.hamsa.requests if r.text and text_part in r.text]
+    return request.audio
+
+
+async def test_each_menu_option_reaches_its_node_and_ends_as_the_flow_says(
+    tmp_path: Path,
+) -> None:
+    async with ivr(tmp_path) as rig:
+        hours = await rig.call(answers=["2"])
+        assert hours.prompts() == ["welcome", "menu", "hours"]
+        assert hours.close_code == 1000
+        tail = padded(said(rig, "نعمل من التاسعة"))
+        assert hours.leg is not None
+        assert bytes(hours.leg.received).endswith(tail)
+
+
+async def test_invalid_key_plays_the_invalid_prompt_then_the_menu_again(tmp_path: Path) -> None:
+    async with ivr(tmp_path, start="menu") as rig:
+        result = await rig.call(answers=["7", "2"])
+    assert result.prompts() == ["menu", "hours"]
+    marks = [m.name for m in result.leg.timeline.marks] if result.leg else []
+    # the prompt, then the invalid prompt; the caller's next key came right after it, so the
+    # menu took it without repeating its prompt (a key waiting answers at once)
+    assert len([m for m in marks if m.startswith("menu:")]) == 2
+    assert "خيار غير صحيح." in [r.text for r in rig.hamsa.requests]
+
+
+async def test_silence_reprompts_and_ends_after_the_retry_limit(tmp_path: Path) -> None:
+    async with ivr(tmp_path, start="menu") as rig:
+        result = await rig.call()
+        texts = [r.text for r in rig.hamsa.requests]
+    assert result.prompts() == ["menu", "goodbye"]
+    assert "لم نسمع اختيارك." in texts
+    assert texts[-1] == "مع السلامة."
+    assert result.close_code == 1000
+
+
+async def test_key_during_a_prompt_clears_at_once_and_the_next_node_plays_clean(
+    tmp_path: Path,
+) -> None:
+    emulator = EmulatorConfig(ms_per_char=60)  # the menu prompt lasts ~5 s
+    async with ivr(tmp_path, start="menu", emulator=emulator) as rig:
+        result = await rig.call(keys=[(1.0, "2")])
+        hours = said(rig, "نعمل من التاسعة")
+    assert result.leg is not None
+    [clear] = result.leg.timeline.clears
+    pressed = result.keys_sent[0][0]
+    assert clear.at - pressed <= 0.1
+    # after the clear: only the next node's audio, none of the interrupted prompt
+    assert heard_after(result, clear.at) == padded(hours)
+    assert result.prompts() == ["hours"]  # the interrupted menu prompt never got its mark
+
+
+async def test_barge_in_off_plays_the_notice_to_the_end_and_keeps_the_key(
+    tmp_path: Path,
+) -> None:
+    async with ivr(tmp_path, start="notice") as rig:
+        result = await rig.call(keys=[(0.3, "2")])
+        notice = said(rig, "تنبيه")
+    assert result.leg is not None
+    assert result.leg.timeline.clears == []
+    assert bytes(result.leg.received).startswith(padded(notice))
+    # the key pressed during the notice answered the menu: its prompt was never needed
+    assert result.prompts() == ["notice", "hours"]
+
+
+async def test_gather_with_hash_then_webhook_branch_found(tmp_path: Path) -> None:
+    async with booking_service() as (url, seen), ivr(tmp_path, webhook=url + "/ok") as rig:
+        result = await rig.call(answers=["1", "123#"])
+        texts = [r.text for r in rig.hamsa.requests]
+    assert result.prompts() == ["welcome", "menu", "appointments", "found"]
+    assert seen[0]["vars"]["file"] == "123"
+    assert seen[0]["digits"] == "123"
+    assert "ملف 123: موعدك يوم الأحد." in texts  # webhook vars in the prompt
+
+
+async def test_gather_ends_on_inter_digit_timeout(tmp_path: Path) -> None:
+    async with booking_service() as (url, seen), ivr(tmp_path, webhook=url + "/ok") as rig:
+        result = await rig.call(answers=["1", "123"])  # no '#': the pause ends the input
+    assert seen[0]["vars"]["file"] == "123"
+    assert result.prompts()[-1] == "found"
+
+
+async def test_gather_pattern_mismatch_reprompts(tmp_path: Path) -> None:
+    async with booking_service() as (url, seen), ivr(tmp_path, webhook=url + "/ok") as rig:
+        result = await rig.call(answers=["1", "12#", "999#"])
+        texts = [r.text for r in rig.hamsa.requests]
+    assert "رقم غير صحيح." in texts
+    assert seen[0]["vars"]["file"] == "999"
+    assert result.prompts()[-1] == "missing"
+
+
+@pytest.mark.parametrize("endpoint", ["/error", "/slow"])
+async def test_webhook_failure_takes_the_fallback_branch(tmp_path: Path, endpoint: str) -> None:
+    async with booking_service() as (url, seen), ivr(tmp_path, webhook=url + endpoint) as rig:
+        result = await rig.call(answers=["1", "123#"])
+    assert len(seen) == 1
+    assert result.prompts()[-1] == "unavailable"
+
+
+async def test_transfer_updates_the_call_with_dial_after_the_message_played(
+    tmp_path: Path,
+) -> None:
+    async with ivr(tmp_path, start="menu", twilio=True) as rig:
+        sid = await rig.call_in(answers=["0"])
+        assert rig.twilio is not None
+        updates = [
+            r for r in rig.twilio.requests if r.method == "POST" and r.path.endswith(f"{sid}.json")
+        ]
+        transfers = list(rig.twilio.transfers)
+        [stream] = rig.twilio.streams_for(sid)
+        message = said(rig, "جار تحويلك")
+    assert len(updates) == 1
+    assert "<Dial><Number>+966112345678</Number></Dial>" in str(updates[0].form["Twiml"])
+    assert [t.targets for t in transfers] == [["+966112345678"]]
+    leg = stream.result.leg
+    assert leg is not None
+    [mark] = [m for m in leg.timeline.marks if m.name.startswith("transfer:reception")]
+    assert mark.echoed_at is not None and not mark.cleared
+    assert updates[0].at >= mark.echoed_at  # the message was heard before the transfer
+    assert bytes(leg.received).endswith(padded(message))
+
+
+async def test_second_call_plays_cached_prompts_without_hamsa_and_starts_at_once(
+    tmp_path: Path,
+) -> None:
+    async with ivr(tmp_path) as rig:
+        await rig.call(answers=["2"])
+        before = len(rig.hamsa.requests)
+        again = await rig.call(answers=["2"])
+        after = len(rig.hamsa.requests)
+    assert after == before  # welcome, menu and hours all came from the cache
+    assert again.leg is not None
+    assert again.started_at is not None and again.leg.timeline.first_media_at is not None
+    assert again.leg.timeline.first_media_at - again.started_at <= 0.020
+    assert again.prompts() == ["welcome", "menu", "hours"]
+
+
+async def test_an_invalid_flow_stops_the_bridge_from_starting(tmp_path: Path) -> None:
+    from bridge.errors import ConfigError
+
+    path = tmp_path / "broken.toml"
+    path.write_text('[flow]\nstart = "nowhere"\n[nodes.a]\ntype = "say"\ntext = ""\nnext = "b"\n')
+    with pytest.raises(ConfigError, match="nowhere"):
+        async with loopback(bridge_ivr_flow=str(path)):
+            pass
