@@ -281,7 +281,8 @@ async def test_transfer_updates_the_call_with_dial_after_the_message_played(
     leg = stream.result.leg
     assert leg is not None
     [mark] = [m for m in leg.timeline.marks if m.name.startswith("transfer:reception")]
-    assert mark.echoed_at is not None and not mark.cleared
+    assert mark.echoed_at is not None
+    assert not mark.cleared
     assert updates[0].at >= mark.echoed_at  # the message was heard before the transfer
     assert bytes(leg.received).endswith(padded(message))
 
@@ -296,7 +297,8 @@ async def test_second_call_plays_cached_prompts_without_hamsa_and_starts_at_once
         after = len(rig.hamsa.requests)
     assert after == before  # welcome, menu and hours all came from the cache
     assert again.leg is not None
-    assert again.started_at is not None and again.leg.timeline.first_media_at is not None
+    assert again.started_at is not None
+    assert again.leg.timeline.first_media_at is not None
     assert again.leg.timeline.first_media_at - again.started_at <= 0.020
     assert again.prompts() == ["welcome", "menu", "hours"]
 
