@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     call_in.add_argument(
         "--press", type=_key_press, action="append", default=[], metavar="SECONDS:DIGIT"
     )
+    call_in.add_argument(
+        "--answer",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help="keys pressed after each IVR prompt that waits for input",
+    )
     call_in.add_argument("--hangup-after", type=float)
     call_in.add_argument("--out", type=Path, default=Path("hamsa-call-in.wav"))
 
@@ -239,6 +246,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                         keys=args.press,
                         hangup_after=args.hangup_after,
                         out_path=args.out,
+                        answers=args.answer,
                     )
                 )
             return console.show(settings)

@@ -244,6 +244,7 @@ async def call_in(
     keys: list[tuple[float, str]],
     hangup_after: float | None,
     out_path: Path,
+    answers: list[str] | None = None,
     max_seconds: float = 600.0,
     out: Print = print,
 ) -> int:
@@ -254,7 +255,13 @@ async def call_in(
     prints what happened on each hop.
     """
     base = settings.twilio_api_url.rstrip("/")
-    body = {"to": number, "from": from_number, "keys": keys, "hangup_after": hangup_after}
+    body = {
+        "to": number,
+        "from": from_number,
+        "keys": keys,
+        "answers": answers or [],
+        "hangup_after": hangup_after,
+    }
     async with httpx2.AsyncClient(timeout=max_seconds + 10) as http:
         try:
             started = await http.post(base + "/_emulator/inbound", json=body)
@@ -284,6 +291,12 @@ async def call_in(
                 f"  stream {stream['url']}: {stream['heard_bytes'] / 8000:.2f} s heard, "
                 f"ended by {stream['ended_by']}, warnings {len(stream['warnings'])}"
             )
+            nodes = [m.split(":")[1] for m in stream["marks"] if m.count(":") == 2]
+            if nodes:
+                out(f"  IVR prompts heard: {' > '.join(nodes)}")
+    for transfer in log.get("transfers", []):
+        if transfer.get("call_sid") == call_sid:
+            out(f"  transferred to {', '.join(transfer['targets'])}")
     for callback in log.get("callbacks", []):
         if callback.get("call_sid") == call_sid:
             out(f"  status callback {callback['event']}: HTTP {callback.get('status')}")
