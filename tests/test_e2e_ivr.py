@@ -311,3 +311,86 @@ async def test_an_invalid_flow_stops_the_bridge_from_starting(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="nowhere"):
         async with loopback(bridge_ivr_flow=str(path)):
             pass
+
+
+# --- the shipped example flow ----------------------------------------------------------------
+
+CLINIC = Path(__file__).parents[1] / "bridge" / "ivr" / "examples" / "clinic.toml"
+
+
+@asynccontextmanager
+async def clinic(tmp_path: Path, webhook: str | None = None) -> AsyncIterator[Loopback]:
+    text = CLINIC.read_text(encoding="utf-8")
+    if webhook is not None:  # point the booking lookup at our local service
+        text = text.replace("https://clinic.example.com/ivr/appointments", webhook)
+    path = tmp_path / "clinic.toml"
+    path.write_text(text, encoding="utf-8")
+    emulator = EmulatorConfig(ms_per_char=12)
+    async with loopback(emulator, bridge_ivr_flow=str(path), twilio=True, **FAST) as rig:
+        yield rig
+
+
+def stream_of(rig: Loopback, sid: str) -> Any:
+    assert rig.twilio is not None
+    [stream] = rig.twilio.streams_for(sid)
+    return stream.result
+
+
+async def test_clinic_hours_then_back_to_the_menu_then_reception(tmp_path: Path) -> None:
+    async with clinic(tmp_path) as rig:
+        sid = await rig.call_in(answers=["2", "9", "0"])
+        result = stream_of(rig, sid)
+        assert rig.twilio is not None
+        transfers = [t.targets for t in rig.twilio.transfers]
+        status = rig.twilio.call(sid).info.status.value
+    assert result.prompts() == [
+        "welcome",
+        "main_menu",
+        "opening_hours",
+        "hours_menu",
+        "main_menu",
+        "reception",
+    ]
+    assert transfers == [["+966112345678"]]
+    assert status == "completed"  # the emulator ends the call after recording the <Dial>
+
+
+async def test_clinic_english_branch_speaks_english_with_its_own_voice(tmp_path: Path) -> None:
+    async with clinic(tmp_path) as rig:
+        sid = await rig.call_in(answers=["3", "0"])
+        result = stream_of(rig, sid)
+        voices = {(r.payload["speaker"], r.payload["languageId"]) for r in rig.hamsa.requests}
+        english = [r for r in rig.hamsa.requests if r.payload["speaker"] == "Emma"]
+    assert result.prompts()[-2:] == ["english_menu", "english_reception"]
+    assert ("Emma", "en") in voices
+    assert ("Majd", "ar") in voices
+    assert english
+    assert all(r.payload["dialect"] == "en" for r in english)
+
+
+async def test_clinic_appointment_lookup_reads_out_the_booking(tmp_path: Path) -> None:
+    async def lookup(request: Request) -> Response:
+        body = await request.json()
+        if body["vars"].get("file_number") == "123456":
+            booking = {
+                "appointment_date": "الأحد",
+                "appointment_time": "العاشرة",
+                "doctor_name": "د. سارة",
+            }
+            return JSONResponse({"branch": "found", "vars": booking})
+        return JSONResponse({"branch": "not_found"})
+
+    app = Starlette(routes=[Route("/lookup", lookup, methods=["POST"])])
+    async with serving(app) as url, clinic(tmp_path, webhook=url + "/lookup") as rig:
+        sid = await rig.call_in(answers=["1", "123456"])  # six digits end the input
+        result = stream_of(rig, sid)
+        texts = [r.text or "" for r in rig.hamsa.requests]
+    assert result.prompts() == [
+        "welcome",
+        "main_menu",
+        "recording_notice",
+        "ask_file_number",
+        "appointment_found",
+        "goodbye",
+    ]
+    assert "يوم الأحد الساعة العاشرة مع د. سارة" in " ".join(texts)  # may span two requests
