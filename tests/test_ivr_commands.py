@@ -1,0 +1,109 @@
+"""``hamsa-bridge ivr validate|graph|warm`` and ``call --answer`` as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.calls.prompt_cache import PromptCache
+from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.loopback import loopback
+from bridge.ivr.commands import EXAMPLES, _warm
+from bridge.ivr.load import load_flow
+
+pytestmark = pytest.mark.anyio
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        *args,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(60):
+        output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_validate_accepts_the_example_and_lists_every_error_of_a_broken_flow(
+    tmp_path: Path,
+) -> None:
+    code, output = await run_cli("ivr", "validate", "clinic")
+    assert code == 0, output
+    assert "15 nodes" in output
+    broken = tmp_path / "broken.toml"
+    broken.write_text(
+        '[flow]\nstart = "menu"\n'
+        '[nodes.menu]\ntype = "menu"\nprompt = ""\noptions = { "12" = "nowhere" }\n'
+        '[nodes.orphan]\ntype = "hangup"\n',
+        encoding="utf-8",
+    )
+    code, output = await run_cli("ivr", "validate", str(broken))
+    assert code == 1
+    assert 'nodes.menu.options."12"' in output  # bad digit, with its location
+    assert "nowhere" in output  # missing option target
+    assert "nodes.menu.prompt" in output  # empty prompt
+    assert "nodes.orphan" in output
+    assert "unreachable" in output
+
+
+async def test_serve_refuses_an_invalid_flow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[flow]\nstart = "x"\n', encoding="utf-8")
+    env = {
+        "BRIDGE_IVR_FLOW": str(broken),
+        "TWILIO_AUTH_TOKEN": "t",
+        "HAMSA_API_KEY": "k",
+        "BRIDGE_PUBLIC_URL": "https://bridge.example.com",
+    }
+    code, output = await run_cli("serve", "--port", "0", env=env)
+    assert code == 1
+    assert "BRIDGE_IVR_FLOW" in output
+    assert "is invalid" in output
+
+
+async def test_graph_prints_mermaid() -> None:
+    code, output = await run_cli("ivr", "graph", "clinic")
+    assert code == 0
+    assert output.startswith("flowchart TD")
+    assert "main_menu" in output
+    assert "reception" in output
+
+
+async def test_warm_fills_the_disk_cache_and_a_call_then_needs_no_hamsa_request(
+    tmp_path: Path,
+) -> None:
+    flow = load_flow(EXAMPLES / "clinic.toml")
+    cache_dir = tmp_path / "prompts"
+    overrides = {"bridge_prompt_cache_dir": str(cache_dir), "hamsa_truncation_ms_per_char": 3.0}
+    async with loopback(EmulatorConfig(ms_per_char=12), **overrides) as rig:
+        lines: list[str] = []
+        code = await _warm(rig.settings, flow, PromptCache(directory=cache_dir), lines.append)
+        warmed = len(rig.hamsa.requests)
+    assert code == 0, lines
+    static = flow.static_prompts(rig.settings.voice)
+    assert len(list(cache_dir.glob("*.ulaw"))) == len(static)
+    assert warmed >= len(static)  # long prompts are several requests
+    # a fresh bridge process (new memory cache) reads the warmed directory: no request at all
+    path = EXAMPLES / "clinic.toml"
+    async with loopback(
+        EmulatorConfig(ms_per_char=12),
+        bridge_ivr_flow=str(path),
+        twilio=True,
+        **overrides,
+    ) as rig:
+        sid = await rig.call_in(answers=["2", "9", "0"])
+        requests = len(rig.hamsa.requests)
+        assert rig.twilio is not None
+        [stream] = rig.twilio.streams_for(sid)
+    assert requests == 0
+    assert stream.result.prompts()[-1] == "reception"
