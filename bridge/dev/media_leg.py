@@ -158,11 +158,12 @@ class StreamResult:
             )
         else:
             lines.append("protocol warnings: none")
-        end = (
-            "caller hung up"
-            if self.hung_up
-            else f"bridge closed the stream (code {self.close_code})"
-        )
+        if self.ended_by == "hangup":
+            end = "Twilio stopped the stream (the call was updated or ended)"
+        elif self.hung_up:
+            end = "caller hung up"
+        else:
+            end = f"bridge closed the stream (code {self.close_code})"
         lines.append(f"end:                {ms(self.ended_at)} {end}")
         return lines
 
