@@ -143,6 +143,9 @@ def create_app(
         )
         yield {"bridge": state}
         state.ready = False
+        closer = getattr(script, "aclose", None)
+        if closer is not None:
+            await closer()
 
     app = Starlette(
         routes=[

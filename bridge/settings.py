@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     bridge_ivr_flow: str = ""
     bridge_prompt_cache_dir: str = ""
     bridge_prompt_cache_mb: int = Field(default=32, ge=0)
+    bridge_prompt_cache_min_ms_per_char: float = Field(default=40.0, ge=0)
     bridge_log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     bridge_log_level: str = "info"
 

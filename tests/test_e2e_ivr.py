@@ -24,7 +24,7 @@ from bridge.dev.servers import serving
 pytestmark = pytest.mark.anyio
 
 # 25 ms of audio per character keeps calls short; the truncation guard is scaled to match
-FAST = {"hamsa_truncation_ms_per_char": 3.0}
+FAST = {"hamsa_truncation_ms_per_char": 3.0, "bridge_prompt_cache_min_ms_per_char": 10.0}
 
 FLOW = """
 [flow]
@@ -146,7 +146,7 @@ async def ivr(
     emulator = kw.pop("emulator", EmulatorConfig(ms_per_char=25))
     if not kw.get("twilio"):
         kw["twilio_account_sid"] = "AC" + "0" * 32  # the flow can transfer: the setting is required
-    async with loopback(emulator, bridge_ivr_flow=str(path), **FAST, **kw) as rig:
+    async with loopback(emulator, bridge_ivr_flow=str(path), **{**FAST, **kw}) as rig:
         yield rig
 
 
@@ -394,3 +394,99 @@ async def test_clinic_appointment_lookup_reads_out_the_booking(tmp_path: Path) -
         "goodbye",
     ]
     assert "يوم الأحد الساعة العاشرة مع د. سارة" in " ".join(texts)  # may span two requests
+
+
+# --- review findings ---------------------------------------------------------------------------
+
+
+async def test_a_finish_key_after_a_full_gather_is_swallowed(tmp_path: Path) -> None:
+    lookups: list[str] = []
+
+    async def lookup(request: Request) -> Response:
+        body = await request.json()
+        lookups.append(body["vars"].get("file_number", ""))
+        return JSONResponse({"branch": "not_found"})
+
+    app = Starlette(routes=[Route("/lookup", lookup, methods=["POST"])])
+    async with serving(app) as url, clinic(tmp_path, webhook=url + "/lookup") as rig:
+        sid = await rig.call_in(answers=["1", "123456#"])
+        result = stream_of(rig, sid)
+    assert lookups == ["123456"]
+    assert result.leg.timeline.clears == []  # the '#' did not cut off "file not found"
+    assert result.prompts()[4:6] == ["file_not_found", "main_menu"]
+
+
+async def test_a_short_reply_that_passed_the_guard_is_played_but_never_cached(
+    tmp_path: Path,
+) -> None:
+    from bridge.dev.hamsa_emulator import Fault
+
+    # request 1 (the welcome) gets three 640-byte chunks: above the hold, below a real prompt
+    emulator = EmulatorConfig(ms_per_char=45, faults={1: Fault.TRUNCATE_3X640})
+    overrides = {"bridge_prompt_cache_min_ms_per_char": 40.0, "hamsa_retry_delays": (0.05,)}
+    async with ivr(tmp_path, emulator=emulator, **overrides) as rig:
+        for _ in range(3):
+            await rig.call(answers=["2"])
+        welcome = [r for r in rig.hamsa.requests if r.text == "مرحبا بكم في العيادة."]
+    # call 1 got the short reply (it passed the loose guard and was played) but it was too short
+    # to cache; call 2 asked Hamsa again and cached the full reply; call 3 used the cache
+    assert [r.fault for r in welcome] == [Fault.TRUNCATE_3X640, None]
+    assert len(welcome[1].audio) > 3 * len(welcome[0].audio)
+
+
+async def test_a_transfer_to_a_number_the_caller_typed_is_refused_at_run_time(
+    tmp_path: Path,
+) -> None:
+    flow = tmp_path / "dial.toml"
+    flow.write_text(
+        """
+[flow]
+start = "ask"
+[nodes.ask]
+type = "gather"
+prompt = "أدخل الرقم."
+store = "n"
+finish_on = "#"
+next = "go"
+[nodes.go]
+type = "transfer"
+to = "+{n}"
+""",
+        encoding="utf-8",
+    )
+    async with loopback(
+        EmulatorConfig(ms_per_char=25), bridge_ivr_flow=str(flow), twilio=True, **FAST
+    ) as rig:
+        sid = await rig.call_in(answers=["900123*#"])
+        assert rig.twilio is not None
+        transfers = list(rig.twilio.transfers)
+        updates = [r for r in rig.twilio.requests if r.method == "POST" and sid in r.path]
+    assert transfers == []
+    assert updates == []
+
+
+def test_validate_reports_a_loop_that_never_waits_for_the_caller(tmp_path: Path) -> None:
+    from bridge.ivr.load import FlowInvalid, load_flow
+
+    flow = tmp_path / "loop.toml"
+    flow.write_text(
+        """
+[flow]
+start = "hello"
+[nodes.hello]
+type = "say"
+text = "مرحبا."
+next = "check"
+[nodes.check]
+type = "webhook"
+url = "https://example.com/x"
+fallback = "hello"
+next = "bye"
+[nodes.bye]
+type = "hangup"
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(FlowInvalid) as info:
+        load_flow(flow)
+    assert any("loop that never waits" in e.message for e in info.value.errors)

@@ -84,7 +84,11 @@ async def test_warm_fills_the_disk_cache_and_a_call_then_needs_no_hamsa_request(
 ) -> None:
     flow = load_flow(EXAMPLES / "clinic.toml")
     cache_dir = tmp_path / "prompts"
-    overrides = {"bridge_prompt_cache_dir": str(cache_dir), "hamsa_truncation_ms_per_char": 3.0}
+    overrides = {
+        "bridge_prompt_cache_dir": str(cache_dir),
+        "hamsa_truncation_ms_per_char": 3.0,
+        "bridge_prompt_cache_min_ms_per_char": 5.0,
+    }
     async with loopback(EmulatorConfig(ms_per_char=12), **overrides) as rig:
         lines: list[str] = []
         code = await _warm(rig.settings, flow, PromptCache(directory=cache_dir), lines.append)

@@ -21,6 +21,7 @@ import dataclasses
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +92,8 @@ class CallContext:
         self.call_sid = started.call_sid
         self.stream_sid = started.stream_sid
         self.parameters = started.custom_parameters
-        self.digits: asyncio.Queue[str] = asyncio.Queue()
+        self._keys: deque[str] = deque()
+        self._key_arrived = asyncio.Event()
         self.keys_pressed: list[str] = []
         self.barge_in = True
         """A key pressed while speaking interrupts the speech (and is still queued as input)."""
@@ -122,13 +124,24 @@ class CallContext:
             self.speaking = False
             self.barge_in = True
 
+    def has_key(self) -> bool:
+        """A key was pressed and not yet taken."""
+        return bool(self._keys)
+
     async def key(self, within: float) -> str | None:
         """The next key (one already pressed, or one within ``within`` seconds), or None."""
-        try:
-            async with asyncio.timeout(within):
-                return await self.digits.get()
-        except TimeoutError:
-            return None
+        if not self._keys:
+            self._key_arrived.clear()
+            try:
+                async with asyncio.timeout(within):
+                    await self._key_arrived.wait()
+            except TimeoutError:
+                return None
+        return self._keys.popleft()
+
+    def unread(self, digit: str) -> None:
+        """Put a key back in front: the next ``key()`` returns it."""
+        self._keys.appendleft(digit)
 
     async def hung_up(self, within: float) -> bool:
         """Wait (bounded) for Twilio to end the stream; True if it did."""
@@ -141,7 +154,8 @@ class CallContext:
 
     def key_pressed(self, digit: str) -> None:
         self.keys_pressed.append(digit)
-        self.digits.put_nowait(digit)
+        self._keys.append(digit)
+        self._key_arrived.set()
         if self.speaking and self.barge_in:
             self._speaker.interrupt()
 

@@ -49,6 +49,18 @@ from bridge.voice import Voice
 log = structlog.get_logger("bridge.speech")
 
 MARK_MARGIN = 3.0
+
+
+def cache_worthy(text: str, audio_bytes: int, settings: Settings) -> bool:
+    """Long enough to be a whole prompt (8 kHz μ-law: 8 bytes per ms).
+
+    ``BRIDGE_PROMPT_CACHE_MIN_MS_PER_CHAR`` (40; real speech has 80–100) is stricter than the
+    truncation guard: a reply that merely passed the guard must not be replayed to every caller.
+    """
+    chars = len(text.replace(" ", ""))
+    return audio_bytes / 8 >= chars * settings.bridge_prompt_cache_min_ms_per_char
+
+
 """Seconds past the audio still buffered to wait for a mark echo before giving up on it."""
 
 
@@ -337,11 +349,17 @@ class Speaker:
             playback.push_frames(framer.push(audio))
 
         lookahead = self._settings.bridge_lookahead_seconds
+        stats = self._synth.stats
+        troubles = (stats.truncated, stats.retries, stats.resumed)
         complete = await self._synth.text(
             text, voice, sink, room=lambda: playback.wait_for_room(lookahead)
         )
-        if cache is not None and captured is not None and complete:
-            cache.put(text, voice, bytes(captured))
+        clean = troubles == (stats.truncated, stats.retries, stats.resumed)
+        if cache is not None and captured is not None and complete and clean:
+            if cache_worthy(text, len(captured), self._settings):
+                cache.put(text, voice, bytes(captured))
+            else:
+                log.warning("prompt_not_cached_short", chars=len(text), audio_bytes=len(captured))
         return complete
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import bridge.ivr
 from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.prompt_cache import PromptCache
-from bridge.calls.speech import Synthesizer
+from bridge.calls.speech import Synthesizer, cache_worthy
 from bridge.errors import HamsaError
 from bridge.ivr.flow import Flow
 from bridge.ivr.graph import render_png, to_mermaid
@@ -80,7 +80,14 @@ async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) 
                     out(f"  cached   {text[:50]}")
                     continue
                 audio = bytearray()
-                if await synth.text(text, voice, audio.extend):
+                retries = synth.stats.retries
+                if await synth.text(text, voice, audio.extend) and cache_worthy(
+                    text, len(audio), settings
+                ):
+                    if synth.stats.retries != retries:
+                        out(f"  ✗ retried {text[:50]} (not cached: run warm again)")
+                        failures += 1
+                        continue
                     cache.put(text, voice, bytes(audio))
                     out(f"  warmed   {text[:50]} ({len(audio) / 8000:.1f} s)")
                 else:

@@ -245,7 +245,36 @@ class _Checker:
             self.reachability(start)
         if self.errors or start is None or len(nodes) != len(self.names):
             return None
-        return Flow(start=start, nodes=nodes, voice=voice, name=name)
+        flow = Flow(start=start, nodes=nodes, voice=voice, name=name)
+        self.loops_without_input(flow)
+        return None if self.errors else flow
+
+    def loops_without_input(self, flow: Flow) -> None:
+        """A cycle of say/webhook nodes never waits for the caller: the call would spin (e.g. a
+        webhook whose fallback leads back to it while the service is down)."""
+        graph: dict[str, list[str]] = {}
+        for name, node in flow.nodes.items():
+            if isinstance(node, Say):
+                graph[name] = [node.next]
+            elif isinstance(node, Webhook):
+                graph[name] = [*node.branches.values(), node.next, node.fallback]
+        reported: set[str] = set()
+        for first in graph:
+            stack, seen = [(first, [first])], {first}
+            while stack:
+                name, path = stack.pop()
+                for target in graph.get(name, []):
+                    if target == first and first not in reported:
+                        reported.update(path)
+                        self.error(
+                            ("nodes", first),
+                            "loop that never waits for the caller: "
+                            + " → ".join([*path, first])
+                            + " (put a menu or gather in it, or end it)",
+                        )
+                    elif target in graph and target not in seen:
+                        seen.add(target)
+                        stack.append((target, [*path, target]))
 
     def prepare_variables(self, raw_nodes: Mapping[Any, Any]) -> None:
         stores: list[str] = []

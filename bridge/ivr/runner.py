@@ -27,7 +27,13 @@ from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.ivr")
 
+FINISH_KEY_GRACE = 0.7
+"""Seconds a full fixed-length gather waits for a trailing finish key (``#``) to swallow it."""
 MAX_STEPS = 200
+PATH_IN_LOGS = 30
+MAX_ANSWER_BYTES = 64 * 1024
+MAX_PROMPT_CHARS = 2000
+_DIALABLE = re.compile(r"^(\+[1-9][0-9]{6,14}|sip:[^\s@]+@[^\s@]+)$")
 """Nodes one call may visit: a loop in a flow ends the call instead of running forever."""
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -60,16 +66,21 @@ class _Step:
 class FlowRunner:
     """Executes ``flow`` for each call it is given (one instance serves all calls)."""
 
-    def __init__(
-        self,
-        flow: Flow,
-        *,
-        transfer: Transferrer | None = None,
-        http: Callable[[], httpx2.AsyncClient] = lambda: httpx2.AsyncClient(),
-    ) -> None:
+    def __init__(self, flow: Flow, *, transfer: Transferrer | None = None) -> None:
         self.flow = flow
         self._transfer = transfer
-        self._http = http
+        self._client: httpx2.AsyncClient | None = None
+
+    def http(self) -> httpx2.AsyncClient:
+        """One HTTP client for every webhook of every call (building one costs ~20 ms of CPU)."""
+        if self._client is None:
+            self._client = httpx2.AsyncClient(follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     @classmethod
     def with_twilio(cls, flow: Flow, api: Callable[[], TwilioApi]) -> FlowRunner:
@@ -83,11 +94,11 @@ class FlowRunner:
         try:
             await run.execute()
         finally:
-            ctx.details["path"] = run.path
+            ctx.details["path"] = run.path[-PATH_IN_LOGS:]
             log.info(
                 "ivr_summary",
                 flow=self.flow.name,
-                path=" > ".join(run.path),
+                path=" > ".join(run.path[-PATH_IN_LOGS:]),
                 keys="".join(ctx.keys_pressed),
                 outcome=ctx.outcome or "hung_up",
             )
@@ -134,7 +145,7 @@ class _Run:
             return SpeechOutcome.PLAYED
         kind = type(node).__name__.lower()
         return await self.ctx.say(
-            render(text, self.variables),
+            render(text, self.variables)[:MAX_PROMPT_CHARS],
             self.voice(node),
             label=f"{kind}:{name}",
             cacheable=is_static(text),
@@ -163,7 +174,7 @@ class _Run:
     async def menu(self, name: str, node: Menu) -> _Step:
         failures = 0
         while True:
-            if self.ctx.digits.empty():  # a key typed ahead answers at once
+            if not self.ctx.has_key():  # a key typed ahead answers at once
                 await self.say(name, node, node.prompt, barge_in=node.barge_in)
             key = await self.ctx.key(node.timeout)
             if key is not None and key in node.options:
@@ -172,7 +183,7 @@ class _Run:
             failures += 1
             log.info("ivr_retry", node=name, key=key, failures=failures)
             if failures > node.retries:
-                return _Step(node.on_failure or None)
+                return self.gave_up(name, node.on_failure)
             retry_text = node.no_input if key is None else node.invalid
             await self.say(name, node, retry_text, barge_in=node.barge_in)
 
@@ -180,7 +191,7 @@ class _Run:
         failures = 0
         pattern = re.compile(node.pattern) if node.pattern else None
         while True:
-            if self.ctx.digits.empty():
+            if not self.ctx.has_key():
                 await self.say(name, node, node.prompt, barge_in=node.barge_in)
             entered = await self.collect(node)
             valid = entered is not None and (
@@ -194,9 +205,15 @@ class _Run:
             failures += 1
             log.info("ivr_retry", node=name, entered=entered, failures=failures)
             if failures > node.retries:
-                return _Step(node.on_failure or None)
+                return self.gave_up(name, node.on_failure)
             if entered is not None:
                 await self.say(name, node, node.invalid, barge_in=node.barge_in)
+
+    def gave_up(self, name: str, on_failure: str) -> _Step:
+        if on_failure:
+            return _Step(on_failure)
+        self.ctx.outcome, self.ctx.reason = "failed", f"no valid input at {name}"
+        return _Step(None)
 
     async def collect(self, node: Gather) -> str | None:
         """Digits up to ``num_digits``, ``finish_on`` or the inter-digit timeout; None: no input."""
@@ -208,6 +225,12 @@ class _Run:
         while key is not None and key != node.finish_on:
             entered += key
             if node.num_digits is not None and len(entered) >= node.num_digits:
+                # Callers often end a fixed-length entry with the finish key anyway: take it
+                # here (briefly waiting for it) so it can't cut off the next prompt.
+                if node.finish_on:
+                    after = await self.ctx.key(min(node.inter_digit_timeout, FINISH_KEY_GRACE))
+                    if after is not None and after != node.finish_on:
+                        self.ctx.unread(after)
                 break
             key = await self.ctx.key(node.inter_digit_timeout)
         return entered
@@ -222,10 +245,12 @@ class _Run:
             "vars": dict(self.variables),
         }
         try:
-            async with self.runner._http() as http, asyncio.timeout(node.timeout):
-                response = await http.post(node.url, json=payload)
+            async with asyncio.timeout(node.timeout):
+                response = await self.runner.http().post(node.url, json=payload)
             if not 200 <= response.status_code < 300:
                 raise ValueError(f"HTTP {response.status_code}")
+            if len(response.content) > MAX_ANSWER_BYTES:
+                raise ValueError(f"answer over {MAX_ANSWER_BYTES} bytes")
             answer = response.json()
             if not isinstance(answer, dict):
                 raise ValueError("the answer is not a JSON object")
@@ -234,18 +259,43 @@ class _Run:
             return _Step(node.fallback)
         extra = answer.get("vars")
         if isinstance(extra, dict):
-            self.variables.update({str(k): str(v) for k, v in extra.items()})
+            self.variables.update(self.accepted_vars(extra))
         branch = answer.get("branch")
         target = node.branches.get(branch) if isinstance(branch, str) else None
         log.info("ivr_webhook", node=name, branch=branch)
         return _Step(target or node.next or node.fallback)
+
+    def accepted_vars(self, extra: dict[Any, Any]) -> dict[str, str]:
+        """A webhook's ``vars`` that may become prompt variables: strings and numbers only, and
+        never one of the call's own (``from``, ``to``, ``call_sid``, ``digits``, gathered)."""
+        protected = {"from", "to", "call_sid", "digits"} | {
+            n.store for n in self.flow.nodes.values() if isinstance(n, Gather)
+        }
+        out: dict[str, str] = {}
+        for key, value in extra.items():
+            if not isinstance(key, str) or key in protected:
+                continue
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                continue
+            text = (
+                str(value)
+                if not isinstance(value, float) or not value.is_integer()
+                else str(int(value))
+            )
+            out[key] = text[:200]
+        return out
 
     async def transfer(self, name: str, node: Transfer) -> _Step:
         await self.say(name, node, node.message, barge_in=False)
         if self.runner._transfer is None:
             self.ctx.outcome, self.ctx.reason = "failed", "transfer: no Twilio API configured"
             return _Step(None)
-        twiml = dial_twiml(render(node.to, self.variables), node.caller_id)
+        target = render(node.to, self.variables)
+        if not _DIALABLE.match(target):
+            self.ctx.outcome, self.ctx.reason = "failed", "transfer target is not dialable"
+            log.error("ivr_transfer_refused", node=name, target_chars=len(target))
+            return _Step(None)
+        twiml = dial_twiml(target, node.caller_id)
         try:
             await asyncio.to_thread(self.runner._transfer, self.ctx.call_sid, twiml)
         except TwilioApiError as exc:
