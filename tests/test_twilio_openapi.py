@@ -466,3 +466,46 @@ async def test_the_checks_catch_a_wrong_shape(
     bad_request = replace(exchange, body=exchange.body + b"&Timeout=soon")
     with pytest.raises(AssertionError):
         check(spec, bad_request)
+
+
+async def test_the_ivr_transfer_update_conforms(spec: OpenAPI, tmp_path: Path) -> None:
+    """The bridge's own REST request for an IVR transfer (twilio-python, via the runner),
+    as the Twilio emulator received and answered it, against the official spec."""
+    from urllib.parse import urlencode
+
+    from bridge.dev.hamsa_emulator import EmulatorConfig
+    from bridge.dev.loopback import loopback
+
+    flow = tmp_path / "transfer.toml"
+    flow.write_text(
+        '[flow]\nstart = "menu"\n'
+        '[nodes.menu]\ntype = "menu"\nprompt = "للاستقبال اضغط صفر."\n'
+        'options = { "0" = "desk" }\n'
+        '[nodes.desk]\ntype = "transfer"\nto = "+966112345678"\nmessage = "لحظة من فضلك."\n',
+        encoding="utf-8",
+    )
+    async with loopback(
+        EmulatorConfig(ms_per_char=25),
+        bridge_ivr_flow=str(flow),
+        twilio=True,
+        hamsa_truncation_ms_per_char=3.0,
+    ) as rig:
+        sid = await rig.call_in(answers=["0"])
+        assert rig.twilio is not None
+        [update] = [r for r in rig.twilio.requests if r.method == "POST" and sid in r.path]
+        account = rig.settings.twilio_account_sid
+        token = rig.auth_token
+    assert "<Dial><Number>+966112345678</Number></Dial>" in str(update.form["Twiml"])
+    exchange = Exchange(
+        method=update.method,
+        url=SERVER + update.path,
+        headers={
+            "Authorization": basic_auth_header(account, token),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        body=urlencode(update.form, doseq=True).encode(),
+        status=update.status,
+        response=json.dumps(update.response).encode(),
+        response_type="application/json",
+    )
+    check(spec, exchange)
