@@ -13,24 +13,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bridge.dev.loopback import loopback
+from tests.cli_support import free_port, run_cli
 
 pytestmark = pytest.mark.anyio
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge.cli",
-        *args,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(60):
-        output, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, output.decode()
 
 
 async def test_demo_plays_a_whole_call_and_writes_the_wav(tmp_path: Path) -> None:
@@ -87,11 +72,7 @@ async def test_call_command_with_the_wrong_token_reports_403(tmp_path: Path) -> 
 
 
 async def test_emulate_hamsa_serves_the_realtime_protocol() -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

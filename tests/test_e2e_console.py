@@ -9,7 +9,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import sys
 import wave
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ import httpx2
 import pytest
 
 from bridge.audio.codec import lin16_to_ulaw
+from tests.cli_support import free_port, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -28,13 +28,6 @@ TOKEN = "e2e-auth-token"
 KEY = "e2e-hamsa-key"
 NUMBER = "+966501112233"
 GREETING = "مرحبا بك في همسة."
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
@@ -72,22 +65,6 @@ async def process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[
         await proc.wait()
         if "reader" in locals():
             await reader
-
-
-async def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge.cli",
-        *args,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(60):
-        output, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, output.decode()
 
 
 async def test_configure_then_an_inbound_call_hears_the_greeting(tmp_path: Path) -> None:
@@ -129,20 +106,20 @@ async def test_configure_then_an_inbound_call_hears_the_greeting(tmp_path: Path)
             )
         )
 
-        code, output = await cli(env, "twilio", "configure")
+        code, output = await run_cli("twilio", "configure", env=env)
         assert code == 0, output
         assert "configured" in output
 
-        code, output = await cli(env, "doctor")
+        code, output = await run_cli("doctor", env=env)
         assert code == 0, output
         # the running bridge checks handshake signatures: one signed with another token is refused
-        code, output = await cli({**env, "TWILIO_AUTH_TOKEN": "not-the-token"}, "doctor")
+        code, output = await run_cli("doctor", env={**env, "TWILIO_AUTH_TOKEN": "not-the-token"})
         assert code == 1
         assert "✗ signed stream handshake accepted" in output
         assert "HTTP 403" in output
 
         wav_path = tmp_path / "heard.wav"
-        code, output = await cli(env, "twilio", "call-in", "--out", str(wav_path))
+        code, output = await run_cli("twilio", "call-in", "--out", str(wav_path), env=env)
         assert code == 0, output
         assert f"webhook POST http://127.0.0.1:{bridge_port}/twiml/inbound: HTTP 200" in output
         assert "status callback completed: HTTP 204" in output  # signed, validated by the bridge

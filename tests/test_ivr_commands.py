@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,24 +11,9 @@ from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
 from bridge.ivr.commands import EXAMPLES, _warm
 from bridge.ivr.load import load_flow
+from tests.cli_support import run_cli
 
 pytestmark = pytest.mark.anyio
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge.cli",
-        *args,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(60):
-        output, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, output.decode()
 
 
 async def test_validate_accepts_the_example_and_lists_every_error_of_a_broken_flow(
