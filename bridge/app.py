@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class BridgeState:
     calls_handled: int = 0
     rejected_handshakes: int = 0
     open_streams: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def check_serving_settings(settings: Settings) -> None:

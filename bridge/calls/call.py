@@ -215,7 +215,8 @@ class Call:
                     self._finish_summary()
                     log.info("call_summary", **_public(self.summary))
         finally:
-            self.phase = CallPhase.ENDED if self.phase is CallPhase.ACTIVE else self.phase
+            if self.phase is CallPhase.ACTIVE:
+                self.phase = CallPhase.ENDED
         return self.summary
 
     # --- before start: nothing is allocated ----------------------------------------------------

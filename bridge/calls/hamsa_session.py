@@ -253,10 +253,8 @@ class HamsaSession:
         if self._fatal is not None:
             raise self._fatal
         conn = self._conn
-        if conn is not None and conn.usable and conn.idle.is_set():
-            return conn
         if conn is not None and conn.usable:
-            return conn  # still draining an abandoned reply; the caller waits for it
+            return conn  # possibly still draining an abandoned reply: the caller waits for it
         if conn is not None:
             self._conn = None
             await self._close(conn)

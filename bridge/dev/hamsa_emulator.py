@@ -58,7 +58,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from bridge.dev.servers import AppServer, port_problem
+from bridge.dev.servers import AppServer, port_problem, serve_until_stopped
 from bridge.dev.tone import MULAW_RATE, PCM_RATE, synthesize
 from bridge.settings import Settings
 
@@ -929,18 +929,17 @@ async def serve_emulator(
     For an ephemeral port whose number you need, pass an already-bound ``sock`` or use
     :class:`EmulatorServer` directly.
     """
-    async with EmulatorServer(
+    server = EmulatorServer(
         config,
         host=host,
         port=port,
         sock=sock,
         handle_signals=handle_signals,
         log_config=log_config,
-    ) as server:
-        logger.warning("Hamsa emulator listening on %s", server.ws_url)
-        if ready is not None:
-            ready.set()
-        await server.wait_closed()
+    )
+    await serve_until_stopped(
+        server, banner=lambda _: f"Hamsa emulator listening on {server.ws_url}", ready=ready
+    )
 
 
 def run_emulator(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765) -> None:

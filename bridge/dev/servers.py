@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -215,3 +216,15 @@ async def serving(
     """Serve ``app`` until the block exits; yields its base URL ``http://host:port``."""
     async with AppServer(app, host=host, port=port, sock=sock) as server:
         yield server.http_url
+
+
+async def serve_until_stopped(
+    server: AppServer, *, banner: Callable[[AppServer], str], ready: asyncio.Event | None = None
+) -> None:
+    """Serve until a signal (or cancellation); log ``banner(server)`` and set ``ready`` once
+    listening. The command-line runner of the emulators."""
+    async with server:
+        logging.getLogger(__name__).warning("%s", banner(server))
+        if ready is not None:
+            ready.set()
+        await server.wait_closed()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.dev.media_leg import mulaw_to_wav
-from bridge.dev.servers import AppServer, port_problem
+from bridge.dev.servers import AppServer, port_problem, serve_until_stopped
 from bridge.dev.twilio_emulator.config import NumberConfig, TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.rest_api import RestApi
 from bridge.dev.twilio_emulator.state import TwilioEmulatorState
@@ -35,7 +34,6 @@ __all__ = [
     "serve_twilio_emulator",
 ]
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_PORT: Final = 8766
 
@@ -176,13 +174,12 @@ async def serve_twilio_emulator(
     log_config: dict[str, Any] | None = None,
 ) -> None:
     """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening."""
-    async with TwilioEmulatorServer(
+    server = TwilioEmulatorServer(
         config, host=host, port=port, handle_signals=handle_signals, log_config=log_config
-    ) as server:
-        logger.warning("Twilio emulator listening on %s", server.http_url)
-        if ready is not None:
-            ready.set()
-        await server.wait_closed()
+    )
+    await serve_until_stopped(
+        server, banner=lambda s: f"Twilio emulator listening on {s.http_url}", ready=ready
+    )
 
 
 def run_twilio_emulator(
