@@ -9,6 +9,9 @@
     ├── AudioFormatError             a reply's audio cannot be decoded (unsupported WAV fmt)
     ├── InvalidState                 a protocol core was driven in the wrong state (a bug)
     ├── PreloadError                 a custom voice could not be preloaded (names the voice)
+    ├── AnnouncementInvalid          an outbound announcement's request is invalid (names the field)
+    │   └── NumberNotAllowed         the number is outside BRIDGE_ALLOWED_PREFIXES (toll fraud)
+    ├── StoreError                   the database cannot be opened or is not ours
     └── HamsaError                   anything on the Hamsa side
         ├── HamsaConnectError        could not open the realtime socket
         ├── HamsaAuthError           non-retryable: bad key (4001/401/403) or no balance (4003)
@@ -68,6 +71,22 @@ class PreloadError(BridgeError):
         super().__init__(message)
         self.voice_id = voice_id
         self.status = status
+
+
+class AnnouncementInvalid(BridgeError):
+    """An announcement or campaign request that cannot be placed; ``field`` names the culprit."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NumberNotAllowed(AnnouncementInvalid):
+    """A well-formed number outside ``BRIDGE_ALLOWED_PREFIXES``."""
+
+
+class StoreError(BridgeError):
+    pass
 
 
 class HamsaError(BridgeError):

@@ -81,11 +81,48 @@ class Settings(BaseSettings):
     bridge_log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     bridge_log_level: str = "info"
 
+    # --- Outbound announcements and campaigns ------------------------------------------------
+    bridge_database_url: str = "sqlite:///hamsa-bridge.db"
+    bridge_api_token: SecretStr = SecretStr("")
+    bridge_allowed_prefixes: tuple[str, ...] = ()
+    bridge_calls_per_second: float = Field(default=1.0, gt=0, le=100)
+    bridge_max_concurrent_calls: int = Field(default=10, ge=1)
+    bridge_ring_timeout: int = Field(default=30, ge=5, le=600)
+    bridge_announce_token_ttl: float = Field(default=900.0, gt=0)
+    bridge_confirm_wait: float = Field(default=6.0, gt=0)
+    bridge_confirm_max_repeats: int = Field(default=3, ge=0)
+    bridge_outcome_poll_interval: float = Field(default=2.0, gt=0)
+    bridge_callback_grace: float = Field(default=10.0, ge=0)
+
     @field_validator("hamsa_preload_voices", mode="before")
     @classmethod
     def _split_voices(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("bridge_allowed_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("bridge_allowed_prefixes")
+    @classmethod
+    def _check_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            if not re.fullmatch(r"\+[1-9][0-9]{0,14}", prefix):
+                raise ValueError(f"{prefix!r} is not a dialling prefix such as +966 or +9715")
+        return value
+
+    @field_validator("bridge_database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                "must be sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://…"
+            )
         return value
 
     @field_validator("hamsa_retry_delays", mode="before")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -97,6 +98,33 @@ def _explain(exc: Exception, settings: Settings) -> TwilioApiError:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CallSnapshot:
+    """The parts of a Call resource an announcement's outcome needs."""
+
+    sid: str
+    to: str
+    from_: str
+    status: str
+    duration: int | None
+    answered_by: str | None
+    date_created: datetime | None
+
+    @classmethod
+    def from_resource(cls, resource: Any) -> CallSnapshot:
+        duration = getattr(resource, "duration", None)
+        created = getattr(resource, "date_created", None)
+        return cls(
+            sid=str(resource.sid),
+            to=str(resource.to or ""),
+            from_=str(getattr(resource, "from_", None) or ""),
+            status=str(resource.status or ""),
+            duration=int(duration) if duration not in (None, "") else None,
+            answered_by=str(resource.answered_by) if resource.answered_by else None,
+            date_created=created if isinstance(created, datetime) else None,
+        )
+
+
 class TwilioApi:
     """A few typed Twilio REST operations (sync: used by the command-line tools)."""
 
@@ -152,3 +180,30 @@ class TwilioApi:
         """
         record = self._call(lambda: self._client.calls(call_sid).update(**fields))
         return str(record.status)
+
+    def create_call(self, **fields: Any) -> CallSnapshot:
+        """``calls.create`` (snake_case twilio-python arguments); the new call."""
+        record = self._call(lambda: self._client.calls.create(**fields))
+        return CallSnapshot.from_resource(record)
+
+    def fetch_call(self, call_sid: str) -> CallSnapshot:
+        record = self._call(lambda: self._client.calls(call_sid).fetch())
+        return CallSnapshot.from_resource(record)
+
+    def list_calls(self, *, to: str, from_: str, limit: int = 50) -> list[CallSnapshot]:
+        """The most recent calls from ``from_`` to ``to`` (newest first)."""
+        records = self._call(
+            lambda: self._client.calls.list(to=to, from_=from_, limit=limit, page_size=limit)
+        )
+        return [CallSnapshot.from_resource(r) for r in records]
+
+    def hang_up(self, call_sid: str) -> bool:
+        """End a call (``Status=completed``). ``True`` if it was live, ``False`` if Twilio says it
+        had already ended (20404, 21220), which counts as success."""
+        try:
+            self.update_call(call_sid, status="completed")
+        except TwilioApiError as exc:
+            if exc.code in (20404, 21220) or exc.status == 404:
+                return False
+            raise
+        return True

@@ -1,0 +1,203 @@
+"""What one outbound announcement is: who, from where, what to say and how; and its outcome.
+
+Pure data and validation, shared by ``announce``, the HTTP API and campaigns. Text is normalised
+(whitespace runs become one space, control characters go) so it survives the trip through a TwiML
+attribute unchanged, which the stream token's MAC depends on.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Final
+
+from bridge.errors import AnnouncementInvalid, NumberNotAllowed
+from bridge.settings import E164, Settings
+from bridge.voice import Voice
+
+__all__ = [
+    "DIGITS",
+    "MAX_REPEAT",
+    "MAX_TEXT_CHARS",
+    "AnnouncementSpec",
+    "AttemptState",
+    "CallOutcome",
+    "check_number",
+    "normalise_text",
+    "outcome_of_status",
+]
+
+MAX_TEXT_CHARS: Final = 2000
+"""Longest announcement text (Hamsa's limit per request; the TwiML must also stay < 4000)."""
+MAX_REPEAT: Final = 5
+DIGITS: Final = "0123456789*#"
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """One space between words, no control or format characters except ZWJ/ZWNJ (Arabic)."""
+    kept = "".join(
+        ch
+        for ch in text
+        if ch.isspace()
+        or ch in "\u200c\u200d"
+        or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    )
+    return _SPACES.sub(" ", kept).strip()
+
+
+def check_number(number: str, field: str, allowed_prefixes: tuple[str, ...]) -> str:
+    """``number`` if it is E.164 and inside the allow-list; else the matching error."""
+    number = number.strip()
+    if not E164.match(number):
+        raise AnnouncementInvalid(
+            f"{field} {number!r} is not an E.164 number such as +966501234567", field=field
+        )
+    if allowed_prefixes and not number.startswith(allowed_prefixes):
+        raise NumberNotAllowed(
+            f"{field} {number} is outside BRIDGE_ALLOWED_PREFIXES ({', '.join(allowed_prefixes)})",
+            field=field,
+        )
+    return number
+
+
+class CallOutcome(enum.StrEnum):
+    """How an announcement call ended, as users read it (from Twilio's final ``CallStatus``)."""
+
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    NOT_PLACED = "not-placed"
+    """Twilio refused to create the call (invalid number, permissions…), or it never reached it."""
+
+
+_FINAL_STATUSES: Final = {
+    "completed": CallOutcome.ANSWERED,
+    "busy": CallOutcome.BUSY,
+    "no-answer": CallOutcome.NO_ANSWER,
+    "failed": CallOutcome.FAILED,
+    "canceled": CallOutcome.CANCELED,
+}
+
+
+def outcome_of_status(status: str) -> CallOutcome | None:
+    """The outcome for a final Twilio ``CallStatus``; ``None`` while the call is not over."""
+    return _FINAL_STATUSES.get(status)
+
+
+class AttemptState(enum.StrEnum):
+    """One call attempt's life in the database (a call is recorded before it is placed)::
+
+    PLANNED --create answered 201--> PLACED --final status--> ENDED
+       \\--create refused / no call found at Twilio on resume--> NOT_PLACED
+    """
+
+    PLANNED = "planned"
+    PLACED = "placed"
+    ENDED = "ended"
+    NOT_PLACED = "not_placed"
+
+
+class Confirmation(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    NOT_CONFIRMED = "no-confirmation"
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncementSpec:
+    """One call to place. Build it with :meth:`create`, which validates and normalises."""
+
+    to: str
+    from_: str
+    text: str
+    voice: Voice
+    repeat: int = 1
+    confirm_digit: str | None = None
+    """Ask "press <digit> to confirm, <repeat_digit> to repeat" after the message."""
+    repeat_digit: str = "2"
+    machine_detection: bool = False
+    """Twilio AMD (``DetectMessageEnd``): a voicemail gets the message after its beep."""
+    ring_timeout: int = 30
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        to: str,
+        from_: str | None = None,
+        text: str,
+        speaker: str | None = None,
+        dialect: str | None = None,
+        language: str | None = None,
+        repeat: int = 1,
+        confirm_digit: str | None = None,
+        repeat_digit: str = "2",
+        machine_detection: bool = False,
+        ring_timeout: int | None = None,
+    ) -> AnnouncementSpec:
+        """Validated against ``settings`` (allow-list, default caller ID and voice)."""
+        prefixes = settings.bridge_allowed_prefixes
+        to = check_number(to, "to", prefixes)
+        source = from_ if from_ is not None else settings.twilio_phone_number
+        if not source:
+            raise AnnouncementInvalid(
+                "from is required (or set TWILIO_PHONE_NUMBER): the caller ID of the call",
+                field="from",
+            )
+        if not E164.match(source.strip()):
+            raise AnnouncementInvalid(f"from {source!r} is not an E.164 number", field="from")
+        text = normalise_text(text)
+        if not text:
+            raise AnnouncementInvalid("text is empty", field="text")
+        if len(text) > MAX_TEXT_CHARS:
+            raise AnnouncementInvalid(
+                f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}", field="text"
+            )
+        if not 1 <= repeat <= MAX_REPEAT:
+            raise AnnouncementInvalid(f"repeat must be 1 to {MAX_REPEAT}", field="repeat")
+        for name, digit in (("confirm_digit", confirm_digit), ("repeat_digit", repeat_digit)):
+            if digit is not None and (len(digit) != 1 or digit not in DIGITS):
+                raise AnnouncementInvalid(f"{name} must be one of {DIGITS}", field=name)
+        if confirm_digit is not None and confirm_digit == repeat_digit:
+            raise AnnouncementInvalid(
+                "confirm_digit and repeat_digit must differ", field="confirm_digit"
+            )
+        timeout = ring_timeout if ring_timeout is not None else settings.bridge_ring_timeout
+        if not 5 <= timeout <= 600:
+            raise AnnouncementInvalid("ring_timeout must be 5 to 600 seconds", field="ring_timeout")
+        voice = Voice(
+            (speaker or settings.hamsa_speaker).strip(),
+            (dialect or settings.hamsa_dialect).strip(),
+            (language or settings.hamsa_language).strip(),
+        )
+        for name, value in (
+            ("speaker", voice.speaker),
+            ("dialect", voice.dialect),
+            ("language", voice.language),
+        ):
+            if not value or len(value) > 64 or not value.isprintable():
+                raise AnnouncementInvalid(f"{name} must be 1-64 printable characters", field=name)
+        return cls(
+            to=to,
+            from_=source.strip(),
+            text=text,
+            voice=voice,
+            repeat=repeat,
+            confirm_digit=confirm_digit,
+            repeat_digit=repeat_digit,
+            machine_detection=machine_detection,
+            ring_timeout=timeout,
+        )
+
+    def time_limit(self, max_repeats: int) -> int:
+        """A generous cap on the answered call's length (Twilio ``TimeLimit``, seconds), so a
+        stuck call cannot run for Twilio's default 4 hours: every play at a slow 8 characters
+        per second, plus a minute for prompts and voicemail greetings."""
+        plays = self.repeat + (max_repeats if self.confirm_digit else 0)
+        return int(60 + plays * (5 + len(self.text) / 8))

@@ -1,0 +1,42 @@
+"""Inline TwiML for an outbound announcement: ``<Connect><Stream>`` with its ``<Parameter>``s,
+then ``<Hangup/>``.
+
+The bridge hangs up through the REST API after the final mark; the ``<Hangup/>`` is the safety
+net if that request fails (the stream closes, Twilio runs the next verb). The document must stay
+under Twilio's 4000-character limit for ``Twiml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+MAX_TWIML_CHARS: Final = 4000
+
+
+class TwimlTooLong(ValueError):
+    """The document exceeds Twilio's 4000-character ``Twiml`` limit."""
+
+
+def announcement_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
+    if "?" in stream_url:
+        raise ValueError("stream URL must not carry a query string (Twilio drops it)")
+    if not stream_url.startswith(("wss://", "ws://")):
+        raise ValueError("stream URL must be a wss:// URL")
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url)
+    for name, value in parameters.items():
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    response.hangup()
+    document = str(response.to_xml(xml_declaration=False))
+    if len(document) >= MAX_TWIML_CHARS:
+        raise TwimlTooLong(
+            f"the call's TwiML would be {len(document)} characters; Twilio accepts under "
+            f'{MAX_TWIML_CHARS} (shorten the text: markup characters such as & and " count '
+            "several times)"
+        )
+    return document
