@@ -509,3 +509,44 @@ async def test_the_ivr_transfer_update_conforms(spec: OpenAPI, tmp_path: Path) -
         response_type="application/json",
     )
     check(spec, exchange)
+
+
+async def test_announcement_requests_conform(spec: OpenAPI) -> None:
+    """An announcement's ``calls.create`` (inline TwiML with a 2000-character Arabic text in
+    ``<Parameter>``s, AMD, status callbacks, TimeLimit), the resume-time Calls list by To and
+    From, the outcome poll and the hang-up, as twilio-python sends them, against the spec."""
+    from bridge.announcements.placing import call_request
+    from bridge.announcements.spec import AnnouncementSpec
+    from bridge.settings import Settings
+
+    settings = Settings(
+        twilio_account_sid=ACCOUNT,
+        twilio_auth_token=TOKEN,
+        twilio_phone_number=NUMBER,
+        bridge_public_url="https://bridge.example.com",
+    )
+    announcement = AnnouncementSpec.create(
+        settings,
+        to=CALLEE,
+        text=("موعدك غدا في العيادة الساعة العاشرة صباحا، " * 50)[:2000],
+        repeat=2,
+        confirm_digit="1",
+        machine_detection=True,
+    )
+    request = call_request(settings, "an_0123456789abcdef01234567", announcement, now=time.time())
+    assert len(request["twiml"]) < 4000
+    async with emulator() as (server, wire, _):
+        with official_client(server, wire) as client:
+            call = await asyncio.to_thread(client.calls.create, **request)
+            await asyncio.to_thread(client.calls.list, to=CALLEE, from_=NUMBER, limit=50)
+            await asyncio.to_thread(client.calls(call.sid).fetch)
+            with contextlib.suppress(Exception):  # 21220 if the call already ended
+                await asyncio.to_thread(client.calls(call.sid).update, status="completed")
+        create = next(e for e in wire.exchanges if e.status == 201)
+        form = dict(parse_qsl(create.body.decode()))
+        assert form["MachineDetection"] == "DetectMessageEnd"
+        assert form["StatusCallback"].endswith(
+            "/twilio/status?announcement=an_0123456789abcdef01234567"
+        )
+        assert int(form["TimeLimit"]) > int(form["Timeout"]) > 0
+        check_all(spec, wire)
