@@ -1,7 +1,12 @@
 """The Starlette application: Twilio webhook, Media Streams WebSocket, health endpoints.
 
-Public: ``POST /twiml/inbound`` (signature-checked) and the stream WebSocket (signature-checked
-when Twilio signs the handshake, token-checked always). Internal: ``GET /livez``, ``GET /readyz``.
+Public: ``POST /twiml/inbound`` and ``POST /twilio/status`` (signature-checked) and the stream
+WebSocket (signature-checked when Twilio signs the handshake, token-checked always). With
+``BRIDGE_API_TOKEN``: ``POST /v1/announcements`` and ``GET /v1/announcements/{id}`` (bearer
+token). Internal: ``GET /livez``, ``GET /readyz``.
+
+The announcements database is opened on first need (an announcement's stream or status
+callback, or the API), so a bridge that only answers calls never creates it.
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
+from bridge.announcements.api import AnnouncementApi
+from bridge.announcements.service import AnnouncementService, LazyStore
+from bridge.announcements.spec import outcome_of_status
 from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
 from bridge.calls.hamsa_session import Connector
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
-from bridge.errors import ConfigError, PreloadError
+from bridge.errors import ConfigError, PreloadError, StoreError
 from bridge.preload import preload_voices
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
+from bridge.store.store import sqlite_path
 from bridge.stream_token import issue_token
 from bridge.twilio_api import TwilioApi
 from twiml.inbound import connect_stream
@@ -39,6 +48,7 @@ log = structlog.get_logger("bridge.app")
 INBOUND_PATH = "/twiml/inbound"
 STATUS_PATH = "/twilio/status"
 _CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+_ANNOUNCEMENT_ID = re.compile(r"^an_[0-9a-f]{24}$")
 
 
 @dataclass(slots=True)
@@ -48,6 +58,10 @@ class BridgeState:
     registry: CallRegistry
     deps: CallDeps
     wall_clock: Callable[[], float]
+    store: LazyStore
+    """The announcements database (opened on first need)."""
+    announcements: AnnouncementService | None = None
+    """The HTTP API's service (``None`` without ``BRIDGE_API_TOKEN``)."""
     ready: bool = False
     calls_handled: int = 0
     rejected_handshakes: int = 0
@@ -92,6 +106,19 @@ def load_ivr_script(settings: Settings) -> CallScript:
     return FlowRunner.with_twilio(flow, lambda: TwilioApi(settings))
 
 
+def check_api_settings(settings: Settings) -> None:
+    """The announcements API places calls: it needs the Twilio account and a usable database."""
+    if not settings.twilio_account_sid:
+        raise ConfigError(
+            "BRIDGE_API_TOKEN enables the announcements API, which places calls: set "
+            "TWILIO_ACCOUNT_SID (and TWILIO_PHONE_NUMBER, the default caller ID)"
+        )
+    try:
+        sqlite_path(settings.bridge_database_url)
+    except StoreError as exc:
+        raise ConfigError(exc.message) from None
+
+
 def create_app(
     settings: Settings,
     *,
@@ -111,6 +138,17 @@ def create_app(
         else None,
     )
     registry = CallRegistry()
+    store = LazyStore(settings.bridge_database_url)
+
+    def twilio_api() -> TwilioApi:
+        return TwilioApi(settings)
+
+    service: AnnouncementService | None = None
+    api_routes: list[Route] = []
+    if settings.bridge_api_token.get_secret_value():
+        check_api_settings(settings)
+        service = AnnouncementService(settings, store, twilio_api, wall_clock=wall_clock)
+        api_routes = AnnouncementApi(settings, service).routes()
     state = BridgeState(
         settings=settings,
         signatures=TwilioSignatures(settings.twilio_auth_token.get_secret_value()),
@@ -123,8 +161,12 @@ def create_app(
             prompt_cache=cache,
             wall_clock=wall_clock,
             clock=clock,
+            store=store.get,
+            twilio_api=twilio_api,
         ),
         wall_clock=wall_clock,
+        store=store,
+        announcements=service,
     )
 
     @asynccontextmanager
@@ -134,17 +176,25 @@ def create_app(
         except PreloadError as exc:
             log.error("startup_failed", reason=str(exc), voice_id=exc.voice_id)
             raise
+        if service is not None:
+            await service.start()
         state.ready = True
         log.info(
             "bridge_ready",
             stream_url=settings.stream_url,
             preloaded=len(settings.hamsa_preload_voices),
+            announcements_api=service is not None,
         )
-        yield {"bridge": state}
-        state.ready = False
-        closer = getattr(script, "aclose", None)
-        if closer is not None:
-            await closer()
+        try:
+            yield {"bridge": state}
+        finally:
+            state.ready = False
+            if service is not None:
+                await service.aclose()
+            await store.close()
+            closer = getattr(script, "aclose", None)
+            if closer is not None:
+                await closer()
 
     app = Starlette(
         routes=[
@@ -153,6 +203,7 @@ def create_app(
             WebSocketRoute(settings.bridge_stream_path, media_stream),
             Route("/livez", livez, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *api_routes,
         ],
         lifespan=lifespan,
     )
@@ -219,7 +270,11 @@ async def inbound_webhook(request: Request) -> Response:
 
 
 async def call_status(request: Request) -> Response:
-    """Twilio's call-status callback (signed): logged per call; 204."""
+    """Twilio's call-status callback (signed): logged per call; 204.
+
+    An announcement's calls carry ``?announcement=<id>`` (part of the signed URL): their status
+    is recorded in the store, whichever replica receives it.
+    """
     params = await _signed_form(request)
     if params is None:
         return PlainTextResponse("invalid Twilio signature", status_code=403)
@@ -236,6 +291,43 @@ async def call_status(request: Request) -> Response:
         if isinstance(value := params.get(name), str)
     }
     log.info("call_status", **{k.lower(): v for k, v in fields.items()})
+    announcement = request.query_params.get("announcement")
+    if announcement is not None:
+        return await _announcement_status(_state(request), announcement, fields)
+    return Response(status_code=204)
+
+
+async def _announcement_status(
+    state: BridgeState, announcement_id: str, fields: dict[str, str]
+) -> Response:
+    """Record an announcement call's status; 204 even for an unknown id (Twilio can do nothing
+    about it), 503 if the database is unavailable (the outcome watcher then polls)."""
+    status = fields.get("CallStatus")
+    if not status:
+        return PlainTextResponse("CallStatus missing", status_code=400)
+    if not _ANNOUNCEMENT_ID.match(announcement_id):
+        log.warning("announcement_status_unknown", announcement=announcement_id[:40])
+        return Response(status_code=204)
+    call_sid = fields.get("CallSid", "")
+    sequence = fields.get("SequenceNumber", "")
+    duration = fields.get("CallDuration", "")
+    final = outcome_of_status(status) is not None
+    try:
+        store = await state.store.get()
+        record = await store.record_status(
+            announcement_id,
+            status,
+            now=state.wall_clock(),
+            seq=int(sequence) if sequence.isdigit() else None,
+            call_sid=call_sid if _CALL_SID.match(call_sid) else None,
+            duration=int(duration) if final and duration.isdigit() else None,
+            answered_by=fields.get("AnsweredBy") or None,
+        )
+    except StoreError as exc:
+        log.error("announcement_status_not_recorded", announcement=announcement_id, error=str(exc))
+        return PlainTextResponse("database unavailable", status_code=503)
+    if record is None:
+        log.warning("announcement_status_unknown", announcement=announcement_id)
     return Response(status_code=204)
 
 

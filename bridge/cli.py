@@ -12,6 +12,9 @@ Commands::
     hamsa-bridge doctor                      check every link, Twilio to Hamsa
     hamsa-bridge emulate-hamsa ...           the Hamsa emulator (realtime WebSocket + preload REST)
     hamsa-bridge emulate-twilio ...          the Twilio emulator (REST API + voice platform)
+    hamsa-bridge announce --to N --text T    place one announcement call, print its outcome
+    hamsa-bridge campaign run|resume|status|export|list
+                                             announce to every number of a CSV file
 """
 
 from __future__ import annotations
@@ -35,6 +38,27 @@ def _key_press(value: str) -> tuple[float, str]:
     if not digit or digit not in "0123456789*#" or len(digit) != 1:
         raise argparse.ArgumentTypeError("expected SECONDS:DIGIT, for example 1.5:1")
     return float(seconds), digit
+
+
+def _add_call_options(parser: argparse.ArgumentParser) -> None:
+    """The voice and call options ``announce`` and ``campaign run`` share."""
+    parser.add_argument("--speaker", help="Hamsa speaker (default HAMSA_SPEAKER)")
+    parser.add_argument("--dialect", help="Hamsa dialect (default HAMSA_DIALECT)")
+    parser.add_argument("--language", help="Hamsa language (default HAMSA_LANGUAGE)")
+    parser.add_argument("--repeat", type=int, default=1, help="play the message N times")
+    parser.add_argument(
+        "--confirm-digit",
+        help="ask to press this digit to confirm (and --repeat-digit to hear it again)",
+    )
+    parser.add_argument("--repeat-digit", default="2", help="the digit that repeats (2)")
+    parser.add_argument(
+        "--machine-detection",
+        action="store_true",
+        help="answering-machine detection: voicemail gets the message after the beep",
+    )
+    parser.add_argument(
+        "--ring-timeout", type=int, help="seconds to let it ring (default BRIDGE_RING_TIMEOUT)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +158,74 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "graph":
             sub.add_argument("--png", type=Path, help="also write a PNG (needs graphviz)")
 
+    announce = commands.add_parser(
+        "announce", help="place one announcement call and wait for its outcome"
+    )
+    announce.add_argument("--to", required=True, metavar="E164", help="the number to call")
+    announce.add_argument(
+        "--from",
+        dest="from_number",
+        metavar="E164",
+        help="caller ID (default: TWILIO_PHONE_NUMBER)",
+    )
+    announce.add_argument("--text", required=True, help="what to say (up to 2000 characters)")
+    _add_call_options(announce)
+    announce.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    campaign = commands.add_parser("campaign", help="announce to every number of a CSV file")
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
+    run = campaign_commands.add_parser(
+        "run", help="create a campaign from a CSV file and run it to the end"
+    )
+    run.add_argument("file", type=Path, help="CSV with a number column (number/phone/to)")
+    text = run.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the message; {column} inserts a CSV column")
+    text.add_argument("--text-file", type=Path, help="read the message from a UTF-8 file")
+    run.add_argument("--name", help="a name to find the campaign by (default: file and time)")
+    run.add_argument(
+        "--from",
+        dest="from_number",
+        metavar="E164",
+        help="caller ID (default: TWILIO_PHONE_NUMBER)",
+    )
+    _add_call_options(run)
+    run.add_argument(
+        "--cps", type=float, help="calls created per second (default BRIDGE_CALLS_PER_SECOND)"
+    )
+    run.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="calls in progress at once (default BRIDGE_MAX_CONCURRENT_CALLS)",
+    )
+    run.add_argument("--retries", type=int, default=2, help="further attempts (default 2)")
+    run.add_argument(
+        "--retry-delay", type=float, default=300.0, help="seconds between attempts (300)"
+    )
+    run.add_argument(
+        "--retry-on",
+        default="busy,no-answer,failed",
+        help="outcomes worth another attempt (default busy,no-answer,failed)",
+    )
+    run.add_argument("--window", help="local calling hours, e.g. 09:00-20:00 (end exclusive)")
+    run.add_argument(
+        "--timezone", default="UTC", help="time zone of --window (a CSV timezone column wins)"
+    )
+    run.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="record invalid rows as invalid and call the others (default: refuse to start)",
+    )
+    resume = campaign_commands.add_parser(
+        "resume", help="go on with a stopped campaign (default: the newest unfinished)"
+    )
+    resume.add_argument("campaign", nargs="?", metavar="ID|NAME")
+    status = campaign_commands.add_parser("status", help="counts, state and runner")
+    status.add_argument("campaign", nargs="?", metavar="ID|NAME")
+    export = campaign_commands.add_parser("export", help="write the results as CSV")
+    export.add_argument("out", type=Path, metavar="OUT.csv")
+    export.add_argument("--campaign", metavar="ID|NAME", help="default: the newest campaign")
+    campaign_commands.add_parser("list", help="every campaign")
+
     doctor = commands.add_parser("doctor", help="check every link from Twilio to Hamsa")
     doctor.add_argument("--number", help="E.164 number (default: TWILIO_PHONE_NUMBER)")
 
@@ -196,7 +288,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
             print(f"  {name}: {error['msg']}", file=sys.stderr)
         return 2
-    quiet = args.command in ("demo", "call", "twilio", "twiml", "doctor", "ivr")
+    quiet = args.command in (
+        "demo",
+        "call",
+        "twilio",
+        "twiml",
+        "doctor",
+        "ivr",
+        "announce",
+        "campaign",
+    )
     quiet = quiet and "BRIDGE_LOG_LEVEL" not in env
     configure_logging(
         level="warning" if quiet else settings.bridge_log_level, fmt=settings.bridge_log_format
@@ -268,6 +369,41 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             if args.ivr_command == "graph":
                 return ivr_commands.graph(path, png=args.png)
             return asyncio.run(ivr_commands.warm(settings, path))
+        if args.command == "announce":
+            from bridge.announcements.commands import announce
+
+            return asyncio.run(
+                announce(
+                    settings,
+                    to=args.to,
+                    from_=args.from_number,
+                    text=args.text,
+                    speaker=args.speaker,
+                    dialect=args.dialect,
+                    language=args.language,
+                    repeat=args.repeat,
+                    confirm_digit=args.confirm_digit,
+                    repeat_digit=args.repeat_digit,
+                    machine_detection=args.machine_detection,
+                    ring_timeout=args.ring_timeout,
+                    as_json=args.json,
+                )
+            )
+        if args.command == "campaign":
+            from bridge.campaigns import commands as campaign_commands
+
+            streams = {"out": sys.stdout, "err": sys.stderr}
+            if args.campaign_command == "run":
+                return asyncio.run(campaign_commands.run(settings, args, **streams))
+            if args.campaign_command == "resume":
+                return asyncio.run(campaign_commands.resume(settings, args.campaign, **streams))
+            if args.campaign_command == "status":
+                return asyncio.run(campaign_commands.status(settings, args.campaign, **streams))
+            if args.campaign_command == "export":
+                return asyncio.run(
+                    campaign_commands.export(settings, args.out, args.campaign, **streams)
+                )
+            return asyncio.run(campaign_commands.list_campaigns(settings, **streams))
         if args.command == "doctor":
             from bridge.doctor import doctor
 

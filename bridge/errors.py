@@ -12,6 +12,10 @@
     ├── AnnouncementInvalid          an outbound announcement's request is invalid (names the field)
     │   └── NumberNotAllowed         the number is outside BRIDGE_ALLOWED_PREFIXES (toll fraud)
     ├── StoreError                   the database cannot be opened or is not ours
+    ├── CampaignError                a campaign cannot start or go on (says what to do)
+    │   ├── CampaignInvalid          its file, text or options are wrong (lists every problem)
+    │   ├── CampaignBusy             another live runner holds its lease
+    │   └── LeaseLost                another runner took the lease over from this one
     └── HamsaError                   anything on the Hamsa side
         ├── HamsaConnectError        could not open the realtime socket
         ├── HamsaAuthError           non-retryable: bad key (4001/401/403) or no balance (4003)
@@ -87,6 +91,26 @@ class NumberNotAllowed(AnnouncementInvalid):
 
 class StoreError(BridgeError):
     pass
+
+
+class CampaignError(BridgeError):
+    """A campaign cannot start or go on; the message says what to do."""
+
+
+class CampaignInvalid(CampaignError):
+    """A campaign's file, text or options are wrong; ``problems`` lists each (with its line)."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class CampaignBusy(CampaignError):
+    """Another runner holds the campaign's lease and keeps renewing it."""
+
+
+class LeaseLost(CampaignError):
+    """Another runner took the campaign's lease over (this one stalled past its TTL)."""
 
 
 class HamsaError(BridgeError):

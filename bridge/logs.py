@@ -52,3 +52,5 @@ def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
+    # twilio-python logs every request's headers at INFO, ten lines per REST call
+    logging.getLogger("twilio.http_client").setLevel(max(logging.WARNING, root.level))

@@ -228,3 +228,20 @@ async def test_store_refuses_what_it_cannot_open(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreError, match="cannot open"):
         await Store.open(f"sqlite:///{tmp_path}/dir.db")
+
+
+@pytest.mark.anyio
+async def test_a_call_sid_overrides_a_reconciliation_that_raced_the_creation(
+    tmp_path: Path,
+) -> None:
+    async with await Store.open(f"sqlite:///{tmp_path}/bridge.db") as store:
+        record, _ = await store.create_announcement(spec(), now=1.0)
+        gone = await store.mark_not_placed(record.id, "no call found", now=2.0)
+        assert gone.state is AttemptState.NOT_PLACED
+        placed = await store.mark_placed(record.id, "CA9", now=2.1)
+        assert (placed.state, placed.call_sid, placed.error, placed.ended_at) == (
+            AttemptState.PLACED,
+            "CA9",
+            None,
+            None,
+        )

@@ -39,9 +39,15 @@ class CallRateLimiter:
         self._next = at + self.interval
         return at - now
 
+    def used(self, at: float) -> None:
+        """A slot was used at ``at``, possibly later than booked (a busy event loop wakes
+        late): the next slot is spaced from the real use, not from the booking."""
+        self._next = max(self._next, at + self.interval)
+
     async def acquire(self) -> None:
         """Wait for this caller's slot (slots are handed out in call order)."""
         async with self._lock:
             delay = self.reserve(self._clock())
         if delay > 0:
             await asyncio.sleep(delay)
+            self.used(self._clock())

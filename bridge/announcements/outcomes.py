@@ -80,6 +80,16 @@ class OutcomeWatcher:
         try:
             call = await asyncio.to_thread(self._api().fetch_call, record.call_sid)
         except TwilioApiError as exc:
+            if exc.status == 404 or exc.code == 20404:
+                # Twilio does not know the call: it will never end by itself
+                log.error("outcome_call_unknown", announcement=record.id)
+                updated = await self._store.record_status(
+                    record.id,
+                    "failed",
+                    now=self._wall_clock(),
+                    error="Twilio does not know this call (404)",
+                )
+                return updated or record
             log.warning("outcome_poll_failed", announcement=record.id, error=exc.message)
             return record
         return await self._record(record, call)

@@ -6,6 +6,11 @@ Life of a call (``CallPhase``)::
           |                                    \\--Hamsa key rejected--------------> ENDED
           \\--no start, bad token, duplicate CallSid--> REJECTED  (no Hamsa socket is ever opened)
 
+Two kinds of stream token: ``v1`` (an inbound call, bound to its CallSid by our webhook) runs
+``CallDeps.script``; ``v2`` (an outbound announcement, placed with inline TwiML before its
+CallSid existed) MACs every other ``<Parameter>``, so the announcement travels in the stream
+itself and runs ``AnnouncementScript`` whichever replica Twilio connects to.
+
 While ACTIVE, an ``asyncio.TaskGroup`` supervises one reader of the Twilio socket, the playback
 writer (the only writer of that socket), the Hamsa socket's reader, and the call's script
 (``greeting_script`` by default: speak the greeting; a key pressed during it skips it). When the
@@ -29,6 +34,9 @@ from typing import Any
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from bridge.announcements import parameters as announcement_parameters
+from bridge.announcements.parameters import StreamAnnouncement
+from bridge.announcements.script import AnnouncementScript
 from bridge.calls.hamsa_session import Connector, HamsaSession
 from bridge.calls.playback import Playback
 from bridge.calls.prompt_cache import PromptCache
@@ -44,7 +52,9 @@ from bridge.protocols.twilio_media import (
     Violation,
 )
 from bridge.settings import Settings
+from bridge.store import Store
 from bridge.stream_token import verify_token
+from bridge.twilio_api import TwilioApi
 from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.call")
@@ -97,6 +107,8 @@ class CallContext:
         self.keys_pressed: list[str] = []
         self.barge_in = True
         """A key pressed while speaking interrupts the speech (and is still queued as input)."""
+        self.interrupt_keys: str | None = None
+        """With ``barge_in``, only these keys interrupt (``None``: any key)."""
         self.speaking = False
         self.outcome: str | None = None
         """Set by the script: completed, transferred, failed… (None: the caller ended it)."""
@@ -114,15 +126,19 @@ class CallContext:
         label: str = "utt",
         cacheable: bool = False,
         barge_in: bool = True,
+        interrupt_keys: str | None = None,
     ) -> SpeechOutcome:
-        """Speak and wait until it was played, or interrupted by a key (when ``barge_in``)."""
+        """Speak and wait until it was played, or interrupted by a key (when ``barge_in``;
+        only by one of ``interrupt_keys`` when given: the others are just queued)."""
         self.speaking = True
         self.barge_in = barge_in
+        self.interrupt_keys = interrupt_keys
         try:
             return await self._speaker.say(text, voice, label=label, cacheable=cacheable)
         finally:
             self.speaking = False
             self.barge_in = True
+            self.interrupt_keys = None
 
     def has_key(self) -> bool:
         """A key was pressed and not yet taken."""
@@ -156,7 +172,8 @@ class CallContext:
         self.keys_pressed.append(digit)
         self._keys.append(digit)
         self._key_arrived.set()
-        if self.speaking and self.barge_in:
+        wanted = self.interrupt_keys is None or digit in self.interrupt_keys
+        if self.speaking and self.barge_in and wanted:
             self._speaker.interrupt()
 
 
@@ -182,6 +199,19 @@ class CallDeps:
     prompt_cache: PromptCache | None = None
     wall_clock: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
+    store: Callable[[], Awaitable[Store]] | None = None
+    """The announcements database, opened on first use (``None``: announcements refused)."""
+    twilio_api: Callable[[], TwilioApi] | None = None
+    """A REST client (an announcement's AMD lookup and its hang-up after the final mark)."""
+
+    def script_for(self, announcement: StreamAnnouncement | None) -> CallScript:
+        if announcement is None:
+            return self.script
+        assert self.store is not None
+        assert self.twilio_api is not None
+        return AnnouncementScript(
+            announcement, store=self.store, twilio_api=self.twilio_api, wall_clock=self.wall_clock
+        )
 
 
 class Call:
@@ -196,6 +226,7 @@ class Call:
         self._hangup = asyncio.Event()
         self._context: CallContext | None = None
         self._playback: Playback | None = None
+        self._announcement: StreamAnnouncement | None = None
 
     async def run(self) -> CallSummary:
         try:
@@ -248,7 +279,10 @@ class Call:
         token = started.custom_parameters.get("token")
         now = deps.wall_clock()
         try:
-            expires_at = verify_token(key, token, started.call_sid, now=now)
+            if token is not None and token.startswith("v2."):
+                expires_at = self._verify_announcement(started, key, now)
+            else:
+                expires_at = verify_token(key, token, started.call_sid, now=now)
         except SignatureError as exc:
             self._reject(f"stream token rejected: {exc.message}")
             return False
@@ -260,8 +294,30 @@ class Call:
             self._reject("a stream for this call is already active")
             return False
         self.phase = CallPhase.ACTIVE
-        log.info("call_started", direction=started.custom_parameters.get("direction", "inbound"))
+        if self._announcement is not None:
+            log.info("call_started", direction="outbound", announcement=self._announcement.id)
+        else:
+            direction = started.custom_parameters.get("direction", "inbound")
+            log.info("call_started", direction=direction)
         return True
+
+    def _verify_announcement(self, started: Started, key: bytes, now: float) -> int:
+        """A ``v2`` token: every parameter MACed, well formed, from our own account; the token's
+        expiry. Raises ``SignatureError`` (the stream is then refused)."""
+        deps = self._deps
+        params = started.custom_parameters
+        expires_at = announcement_parameters.verify(key, params, now=now, call_sid=started.call_sid)
+        try:
+            announcement = announcement_parameters.decode(params)
+        except ValueError as exc:
+            raise SignatureError(f"announcement parameters invalid: {exc}") from None
+        account = deps.settings.twilio_account_sid
+        if account and started.account_sid != account:
+            raise SignatureError("announcement stream from another Twilio account")
+        if deps.store is None or deps.twilio_api is None:
+            raise SignatureError("announcements are not served by this bridge")
+        self._announcement = announcement
+        return expires_at
 
     def _reject(self, reason: str, *, level: str = "warning") -> None:
         self.phase = CallPhase.REJECTED
@@ -316,7 +372,7 @@ class Call:
 
     async def _script(self, context: CallContext) -> None:
         try:
-            await self._deps.script(context)
+            await self._deps.script_for(self._announcement)(context)
             self.summary.outcome = context.outcome or "completed"
             self.summary.reason = context.reason
         except HamsaError as exc:

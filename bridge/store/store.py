@@ -230,13 +230,18 @@ class Store:
     async def mark_placed(
         self, announcement_id: str, call_sid: str, *, now: float, status: str = "queued"
     ) -> AnnouncementRecord:
-        """Twilio created the call: remember its CallSid (a callback may have done so first)."""
+        """Twilio created the call: remember its CallSid (a callback may have done so first).
+
+        Also from ``NOT_PLACED``: a CallSid proves the call exists, whatever a reconciliation
+        that raced the creation concluded."""
 
         def work(conn: sqlite3.Connection) -> AnnouncementRecord:
             conn.execute(
                 "UPDATE announcements SET call_sid = COALESCE(call_sid, ?), "
                 "placed_at = COALESCE(placed_at, ?), "
-                "state = CASE WHEN state = 'planned' THEN 'placed' ELSE state END, "
+                "state = CASE WHEN state IN ('planned', 'not_placed') THEN 'placed' "
+                "ELSE state END, error = CASE WHEN state = 'not_placed' THEN NULL ELSE error END, "
+                "ended_at = CASE WHEN state = 'not_placed' THEN NULL ELSE ended_at END, "
                 "status = COALESCE(status, ?), status_at = COALESCE(status_at, ?) WHERE id = ?",
                 (call_sid, now, status, now, announcement_id),
             )
@@ -290,7 +295,7 @@ class Store:
             updates: dict[str, Any] = {}
             if call_sid and not record.call_sid:
                 updates["call_sid"] = call_sid
-            if record.state is AttemptState.PLANNED:
+            if record.state in (AttemptState.PLANNED, AttemptState.NOT_PLACED):
                 updates["state"] = AttemptState.PLACED.value  # the call exists
                 updates["placed_at"] = now
             final_known = record.status is not None and outcome_of_status(record.status)
@@ -462,16 +467,23 @@ class Store:
         return await self._run(work)
 
     async def acquire_lease(
-        self, campaign_id: str, owner: str, *, now: float, ttl: float
+        self,
+        campaign_id: str,
+        owner: str,
+        *,
+        now: float,
+        ttl: float,
+        take_from: str | None = None,
     ) -> CampaignRecord:
         """Take (or renew) the right to run the campaign. Returns the campaign; its
-        ``lease_owner`` is someone else's if they hold a live lease."""
+        ``lease_owner`` is someone else's if they hold a live lease. ``take_from``: an owner
+        known to be dead, whose unexpired lease may be taken over."""
 
         def work(conn: sqlite3.Connection) -> CampaignRecord:
             conn.execute(
                 "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ? AND "
-                "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
-                (owner, now + ttl, campaign_id, owner, now),
+                "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ? OR lease_owner = ?)",
+                (owner, now + ttl, campaign_id, owner, now, take_from),
             )
             return _get_campaign(conn, campaign_id)
 

@@ -91,6 +91,9 @@ class Outcome:
     or before ``no-answer`` (default: the call's ``Timeout``)."""
     keys: tuple[tuple[float, str], ...] = ()
     """Keys the callee presses on each stream: (seconds after ``start``, digit)."""
+    answers: tuple[str, ...] = ()
+    """Keys the callee presses in answer to prompts that wait for input (see
+    :attr:`~bridge.dev.media_leg.CallerBehaviour.answers`): one string per prompt."""
     hangup_after: float | None = None
     """The callee hangs up this long after a stream's ``start``."""
 

@@ -155,6 +155,7 @@ class VoicePlatform:
             time_limit=min(float(request.time_limit), state.config.max_call_seconds),
             outcome=outcome,
             keys=outcome.keys,
+            answers=outcome.answers,
             hangup_after=outcome.hangup_after,
         )
         self._start(call)

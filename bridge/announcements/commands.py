@@ -1,0 +1,190 @@
+"""``hamsa-bridge announce``: place one announcement call and wait for its outcome.
+
+The command records the announcement, places the call through the Twilio REST API and waits;
+the bridge at ``BRIDGE_PUBLIC_URL`` serves the call's stream and writes what happened on it
+(plays, the confirm digit) into the database both share (``BRIDGE_DATABASE_URL``). Status
+callbacks reach that bridge too; when they do not, the outcome is polled from Twilio.
+
+Exit status: 0 answered, 2 not answered (busy, no-answer, failed, canceled), 1 an error
+(invalid request, missing settings, the call could not be placed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Final, TextIO
+
+from bridge.announcements.outcomes import OutcomeWatcher
+from bridge.announcements.placing import place_call
+from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome, Confirmation
+from bridge.errors import AnnouncementInvalid
+from bridge.settings import Settings
+from bridge.store import AnnouncementRecord, Store
+from bridge.twilio_api import TwilioApi, TwilioApiError
+from twiml.announcement import TwimlTooLong
+
+__all__ = ["OPTION_NAMES", "announce", "describe_confirmation", "missing_settings"]
+
+OPTION_NAMES: Final = {
+    "to": "--to",
+    "from": "--from",
+    "text": "--text",
+    "repeat": "--repeat",
+    "confirm_digit": "--confirm-digit",
+    "repeat_digit": "--repeat-digit",
+    "ring_timeout": "--ring-timeout",
+    "speaker": "--speaker",
+    "dialect": "--dialect",
+    "language": "--language",
+}
+"""The command-line option behind each ``AnnouncementInvalid.field``."""
+WAIT_MARGIN: Final = 120.0
+"""Seconds allowed beyond ring timeout + time limit before giving up waiting."""
+
+
+def missing_settings(settings: Settings) -> list[str]:
+    """What placing announcement calls needs and is not set."""
+    missing = []
+    if not settings.twilio_account_sid:
+        missing.append("TWILIO_ACCOUNT_SID")
+    if not settings.twilio_auth_token.get_secret_value():
+        missing.append("TWILIO_AUTH_TOKEN")
+    if not settings.bridge_public_url:
+        missing.append("BRIDGE_PUBLIC_URL")
+    return missing
+
+
+def explain_missing(missing: list[str]) -> str:
+    return (
+        f"set {', '.join(missing)}: calls are placed with the Twilio credentials, and "
+        "BRIDGE_PUBLIC_URL is the bridge (`hamsa-bridge serve`) that plays them; it must "
+        "share BRIDGE_DATABASE_URL with this command"
+    )
+
+
+def describe_confirmation(record: AnnouncementRecord) -> str:
+    """``confirmed``, ``no confirmation`` or ``not asked`` (no confirm digit requested)."""
+    if record.spec.confirm_digit is None:
+        return "not asked"
+    if record.confirmation == Confirmation.CONFIRMED.value:
+        return "confirmed"
+    return "no confirmation"
+
+
+def render(record: AnnouncementRecord) -> list[str]:
+    """The human-readable result lines."""
+    outcome = record.outcome
+    lines = [f"outcome: {outcome.value if outcome else record.status or 'unknown'}"]
+    if outcome is CallOutcome.ANSWERED:
+        lines.append(f"duration: {record.duration if record.duration is not None else '?'} s")
+        if record.spec.machine_detection:
+            lines.append(f"answered by: {record.answered_by or 'unknown'}")
+        lines.append(f"plays: {record.plays}")
+        lines.append(f"confirmation: {describe_confirmation(record)}")
+    elif record.spec.machine_detection and record.answered_by:
+        lines.append(f"answered by: {record.answered_by}")
+    if record.error:
+        lines.append(f"error: {record.error}")
+    lines.append(f"call: {record.call_sid or '-'}")
+    lines.append(f"announcement: {record.id}")
+    return lines
+
+
+def exit_status(record: AnnouncementRecord) -> int:
+    if record.outcome is CallOutcome.ANSWERED:
+        return 0
+    if record.state is AttemptState.NOT_PLACED or record.outcome is None:
+        return 1
+    return 2
+
+
+async def announce(
+    settings: Settings,
+    *,
+    to: str,
+    from_: str | None,
+    text: str,
+    speaker: str | None = None,
+    dialect: str | None = None,
+    language: str | None = None,
+    repeat: int = 1,
+    confirm_digit: str | None = None,
+    repeat_digit: str = "2",
+    machine_detection: bool = False,
+    ring_timeout: int | None = None,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    api: Callable[[], TwilioApi] | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> int:
+    """The ``announce`` command; its exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        spec = AnnouncementSpec.create(
+            settings,
+            to=to,
+            from_=from_,
+            text=text,
+            speaker=speaker,
+            dialect=dialect,
+            language=language,
+            repeat=repeat,
+            confirm_digit=confirm_digit,
+            repeat_digit=repeat_digit,
+            machine_detection=machine_detection,
+            ring_timeout=ring_timeout,
+        )
+    except AnnouncementInvalid as exc:
+        print(f"hamsa-bridge announce: {OPTION_NAMES.get(exc.field, exc.field)}: {exc}", file=err)
+        return 1
+    missing = missing_settings(settings)
+    if missing:
+        print(f"hamsa-bridge announce: {explain_missing(missing)}", file=err)
+        return 1
+    factory = api or (lambda: TwilioApi(settings))
+    async with await Store.open(settings.bridge_database_url) as store:
+        record, _ = await store.create_announcement(spec, now=wall_clock())
+        watcher = OutcomeWatcher(store, factory, settings, wall_clock=wall_clock)
+        try:
+            call = await asyncio.to_thread(
+                lambda: place_call(factory(), settings, record.id, spec, now=wall_clock())
+            )
+        except TwimlTooLong as exc:
+            record = await store.mark_not_placed(record.id, str(exc), now=wall_clock())
+        except TwilioApiError as exc:
+            if exc.status is None or exc.status >= 500:
+                # No answer, or Twilio failed: the call may exist. Its Calls list decides.
+                print(f"hamsa-bridge announce: {exc.message}; checking Twilio", file=err)
+                record = await watcher.reconcile(record)
+            else:
+                record = await store.mark_not_placed(
+                    record.id, f"Twilio refused the call: {exc.message}", now=wall_clock()
+                )
+        else:
+            record = await store.mark_placed(
+                record.id, call.sid, now=wall_clock(), status=call.status
+            )
+        if not record.final:
+            print(f"calling {spec.to} (call {record.call_sid}) …", file=err)
+            limit = spec.ring_timeout + spec.time_limit(settings.bridge_confirm_max_repeats)
+            try:
+                async with asyncio.timeout(limit + WAIT_MARGIN):
+                    record = await watcher.wait(record.id)
+            except TimeoutError:
+                print(
+                    f"hamsa-bridge announce: no outcome for call {record.call_sid} after "
+                    f"{limit + WAIT_MARGIN:.0f} s",
+                    file=err,
+                )
+                return 1
+    if as_json:
+        print(json.dumps(record.to_json(), ensure_ascii=False, indent=2), file=out)
+    else:
+        print("\n".join(render(record)), file=out)
+    return exit_status(record)

@@ -1,0 +1,84 @@
+"""A campaign's results as CSV: one row per input row, the row's own columns kept.
+
+Written for a spreadsheet: UTF-8 with a BOM (so Excel reads Arabic names correctly), the
+result columns first, then the CSV's variables in their original order.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from bridge.announcements.commands import describe_confirmation
+from bridge.announcements.spec import AttemptState, CallOutcome
+from bridge.campaigns.retry import reached_twilio
+from bridge.store import AnnouncementRecord, ContactRecord, ContactState
+
+__all__ = ["COLUMNS", "export_rows", "write_export"]
+
+COLUMNS: Final = (
+    "number",
+    "attempts",
+    "outcome",
+    "duration",
+    "confirmation",
+    "answered_by",
+    "call_sid",
+    "error",
+)
+
+
+def _outcome(contact: ContactRecord) -> str:
+    if contact.state is ContactState.DONE:
+        return contact.outcome or ""
+    return contact.state.value  # invalid, or pending/active in an unfinished campaign
+
+
+def export_rows(
+    contacts: Sequence[ContactRecord], attempts: Sequence[AnnouncementRecord]
+) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per contact, in input order."""
+    history: dict[int, list[AnnouncementRecord]] = {}
+    for attempt in attempts:
+        if attempt.contact_idx is not None:
+            history.setdefault(attempt.contact_idx, []).append(attempt)
+    variables: dict[str, None] = {}
+    for contact in contacts:
+        variables.update(dict.fromkeys(contact.variables))
+    names = {name: name if name not in COLUMNS else f"{name} (csv)" for name in variables}
+    header = [*COLUMNS, *names.values()]
+    rows: list[list[str]] = []
+    for contact in sorted(contacts, key=lambda c: c.idx):
+        tried = history.get(contact.idx, [])
+        calls = [a for a in tried if a.state is not AttemptState.NOT_PLACED]
+        last = calls[-1] if calls else None
+        answered = last is not None and last.outcome is CallOutcome.ANSWERED
+        error = contact.error or (tried[-1].error if tried else None) or ""
+        rows.append(
+            [
+                contact.number,
+                str(reached_twilio(tried)),
+                _outcome(contact),
+                str(last.duration) if answered and last and last.duration is not None else "",
+                describe_confirmation(last) if answered and last else "",
+                (last.answered_by or "") if last else "",
+                next((a.call_sid for a in reversed(tried) if a.call_sid), None) or "",
+                error,
+                *(contact.variables.get(name, "") for name in names),
+            ]
+        )
+    return header, rows
+
+
+def write_export(
+    path: Path, contacts: Sequence[ContactRecord], attempts: Sequence[AnnouncementRecord]
+) -> int:
+    """Write the CSV; the number of rows written."""
+    header, rows = export_rows(contacts, attempts)
+    with path.open("w", encoding="utf-8-sig", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return len(rows)

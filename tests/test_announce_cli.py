@@ -1,0 +1,169 @@
+"""``hamsa-bridge announce`` as a user runs it (a subprocess) against the loopback rig: the
+Twilio emulator places the call, the bridge hosted by the test plays it and records what
+happened in the database the command shares."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
+from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
+from tests.cli_support import run_cli
+
+pytestmark = pytest.mark.anyio
+
+PERSON = "+966501112233"
+TEXT = "موعدك غدا صباحا."
+
+
+@asynccontextmanager
+async def rig(
+    tmp_path: Path, outcomes: dict[str, Outcome | str] | None = None
+) -> AsyncIterator[tuple[Loopback, dict[str, str]]]:
+    database = f"sqlite:///{tmp_path}/bridge.db"
+    async with loopback(
+        EmulatorConfig(ms_per_char=25),
+        twilio=TwilioEmulatorConfig(outcomes=outcomes or {}),
+        bridge_database_url=database,
+        hamsa_truncation_ms_per_char=3.0,
+        bridge_prompt_cache_min_ms_per_char=10.0,
+        bridge_confirm_wait=0.6,
+    ) as lb:
+        settings = lb.settings
+        env = {
+            "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+            "TWILIO_AUTH_TOKEN": lb.auth_token,
+            "TWILIO_API_URL": settings.twilio_api_url,
+            "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER,
+            "BRIDGE_PUBLIC_URL": lb.public_url,
+            "BRIDGE_DATABASE_URL": database,
+            "BRIDGE_CALLBACK_GRACE": "2",
+        }
+        yield lb, env
+
+
+def lines(output: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
+
+
+async def test_answered_call_exits_0_and_prints_the_outcome(tmp_path: Path) -> None:
+    async with rig(tmp_path) as (lb, env):
+        code, output = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
+        assert lb.twilio is not None
+        [call] = lb.twilio.calls.values()
+    assert code == 0, output
+    printed = lines(output)
+    assert printed["outcome"] == "answered"
+    assert printed["plays"] == "1"
+    assert printed["confirmation"] == "not asked"
+    assert printed["duration"] == f"{call.info.duration} s"
+    assert printed["call"] == call.sid
+    assert "answered by" not in printed
+    assert call.info.to == PERSON
+    assert call.info.from_ == LOOPBACK_NUMBER
+
+
+async def test_a_pressed_confirm_digit_is_reported(tmp_path: Path) -> None:
+    callee = Outcome(answers=("1",))  # presses 1 when the confirmation prompt has played
+    async with rig(tmp_path, {PERSON: callee}) as (lb, env):
+        code, output = await run_cli(
+            "announce", "--to", PERSON, "--text", TEXT, "--confirm-digit", "1", env=env
+        )
+    assert code == 0, output
+    assert lines(output)["confirmation"] == "confirmed"
+
+
+async def test_an_answering_machine_is_reported(tmp_path: Path) -> None:
+    callee = Outcome(answered_by="machine_end_beep")
+    async with rig(tmp_path, {PERSON: callee}) as (lb, env):
+        code, output = await run_cli(
+            "announce", "--to", PERSON, "--text", TEXT, "--machine-detection", env=env
+        )
+        assert lb.twilio is not None
+        [call] = lb.twilio.calls.values()
+    assert code == 0, output
+    printed = lines(output)
+    assert printed["answered by"] == "machine_end_beep"
+    assert printed["plays"] == "1"
+    assert call.machine_detection == "DetectMessageEnd"
+
+
+async def test_busy_exits_2(tmp_path: Path) -> None:
+    async with rig(tmp_path, {PERSON: "busy"}) as (lb, env):
+        code, output = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
+        assert lb.twilio is not None
+        [call] = lb.twilio.calls.values()
+    assert code == 2, output
+    printed = lines(output)
+    assert printed["outcome"] == "busy"
+    assert printed["call"] == call.sid
+    assert "plays" not in printed
+
+
+async def test_json_prints_the_record(tmp_path: Path) -> None:
+    async with rig(tmp_path, {PERSON: Outcome(status="no-answer", ring_seconds=0.1)}) as (lb, env):
+        code, output = await run_cli(
+            "announce",
+            "--to",
+            PERSON,
+            "--text",
+            TEXT,
+            "--json",
+            env={**env, "BRIDGE_LOG_LEVEL": "error"},
+        )
+        assert lb.twilio is not None
+        [call] = lb.twilio.calls.values()
+    assert code == 2, output
+    body = json.loads(output[output.index("{") :])
+    assert body["outcome"] == "no-answer"
+    assert body["state"] == "ended"
+    assert body["call_sid"] == call.sid
+    assert body["to"] == PERSON
+    assert body["id"].startswith("an_")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--to", "0501112233"], "--to"),
+        (["--to", PERSON, "--from", "12"], "--from"),
+        (["--to", PERSON, "--repeat", "9"], "--repeat"),
+        (["--to", PERSON, "--confirm-digit", "2"], "--confirm-digit"),
+    ],
+)
+async def test_invalid_requests_exit_1_naming_the_option(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    async with rig(tmp_path) as (lb, env):
+        code, output = await run_cli("announce", *args, "--text", TEXT, env=env)
+        assert lb.twilio is not None
+        assert not lb.twilio.calls
+    assert code == 1
+    assert f"announce: {option}:" in output
+
+
+async def test_numbers_outside_the_allowed_prefixes_are_refused(tmp_path: Path) -> None:
+    env = {"BRIDGE_ALLOWED_PREFIXES": "+9665", "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER}
+    code, output = await run_cli("announce", "--to", "+14155550100", "--text", TEXT, env=env)
+    assert code == 1
+    assert "--to: to +14155550100 is outside BRIDGE_ALLOWED_PREFIXES (+9665)" in output
+
+
+async def test_missing_settings_are_named(tmp_path: Path) -> None:
+    env = {
+        "TWILIO_ACCOUNT_SID": "",
+        "TWILIO_AUTH_TOKEN": "",
+        "BRIDGE_PUBLIC_URL": "",
+        "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER,
+        "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
+    code, output = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
+    assert code == 1
+    assert "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, BRIDGE_PUBLIC_URL" in output
+    assert "BRIDGE_DATABASE_URL" in output

@@ -1,0 +1,259 @@
+"""``hamsa-bridge campaign …`` as a user runs it (subprocesses) against the loopback rig: a file
+with problems is refused whole; a good one runs with live progress, then ``status``, ``export``
+and ``list`` describe it; Ctrl-C stops it cleanly and ``resume`` finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
+from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
+from bridge.store import ContactState, Store
+from tests.cli_support import run_cli
+
+pytestmark = pytest.mark.anyio
+
+TEXT = "مرحبا {name}، موعدك يوم {day}."
+OFFLINE = {  # nothing is contacted before the file is accepted
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "token",
+    "TWILIO_API_URL": "http://127.0.0.1:9",
+    "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER,
+    "BRIDGE_PUBLIC_URL": "http://127.0.0.1:9",
+}
+
+
+def write(tmp_path: Path, rows: list[list[str]]) -> Path:
+    path = tmp_path / "numbers.csv"
+    with path.open("w", newline="", encoding="utf-8-sig") as out:
+        csv.writer(out).writerows([["Phone", "name", "day"], *rows])
+    return path
+
+
+@asynccontextmanager
+async def rig(
+    tmp_path: Path, outcomes: dict[str, Outcome | str] | None = None
+) -> AsyncIterator[tuple[Loopback, dict[str, str]]]:
+    database = f"sqlite:///{tmp_path}/bridge.db"
+    async with loopback(
+        EmulatorConfig(ms_per_char=25),
+        twilio=TwilioEmulatorConfig(outcomes=outcomes or {}),
+        bridge_database_url=database,
+        hamsa_truncation_ms_per_char=3.0,
+        bridge_prompt_cache_min_ms_per_char=10.0,
+    ) as lb:
+        settings = lb.settings
+        yield (
+            lb,
+            {
+                "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+                "TWILIO_AUTH_TOKEN": lb.auth_token,
+                "TWILIO_API_URL": settings.twilio_api_url,
+                "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER,
+                "BRIDGE_PUBLIC_URL": lb.public_url,
+                "BRIDGE_DATABASE_URL": database,
+                "BRIDGE_CALLBACK_GRACE": "1",
+            },
+        )
+
+
+async def test_a_file_with_invalid_rows_is_refused_whole(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            ["+966500000001", "Ali", "Sunday"],
+            ["0500000002", "Sara", "Monday"],  # line 3
+            ["+966500000001", "Ali again", "Sunday"],  # line 4: duplicate
+            ["+966500000004", "", "Tuesday"],  # line 5: empty {name}
+        ],
+    )
+    env = {**OFFLINE, "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/bridge.db"}
+    code, output = await run_cli("campaign", "run", str(path), "--text", TEXT, env=env)
+    assert code == 1
+    assert "invalid: line 3: number '0500000002' is not an E.164 number" in output
+    assert "invalid: line 5: empty {name}" in output
+    assert "duplicate: line 4: +966500000001 is also on line 2" in output
+    assert "2 invalid row(s), nothing was dialled" in output
+    assert "--skip-invalid" in output
+    code, output = await run_cli("campaign", "list", env=env)
+    assert (code, output.strip()) == (
+        0,
+        "no campaigns yet: hamsa-bridge campaign run FILE.csv --text '…'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--text", "hello {name"], "unmatched '{' at character 7"),
+        (["--text", "hello {surname}"], "the text uses {surname} but numbers.csv has no such"),
+        (["--text", "hi", "--window", "9-5"], "expected HH:MM-HH:MM"),
+        (["--text", "hi", "--retry-on", "busy,maybe"], "--retry-on: unknown outcome(s) maybe"),
+        (["--text", "hi", "--timezone", "Moon/Base"], "unknown time zone 'Moon/Base'"),
+        (["--text", "hi", "--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+        (["--text", "hi", "--ring-timeout", "2"], "ring_timeout must be 5 to 600 seconds"),
+        (["--text-file", "missing.txt"], "--text-file missing.txt"),
+    ],
+)
+async def test_text_and_option_problems_are_named(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    path = write(tmp_path, [["+966500000001", "Ali", "Sunday"]])
+    env = {**OFFLINE, "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/bridge.db"}
+    code, output = await run_cli("campaign", "run", str(path), *args, env=env)
+    assert code == 1
+    assert message in output
+
+
+async def test_missing_settings_are_named(tmp_path: Path) -> None:
+    path = write(tmp_path, [["+966500000001", "Ali", "Sunday"]])
+    env = {**OFFLINE, "BRIDGE_PUBLIC_URL": "", "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    code, output = await run_cli("campaign", "run", str(path), "--text", TEXT, env=env)
+    assert code == 1
+    assert "set BRIDGE_PUBLIC_URL" in output
+
+
+@pytest.mark.timeout(90)
+async def test_run_then_status_export_and_list(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            ["+966500000001", "Ali", "Sunday"],
+            ["+966 50 000 0002", "Sara", "Monday"],
+            ["not a number", "Omar", "Monday"],  # line 4: invalid, skipped
+            ["+966500000001", "Ali again", "Sunday"],  # line 5: duplicate
+            ["+966500000005", "Huda", "Friday"],  # busy
+        ],
+    )
+    async with rig(tmp_path, {"+966500000005": "busy"}) as (lb, env):
+        code, output = await run_cli(
+            "campaign",
+            "run",
+            str(path),
+            "--text",
+            TEXT,
+            "--skip-invalid",
+            "--retries",
+            "1",
+            "--retry-delay",
+            "0.2",
+            "--cps",
+            "5",
+            "--name",
+            "clinic",
+            env=env,
+        )
+        assert code == 0, output
+        # stderr: the rows not called; stdout: the campaign's id first
+        assert "invalid: line 4: number 'not a number' is not an E.164 number" in output
+        assert "duplicate: line 5: +966500000001 is also on line 2: called once" in output
+        first = next(line for line in output.splitlines() if line.startswith("campaign cp_"))
+        campaign_id = first.split()[1]
+        assert first.endswith("3 number(s) to call, 1 invalid, 1 duplicate")
+        # progress lines (not a terminal: one per change), then the summary
+        assert "] 5/5  answered 2 · busy 1 · no-answer 0" in output
+        assert f"campaign {campaign_id} finished: answered 2 · busy 1" in output
+        assert lb.twilio is not None
+        calls = {c.sid: c for c in lb.twilio.calls.values()}
+        texts = [r.text for r in lb.hamsa.requests]
+
+        code, status = await run_cli("campaign", "status", "clinic", env=env)
+        assert code == 0, status
+        assert f"campaign {campaign_id} (clinic)" in status
+        assert "state: finished" in status
+        assert "runner: none" in status
+        assert "answered 2 · busy 1" in status
+        assert "invalid 1" in status
+        assert "duplicate 1" in status
+
+        out = tmp_path / "results.csv"
+        code, written = await run_cli("campaign", "export", str(out), env=env)
+        assert code == 0, written
+        assert f"wrote 5 row(s) of campaign {campaign_id} (clinic)" in written
+        with out.open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+
+        code, listing = await run_cli("campaign", "list", env=env)
+        assert code == 0
+        assert f"{campaign_id}" in listing
+        assert "finished  5/5  clinic" in listing
+        code, resumed = await run_cli("campaign", "resume", env=env)
+        assert (code, resumed.strip()) == (0, "no unfinished campaign to resume")
+
+    # the rendered text was spoken
+    assert "مرحبا Ali، موعدك يوم Sunday." in texts
+    # the export: one row per input row, in order, with the row's variables
+    summary = [(r["number"], r["attempts"], r["outcome"], r["name"]) for r in rows]
+    assert summary == [
+        ("+966500000001", "1", "answered", "Ali"),
+        ("+966500000002", "1", "answered", "Sara"),
+        ("not a number", "0", "invalid", "Omar"),
+        ("+966500000001", "0", "duplicate", "Ali again"),
+        ("+966500000005", "2", "busy", "Huda"),
+    ]
+    assert rows[2]["error"].startswith("line 4: number 'not a number' is not an E.164 number")
+    assert rows[3]["error"] == "line 5: +966500000001 is also on line 2: called once"
+    assert rows[0]["duration"] == str(calls[rows[0]["call_sid"]].info.duration)
+    assert calls[rows[4]["call_sid"]].info.to == "+966500000005"
+    assert [r["day"] for r in rows] == ["Sunday", "Monday", "Monday", "Sunday", "Friday"]
+
+
+@pytest.mark.timeout(90)
+async def test_ctrl_c_stops_dialling_and_resume_finishes_without_calling_twice(
+    tmp_path: Path,
+) -> None:
+    numbers = [f"+9665000001{i:02d}" for i in range(6)]
+    path = write(tmp_path, [[n, f"n{i}", "Sunday"] for i, n in enumerate(numbers)])
+    async with rig(tmp_path) as (lb, env):
+        assert lb.twilio is not None
+        twilio = lb.twilio
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "campaign",
+            "run",
+            str(path),
+            "--text",
+            TEXT,
+            "--cps",
+            "2",
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(30):
+            await twilio.wait_until(lambda s: len(s.calls) >= 2)
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            output, _ = await process.communicate()
+        text = output.decode()
+        assert process.returncode == 130, text
+        campaign_id = text.split()[1]
+        assert f"`hamsa-bridge campaign resume {campaign_id}`" in text
+        dialled = len(twilio.calls)
+        assert dialled < len(numbers)
+        async with await Store.open(env["BRIDGE_DATABASE_URL"]) as store:
+            stopped = await store.get_campaign(campaign_id)
+        assert stopped is not None
+        assert stopped.lease_owner is None  # released: resume need not wait
+        assert stopped.state == "running"
+
+        code, resumed = await run_cli("campaign", "resume", env=env)
+        assert code == 0, resumed
+        assert resumed.startswith(f"campaign {campaign_id} (numbers ")
+        async with await Store.open(env["BRIDGE_DATABASE_URL"]) as store:
+            contacts = await store.contacts(campaign_id)
+        per_number = [sum(1 for c in twilio.calls.values() if c.info.to == n) for n in numbers]
+    assert per_number == [1] * len(numbers)
+    assert {(c.state, c.outcome) for c in contacts} == {(ContactState.DONE, "answered")}

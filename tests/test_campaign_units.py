@@ -1,0 +1,364 @@
+"""The campaign's small parts: CPS spacing (also after a restart), retry decisions, progress
+rendering and its rate limits, the export, the lease owner check."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.announcements.limiter import CallRateLimiter
+from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome
+from bridge.campaigns.export import export_rows
+from bridge.campaigns.lease import owner_is_dead
+from bridge.campaigns.progress import Counts, Progress
+from bridge.campaigns.retry import decide
+from bridge.campaigns.runner import classify
+from bridge.store import AnnouncementRecord, ContactRecord, ContactState
+from bridge.twilio_api import TwilioApiError
+from bridge.voice import Voice
+
+pytestmark = pytest.mark.anyio
+
+# --- the CPS limiter -------------------------------------------------------------------------
+
+
+def most_in_one_second(times: Sequence[float]) -> int:
+    """The largest number of ``times`` inside any window [t, t + 1)."""
+    ordered = sorted(times)
+    best, j = 0, 0
+    for i, start in enumerate(ordered):
+        while ordered[j] < start:
+            j += 1
+        k = i
+        while k < len(ordered) and ordered[k] < start + 1.0:
+            k += 1
+        best = max(best, k - j)
+    return best
+
+
+def book(limiter: CallRateLimiter, arrivals: Sequence[float]) -> list[float]:
+    """The instants the limiter lets each caller through (callers arrive at ``arrivals``)."""
+    return [now + limiter.reserve(now) for now in arrivals]
+
+
+arrivals = st.lists(st.floats(min_value=0, max_value=30, allow_nan=False), max_size=80).map(sorted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=st.integers(min_value=1, max_value=30), times=arrivals)
+def test_no_one_second_window_holds_more_than_rate_creations(rate: int, times: list[float]) -> None:
+    slots = book(CallRateLimiter(rate, clock=lambda: 0.0), times)
+    assert most_in_one_second(slots) <= rate
+    assert all(slot >= arrival for slot, arrival in zip(slots, times, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=st.floats(min_value=0.05, max_value=50), times=arrivals)
+def test_slots_are_at_least_one_over_rate_apart(rate: float, times: list[float]) -> None:
+    slots = book(CallRateLimiter(rate, clock=lambda: 0.0), times)
+    assert all(b - a >= 1 / rate for a, b in zip(slots, slots[1:], strict=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.integers(min_value=1, max_value=30),
+    before=arrivals,
+    gap=st.floats(min_value=0, max_value=3, allow_nan=False),
+    after=arrivals,
+)
+def test_a_restarted_limiter_seeded_with_recent_creations_cannot_burst(
+    rate: int, before: list[float], gap: float, after: list[float]
+) -> None:
+    first = book(CallRateLimiter(rate, clock=lambda: 0.0), before)
+    restart = (first[-1] if first else 0.0) + gap
+    second = CallRateLimiter(rate, clock=lambda: 0.0)
+    second.seed(t for t in first if t >= restart - 2.0)  # what recent_attempt_times returns
+    slots = book(second, [restart + t for t in after])
+    assert most_in_one_second(first + slots) <= rate
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.integers(min_value=1, max_value=30),
+    lateness=st.lists(st.floats(min_value=0, max_value=0.5, allow_nan=False), max_size=60),
+)
+def test_a_slot_used_late_pushes_the_next_one(rate: int, lateness: list[float]) -> None:
+    """A caller woken late (a busy event loop) must not squeeze the next caller closer."""
+    limiter = CallRateLimiter(rate, clock=lambda: 0.0)
+    now, used = 0.0, []
+    for late in lateness:  # one caller at a time, as the campaign's dispatcher
+        now += limiter.reserve(now) + late
+        limiter.used(now)
+        used.append(now)
+    assert all(b - a >= 1 / rate for a, b in zip(used, used[1:], strict=False))
+    assert most_in_one_second(used) <= rate
+
+
+async def test_acquire_waits_on_the_clock() -> None:
+    now = [100.0]
+    limiter = CallRateLimiter(1000, clock=lambda: now[0])  # 1 ms apart: real sleeps are short
+    for _ in range(3):
+        await limiter.acquire()
+    assert limiter.reserve(now[0]) > 0
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+SPEC = AnnouncementSpec(
+    to="+966501234567", from_="+966110000000", text="t", voice=Voice("s", "d", "ar")
+)
+RETRY_ON = frozenset({CallOutcome.BUSY, CallOutcome.NO_ANSWER, CallOutcome.FAILED})
+
+
+def attempt(
+    n: int,
+    status: str | None,
+    *,
+    state: AttemptState | None = None,
+    ended: float = 100.0,
+    sid: str | None = None,
+    **fields: object,
+) -> AnnouncementRecord:
+    if state is None:
+        state = AttemptState.ENDED if status else AttemptState.NOT_PLACED
+    return AnnouncementRecord(
+        id=f"an_{n}",
+        spec=SPEC,
+        state=state,
+        created_at=ended - 10,
+        contact_idx=0,
+        attempt=n,
+        status=status,
+        ended_at=ended,
+        call_sid=sid if sid is not None else (f"CA{n}" if status else None),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_busy_is_retried_after_the_delay_until_the_retries_are_spent() -> None:
+    history = [attempt(1, "busy", ended=100.0)]
+    first = decide(history, retries=2, retry_delay=30, retry_on=RETRY_ON, now=200)
+    assert (first.state, first.not_before, first.outcome) == (
+        ContactState.PENDING,
+        130.0,
+        CallOutcome.BUSY,
+    )
+    history.append(attempt(2, "no-answer", ended=150.0))
+    assert decide(history, retries=2, retry_delay=30, retry_on=RETRY_ON, now=200).state is (
+        ContactState.PENDING
+    )
+    history.append(attempt(3, "failed", ended=190.0))
+    last = decide(history, retries=2, retry_delay=30, retry_on=RETRY_ON, now=200)
+    assert (last.state, last.outcome) == (ContactState.DONE, CallOutcome.FAILED)
+
+
+def test_attempts_that_never_reached_twilio_do_not_consume_retries() -> None:
+    history = [attempt(1, "busy"), attempt(2, None), attempt(3, None)]
+    crashed = decide(history, retries=1, retry_delay=30, retry_on=RETRY_ON, now=500)
+    assert (crashed.state, crashed.not_before) == (ContactState.PENDING, 500)
+    history.append(attempt(4, "busy"))
+    assert decide(history, retries=1, retry_delay=30, retry_on=RETRY_ON, now=500).state is (
+        ContactState.DONE
+    )
+
+
+def test_answered_and_outcomes_not_retried_are_done() -> None:
+    answered = decide([attempt(1, "completed")], retries=2, retry_delay=1, retry_on=RETRY_ON, now=0)
+    assert (answered.state, answered.outcome) == (ContactState.DONE, CallOutcome.ANSWERED)
+    only_busy = frozenset({CallOutcome.BUSY})
+    failed = decide([attempt(1, "failed")], retries=2, retry_delay=1, retry_on=only_busy, now=0)
+    assert (failed.state, failed.outcome) == (ContactState.DONE, CallOutcome.FAILED)
+
+
+def test_deciding_on_an_attempt_still_in_flight_is_a_bug() -> None:
+    with pytest.raises(ValueError, match="not over"):
+        decide(
+            [attempt(1, "ringing", state=AttemptState.PLACED)],
+            retries=1,
+            retry_delay=1,
+            retry_on=RETRY_ON,
+            now=0,
+        )
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (400, 21211, "refused"),
+        (400, 21215, "refused"),
+        (404, 20404, "refused"),
+        (429, 20429, "throttled"),
+        (401, 20003, "fatal"),
+        (400, 21210, "fatal"),
+        (500, None, "uncertain"),
+        (503, 20503, "uncertain"),
+        (None, None, "uncertain"),
+    ],
+)
+def test_create_errors_are_classified(status: int | None, code: int | None, kind: str) -> None:
+    assert classify(TwilioApiError("x", status=status, code=code)) == kind
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def contact(idx: int, state: ContactState, outcome: str | None = None) -> ContactRecord:
+    return ContactRecord("cp", idx, f"+96650000000{idx}", {}, "t", state=state, outcome=outcome)
+
+
+def test_counts_put_each_contact_in_one_bucket() -> None:
+    contacts = [
+        contact(0, ContactState.DONE, "answered"),
+        contact(1, ContactState.DONE, "no-answer"),
+        contact(2, ContactState.DONE, "not-placed"),
+        contact(3, ContactState.INVALID),
+        contact(4, ContactState.ACTIVE),
+        contact(5, ContactState.PENDING),
+        contact(6, ContactState.PENDING),
+        contact(7, ContactState.DONE, "duplicate"),
+    ]
+    counts = Counts.of(contacts, {5: 1})
+    assert (counts.answered, counts.no_answer, counts.not_placed, counts.invalid) == (1, 1, 1, 1)
+    assert (counts.active, counts.retry, counts.waiting, counts.duplicate) == (1, 1, 1, 1)
+    assert (counts.total, counts.finished) == (8, 5)
+    text = counts.describe()
+    assert "answered 1 · busy 0 · no-answer 1" in text
+    assert "waiting for retry 1" in text
+    assert "duplicate 1" in text
+    assert "canceled" not in text
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_on_a_terminal_one_line_is_redrawn_at_most_four_times_a_second() -> None:
+    stream, clock = io.StringIO(), Clock()
+    progress = Progress(stream, tty=True, clock=clock)
+    for i in range(40):  # 40 changes in one second
+        clock.now = i * 0.025
+        progress.update(Counts(answered=i, waiting=40 - i))
+    draws = stream.getvalue().count("\r")
+    assert 4 <= draws <= 5
+    progress.close()
+    output = stream.getvalue()
+    assert output.endswith("\n")
+    assert output.count("\n") == 1
+    assert "[" + "#" * 24 + "] 39/40" not in output  # 39 answered of 40: bar not full
+    assert "answered 39" in output.rsplit("\r", 1)[-1]  # the last counts are shown at close
+
+
+def test_without_a_terminal_a_line_per_change_at_most_once_a_second() -> None:
+    stream, clock = io.StringIO(), Clock()
+    progress = Progress(stream, tty=False, clock=clock)
+    for i in range(30):  # a change every 0.1 s for 3 s
+        clock.now = i * 0.1
+        progress.update(Counts(answered=i // 2, waiting=20))
+    for _ in range(5):  # no change: nothing printed
+        clock.now += 2
+        progress.update(Counts(answered=14, waiting=20))
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert 3 <= len(lines) <= 4
+    assert lines[-1].endswith(Counts(answered=14, waiting=20).describe())
+    progress.close()
+    assert len(stream.getvalue().splitlines()) == len(lines)
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def test_export_has_one_row_per_input_row_with_its_variables() -> None:
+    confirm = AnnouncementSpec(
+        to="+966501234567",
+        from_="+966110000000",
+        text="t",
+        voice=Voice("s", "d", "ar"),
+        confirm_digit="1",
+    )
+    contacts = [
+        ContactRecord(
+            "cp",
+            0,
+            "+966501",
+            {"name": "Ali", "error": "x"},
+            "t",
+            ContactState.DONE,
+            outcome="answered",
+        ),
+        ContactRecord("cp", 1, "+966502", {"name": "Sara"}, "t", ContactState.DONE, outcome="busy"),
+        ContactRecord(
+            "cp",
+            2,
+            "bad",
+            {"name": "Omar"},
+            "",
+            ContactState.INVALID,
+            error="line 4: number 'bad' is not an E.164 number",
+        ),
+        ContactRecord(
+            "cp",
+            3,
+            "+966504",
+            {"name": "Huda"},
+            "t",
+            ContactState.DONE,
+            outcome="not-placed",
+            error="Twilio refused the call: …",
+        ),
+    ]
+    records = [
+        attempt(1, None),  # a crash left it unplaced: not counted
+        attempt(2, "completed", duration=7, answered_by="human", confirmation="confirmed"),
+        attempt(3, "busy", sid="CAb1"),
+        attempt(4, "busy", sid="CAb2"),
+        attempt(5, None, error="Twilio refused the call: …"),
+    ]
+    records[1] = AnnouncementRecord(**{**_fields(records[1]), "spec": confirm})
+    records = [
+        AnnouncementRecord(**{**_fields(r), "contact_idx": idx})
+        for r, idx in zip(records, [0, 0, 1, 1, 3], strict=True)
+    ]
+    header, rows = export_rows(contacts, records)
+    assert header == [
+        "number", "attempts", "outcome", "duration", "confirmation", "answered_by", "call_sid",
+        "error", "name", "error (csv)",
+    ]  # fmt: skip
+    assert rows == [
+        ["+966501", "1", "answered", "7", "confirmed", "human", "CA2", "", "Ali", "x"],
+        ["+966502", "2", "busy", "", "", "", "CAb2", "", "Sara", ""],
+        ["bad", "0", "invalid", "", "", "", "", "line 4: number 'bad' is not an E.164 number",
+         "Omar", ""],
+        ["+966504", "0", "not-placed", "", "", "", "", "Twilio refused the call: …", "Huda", ""],
+    ]  # fmt: skip
+
+
+def _fields(record: AnnouncementRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+# --- the lease owner -------------------------------------------------------------------------
+
+
+def test_a_dead_local_process_is_recognised_and_anything_else_is_not() -> None:
+    host = socket.gethostname()
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],  # noqa: S603
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(child.stdout)
+    assert owner_is_dead(f"{host}:{dead_pid}:abcd")
+    assert not owner_is_dead(f"{host}:{os.getpid()}:abcd")  # ourselves
+    assert not owner_is_dead(f"{host}:{os.getppid()}:abcd")  # alive
+    assert not owner_is_dead(f"elsewhere.example:{dead_pid}:abcd")  # cannot tell: alive
+    assert not owner_is_dead("garbage")
