@@ -17,11 +17,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 
 from bridge.errors import SignatureError
 
 _VERSION = "v1"
+_TOKEN = re.compile(r"v1\.([1-9][0-9]{0,11})\.([A-Za-z0-9_-]{12})\.([A-Za-z0-9_-]{43})")
+"""Exactly the form :func:`issue_token` makes, so a token cannot be re-encoded into a new one."""
 
 
 def _mac(key: bytes, call_sid: str, expiry: int, nonce: str) -> str:
@@ -44,11 +47,11 @@ def verify_token(key: bytes, token: str | None, call_sid: str, *, now: float) ->
     """
     if not token:
         raise SignatureError("stream token missing", call_sid=call_sid)
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != _VERSION or not parts[1].isdigit() or not parts[2]:
+    match = _TOKEN.fullmatch(token)
+    if match is None:
         raise SignatureError("stream token malformed", call_sid=call_sid)
-    expiry = int(parts[1])
-    if not hmac.compare_digest(parts[3], _mac(key, call_sid, expiry, parts[2])):
+    expiry = int(match[1])
+    if not hmac.compare_digest(match[3], _mac(key, call_sid, expiry, match[2])):
         raise SignatureError(
             "stream token signature invalid or bound to another call", call_sid=call_sid
         )

@@ -362,10 +362,13 @@ async def test_outcome_arrives_by_polling_when_callbacks_do_not_get_through(
     assert body["plays"] == 1
 
 
-def stream_parameters(rig: Loopback, **fields: Any) -> dict[str, str]:
-    """The ``<Parameter>``s of a freshly signed announcement, as Twilio would send them."""
+async def stream_parameters(rig: Loopback, **fields: Any) -> dict[str, str]:
+    """The ``<Parameter>``s of a freshly recorded and signed announcement, as Twilio would send
+    them (the bridge serves only announcements its store knows)."""
     spec = AnnouncementSpec.create(rig.settings, to=PERSON, text=TEXT, **fields)
-    request = call_request(rig.settings, "an_" + "1" * 24, spec, now=time.time())
+    store = await rig.bridge.store.get()
+    planned, _ = await store.create_announcement(spec, now=time.time())
+    request = call_request(rig.settings, planned.id, spec, now=time.time())
     stream = parse_twiml(request["twiml"]).find("./Connect/Stream")
     assert stream is not None
     return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
@@ -400,7 +403,7 @@ async def test_altered_announcement_parameters_are_refused_without_hamsa(
     tmp_path: Path, change: str, value: str
 ) -> None:
     async with announcing(tmp_path) as (rig, http):
-        params = stream_parameters(rig) | {change: value}
+        params = await stream_parameters(rig) | {change: value}
         code = await stream_to_bridge(rig, params)
         connections = len(rig.hamsa.connections)
     assert code == 1008
@@ -409,16 +412,35 @@ async def test_altered_announcement_parameters_are_refused_without_hamsa(
 
 async def test_replayed_or_foreign_announcement_token_is_refused(tmp_path: Path) -> None:
     async with announcing(tmp_path) as (rig, http):
-        params = stream_parameters(rig)
+        params = await stream_parameters(rig)
         first = await stream_to_bridge(rig, params)
         connections = len(rig.hamsa.connections)
         replay = await stream_to_bridge(rig, params)
-        foreign = await stream_to_bridge(rig, stream_parameters(rig), account_sid="AC" + "f" * 32)
+        foreign = await stream_to_bridge(
+            rig, await stream_parameters(rig), account_sid="AC" + "f" * 32
+        )
+        # Another replica (empty single-use memory) or a re-encoded token: refused by the
+        # store's claim and the strict token form.
+        rig.bridge.registry._used.clear()
+        other_replica = await stream_to_bridge(rig, params)
+        version, expiry, nonce, mac = params["token"].split(".")
+        reencoded = await stream_to_bridge(
+            rig, params | {"token": f"{version}.0{expiry}.{nonce}.{mac}"}
+        )
+        spec = AnnouncementSpec.create(rig.settings, to=PERSON, text=TEXT)
+        never_stored = call_request(rig.settings, "an_" + "1" * 24, spec, now=time.time())
+        element = parse_twiml(never_stored["twiml"]).find("./Connect/Stream")
+        assert element is not None
+        ended = {p.get("name", ""): p.get("value", "") for p in element.findall("Parameter")}
+        missing = await stream_to_bridge(rig, ended)
         after = len(rig.hamsa.connections)
     assert first == 1000  # the genuine stream plays (the control)
     assert connections == 1
     assert replay == 1008
     assert foreign == 1008
+    assert other_replica == 1008
+    assert reencoded == 1008
+    assert missing == 1008
     assert after == 1
 
 

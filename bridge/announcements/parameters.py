@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ MAX_PARAMETER_CHARS: Final = 500
 """Twilio's limit on a ``<Parameter>``'s name plus value; we stay strictly below it."""
 _TEXT: Final = "text."
 _VERSION: Final = "v2"
+_TOKEN: Final = re.compile(r"v2\.([0-9]{1,12})\.([A-Za-z0-9_-]{12})\.([A-Za-z0-9_-]{43})")
+"""Exactly the form :func:`sign` makes: no re-encoding (leading zeros, other digits) can turn
+one token into a "new" one that single-use checks would not recognise."""
 
 
 def _utf16_len(text: str) -> int:
@@ -124,11 +128,11 @@ def verify(key: bytes, params: Mapping[str, str], *, now: float, call_sid: str) 
     token = params.get("token")
     if not token:
         raise SignatureError("stream token missing", call_sid=call_sid)
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != _VERSION or not parts[1].isdigit() or not parts[2]:
+    match = _TOKEN.fullmatch(token)
+    if match is None or match[1].startswith("0"):
         raise SignatureError("stream token malformed", call_sid=call_sid)
-    expiry = int(parts[1])
-    if not hmac.compare_digest(parts[3], _mac(key, expiry, parts[2], params)):
+    expiry = int(match[1])
+    if not hmac.compare_digest(match[3], _mac(key, expiry, match[2], params)):
         raise SignatureError(
             "announcement token invalid: parameters altered or signed with another key",
             call_sid=call_sid,

@@ -42,7 +42,7 @@ from bridge.calls.playback import Playback
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
 from bridge.calls.speech import Speaker, SpeechOutcome
-from bridge.errors import HamsaError, InvalidState, SignatureError
+from bridge.errors import HamsaError, InvalidState, SignatureError, StoreError
 from bridge.protocols.twilio_media import (
     DtmfReceived,
     MarkReceived,
@@ -240,6 +240,9 @@ class Call:
                     await self._close(CLOSE_POLICY)
                     return self.summary
                 try:
+                    if not await self._claim_announcement(started):
+                        await self._close(CLOSE_POLICY)
+                        return self.summary
                     await self._active(started)
                 finally:
                     self._deps.registry.remove(started.call_sid, self)
@@ -318,6 +321,26 @@ class Call:
             raise SignatureError("announcements are not served by this bridge")
         self._announcement = announcement
         return expires_at
+
+    async def _claim_announcement(self, started: Started) -> bool:
+        """An announcement stream must also win the store's claim (before any Hamsa socket):
+        a known announcement, not yet streamed, of this CallSid. Fails closed if the store is
+        unreachable."""
+        announcement = self._announcement
+        if announcement is None:
+            return True
+        assert self._deps.store is not None
+        try:
+            store = await self._deps.store()
+            claimed = await store.claim_stream(
+                announcement.id, started.call_sid, now=self._deps.wall_clock()
+            )
+        except (StoreError, OSError) as exc:
+            log.error("announcement_store_failed", error=str(exc))
+            claimed = False
+        if not claimed:
+            self._reject("announcement unknown, already streamed, or of another call")
+        return claimed
 
     def _reject(self, reason: str, *, level: str = "warning") -> None:
         self.phase = CallPhase.REJECTED

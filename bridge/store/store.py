@@ -349,6 +349,25 @@ class Store:
 
         await self._run(work)
 
+    async def claim_stream(self, announcement_id: str, call_sid: str, *, now: float) -> bool:
+        """Atomically let one media stream serve the announcement: ``True`` for the first
+        stream of a known, unfinished announcement whose CallSid (if known) is ``call_sid``.
+
+        Tokens are single-use per replica only; this claim makes them single-use everywhere the
+        database is shared, and refuses a replayed token for an announcement already heard."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE announcements SET stream_started_at = ?, "
+                "call_sid = COALESCE(call_sid, ?) WHERE id = ? AND stream_started_at IS NULL "
+                "AND state IN ('planned', 'placed', 'not_placed') "
+                "AND (call_sid IS NULL OR call_sid = ?)",
+                (now, call_sid, announcement_id, call_sid),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(work)
+
     async def unfinished_announcements(
         self, *, campaign_id: str | None = None, standalone: bool = False
     ) -> list[AnnouncementRecord]:
