@@ -316,15 +316,20 @@ async def test_status_callbacks_are_recorded_for_known_announcements_only(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("sent", [False, True], ids=["accepted-not-sent", "sent-no-answer"])
 async def test_startup_settles_an_attempt_a_previous_process_left_planned(
-    tmp_path: Path,
+    tmp_path: Path, sent: bool
 ) -> None:
-    # A previous bridge recorded an attempt and died before calls.create: Twilio has no such
-    # call, so the new bridge marks it not placed (and places nothing).
+    # A previous bridge accepted an announcement and died. Never sent (waiting for a slot):
+    # the new bridge places it, once. Sent but unanswered: Twilio's Calls list has no such call,
+    # so it is marked not placed and nothing is dialled.
     async with api_loopback(tmp_path) as first:
         store = await first.bridge.store.get()
         spec = AnnouncementSpec.create(first.settings, to=GOOD["to"], text=GOOD["text"])
         left, _ = await store.create_announcement(spec, now=time.time() - 60)
+        if sent:
+            assert await store.begin_placing(left.id, now=time.time() - 59)
+            assert not await store.begin_placing(left.id, now=time.time() - 59)
     async with (
         api_loopback(tmp_path) as rig,
         httpx2.AsyncClient(base_url=rig.public_url, headers=AUTH) as http,
@@ -335,6 +340,11 @@ async def test_startup_settles_an_attempt_a_previous_process_left_planned(
             await service.settled(left.id)
         shown = (await http.get(f"/v1/announcements/{left.id}")).json()
         created = calls_created(rig)
-    assert shown["state"] == "not_placed"
-    assert shown["outcome"] == "not-placed"
-    assert created == []
+    if sent:
+        assert shown["state"] == "not_placed"
+        assert shown["outcome"] == "not-placed"
+        assert created == []
+    else:
+        assert shown["state"] == "ended"
+        assert shown["outcome"] == "answered"
+        assert len(created) == 1

@@ -187,6 +187,8 @@ class AnnouncementService:
         async with self._slots:
             await self.limiter.acquire()
             store = await self._store.get()
+            if not await store.begin_placing(record.id, now=self._wall_clock()):
+                return  # another process (a replica resuming it) is placing it
             try:
                 call = await asyncio.to_thread(
                     place_call,
@@ -197,13 +199,14 @@ class AnnouncementService:
                     now=self._wall_clock(),
                 )
             except TwilioApiError as exc:
-                if exc.status is not None:  # Twilio answered: no call exists
+                if exc.status is not None and exc.status < 500:  # Twilio refused: no call
                     log.warning(
                         "announcement_not_placed", announcement=record.id, error=exc.message
                     )
                     await store.mark_not_placed(record.id, exc.message, now=self._wall_clock())
                     return
-                # No answer (timeout, network): the call may exist; Twilio's Calls list says.
+                # No answer, or a 5xx (timeout, network, proxy): the call may exist; Twilio's
+                # Calls list says.
                 log.warning("announcement_placing_uncertain", announcement=record.id)
                 record = await (await self.watcher()).reconcile(record)
                 if record.state is not AttemptState.PLACED:
@@ -229,6 +232,11 @@ class AnnouncementService:
         )
 
     async def _resume_one(self, record: AnnouncementRecord) -> None:
+        if record.state is AttemptState.PLANNED and record.sent_at is None:
+            # Accepted (202) but never sent: place it now; begin_placing makes sure only one
+            # process (this one, a sibling replica, or the one that queued it) sends it.
+            await self._place(record)
+            return
         async with self._slots:
             if record.state is AttemptState.PLANNED:
                 record = await (await self.watcher()).reconcile(record)

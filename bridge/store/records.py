@@ -27,6 +27,9 @@ class AnnouncementRecord:
     contact_idx: int | None = None
     attempt: int = 1
     call_sid: str | None = None
+    sent_at: float | None = None
+    """When a placer committed to sending ``calls.create`` (``None``: certainly never sent,
+    by placers that use :meth:`Store.begin_placing`)."""
     placed_at: float | None = None
     ended_at: float | None = None
     status: str | None = None

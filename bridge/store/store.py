@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS announcements (
     state TEXT NOT NULL,
     created_at REAL NOT NULL,
     call_sid TEXT UNIQUE,
+    sent_at REAL,
     placed_at REAL,
     ended_at REAL,
     status TEXT,
@@ -173,10 +174,12 @@ class Store:
         self._conn = conn
         return conn
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, work: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            # Writers take the lock up front (no deadlock on upgrade); readers never wait for
+            # it (WAL: a reader sees the last commit).
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
             try:
                 result = work(conn)
             except BaseException:
@@ -190,6 +193,10 @@ class Store:
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._transaction, work)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transaction, work, False)
 
     # --- announcements ------------------------------------------------------------------------
 
@@ -225,7 +232,7 @@ class Store:
             ).fetchone()
             return _announcement(row) if row is not None else None
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def mark_placed(
         self, announcement_id: str, call_sid: str, *, now: float, status: str = "queued"
@@ -349,6 +356,20 @@ class Store:
 
         await self._run(work)
 
+    async def begin_placing(self, announcement_id: str, *, now: float) -> bool:
+        """Atomically become the one process that sends ``calls.create`` for a ``PLANNED``
+        announcement (committed just before sending). ``False``: someone already did."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE announcements SET sent_at = ? "
+                "WHERE id = ? AND state = 'planned' AND sent_at IS NULL",
+                (now, announcement_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(work)
+
     async def claim_stream(self, announcement_id: str, call_sid: str, *, now: float) -> bool:
         """Atomically let one media stream serve the announcement: ``True`` for the first
         stream of a known, unfinished announcement whose CallSid (if known) is ``call_sid``.
@@ -384,7 +405,7 @@ class Store:
             rows = conn.execute(sql + " ORDER BY created_at", args).fetchall()
             return [_announcement(r) for r in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def call_sids(self) -> set[str]:
         """Every CallSid attributed to an attempt."""
@@ -395,7 +416,7 @@ class Store:
             ).fetchall()
             return {str(r[0]) for r in rows}
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def recent_attempt_times(self, since: float) -> list[float]:
         """``created_at`` of every attempt since ``since`` (the calls-per-second budget spent)."""
@@ -407,7 +428,7 @@ class Store:
             ).fetchall()
             return [float(r[0]) for r in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     # --- campaigns ----------------------------------------------------------------------------
 
@@ -458,7 +479,7 @@ class Store:
             row = conn.execute("SELECT id FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
             return _get_campaign(conn, campaign_id) if row is not None else None
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def find_campaign(self, ref: str | None) -> CampaignRecord | None:
         """By id, else by name (the newest of that name); ``None``: the newest campaign."""
@@ -476,14 +497,14 @@ class Store:
                 ).fetchone()
             return _get_campaign(conn, row[0]) if row is not None else None
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def list_campaigns(self) -> list[CampaignRecord]:
         def work(conn: sqlite3.Connection) -> list[CampaignRecord]:
             rows = conn.execute("SELECT id FROM campaigns ORDER BY created_at, rowid").fetchall()
             return [_get_campaign(conn, r[0]) for r in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def acquire_lease(
         self,
@@ -535,7 +556,7 @@ class Store:
             ).fetchall()
             return [_contact(r) for r in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def update_contact(
         self,
@@ -606,7 +627,7 @@ class Store:
             ).fetchall()
             return [_announcement(r) for r in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
 
 # --- rows -------------------------------------------------------------------------------------
@@ -690,6 +711,7 @@ def _announcement(row: sqlite3.Row) -> AnnouncementRecord:
         contact_idx=row["contact_idx"],
         attempt=row["attempt"],
         call_sid=row["call_sid"],
+        sent_at=row["sent_at"],
         placed_at=row["placed_at"],
         ended_at=row["ended_at"],
         status=row["status"],
