@@ -16,7 +16,9 @@ __all__ = ["CallRateLimiter"]
 
 MARGIN: Final = 0.02
 """Spacing is ``(1 + MARGIN) / rate`` plus ``JITTER`` seconds."""
-JITTER: Final = 0.01
+JITTER: Final = 0.03
+"""Network and event-loop jitter allowance: six creations at 5/s span >= 1.17 s, so they
+arrive at least 170 ms more than a second apart."""
 
 
 class CallRateLimiter:
