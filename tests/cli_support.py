@@ -6,6 +6,14 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
+from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -30,3 +38,36 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+@asynccontextmanager
+async def outbound_rig(
+    tmp_path: Path,
+    outcomes: dict[str, Outcome | str] | None = None,
+    *,
+    callback_grace: float,
+    **settings: Any,
+) -> AsyncIterator[tuple[Loopback, dict[str, str]]]:
+    """Bridge + Hamsa and Twilio emulators on loopback sharing a store under ``tmp_path``, and
+    the environment an ``announce``/``campaign`` subprocess needs to reach them."""
+    database = f"sqlite:///{tmp_path}/bridge.db"
+    async with loopback(
+        EmulatorConfig(ms_per_char=25),
+        twilio=TwilioEmulatorConfig(outcomes=outcomes or {}),
+        bridge_database_url=database,
+        hamsa_truncation_ms_per_char=3.0,
+        bridge_prompt_cache_min_ms_per_char=10.0,
+        **settings,
+    ) as lb:
+        yield (
+            lb,
+            {
+                "TWILIO_ACCOUNT_SID": lb.settings.twilio_account_sid,
+                "TWILIO_AUTH_TOKEN": lb.auth_token,
+                "TWILIO_API_URL": lb.settings.twilio_api_url,
+                "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER,
+                "BRIDGE_PUBLIC_URL": lb.public_url,
+                "BRIDGE_DATABASE_URL": database,
+                "BRIDGE_CALLBACK_GRACE": str(callback_grace),
+            },
+        )

@@ -5,16 +5,14 @@ happened in the database the command shares."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 
-from bridge.dev.hamsa_emulator import EmulatorConfig
-from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
-from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
-from tests.cli_support import run_cli
+from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback
+from bridge.dev.twilio_emulator import Outcome
+from tests.cli_support import outbound_rig, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -22,30 +20,10 @@ PERSON = "+966501112233"
 TEXT = "موعدك غدا صباحا."
 
 
-@asynccontextmanager
-async def rig(
+def rig(
     tmp_path: Path, outcomes: dict[str, Outcome | str] | None = None
-) -> AsyncIterator[tuple[Loopback, dict[str, str]]]:
-    database = f"sqlite:///{tmp_path}/bridge.db"
-    async with loopback(
-        EmulatorConfig(ms_per_char=25),
-        twilio=TwilioEmulatorConfig(outcomes=outcomes or {}),
-        bridge_database_url=database,
-        hamsa_truncation_ms_per_char=3.0,
-        bridge_prompt_cache_min_ms_per_char=10.0,
-        bridge_confirm_wait=0.6,
-    ) as lb:
-        settings = lb.settings
-        env = {
-            "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
-            "TWILIO_AUTH_TOKEN": lb.auth_token,
-            "TWILIO_API_URL": settings.twilio_api_url,
-            "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER,
-            "BRIDGE_PUBLIC_URL": lb.public_url,
-            "BRIDGE_DATABASE_URL": database,
-            "BRIDGE_CALLBACK_GRACE": "2",
-        }
-        yield lb, env
+) -> AbstractAsyncContextManager[tuple[Loopback, dict[str, str]]]:
+    return outbound_rig(tmp_path, outcomes, callback_grace=2, bridge_confirm_wait=0.6)
 
 
 def lines(output: str) -> dict[str, str]:

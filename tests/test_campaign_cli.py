@@ -9,17 +9,15 @@ import csv
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 
-from bridge.dev.hamsa_emulator import EmulatorConfig
-from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
-from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
+from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback
+from bridge.dev.twilio_emulator import Outcome
 from bridge.store import ContactState, Store
-from tests.cli_support import run_cli
+from tests.cli_support import outbound_rig, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -40,31 +38,10 @@ def write(tmp_path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
-@asynccontextmanager
-async def rig(
+def rig(
     tmp_path: Path, outcomes: dict[str, Outcome | str] | None = None
-) -> AsyncIterator[tuple[Loopback, dict[str, str]]]:
-    database = f"sqlite:///{tmp_path}/bridge.db"
-    async with loopback(
-        EmulatorConfig(ms_per_char=25),
-        twilio=TwilioEmulatorConfig(outcomes=outcomes or {}),
-        bridge_database_url=database,
-        hamsa_truncation_ms_per_char=3.0,
-        bridge_prompt_cache_min_ms_per_char=10.0,
-    ) as lb:
-        settings = lb.settings
-        yield (
-            lb,
-            {
-                "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
-                "TWILIO_AUTH_TOKEN": lb.auth_token,
-                "TWILIO_API_URL": settings.twilio_api_url,
-                "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER,
-                "BRIDGE_PUBLIC_URL": lb.public_url,
-                "BRIDGE_DATABASE_URL": database,
-                "BRIDGE_CALLBACK_GRACE": "1",
-            },
-        )
+) -> AbstractAsyncContextManager[tuple[Loopback, dict[str, str]]]:
+    return outbound_rig(tmp_path, outcomes, callback_grace=1)
 
 
 async def test_a_file_with_invalid_rows_is_refused_whole(tmp_path: Path) -> None:
