@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     bridge_log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     bridge_log_level: str = "info"
 
+    # --- Operations --------------------------------------------------------------------------
+    bridge_max_calls: int = Field(default=100, ge=1)
+    """Concurrent streams this process accepts; over it the handshake gets 503."""
+    bridge_drain_timeout: float = Field(default=600.0, ge=0)
+    """On SIGTERM, how long calls in progress may continue before they are ended."""
+    bridge_metrics_port: int = Field(default=0, ge=0, le=65535)
+    """0: ``/metrics`` on the main port; otherwise only on this (internal) port."""
+
     # --- Outbound announcements and campaigns ------------------------------------------------
     bridge_database_url: str = "sqlite:///hamsa-bridge.db"
     bridge_api_token: SecretStr = SecretStr("")
