@@ -3,7 +3,12 @@
 Public: ``POST /twiml/inbound`` and ``POST /twilio/status`` (signature-checked) and the stream
 WebSocket (signature-checked when Twilio signs the handshake, token-checked always). With
 ``BRIDGE_API_TOKEN``: ``POST /v1/announcements`` and ``GET /v1/announcements/{id}`` (bearer
-token). Internal: ``GET /livez``, ``GET /readyz``.
+token). Internal: ``GET /livez``, ``GET /readyz``, ``GET /metrics`` (unless
+``BRIDGE_METRICS_PORT`` moves it to its own port).
+
+Capacity and drain: a stream handshake is refused with 503 (before ``accept``, so no Hamsa socket
+and Twilio moves on to the TwiML after ``</Connect>``) while starting, while draining, and when
+``BRIDGE_MAX_CALLS`` streams are open; ``/readyz`` is 503 in the same cases.
 
 The announcements database is opened on first need (an announcement's stream or status
 callback, or the API), so a bridge that only answers calls never creates it.
@@ -11,6 +16,8 @@ callback, or the API), so a bridge that only answers calls never creates it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,8 +40,10 @@ from bridge.announcements.spec import outcome_of_status
 from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
 from bridge.calls.hamsa_session import Connector
 from bridge.calls.prompt_cache import PromptCache
-from bridge.calls.registry import CallRegistry
+from bridge.calls.registry import CallRegistry, OpenStreams
+from bridge.drain import DrainController, Phase
 from bridge.errors import ConfigError, PreloadError, StoreError
+from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
 from bridge.preload import preload_voices
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
@@ -60,12 +69,21 @@ class BridgeState:
     wall_clock: Callable[[], float]
     store: LazyStore
     """The announcements database (opened on first need)."""
+    metrics: Metrics
+    streams: OpenStreams
+    drain: DrainController
     announcements: AnnouncementService | None = None
     """The HTTP API's service (``None`` without ``BRIDGE_API_TOKEN``)."""
-    ready: bool = False
     calls_handled: int = 0
     rejected_handshakes: int = 0
-    open_streams: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.drain.accepting
+
+    @property
+    def at_capacity(self) -> bool:
+        return len(self.streams) >= self.settings.bridge_max_calls
 
 
 def check_serving_settings(settings: Settings) -> None:
@@ -138,6 +156,10 @@ def create_app(
         else None,
     )
     registry = CallRegistry()
+    streams = OpenStreams()
+    metrics = Metrics(process=True)
+    metrics.track(lambda: len(registry), lambda: len(streams))
+    metrics.max_calls.set(settings.bridge_max_calls)
     store = LazyStore(settings.bridge_database_url)
 
     def twilio_api() -> TwilioApi:
@@ -163,10 +185,14 @@ def create_app(
             clock=clock,
             store=store.get,
             twilio_api=twilio_api,
+            metrics=metrics,
         ),
         wall_clock=wall_clock,
         store=store,
         announcements=service,
+        metrics=metrics,
+        streams=streams,
+        drain=DrainController(streams, timeout=settings.bridge_drain_timeout, metrics=metrics),
     )
 
     @asynccontextmanager
@@ -178,7 +204,8 @@ def create_app(
             raise
         if service is not None:
             await service.start()
-        state.ready = True
+        lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
+        state.drain.serving()
         log.info(
             "bridge_ready",
             stream_url=settings.stream_url,
@@ -188,7 +215,13 @@ def create_app(
         try:
             yield {"bridge": state}
         finally:
-            state.ready = False
+            # Embedded servers (tests, demo) stop without a signal: drain is then a no-op or ends
+            # what is left at once; under ``serve`` the DrainingServer drained before this.
+            if state.drain.phase is Phase.SERVING:
+                state.drain.phase = Phase.STOPPED
+            lag_monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_monitor
             if service is not None:
                 await service.aclose()
             await store.close()
@@ -203,6 +236,11 @@ def create_app(
             WebSocketRoute(settings.bridge_stream_path, media_stream),
             Route("/livez", livez, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *(
+                [Route("/metrics", metrics_endpoint, methods=["GET"])]
+                if not settings.bridge_metrics_port
+                else []
+            ),
             *api_routes,
         ],
         lifespan=lifespan,
@@ -290,7 +328,7 @@ async def call_status(request: Request) -> Response:
         )
         if isinstance(value := params.get(name), str)
     }
-    log.info("call_status", **{k.lower(): v for k, v in fields.items()})
+    log.info("call_status", **{_snake(k): v for k, v in fields.items()})
     announcement = request.query_params.get("announcement")
     if announcement is not None:
         return await _announcement_status(_state(request), announcement, fields)
@@ -335,43 +373,90 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
     """The Twilio Media Streams WebSocket of one call."""
     state = _state(websocket)
     signature = websocket.headers.get("x-twilio-signature")
-    if signature is not None and not state.signatures.handshake_ok(
-        state.settings.stream_url, signature
-    ):
+    refusal = _refusal(state, signature)
+    if refusal is not None:
+        reason, status, body = refusal
         state.rejected_handshakes += 1
-        log.warning("stream_handshake_signature_invalid")
-        await websocket.send_denial_response(
-            PlainTextResponse("invalid Twilio signature", status_code=403)
-        )
-        return
-    unauthenticated = state.open_streams - len(state.registry)
-    if unauthenticated >= state.settings.bridge_max_pending_streams:
-        # Streams that have not yet proven a token hold a socket for up to the start timeout:
-        # bound how many strangers can do that at once.
-        state.rejected_handshakes += 1
-        log.warning("stream_refused_too_many_pending", pending=unauthenticated)
-        await websocket.send_denial_response(PlainTextResponse("busy", status_code=503))
+        state.metrics.streams_refused.labels(reason=reason).inc()
+        await websocket.send_denial_response(PlainTextResponse(body, status_code=status))
         return
     # Twilio may not sign <Connect><Stream> handshakes; the per-call token decides either way.
-    log.info("stream_handshake", signature="valid" if signature is not None else "absent")
     await websocket.accept()
     state.calls_handled += 1
-    state.open_streams += 1
-    call = Call(websocket, state.deps)
+    call = Call(websocket, state.deps, handshake_signed=signature is not None)
+    state.streams.add(call)
     try:
         await call.run()
     except Exception:
+        call.summary.outcome = "failed"
         log.exception("call_crashed", call_sid=call.summary.call_sid)
     finally:
-        state.open_streams -= 1
+        state.streams.discard(call)
+        state.metrics.call_ended(call.summary.outcome)
+
+
+def _refusal(state: BridgeState, signature: str | None) -> tuple[str, int, str] | None:
+    """Why a stream handshake must be refused (metric reason, HTTP status, body), or None."""
+    if signature is not None and not state.signatures.handshake_ok(
+        state.settings.stream_url, signature
+    ):
+        log.warning("stream_handshake_signature_invalid")
+        return "signature", 403, "invalid Twilio signature"
+    phase = state.drain.phase
+    if phase is not Phase.SERVING:
+        reason = "starting" if phase is Phase.STARTING else "draining"
+        log.info("stream_refused", reason=reason)
+        return reason, 503, f"bridge {phase.value}"
+    if state.at_capacity:
+        log.warning("stream_refused", reason="capacity", max_calls=state.settings.bridge_max_calls)
+        return "capacity", 503, "bridge at capacity"
+    unauthenticated = len(state.streams) - len(state.registry)
+    if unauthenticated >= state.settings.bridge_max_pending_streams:
+        # Streams that have not yet proven a token hold a socket for up to the start timeout:
+        # bound how many strangers can do that at once.
+        log.warning("stream_refused", reason="pending_limit", pending=unauthenticated)
+        return "pending_limit", 503, "busy"
+    return None
 
 
 async def livez(request: Request) -> Response:
+    """The process and its event loop answer (never depends on Hamsa or the database)."""
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
+    """200 when a new call would be accepted; 503 while starting, draining, or at capacity."""
     state = _state(request)
-    if not state.ready:
-        return JSONResponse({"status": "starting"}, status_code=503)
-    return JSONResponse({"status": "ready", "active_calls": len(state.registry)})
+    phase = state.drain.phase
+    body: dict[str, object] = {
+        "active_calls": len(state.registry),
+        "open_streams": len(state.streams),
+        "max_calls": state.settings.bridge_max_calls,
+    }
+    if phase is not Phase.SERVING:
+        return JSONResponse({"status": phase.value, **body}, status_code=503)
+    if state.at_capacity:
+        return JSONResponse({"status": "at_capacity", **body}, status_code=503)
+    return JSONResponse({"status": "ready", **body})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text exposition (keep it internal: see README, Endpoints)."""
+    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+LOOP_LAG_INTERVAL = 0.5
+
+
+async def _watch_loop_lag(metrics: Metrics) -> None:
+    """Sample how late the event loop wakes a timer (time.monotonic: a real-time measure)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(LOOP_LAG_INTERVAL)
+        metrics.event_loop_lag.observe(max(0.0, loop.time() - before - LOOP_LAG_INTERVAL))
+
+
+def _snake(name: str) -> str:
+    """``CallSid`` → ``call_sid`` (log keys)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

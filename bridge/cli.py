@@ -300,7 +300,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     )
     quiet = quiet and "BRIDGE_LOG_LEVEL" not in env
     configure_logging(
-        level="warning" if quiet else settings.bridge_log_level, fmt=settings.bridge_log_format
+        level="warning" if quiet else settings.bridge_log_level,
+        fmt=settings.bridge_log_format,
+        secrets=settings.secret_values(),
     )
     try:
         if args.command == "serve":

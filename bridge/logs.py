@@ -1,22 +1,95 @@
 """Logging: structlog for our events, the same renderer for uvicorn's stdlib loggers.
 
 JSON lines in production, a readable console format on a terminal (``BRIDGE_LOG_FORMAT``).
-Per-call context (``call_sid``, ``stream_sid``) is bound with ``structlog.contextvars``.
+Per-call context (``call_sid``, ``stream_sid``) is bound with ``structlog.contextvars`` for the
+whole call, so every line a call logs carries them (tasks of the call's TaskGroup inherit them).
+
+Secrets never reach the output: every rendered line is scrubbed of the configured secret values
+(auth token, Hamsa key, API token), stream tokens (``v1.…``/``v2.…``) and passwords in URLs,
+whatever logger produced it and wherever in the line they appear (an exception's text included).
+
+uvicorn's per-connection lines ("connection open", the WebSocket access line) are dropped: they
+carry no call id, and ``call_started``/``call_summary`` say the same with it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 import structlog
 
+REDACTED = "***"
+HANDLER_NAME = "hamsa-bridge"
+_STREAM_TOKEN = re.compile(r"\bv[12]\.[0-9]{1,12}\.[A-Za-z0-9_-]{12}\.[A-Za-z0-9_-]{43}")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\"]+:)[^@\s\"]+@")
+_UVICORN_NOISE = frozenset({"connection open", "connection closed"})
+# uvicorn's websockets-sansio protocol logs this after every send_denial_response (a 403/503
+# refusal, which does complete the handshake): noise, not an error of ours.
+_UVICORN_DENIAL_QUIRK = "ASGI callable returned without completing handshake."
 
-def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog and route stdlib logging (uvicorn, websockets) through it."""
+
+class Redactor:
+    """Replaces secrets in rendered log lines."""
+
+    def __init__(self, secrets: Iterable[str] = (), *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        # Longest first, so a secret containing another is replaced whole; short values (a
+        # placeholder like "x") would mangle every line: a real secret is long.
+        self._secrets = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        if not self.enabled:
+            return line
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        if "v1." in line or "v2." in line:
+            line = _STREAM_TOKEN.sub(REDACTED, line)
+        if "@" in line:
+            line = _URL_PASSWORD.sub(r"\1" + REDACTED + "@", line)
+        return line
+
+
+class _RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    def __init__(self, redactor: Redactor, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._redact = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(super().format(record))
+
+
+class _DropUvicornNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("uvicorn"):
+            return True
+        message = record.getMessage()
+        if message in _UVICORN_NOISE or message == _UVICORN_DENIAL_QUIRK:
+            return False
+        return not (message.endswith('" [accepted]') and '"WebSocket ' in message)
+
+
+def configure_logging(
+    *,
+    level: str = "info",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    redact: bool = True,
+) -> logging.Handler:
+    """Configure structlog and route stdlib logging (uvicorn, websockets) through it.
+
+    ``secrets``: values that must never appear in the output (settings' secret values).
+    ``redact=False`` is for the test suite's log audit only: it must see what code tried to log.
+    Returns the handler installed on the root logger.
+    """
+    out = stream or sys.stderr
     if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
+        fmt = "console" if out.isatty() else "json"
     renderer: Any = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if fmt == "json"
@@ -34,7 +107,8 @@ def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _RedactingFormatter(
+        Redactor(secrets, enabled=redact),
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -42,10 +116,13 @@ def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
+    handler.set_name(HANDLER_NAME)
     handler.setFormatter(formatter)
+    handler.addFilter(_DropUvicornNoise())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace our own handler only: others (a test runner's capture, an embedding app's) stay.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != HANDLER_NAME] + [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets"):
         logger = logging.getLogger(name)
@@ -54,3 +131,4 @@ def configure_logging(*, level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
     # twilio-python logs every request's headers at INFO, ten lines per REST call
     logging.getLogger("twilio.http_client").setLevel(max(logging.WARNING, root.level))
+    return handler

@@ -1,14 +1,19 @@
-"""``hamsa-bridge serve``: the bridge under uvicorn."""
+"""``hamsa-bridge serve``: the bridge under uvicorn, draining calls on SIGTERM.
+
+One process, one event loop (uvloop where installed); scale with more processes or replicas,
+never ``--workers`` (a drain and the metrics are per process).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 
 import structlog
-import uvicorn
+from prometheus_client import start_http_server
 
-from bridge.app import create_app
+from bridge.app import BridgeState, create_app
 from bridge.dev.servers import uvicorn_config
+from bridge.drain import DrainingServer
 from bridge.settings import Settings
 
 log = structlog.get_logger("bridge.server")
@@ -17,9 +22,16 @@ log = structlog.get_logger("bridge.server")
 def serve(settings: Settings, *, host: str, port: int) -> int:
     """Run until stopped; exit status 3 when startup fails (for example a voice preload)."""
     app = create_app(settings)
+    state: BridgeState = app.state.bridge_state
     config = uvicorn_config(app, host=host, port=port)
     config.loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    server = uvicorn.Server(config)
+    # The drain, not uvicorn, bounds how long shutdown waits for calls; after it nothing is left.
+    config.timeout_graceful_shutdown = 10
+    if settings.bridge_metrics_port:
+        # Its own (internal) port: scraped by Prometheus, never routed by the public ingress.
+        start_http_server(settings.bridge_metrics_port, addr=host, registry=state.metrics.registry)
+        log.info("metrics_listening", port=settings.bridge_metrics_port)
+    server = DrainingServer(config, state.drain)
     server.run()
     if not server.started:
         log.error("startup_failed", hint="see the error above")

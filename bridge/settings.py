@@ -182,6 +182,17 @@ class Settings(BaseSettings):
         values = {k.lower(): v for k, v in environ.items() if k.upper() in names}
         return cls.model_validate(values)
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this configuration holds (the log redactor removes them from output)."""
+        values = [
+            secret.get_secret_value()
+            for secret in (self.twilio_auth_token, self.hamsa_api_key, self.bridge_api_token)
+        ]
+        password = urlsplit(self.bridge_database_url).password
+        if password:
+            values.append(password)
+        return tuple(value for value in values if value)
+
     @property
     def voice(self) -> Voice:
         """The default voice for prompts."""

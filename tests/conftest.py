@@ -9,3 +9,6 @@ import pytest
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only (the websockets client needs asyncio)."""
     return "asyncio"
+
+
+pytest_plugins = ["tests.log_audit"]

@@ -142,7 +142,11 @@ async def test_configure_then_an_inbound_call_hears_the_greeting(tmp_path: Path)
     rejected = [e["reason"] for e in events if e["event"] == "stream_rejected"]
     assert rejected == ["stream closed before start"]
     # every stream handshake the bridge accepted carried a valid signature (the emulator signs)
-    handshakes = [e["signature"] for e in events if e["event"] == "stream_handshake"]
+    handshakes = [
+        e["handshake_signature"]
+        for e in events
+        if e["event"] in ("call_started", "stream_rejected")
+    ]
     assert handshakes == ["valid", "valid"]  # doctor's probe and the call
     assert [e["outcome"] for e in events if e["event"] == "call_summary"] == ["completed"]
     assert TOKEN not in joined

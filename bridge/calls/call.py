@@ -43,6 +43,7 @@ from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
 from bridge.calls.speech import Speaker, SpeechOutcome
 from bridge.errors import HamsaError, InvalidState, SignatureError, StoreError
+from bridge.metrics import Metrics
 from bridge.protocols.twilio_media import (
     DtmfReceived,
     MarkReceived,
@@ -60,6 +61,7 @@ from bridge.voice import Voice
 log = structlog.get_logger("bridge.call")
 
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_ERROR = 1011
 
@@ -203,6 +205,7 @@ class CallDeps:
     """The announcements database, opened on first use (``None``: announcements refused)."""
     twilio_api: Callable[[], TwilioApi] | None = None
     """A REST client (an announcement's AMD lookup and its hang-up after the final mark)."""
+    metrics: Metrics = field(default_factory=Metrics)
 
     def script_for(self, announcement: StreamAnnouncement | None) -> CallScript:
         if announcement is None:
@@ -217,9 +220,15 @@ class CallDeps:
 class Call:
     """Drives one accepted Twilio stream WebSocket from ``connected`` to close."""
 
-    def __init__(self, websocket: WebSocket[Any], deps: CallDeps) -> None:
+    def __init__(
+        self, websocket: WebSocket[Any], deps: CallDeps, *, handshake_signed: bool = False
+    ) -> None:
         self._ws = websocket
         self._deps = deps
+        self._handshake_signed = handshake_signed
+        self._started_clock: float | None = None
+        self._end_reason: str | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._stream = TwilioMediaStream(inbound_audio=False)  # the bridge doesn't listen (yet)
         self.phase = CallPhase.AWAITING_START
         self.summary = CallSummary(started_at=deps.clock())
@@ -227,6 +236,17 @@ class Call:
         self._context: CallContext | None = None
         self._playback: Playback | None = None
         self._announcement: StreamAnnouncement | None = None
+
+    def end(self, reason: str) -> None:
+        """End the call now, deliberately (a drain timeout): the stream closes with 1001 and
+        Twilio moves on to the TwiML after ``</Connect>``."""
+        if self._end_reason is not None or self.phase in (CallPhase.ENDED, CallPhase.REJECTED):
+            return
+        self._end_reason = reason
+        if self.phase is CallPhase.ACTIVE:
+            self._hangup.set()  # the call's tasks stop; ``_active`` closes with 1001
+        else:
+            self._closer = asyncio.get_running_loop().create_task(self._close(CLOSE_GOING_AWAY))
 
     async def run(self) -> CallSummary:
         try:
@@ -297,11 +317,18 @@ class Call:
             self._reject("a stream for this call is already active")
             return False
         self.phase = CallPhase.ACTIVE
+        self._started_clock = deps.clock()
+        signature = "valid" if self._handshake_signed else "absent"
         if self._announcement is not None:
-            log.info("call_started", direction="outbound", announcement=self._announcement.id)
+            log.info(
+                "call_started",
+                direction="outbound",
+                announcement=self._announcement.id,
+                handshake_signature=signature,
+            )
         else:
             direction = started.custom_parameters.get("direction", "inbound")
-            log.info("call_started", direction=direction)
+            log.info("call_started", direction=direction, handshake_signature=signature)
         return True
 
     def _verify_announcement(self, started: Started, key: bytes, now: float) -> int:
@@ -346,7 +373,12 @@ class Call:
         self.phase = CallPhase.REJECTED
         self.summary.outcome = "rejected"
         self.summary.reason = reason
-        log.log(logging.getLevelName(level.upper()), "stream_rejected", reason=reason)
+        log.log(
+            logging.getLevelName(level.upper()),
+            "stream_rejected",
+            reason=reason,
+            handshake_signature="valid" if self._handshake_signed else "absent",
+        )
 
     # --- active call ---------------------------------------------------------------------------
 
@@ -355,15 +387,23 @@ class Call:
         settings = deps.settings
         try:
             async with asyncio.TaskGroup() as tasks:
-                hamsa = HamsaSession(settings, tasks, connector=deps.hamsa_connector)
+                hamsa = HamsaSession(
+                    settings, tasks, connector=deps.hamsa_connector, metrics=deps.metrics
+                )
                 playback = Playback(
                     self._stream,
                     self._send,
                     lead=settings.bridge_playback_lead_ms / 1000,
                     clock=deps.clock,
+                    metrics=deps.metrics,
                 )
                 speaker = Speaker(
-                    settings, hamsa, playback, cache=deps.prompt_cache, clock=deps.clock
+                    settings,
+                    hamsa,
+                    playback,
+                    cache=deps.prompt_cache,
+                    clock=deps.clock,
+                    metrics=deps.metrics,
                 )
                 self._playback = playback
                 self._context = context = CallContext(settings, started, speaker, self._hangup)
@@ -391,7 +431,7 @@ class Call:
                     self.summary.hamsa_connections = hamsa.connections_opened
                     self.summary.hamsa_requests = hamsa.requests_sent
         finally:
-            await self._close(CLOSE_NORMAL)
+            await self._close(CLOSE_NORMAL if self._end_reason is None else CLOSE_GOING_AWAY)
 
     async def _script(self, context: CallContext) -> None:
         try:
@@ -477,12 +517,22 @@ class Call:
                 s.outcome = context.outcome  # e.g. transferred: Twilio then stops the stream
                 s.reason = context.reason or s.reason
             s.details = dict(context.details, keys="".join(context.keys_pressed))
+        if self._end_reason is not None:
+            s.outcome = "ended_by_drain"
+            s.reason = self._end_reason
         s.duration = self._deps.clock() - s.started_at
         s.violations = dict(self._stream.violations)
         if self._playback is not None:
-            s.frames_sent = self._playback.stats.frames_sent
-            s.clears = self._playback.stats.clears_sent
-            s.underruns = self._playback.stats.underruns
+            stats = self._playback.stats
+            s.frames_sent = stats.frames_sent
+            s.clears = stats.clears_sent
+            s.underruns = stats.underruns
+            if stats.first_frame_at is not None and self._started_clock is not None:
+                first_audio = stats.first_frame_at - self._started_clock
+                s.details["first_audio_ms"] = round(first_audio * 1000)
+                self._deps.metrics.first_audio.observe(first_audio)
+        if self._started_clock is not None:
+            self._deps.metrics.call_duration.observe(self._deps.clock() - self._started_clock)
 
 
 def _payload(message: Any) -> str | bytes:

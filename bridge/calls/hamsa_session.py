@@ -33,6 +33,7 @@ from bridge.errors import (
     HamsaReplyError,
     HamsaTimeout,
 )
+from bridge.metrics import Metrics
 from bridge.protocols.hamsa import (
     Ack,
     Audio,
@@ -189,8 +190,10 @@ class HamsaSession:
         *,
         connector: Connector = connect,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._tasks = tasks
         self._connector = connector
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
@@ -243,6 +246,7 @@ class HamsaSession:
                 conn.dirty = True  # the frame may or may not have left: don't trust the socket
                 raise
             self.requests_sent += 1
+            self._metrics.hamsa_requests.inc()
             try:
                 yield reply
             finally:
@@ -265,6 +269,10 @@ class HamsaSession:
             self._conn = await self._connect()
         except HamsaAuthError as exc:
             self._fatal = exc
+            self._metrics.hamsa_error("auth")
+            raise
+        except HamsaError:
+            self._metrics.hamsa_error("connect")
             raise
         return self._conn
 
@@ -299,6 +307,9 @@ class HamsaSession:
                 last = HamsaConnectError(f"cannot connect to Hamsa: {type(exc).__name__}: {exc}")
             else:
                 self.connections_opened += 1
+                self._metrics.hamsa_connections.inc()
+                if self.connections_opened > 1:
+                    self._metrics.hamsa_reconnects.inc()
                 conn = _Connection(ws, self.connections_opened)
                 conn.task = self._tasks.create_task(conn.read())
                 log.info("hamsa_connected", connection=conn.number, attempt=attempt + 1)

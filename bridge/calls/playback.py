@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from bridge.metrics import Metrics
 from bridge.protocols.twilio_media import TwilioMediaStream
 
 FRAME_SECONDS = 0.020
@@ -90,11 +91,16 @@ class Playback:
         *,
         lead: float,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._stream = stream
         self._send = send
         self._clock = clock
+        self._metrics = metrics or Metrics()
+        self._lead = lead
         self._pacer = PacingClock(lead=lead)
+        self._latency_probes: deque[tuple[int, float]] = deque()
+        """(frame number, when its audio arrived from Hamsa): frames whose send time is measured."""
         self._queue: deque[bytes | _Mark] = deque()
         self._queued_frames = 0
         self._wake = asyncio.Event()
@@ -106,8 +112,15 @@ class Playback:
 
     # --- producer side -------------------------------------------------------------------------
 
-    def push_frames(self, frames: Iterable[bytes]) -> None:
-        """Queue 160-byte frames for paced sending."""
+    def push_frames(self, frames: Iterable[bytes], *, first_byte_at: float | None = None) -> None:
+        """Queue 160-byte frames for paced sending.
+
+        ``first_byte_at``: when the audio of the first of these frames arrived from Hamsa; if
+        nothing is waiting ahead of it, the time until it is sent is the bridge-added latency.
+        """
+        if first_byte_at is not None and self.buffered() < self._lead:
+            number = self.stats.frames_sent + self._queued_frames + 1
+            self._latency_probes.append((number, first_byte_at))
         before = len(self._queue)
         self._queue.extend(frames)
         added = len(self._queue) - before
@@ -136,6 +149,7 @@ class Playback:
             if not mark.future.done():
                 mark.future.set_result(False)
         self._sent_marks.clear()
+        self._latency_probes.clear()
         self.stats.frames_dropped += dropped
         self._clear_requested = True
         self._idle.clear()
@@ -147,7 +161,9 @@ class Playback:
         if entry is None:
             return  # stale: cleared already, or not ours
         mark, sent_at = entry
-        self.stats.mark_round_trips.append(self._clock() - sent_at)
+        round_trip = self._clock() - sent_at
+        self.stats.mark_round_trips.append(round_trip)
+        self._metrics.mark_round_trip.observe(round_trip)
         if not mark.future.done():
             mark.future.set_result(True)
 
@@ -184,12 +200,16 @@ class Playback:
         send = self._send
         clock = self._clock
         stats = self.stats
+        metrics = self._metrics
+        frames_sent = metrics.frames_sent
+        probes = self._latency_probes
         while True:
             if self._clear_requested:
                 self._clear_requested = False
                 self._in_utterance = False
                 pacer.reset()
                 stats.clears_sent += 1
+                metrics.clears.inc()
                 await send(stream.clear())
                 continue
             if not queue:
@@ -220,8 +240,14 @@ class Playback:
             self._queued_frames -= 1
             if pacer.sent(now) and self._in_utterance:
                 stats.underruns += 1
+                metrics.underruns.inc()
             self._in_utterance = True
             if stats.first_frame_at is None:
                 stats.first_frame_at = now
             stats.frames_sent += 1
+            frames_sent.inc()
+            if probes and probes[0][0] <= stats.frames_sent:
+                number, arrived = probes.popleft()
+                if number == stats.frames_sent:
+                    metrics.bridge_latency.observe(now - arrived)
             await send(stream.media(item))

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Protocol
+
+
+class Endable(Protocol):
+    def end(self, reason: str) -> None:
+        """End the call now, deliberately (closes its stream with 1001 Going Away)."""
 
 
 class CallRegistry:
@@ -52,3 +58,32 @@ class CallRegistry:
 
     def __contains__(self, call_sid: object) -> bool:
         return call_sid in self._calls
+
+
+class OpenStreams:
+    """The stream WebSockets this process accepted and has not closed yet (calls, and streams
+    still awaiting their ``start``): what capacity counts and what a drain waits for."""
+
+    def __init__(self) -> None:
+        self._streams: set[Endable] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, stream: Endable) -> None:
+        self._streams.add(stream)
+        self._empty.clear()
+
+    def discard(self, stream: Endable) -> None:
+        self._streams.discard(stream)
+        if not self._streams:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Return once every stream has closed (bound it with ``asyncio.timeout``)."""
+        await self._empty.wait()
+
+    def snapshot(self) -> list[Endable]:
+        return list(self._streams)
+
+    def __len__(self) -> int:
+        return len(self._streams)

@@ -41,7 +41,16 @@ from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.playback import Playback
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.truncation import TruncationGuard
-from bridge.errors import AudioFormatError, HamsaError, HamsaReplyError, TruncatedReply
+from bridge.errors import (
+    AudioFormatError,
+    HamsaAuthError,
+    HamsaConnectError,
+    HamsaError,
+    HamsaReplyError,
+    HamsaTimeout,
+    TruncatedReply,
+)
+from bridge.metrics import Metrics
 from bridge.sentences import split_text
 from bridge.settings import Settings
 from bridge.voice import Voice
@@ -105,11 +114,15 @@ class Synthesizer:
         hamsa: HamsaSession,
         *,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._hamsa = hamsa
         self._clock = clock
+        self._metrics = metrics or Metrics()
         self.stats = SpeechStats()
+        self.first_byte_at: float | None = None
+        """When the current reply's first audio bytes arrived (the bridge-added latency's start)."""
 
     async def text(
         self,
@@ -163,6 +176,8 @@ class Synthesizer:
                 return True
             except TruncatedReply as exc:
                 self.stats.truncated += 1
+                self._metrics.hamsa_truncated.inc()
+                self._metrics.hamsa_error("truncated")
                 log.warning(
                     "hamsa_reply_truncated",
                     audio_ms=round(exc.audio_ms, 1),
@@ -172,6 +187,8 @@ class Synthesizer:
                     chars=len(text),
                 )
             except HamsaError as exc:
+                if not isinstance(exc, HamsaConnectError):  # the session counted those
+                    self._metrics.hamsa_error(_error_kind(exc))
                 if not exc.retryable:
                     raise
                 log.warning(
@@ -185,6 +202,7 @@ class Synthesizer:
                     # The socket was found closed (dropped between utterances): resend now.
                     immediate_retry_used = True
                     self.stats.retries += 1
+                    self._metrics.hamsa_retries.inc()
                     await self._hamsa.reset()
                     continue
             if attempt >= len(delays) or self._clock() + delays[attempt] > deadline:
@@ -201,6 +219,7 @@ class Synthesizer:
             await asyncio.sleep(delays[attempt])
             attempt += 1
             self.stats.retries += 1
+            self._metrics.hamsa_retries.inc()
 
     async def _play_reply(
         self, text: str, voice: Voice, sink: Sink, started: float, progress: _Progress
@@ -215,6 +234,9 @@ class Synthesizer:
             hold_ms=settings.hamsa_truncation_hold_ms,
         )
         skip = progress.played
+        metrics = self._metrics
+        clock = self._clock
+        self.first_byte_at = None
 
         def emit(audio: bytes) -> None:
             nonlocal skip
@@ -230,7 +252,11 @@ class Synthesizer:
 
         try:
             async with self._hamsa.reply(text, voice) as reply:
+                sent_at = clock()
                 async for chunk in reply:
+                    if self.first_byte_at is None:
+                        self.first_byte_at = clock()
+                        metrics.hamsa_first_byte.observe(self.first_byte_at - sent_at)
                     audio = guard.feed(decoder.feed(chunk), decoder.audio_ms)
                     if audio:
                         emit(audio)
@@ -238,6 +264,7 @@ class Synthesizer:
                 if audio:
                     emit(audio)
         except AudioFormatError as exc:
+            metrics.hamsa_error("audio_format")
             raise HamsaReplyError(
                 f"Hamsa sent audio the bridge cannot decode: {exc.message}",
                 audio_received=progress.played > 0,
@@ -259,11 +286,13 @@ class Speaker:
         *,
         cache: PromptCache | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._playback = playback
         self._cache = cache
-        self._synth = Synthesizer(settings, hamsa, clock=clock)
+        self._metrics = metrics = metrics or Metrics()
+        self._synth = Synthesizer(settings, hamsa, clock=clock, metrics=metrics)
         self._ids = itertools.count(1)
         self._producer: asyncio.Task[bool] | None = None
         self._interrupts = 0
@@ -329,6 +358,7 @@ class Speaker:
                 return await mark
         except TimeoutError:
             self.stats.marks_lost += 1
+            self._metrics.marks_lost.inc()
             log.warning("mark_lost", utterance=name, waited=self._playback.buffered() + MARK_MARGIN)
             return True
 
@@ -339,14 +369,24 @@ class Speaker:
             audio = cache.get(text, voice)
             if audio is not None:
                 self.cache_hits += 1
+                self._metrics.prompt_cache.labels(result="hit").inc()
                 playback.push_frames(framer.push(audio))
                 return True
+            self._metrics.prompt_cache.labels(result="miss").inc()
         captured = bytearray() if cache is not None else None
+        synth = self._synth
+        first = True
 
         def sink(audio: bytes) -> None:
+            nonlocal first
             if captured is not None:
                 captured.extend(audio)
-            playback.push_frames(framer.push(audio))
+            frames = framer.push(audio)
+            if first and frames:
+                first = False
+                playback.push_frames(frames, first_byte_at=synth.first_byte_at)
+            else:
+                playback.push_frames(frames)
 
         lookahead = self._settings.bridge_lookahead_seconds
         stats = self._synth.stats
@@ -361,6 +401,15 @@ class Speaker:
             else:
                 log.warning("prompt_not_cached_short", chars=len(text), audio_bytes=len(captured))
         return complete
+
+
+def _error_kind(exc: HamsaError) -> str:
+    """The ``kind`` label of ``hamsa_bridge_hamsa_errors_total`` for a reply's failure."""
+    if isinstance(exc, HamsaAuthError):
+        return "auth"
+    if isinstance(exc, HamsaTimeout):
+        return "timeout"
+    return "reply"
 
 
 def _current_task_cancelling() -> bool:

@@ -71,6 +71,8 @@ class CallerBehaviour:
     """Replace the ``token`` Parameter (to test stream authentication)."""
     connect_url: str | None = None
     """Connect here instead of the TwiML's stream URL (same path; e.g. behind a tunnel)."""
+    on_open: Callable[[], None] | None = None
+    """Called once the stream's handshake succeeded (the bridge accepted it)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -211,8 +213,9 @@ async def run_media_stream(
     leg = TwilioMediaLeg(stream_sid, call_sid, account_sid, params)
     result.leg = leg
     async with ws:
-        if on_open is not None:
-            on_open()
+        for callback in (on_open, behaviour.on_open):
+            if callback is not None:
+                callback()
         await _run_stream(ws, leg, behaviour, result, clock, hangup)
     result.close_code = ws.close_code
     return result

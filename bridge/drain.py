@@ -1,0 +1,127 @@
+"""Graceful drain: a deploy or a restart never cuts a call in progress.
+
+uvicorn on its own closes every WebSocket with 1012 the moment it gets SIGTERM
+(python-conventions.md §6). ``DrainingServer`` takes the first SIGTERM/SIGINT instead and hands it
+to the ``DrainController``:
+
+1. the phase turns ``DRAINING``: ``/readyz`` answers 503 (the load balancer stops sending new
+   calls) and new stream handshakes get 503 (Twilio moves on to the TwiML after ``</Connect>``);
+2. calls in progress play to their normal end, for up to ``BRIDGE_DRAIN_TIMEOUT`` seconds;
+3. calls still running then are ended deliberately (closed with 1001, counted in
+   ``hamsa_bridge_calls_ended_by_drain_total`` and logged);
+4. only then does uvicorn shut down (nothing left to cut) and the process exit.
+
+A second signal exits at once (uvicorn's forced shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import signal
+import socket
+from types import FrameType
+
+import structlog
+import uvicorn
+
+from bridge.calls.registry import OpenStreams
+from bridge.metrics import Metrics
+
+log = structlog.get_logger("bridge.drain")
+
+ENDED_CLOSE_WAIT = 5.0
+"""Seconds to wait for calls ended at the drain timeout to close their sockets."""
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class DrainController:
+    """This process's serving phase, and the drain itself."""
+
+    def __init__(self, streams: OpenStreams, *, timeout: float, metrics: Metrics) -> None:
+        self._streams = streams
+        self._timeout = timeout
+        self._metrics = metrics
+        self.phase = Phase.STARTING
+        self.ended = 0
+        """Calls ended at the drain timeout."""
+
+    def serving(self) -> None:
+        if self.phase is Phase.STARTING:
+            self.phase = Phase.SERVING
+
+    @property
+    def accepting(self) -> bool:
+        return self.phase is Phase.SERVING
+
+    async def drain(self) -> int:
+        """Refuse new calls, let the current ones finish (bounded), end the rest; how many were
+        ended. Idempotent: a second call returns at once."""
+        if self.phase in (Phase.DRAINING, Phase.STOPPED):
+            return self.ended
+        self.phase = Phase.DRAINING
+        self._metrics.draining.set(1)
+        streams = self._streams
+        log.info("drain_started", open_streams=len(streams), timeout=self._timeout)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await streams.wait_empty()
+        except TimeoutError:
+            remaining = streams.snapshot()
+            self.ended = len(remaining)
+            self._metrics.calls_ended_by_drain.inc(self.ended)
+            log.warning("drain_timeout_ending_calls", calls=self.ended, timeout=self._timeout)
+            for call in remaining:
+                call.end("bridge shutting down: drain timeout")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ENDED_CLOSE_WAIT):
+                    await streams.wait_empty()
+        self.phase = Phase.STOPPED
+        log.info("drain_complete", calls_ended=self.ended, open_streams=len(streams))
+        return self.ended
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with the first shutdown signal draining calls before uvicorn stops."""
+
+    def __init__(self, config: uvicorn.Config, drain: DrainController) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._signalled = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs in the main thread, between any two bytecodes: only hand work to the loop.
+        loop = self._loop
+        self._captured_signals.append(sig)
+        if loop is None or self._signalled or self.should_exit:
+            # Second signal (or not serving yet): exit at once, no more waiting.
+            self.should_exit = True
+            self.force_exit = True
+            return
+        self._signalled = True
+        loop.call_soon_threadsafe(self._start_drain, sig)
+
+    def _start_drain(self, sig: int) -> None:
+        if self._drain_task is not None or self.should_exit:
+            return
+        log.info("shutdown_signal", signal=signal.Signals(sig).name)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._drain.drain()
+        finally:
+            self.should_exit = True

@@ -1,0 +1,222 @@
+"""Prometheus series of one bridge process, on an explicit ``CollectorRegistry``.
+
+One ``Metrics`` per app (built in ``create_app``; the default global registry would refuse a second
+app in the same process). Everything is named ``hamsa_bridge_*``; labels are small closed sets
+(outcome, reason, kind), never a CallSid or a number.
+
+Hot paths only touch pre-bound children: a frame sent is one ``Counter.inc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+CALL_OUTCOMES = frozenset(
+    {
+        "completed",
+        "skipped",
+        "transferred",
+        "confirmed",
+        "not_confirmed",
+        "failed",
+        "hung_up",
+        "rejected",
+        "ended_by_drain",
+        "unknown",
+    }
+)
+"""Outcomes exported as themselves; any other value a script sets is counted as ``other``."""
+
+REFUSAL_REASONS = ("capacity", "draining", "starting", "signature", "pending_limit")
+
+HAMSA_ERROR_KINDS = ("connect", "auth", "timeout", "reply", "truncated", "audio_format")
+
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+)
+_SMALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_CALL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+class Metrics:
+    """Every series the bridge exports."""
+
+    def __init__(self, *, process: bool = False) -> None:
+        """``process``: also export process, platform and GC collectors (the server does)."""
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        ns = "hamsa_bridge"
+        # --- calls
+        self.active_calls = Gauge(
+            "active_calls", "Calls authenticated and in progress", namespace=ns, registry=r
+        )
+        self.open_streams = Gauge(
+            "open_streams",
+            "Accepted stream WebSockets (calls plus streams awaiting their start)",
+            namespace=ns,
+            registry=r,
+        )
+        self.max_calls = Gauge(
+            "max_calls", "Configured concurrent call limit", namespace=ns, registry=r
+        )
+        self.calls = Counter(
+            "calls", "Streams ended, by outcome", ["outcome"], namespace=ns, registry=r
+        )
+        self.call_duration = Histogram(
+            "call_duration_seconds",
+            "Duration of authenticated calls (start message to close)",
+            namespace=ns,
+            registry=r,
+            buckets=_CALL_BUCKETS,
+        )
+        self.streams_refused = Counter(
+            "streams_refused",
+            "Stream handshakes refused before accept, by reason",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.draining = Gauge(
+            "draining", "1 once a shutdown signal started the drain", namespace=ns, registry=r
+        )
+        self.calls_ended_by_drain = Counter(
+            "calls_ended_by_drain",
+            "Calls still running at the drain timeout, ended by the bridge",
+            namespace=ns,
+            registry=r,
+        )
+        self.first_audio = Histogram(
+            "first_audio_seconds",
+            "From the call's start message to its first audio frame sent",
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        # --- Hamsa
+        self.hamsa_connections = Counter(
+            "hamsa_connections", "Hamsa WebSockets opened", namespace=ns, registry=r
+        )
+        self.hamsa_reconnects = Counter(
+            "hamsa_reconnects",
+            "Hamsa WebSockets opened to replace a call's earlier one",
+            namespace=ns,
+            registry=r,
+        )
+        self.hamsa_requests = Counter(
+            "hamsa_requests", "TTS requests sent to Hamsa", namespace=ns, registry=r
+        )
+        self.hamsa_truncated = Counter(
+            "hamsa_truncated_replies",
+            "Replies too short for their text (never played as final), retried",
+            namespace=ns,
+            registry=r,
+        )
+        self.hamsa_retries = Counter(
+            "hamsa_retries", "TTS requests sent again after a failure", namespace=ns, registry=r
+        )
+        self.hamsa_errors = Counter(
+            "hamsa_errors", "Hamsa failures, by kind", ["kind"], namespace=ns, registry=r
+        )
+        self.hamsa_first_byte = Histogram(
+            "hamsa_first_byte_seconds",
+            "From a TTS request sent to the first audio bytes received",
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.bridge_latency = Histogram(
+            "bridge_added_latency_seconds",
+            "From an utterance's first Hamsa audio bytes received to its first frame sent "
+            "(measured when nothing else was queued)",
+            namespace=ns,
+            registry=r,
+            buckets=_SMALL_BUCKETS,
+        )
+        # --- playback
+        self.frames_sent = Counter(
+            "frames_sent", "20 ms media frames sent to Twilio", namespace=ns, registry=r
+        )
+        self.underruns = Counter(
+            "underruns",
+            "Gaps inside an utterance: audio arrived later than it should have played",
+            namespace=ns,
+            registry=r,
+        )
+        self.clears = Counter("clears", "clear messages sent (barge-in)", namespace=ns, registry=r)
+        self.marks_lost = Counter(
+            "marks_lost", "Utterance marks Twilio never echoed", namespace=ns, registry=r
+        )
+        self.mark_round_trip = Histogram(
+            "mark_round_trip_seconds",
+            "From a mark sent to its echo (the audio before it was played)",
+            namespace=ns,
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
+        )
+        self.prompt_cache = Counter(
+            "prompt_cache_lookups",
+            "Cacheable prompts looked up, by result",
+            ["result"],
+            namespace=ns,
+            registry=r,
+        )
+        # --- process
+        self.event_loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled)",
+            namespace=ns,
+            registry=r,
+            buckets=_SMALL_BUCKETS,
+        )
+        for reason in REFUSAL_REASONS:
+            self.streams_refused.labels(reason=reason)
+        for kind in HAMSA_ERROR_KINDS:
+            self.hamsa_errors.labels(kind=kind)
+        for result in ("hit", "miss"):
+            self.prompt_cache.labels(result=result)
+
+    def track(self, active_calls: Callable[[], int], open_streams: Callable[[], int]) -> None:
+        """Read the live gauges from the app's registries at scrape time."""
+        self.active_calls.set_function(lambda: float(active_calls()))
+        self.open_streams.set_function(lambda: float(open_streams()))
+
+    def call_ended(self, outcome: str) -> None:
+        self.calls.labels(outcome=outcome if outcome in CALL_OUTCOMES else "other").inc()
+
+    def hamsa_error(self, kind: str) -> None:
+        self.hamsa_errors.labels(kind=kind).inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,110 @@
+"""Log output: JSON lines, call ids bound, uvicorn's noise dropped, secrets never rendered."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from bridge.announcements import parameters
+from bridge.logs import HANDLER_NAME, Redactor, configure_logging
+from bridge.stream_token import issue_token
+from tests.log_audit import _Audit
+
+SECRET = "auth-token-0123456789abcdef"
+
+
+@pytest.fixture
+def output() -> Iterator[io.StringIO]:
+    """configure_logging into a buffer, alone; the suite's handlers are restored afterwards."""
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    stream = io.StringIO()
+    root.handlers[:] = []  # the suite's audit must not see the leaks planted here
+    configure_logging(level="info", fmt="json", secrets=[SECRET, "short"], stream=stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_every_line_is_json_with_the_bound_call_ids(output: io.StringIO) -> None:
+    log = structlog.get_logger("bridge.test")
+    with structlog.contextvars.bound_contextvars(call_sid="CA" + "1" * 32, stream_sid="MZ1"):
+        log.info("call_started", direction="inbound")
+        logging.getLogger("uvicorn.error").warning("a stdlib line during the call")
+    [ours, theirs] = lines(output)
+    assert ours["event"] == "call_started"
+    assert ours["call_sid"] == "CA" + "1" * 32
+    assert theirs["call_sid"] == "CA" + "1" * 32
+    assert theirs["logger"] == "uvicorn.error"
+
+
+def test_uvicorn_connection_noise_is_dropped(output: io.StringIO) -> None:
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn.info("connection open")
+    uvicorn.info("connection closed")
+    uvicorn.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/twilio/stream")
+    uvicorn.error("ASGI callable returned without completing handshake.")
+    uvicorn.info('%s - "WebSocket %s" %d', "127.0.0.1:5000", "/twilio/stream", 503)
+    assert [line["event"] for line in lines(output)] == [
+        '127.0.0.1:5000 - "WebSocket /twilio/stream" 503'
+    ]
+
+
+def test_secrets_tokens_and_url_passwords_are_redacted_wherever_they_appear(
+    output: io.StringIO,
+) -> None:
+    token = issue_token(SECRET.encode(), "CA" + "2" * 32, now=1_700_000_000, ttl=300)
+    v2 = parameters.sign(SECRET.encode(), {"id": "an_1"}, now=1_700_000_000, ttl=300)
+    log = structlog.get_logger("bridge.test")
+    log.info("oops", header=f"X-Api-Key: {SECRET}", nested={"token": token, "list": [v2]})
+    logging.getLogger("websockets").info("connect failed: postgresql://bridge:pw-123456@db/x")
+    try:
+        raise RuntimeError(f"bad {SECRET}")
+    except RuntimeError:
+        log.exception("crashed")
+    text = output.getvalue()
+    assert SECRET not in text
+    assert token not in text
+    assert v2 not in text
+    assert "pw-123456" not in text
+    assert "postgresql://bridge:***@db/x" in text
+    assert text.count("***") >= 5
+    # a secret shorter than 8 characters is not a credential worth mangling every line for
+    assert Redactor(["short"])("a short line") == "a short line"
+
+
+def test_a_later_configuration_replaces_only_its_own_handler(output: io.StringIO) -> None:
+    foreign = logging.NullHandler()
+    logging.getLogger().addHandler(foreign)
+    configure_logging(level="info", fmt="json", stream=output)
+    names = [h.get_name() for h in logging.getLogger().handlers]
+    assert names.count(HANDLER_NAME) == 1
+    assert foreign in logging.getLogger().handlers
+
+
+def test_the_suite_audit_catches_a_leaked_token_or_secret() -> None:
+    audit = _Audit()
+    try:
+        audit.secrets.add(SECRET)
+        audit.record_output('{"event": "fine"}')
+        assert audit.problems() == []
+        token = issue_token(b"k" * 16, "CA" + "3" * 32, now=1_700_000_000, ttl=300)
+        audit.record_output(f"GET /stream?token={token}")
+        audit.record_output(f"key={SECRET}")
+        problems = audit.problems()
+        assert len(problems) == 2
+        assert "stream token" in problems[0]
+        assert "secret value" in problems[1]
+    finally:
+        audit.stream.close()

@@ -1,0 +1,143 @@
+"""Operations, in process over real sockets: /metrics after real calls, /readyz, the call cap."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.dev.hamsa_emulator import EmulatorConfig, Fault
+from bridge.dev.loopback import loopback
+
+pytestmark = pytest.mark.anyio
+
+LONG_GREETING = "مرحبا بك في خدمة همسة للاختبار. نرجو أن تستمع إلى هذه الرسالة حتى نهايتها."
+
+
+def scrape(text: str) -> dict[str, float]:
+    """Every sample as ``name{label="v",…}`` → value (labels sorted)."""
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+async def get_metrics(base_url: str) -> dict[str, float]:
+    async with httpx2.AsyncClient() as http:
+        response = await http.get(base_url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return scrape(response.text)
+
+
+async def test_metrics_move_as_a_call_with_a_truncated_reply_goes() -> None:
+    # request 1 is the seeds' 640-byte failure: never played, retried on a fresh socket
+    emulator = EmulatorConfig(ms_per_char=20, faults={1: Fault.TRUNCATE_640})
+    async with loopback(emulator, hamsa_retry_delays=(0.05,)) as lb:
+        before = await get_metrics(lb.public_url)
+        assert before["hamsa_bridge_active_calls"] == 0
+        assert before["hamsa_bridge_max_calls"] == 100
+        assert before.get('hamsa_bridge_calls_total{outcome="completed"}', 0) == 0
+        result = await lb.call()
+        assert result.ended_by == "bridge"
+        m = await get_metrics(lb.public_url)
+
+    frames = len(result.heard) // 160
+    assert frames > 10
+    assert m['hamsa_bridge_calls_total{outcome="completed"}'] == 1
+    assert m["hamsa_bridge_call_duration_seconds_count"] == 1
+    assert m["hamsa_bridge_active_calls"] == 0
+    assert m["hamsa_bridge_open_streams"] == 0
+    assert m["hamsa_bridge_hamsa_connections_total"] == 2
+    assert m["hamsa_bridge_hamsa_reconnects_total"] == 1
+    assert m["hamsa_bridge_hamsa_requests_total"] == 2
+    assert m["hamsa_bridge_hamsa_truncated_replies_total"] == 1
+    assert m["hamsa_bridge_hamsa_retries_total"] == 1
+    assert m['hamsa_bridge_hamsa_errors_total{kind="truncated"}'] == 1
+    assert m['hamsa_bridge_hamsa_errors_total{kind="connect"}'] == 0
+    assert m["hamsa_bridge_frames_sent_total"] == frames
+    assert m["hamsa_bridge_underruns_total"] == 0
+    assert m["hamsa_bridge_clears_total"] == 0
+    # both replies had a first byte; the played one was measured through the bridge
+    assert m["hamsa_bridge_hamsa_first_byte_seconds_count"] == 2
+    assert m["hamsa_bridge_bridge_added_latency_seconds_count"] == 1
+    # the truncation guard holds the first 100 ms of audio (HAMSA_TRUNCATION_HOLD_MS) at most
+    assert 0 <= m["hamsa_bridge_bridge_added_latency_seconds_sum"] < 0.5
+    assert m["hamsa_bridge_first_audio_seconds_count"] == 1
+    assert m["hamsa_bridge_first_audio_seconds_sum"] < 2.0
+    assert m["hamsa_bridge_mark_round_trip_seconds_count"] == 1
+    assert m["hamsa_bridge_draining"] == 0
+    assert m['hamsa_bridge_streams_refused_total{reason="capacity"}'] == 0
+    assert "process_cpu_seconds_total" in m  # process collectors on the app's own registry
+
+
+async def test_barge_in_counts_a_clear() -> None:
+    async with loopback(EmulatorConfig(ms_per_char=60)) as lb:
+        result = await lb.call(keys=[(0.6, "1")])
+        m = await get_metrics(lb.public_url)
+    assert result.ended_by == "bridge"
+    assert m["hamsa_bridge_clears_total"] == 1
+    assert m['hamsa_bridge_calls_total{outcome="skipped"}'] == 1
+
+
+async def test_a_third_call_over_max_calls_is_refused_and_the_first_two_play_whole() -> None:
+    async with loopback(
+        EmulatorConfig(ms_per_char=25), bridge_max_calls=2, bridge_greeting=LONG_GREETING
+    ) as lb:
+        opened = [asyncio.Event(), asyncio.Event()]
+        async with asyncio.TaskGroup() as tasks:
+            calls = [tasks.create_task(lb.call(on_open=event.set)) for event in opened]
+            async with asyncio.timeout(10):
+                for event in opened:
+                    await event.wait()
+            async with httpx2.AsyncClient() as http:
+                ready = await http.get(lb.public_url + "/readyz")
+            third = await lb.call()
+        m = await get_metrics(lb.public_url)
+        # capacity is back once the calls are over
+        async with httpx2.AsyncClient() as http:
+            ready_after = await http.get(lb.public_url + "/readyz")
+        requests = list(lb.hamsa.requests)
+
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "at_capacity"
+    assert third.webhook_status == 200
+    assert third.handshake_status == 503
+    assert third.leg is None
+    assert ready_after.status_code == 200
+    assert m['hamsa_bridge_streams_refused_total{reason="capacity"}'] == 1
+    assert m['hamsa_bridge_calls_total{outcome="completed"}'] == 2
+    # only the two admitted calls reached Hamsa (two sentences each), each heard all its audio
+    assert len({r.connection_id for r in requests}) == 2
+    assert len(requests) == 4
+    for call in calls:
+        result = call.result()
+        assert result.ended_by == "bridge"
+        assert result.close_code == 1000
+        assert result.leg is not None
+        assert [mark.echoed_at is not None for mark in result.leg.timeline.marks] == [True]
+    heard = sorted(len(call.result().heard) for call in calls)
+    per_call: dict[int, int] = {}
+    for r in requests:
+        per_call[r.connection_id] = per_call.get(r.connection_id, 0) + len(r.audio)
+    audio = sorted(per_call.values())
+    assert heard == [n + (-n % 160) for n in audio]
+
+
+async def test_livez_and_readyz_of_an_idle_bridge() -> None:
+    async with loopback(EmulatorConfig()) as lb:
+        async with httpx2.AsyncClient() as http:
+            live = await http.get(lb.public_url + "/livez")
+            ready = await http.get(lb.public_url + "/readyz")
+        assert live.status_code == 200
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "status": "ready",
+            "active_calls": 0,
+            "open_streams": 0,
+            "max_calls": 100,
+        }
