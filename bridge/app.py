@@ -211,6 +211,8 @@ def create_app(
             stream_url=settings.stream_url,
             preloaded=len(settings.hamsa_preload_voices),
             announcements_api=service is not None,
+            max_calls=settings.bridge_max_calls,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         try:
             yield {"bridge": state}

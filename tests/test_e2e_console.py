@@ -20,6 +20,7 @@ import pytest
 
 from bridge.audio.codec import lin16_to_ulaw
 from tests.cli_support import free_port, run_cli
+from tests.log_audit import record_output
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +66,7 @@ async def process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[
         await proc.wait()
         if "reader" in locals():
             await reader
+        record_output("".join(lines))
 
 
 async def test_configure_then_an_inbound_call_hears_the_greeting(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from bridge.dev.loopback import loopback
 from bridge.errors import PreloadError
 from bridge.preload import preload_voices
 from bridge.settings import Settings
+from tests.log_audit import record_output
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +113,7 @@ async def test_serve_refuses_to_start_on_an_unknown_voice_and_names_it() -> None
         async with asyncio.timeout(30):
             output, _ = await process.communicate()
     text = output.decode()
+    record_output(text)
     assert process.returncode == 3, text
     assert UNKNOWN in text
     assert "does not know this voice" in text
