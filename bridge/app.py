@@ -43,8 +43,9 @@ from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry, OpenStreams
 from bridge.drain import DrainController, Phase
 from bridge.errors import ConfigError, PreloadError, StoreError
+from bridge.logs import note_handshake_denied
 from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
-from bridge.preload import preload_voices
+from bridge.preload import preload_voices, voices_to_preload
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
 from bridge.store.store import sqlite_path
@@ -76,6 +77,15 @@ class BridgeState:
     """The HTTP API's service (``None`` without ``BRIDGE_API_TOKEN``)."""
     calls_handled: int = 0
     rejected_handshakes: int = 0
+    startup: asyncio.Task[None] | None = None
+    """Voice preload and the rest of startup, when it runs behind a listening server."""
+    on_startup_failure: Callable[[], None] | None = None
+    """Called if startup fails in the background (``serve`` then exits with status 3)."""
+
+    async def wait_started(self) -> None:
+        """Return once the bridge accepts calls; raises ``PreloadError`` if startup failed."""
+        if self.startup is not None:
+            await asyncio.shield(self.startup)
 
     @property
     def ready(self) -> bool:
@@ -83,7 +93,9 @@ class BridgeState:
 
     @property
     def at_capacity(self) -> bool:
-        return len(self.streams) >= self.settings.bridge_max_calls
+        """Calls in progress reached ``BRIDGE_MAX_CALLS`` (streams still awaiting their start
+        are bounded separately, so strangers cannot use up call capacity)."""
+        return len(self.registry) >= self.settings.bridge_max_calls
 
 
 def check_serving_settings(settings: Settings) -> None:
@@ -195,16 +207,17 @@ def create_app(
         drain=DrainController(streams, timeout=settings.bridge_drain_timeout, metrics=metrics),
     )
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    async def start_serving() -> None:
+        """Preload voices, resume announcements, then accept calls (``/readyz`` 200)."""
         try:
             await preload_voices(settings)
         except PreloadError as exc:
             log.error("startup_failed", reason=str(exc), voice_id=exc.voice_id)
+            if state.on_startup_failure is not None:
+                state.on_startup_failure()
             raise
         if service is not None:
-            await service.start()
-        lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
+            await service.start()  # may place calls: only once their streams can be accepted
         state.drain.serving()
         log.info(
             "bridge_ready",
@@ -214,9 +227,23 @@ def create_app(
             max_calls=settings.bridge_max_calls,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
+        if voices_to_preload(settings):
+            # Listen while preloading: /livez answers, /readyz and new streams say "starting".
+            state.startup = asyncio.create_task(start_serving())
+        else:
+            await start_serving()
         try:
             yield {"bridge": state}
         finally:
+            if state.startup is not None and not state.startup.done():
+                state.startup.cancel()
+            if state.startup is not None:
+                with contextlib.suppress(asyncio.CancelledError, PreloadError):
+                    await state.startup
             # Embedded servers (tests, demo) stop without a signal: drain is then a no-op or ends
             # what is left at once; under ``serve`` the DrainingServer drained before this.
             if state.drain.phase is Phase.SERVING:
@@ -380,6 +407,7 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
         reason, status, body = refusal
         state.rejected_handshakes += 1
         state.metrics.streams_refused.labels(reason=reason).inc()
+        note_handshake_denied()
         await websocket.send_denial_response(PlainTextResponse(body, status_code=status))
         return
     # Twilio may not sign <Connect><Stream> handshakes; the per-call token decides either way.
@@ -391,7 +419,9 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
         await call.run()
     except Exception:
         call.summary.outcome = "failed"
-        log.exception("call_crashed", call_sid=call.summary.call_sid)
+        log.exception(
+            "call_crashed", call_sid=call.summary.call_sid, stream_sid=call.summary.stream_sid
+        )
     finally:
         state.streams.discard(call)
         state.metrics.call_ended(call.summary.outcome)

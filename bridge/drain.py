@@ -75,11 +75,14 @@ class DrainController:
                 await streams.wait_empty()
         except TimeoutError:
             remaining = streams.snapshot()
-            self.ended = len(remaining)
+            self.ended = sum(call.end("bridge shutting down: drain timeout") for call in remaining)
             self._metrics.calls_ended_by_drain.inc(self.ended)
-            log.warning("drain_timeout_ending_calls", calls=self.ended, timeout=self._timeout)
-            for call in remaining:
-                call.end("bridge shutting down: drain timeout")
+            log.warning(
+                "drain_timeout_ending_calls",
+                calls=self.ended,
+                other_streams=len(remaining) - self.ended,
+                timeout=self._timeout,
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ENDED_CLOSE_WAIT):
                     await streams.wait_empty()
@@ -97,6 +100,13 @@ class DrainingServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._signalled = False
+        self.failed = False
+        """Startup failed after the server started listening (a voice preload)."""
+
+    def fail(self) -> None:
+        """Stop serving at once: startup failed (no call was ever accepted)."""
+        self.failed = True
+        self.should_exit = True
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()

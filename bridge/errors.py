@@ -117,14 +117,17 @@ class HamsaError(BridgeError):
     """Anything that went wrong on the Hamsa side. ``retryable`` says whether to try again."""
 
     retryable = True
+    kind = "reply"
+    """The ``kind`` label of ``hamsa_bridge_hamsa_errors_total``."""
 
 
 class HamsaConnectError(HamsaError):
-    pass
+    kind = "connect"
 
 
 class HamsaAuthError(HamsaError):
     retryable = False
+    kind = "auth"
 
     def __init__(self, message: str, *, code: int | None = None, **ids: str | None) -> None:
         super().__init__(message, **ids)
@@ -138,10 +141,12 @@ class HamsaReplyError(HamsaError):
 
 
 class HamsaTimeout(HamsaError):
-    pass
+    kind = "timeout"
 
 
 class TruncatedReply(HamsaError):
+    kind = "truncated"
+
     def __init__(self, message: str, *, audio_ms: float, threshold_ms: float, **ids: str | None):
         super().__init__(message, **ids)
         self.audio_ms = audio_ms

@@ -14,10 +14,12 @@ carry no call id, and ``call_started``/``call_summary`` say the same with it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
@@ -28,23 +30,54 @@ _STREAM_TOKEN = re.compile(r"\bv[12]\.[0-9]{1,12}\.[A-Za-z0-9_-]{12}\.[A-Za-z0-9
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\"]+:)[^@\s\"]+@")
 _UVICORN_NOISE = frozenset({"connection open", "connection closed"})
 # uvicorn's websockets-sansio protocol logs this after every send_denial_response (a 403/503
-# refusal, which does complete the handshake): noise, not an error of ours.
+# refusal, which does complete the handshake): noise, dropped only for a connection the app
+# denied on purpose (uvicorn logs it from the task that ran the app, so the ContextVar is seen);
+# anywhere else it would be a real bug and is kept.
 _UVICORN_DENIAL_QUIRK = "ASGI callable returned without completing handshake."
+_handshake_denied: ContextVar[bool] = ContextVar("handshake_denied", default=False)
+
+
+def note_handshake_denied() -> None:
+    """Call before ``send_denial_response``: uvicorn's complaint that follows is expected."""
+    _handshake_denied.set(True)
 
 
 class Redactor:
-    """Replaces secrets in rendered log lines."""
+    """Replaces secrets in log events (every string value, before rendering) and again in the
+    rendered line (as written, JSON-escaped and repr-escaped)."""
 
     def __init__(self, secrets: Iterable[str] = (), *, enabled: bool = True) -> None:
         self.enabled = enabled
         # Longest first, so a secret containing another is replaced whole; short values (a
         # placeholder like "x") would mangle every line: a real secret is long.
-        self._secrets = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+        raw = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+        self._raw = raw
+        escaped = {json.dumps(s, ensure_ascii=False)[1:-1] for s in raw}
+        escaped |= {json.dumps(s)[1:-1] for s in raw} | {repr(s)[1:-1] for s in raw}
+        self._secrets = sorted(set(raw) | escaped, key=len, reverse=True)
+
+    def scrub(self, value: Any) -> Any:
+        """``value`` with secrets replaced in every string it holds (dicts, lists, tuples)."""
+        if isinstance(value, str):
+            return self._text(value, self._raw)
+        if isinstance(value, dict):
+            return {key: self.scrub(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub(item) for item in value)
+        return value
+
+    def processor(self, _logger: Any, _method: str, event: Any) -> Any:
+        """A structlog processor: scrub the event dict before it is rendered."""
+        return self.scrub(event) if self.enabled else event
 
     def __call__(self, line: str) -> str:
         if not self.enabled:
             return line
-        for secret in self._secrets:
+        return self._text(line, self._secrets)
+
+    @staticmethod
+    def _text(line: str, secrets: list[str]) -> str:
+        for secret in secrets:
             if secret in line:
                 line = line.replace(secret, REDACTED)
         if "v1." in line or "v2." in line:
@@ -68,8 +101,10 @@ class _DropUvicornNoise(logging.Filter):
         if not record.name.startswith("uvicorn"):
             return True
         message = record.getMessage()
-        if message in _UVICORN_NOISE or message == _UVICORN_DENIAL_QUIRK:
+        if message in _UVICORN_NOISE:
             return False
+        if message == _UVICORN_DENIAL_QUIRK:
+            return not _handshake_denied.get()
         return not (message.endswith('" [accepted]') and '"WebSocket ' in message)
 
 
@@ -107,12 +142,14 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    redactor = Redactor(secrets, enabled=redact)
     formatter = _RedactingFormatter(
-        Redactor(secrets, enabled=redact),
+        redactor,
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redactor.processor,
             renderer,
         ],
     )

@@ -102,7 +102,8 @@ class Metrics:
         )
         self.streams_refused = Counter(
             "streams_refused",
-            "Stream handshakes refused before accept, by reason",
+            "Streams refused, by reason: before accept (capacity also at start, when streams "
+            "accepted together authenticate over the cap)",
             ["reason"],
             namespace=ns,
             registry=r,

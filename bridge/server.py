@@ -32,8 +32,9 @@ def serve(settings: Settings, *, host: str, port: int) -> int:
         start_http_server(settings.bridge_metrics_port, addr=host, registry=state.metrics.registry)
         log.info("metrics_listening", port=settings.bridge_metrics_port)
     server = DrainingServer(config, state.drain)
+    state.on_startup_failure = server.fail
     server.run()
-    if not server.started:
+    if not server.started or server.failed:
         log.error("startup_failed", hint="see the error above")
         return 3
     return 0

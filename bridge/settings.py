@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     bridge_outcome_poll_interval: float = Field(default=2.0, gt=0)
     bridge_callback_grace: float = Field(default=10.0, ge=0)
 
+    @field_validator("bridge_api_token")
+    @classmethod
+    def _check_api_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token and len(token) < 16:
+            raise ValueError("BRIDGE_API_TOKEN must be at least 16 characters (a random secret)")
+        return value
+
     @field_validator("hamsa_preload_voices", mode="before")
     @classmethod
     def _split_voices(cls, value: Any) -> Any:

@@ -10,6 +10,7 @@ session fails and the offending lines are printed. The audit file's path is prin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -40,7 +41,9 @@ class _Audit:
     def problems(self) -> list[str]:
         self.stream.flush()
         found: list[str] = []
-        secrets = sorted(self.secrets)
+        secrets = sorted(
+            self.secrets | {json.dumps(s)[1:-1] for s in self.secrets}, key=len, reverse=True
+        )
         with self.path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 if _STREAM_TOKEN.search(line):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
@@ -11,7 +12,7 @@ import pytest
 import structlog
 
 from bridge.announcements import parameters
-from bridge.logs import HANDLER_NAME, Redactor, configure_logging
+from bridge.logs import HANDLER_NAME, Redactor, configure_logging, note_handshake_denied
 from bridge.stream_token import issue_token
 from tests.log_audit import _Audit
 
@@ -54,10 +55,19 @@ def test_uvicorn_connection_noise_is_dropped(output: io.StringIO) -> None:
     uvicorn.info("connection open")
     uvicorn.info("connection closed")
     uvicorn.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/twilio/stream")
-    uvicorn.error("ASGI callable returned without completing handshake.")
     uvicorn.info('%s - "WebSocket %s" %d', "127.0.0.1:5000", "/twilio/stream", 503)
+    # uvicorn's complaint after a deliberate denial is noise; anywhere else it is a real bug
+    quirk = "ASGI callable returned without completing handshake."
+
+    def denied_then_uvicorn_complains() -> None:
+        note_handshake_denied()
+        uvicorn.error(quirk)
+
+    contextvars.copy_context().run(denied_then_uvicorn_complains)
+    uvicorn.error(quirk)
     assert [line["event"] for line in lines(output)] == [
-        '127.0.0.1:5000 - "WebSocket /twilio/stream" 503'
+        '127.0.0.1:5000 - "WebSocket /twilio/stream" 503',
+        quirk,
     ]
 
 
@@ -80,6 +90,13 @@ def test_secrets_tokens_and_url_passwords_are_redacted_wherever_they_appear(
     assert "pw-123456" not in text
     assert "postgresql://bridge:***@db/x" in text
     assert text.count("***") >= 5
+    # secrets with characters JSON escapes, nested in the console renderer's output too
+    odd = 'tok"en\\0123456789\tz'
+    for fmt in ("json", "console"):
+        buffer = io.StringIO()
+        configure_logging(level="info", fmt=fmt, secrets=[odd], stream=buffer)
+        structlog.get_logger("bridge.test").info("odd", header=f"Bearer {odd}", nested={"k": odd})
+        assert "0123456789" not in buffer.getvalue(), (fmt, buffer.getvalue())
     # a secret shorter than 8 characters is not a credential worth mangling every line for
     assert Redactor(["short"])("a short line") == "a short line"
 

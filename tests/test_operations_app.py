@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.app import create_app
+from bridge.dev.caller import CallPlan, place_call
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault
 from bridge.dev.loopback import loopback
+from bridge.dev.servers import bind, serving
+from bridge.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -141,3 +146,77 @@ async def test_livez_and_readyz_of_an_idle_bridge() -> None:
             "open_streams": 0,
             "max_calls": 100,
         }
+
+
+async def test_drain_in_process_counts_ended_calls_and_refuses_new_streams() -> None:
+    async with loopback(
+        EmulatorConfig(ms_per_char=60), bridge_drain_timeout=0.3, bridge_greeting=LONG_GREETING
+    ) as lb:
+        playing = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            call = tasks.create_task(lb.call(on_audio=playing.set))
+            async with asyncio.timeout(10):
+                await playing.wait()
+            drain = tasks.create_task(lb.bridge.drain.drain())
+            late = await lb.call()
+            ended = await drain
+        m = await get_metrics(lb.public_url)
+    assert ended == 1
+    assert late.handshake_status == 503
+    result = call.result()
+    assert result.close_code == 1001
+    assert m["hamsa_bridge_calls_ended_by_drain_total"] == 1
+    assert m['hamsa_bridge_calls_total{outcome="ended_by_drain"}'] == 1
+    assert m['hamsa_bridge_streams_refused_total{reason="draining"}'] == 1
+    assert m["hamsa_bridge_draining"] == 1
+
+
+async def test_a_rejected_key_is_counted_once_as_an_auth_error() -> None:
+    async with loopback(EmulatorConfig(auth_failure="http")) as lb:
+        # the loopback's key is valid: make it invalid for this bridge only
+        lb.hamsa.config = dataclasses.replace(lb.hamsa.config, api_keys=frozenset({"other"}))
+        result = await lb.call()
+        m = await get_metrics(lb.public_url)
+    assert result.ended_by == "bridge"
+    assert m['hamsa_bridge_hamsa_errors_total{kind="auth"}'] == 1
+    assert m['hamsa_bridge_calls_total{outcome="failed"}'] == 1
+    assert m["hamsa_bridge_hamsa_connections_total"] == 0
+
+
+async def test_while_voices_preload_livez_answers_and_calls_are_refused_as_starting() -> None:
+    # a Hamsa REST endpoint that accepts connections and never answers: preload hangs
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    hole = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = hole.sockets[0].getsockname()[1]
+    sock = bind()
+    public = "http://{}:{}".format(*sock.getsockname()[:2])
+    settings = Settings(
+        hamsa_api_key="k" * 16,
+        hamsa_api_url=f"http://127.0.0.1:{port}",
+        hamsa_preload_voices=("c803658e-ccec-47e7-ad0f-1caf9ba4babb",),
+        twilio_auth_token="t" * 32,
+        bridge_public_url=public,
+    )
+    app = create_app(settings)
+    try:
+        async with serving(app, sock=sock), httpx2.AsyncClient() as http:
+            live = await http.get(public + "/livez")
+            ready = await http.get(public + "/readyz")
+            call = await place_call(
+                CallPlan(webhook_url=public + "/twiml/inbound", auth_token="t" * 32)
+            )
+            metrics = scrape((await http.get(public + "/metrics")).text)
+    finally:
+        for writer in held:
+            writer.close()
+        hole.close()
+        await hole.wait_closed()
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "starting"
+    assert call.handshake_status == 503
+    assert metrics['hamsa_bridge_streams_refused_total{reason="starting"}'] == 1

@@ -228,6 +228,7 @@ class Call:
         self._handshake_signed = handshake_signed
         self._started_clock: float | None = None
         self._end_reason: str | None = None
+        self._script_done = False
         self._closer: asyncio.Task[None] | None = None
         self._stream = TwilioMediaStream(inbound_audio=False)  # the bridge doesn't listen (yet)
         self.phase = CallPhase.AWAITING_START
@@ -237,21 +238,32 @@ class Call:
         self._playback: Playback | None = None
         self._announcement: StreamAnnouncement | None = None
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: str) -> bool:
         """End the call now, deliberately (a drain timeout): the stream closes with 1001 and
-        Twilio moves on to the TwiML after ``</Connect>``."""
+        Twilio moves on to the TwiML after ``</Connect>``. True if a call in progress was cut;
+        False for a stream still awaiting its ``start`` (closed too, never becomes a call) and
+        for a call already ending on its own (left to finish)."""
         if self._end_reason is not None or self.phase in (CallPhase.ENDED, CallPhase.REJECTED):
-            return
-        self._end_reason = reason
+            return False
         if self.phase is CallPhase.ACTIVE:
+            if self._script_done:
+                return False  # flushing its last frames and closing normally
+            self._end_reason = reason
             self._hangup.set()  # the call's tasks stop; ``_active`` closes with 1001
-        else:
-            self._closer = asyncio.get_running_loop().create_task(self._close(CLOSE_GOING_AWAY))
+            return True
+        self._end_reason = reason
+        self._closer = asyncio.get_running_loop().create_task(self._close(CLOSE_GOING_AWAY))
+        return False
 
     async def run(self) -> CallSummary:
         try:
             started = await self._await_start()
+            if started is not None and self._end_reason is not None:
+                started = None  # ended while awaiting its start: it never becomes a call
             if started is None:
+                if self._end_reason is not None:
+                    self._reject(f"closed before start: {self._end_reason}", level="info")
+                    self.summary.outcome = "ended_by_drain"
                 return self.summary
             with structlog.contextvars.bound_contextvars(
                 call_sid=started.call_sid, stream_sid=started.stream_sid
@@ -281,8 +293,9 @@ class Call:
                 while True:
                     message = await self._ws.receive()
                     if message["type"] == "websocket.disconnect":
-                        # health probes (``doctor``) do this: not worth a warning
-                        self._reject("stream closed before start", level="info")
+                        if self._end_reason is None:
+                            # health probes (``doctor``) do this: not worth a warning
+                            self._reject("stream closed before start", level="info")
                         return None
                     for event in self._stream.receive(_payload(message)):
                         if isinstance(event, Started):
@@ -312,6 +325,11 @@ class Call:
         assert token is not None
         if not deps.registry.claim_token(token, expires_at=expires_at, now=now):
             self._reject("stream token already used (replay)")
+            return False
+        if len(deps.registry) >= deps.settings.bridge_max_calls:
+            # Streams accepted while calls were below the cap, authenticating together.
+            deps.metrics.streams_refused.labels(reason="capacity").inc()
+            self._reject(f"bridge at capacity ({deps.settings.bridge_max_calls} calls)")
             return False
         if not deps.registry.add(started.call_sid, self):
             self._reject("a stream for this call is already active")
@@ -446,6 +464,8 @@ class Call:
             self.summary.outcome = "failed"
             self.summary.reason = f"script error: {type(exc).__name__}"
             log.exception("call_script_crashed")
+        finally:
+            self._script_done = True
 
     async def _read(self) -> None:
         """The Twilio socket's one reader."""

@@ -269,10 +269,6 @@ class HamsaSession:
             self._conn = await self._connect()
         except HamsaAuthError as exc:
             self._fatal = exc
-            self._metrics.hamsa_error("auth")
-            raise
-        except HamsaError:
-            self._metrics.hamsa_error("connect")
             raise
         return self._conn
 

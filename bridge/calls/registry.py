@@ -8,8 +8,9 @@ from typing import Protocol
 
 
 class Endable(Protocol):
-    def end(self, reason: str) -> None:
-        """End the call now, deliberately (closes its stream with 1001 Going Away)."""
+    def end(self, reason: str) -> bool:
+        """End the call now, deliberately (closes its stream with 1001 Going Away); True if a
+        call in progress was cut."""
 
 
 class CallRegistry:

@@ -43,11 +43,8 @@ from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.truncation import TruncationGuard
 from bridge.errors import (
     AudioFormatError,
-    HamsaAuthError,
-    HamsaConnectError,
     HamsaError,
     HamsaReplyError,
-    HamsaTimeout,
     TruncatedReply,
 )
 from bridge.metrics import Metrics
@@ -177,7 +174,7 @@ class Synthesizer:
             except TruncatedReply as exc:
                 self.stats.truncated += 1
                 self._metrics.hamsa_truncated.inc()
-                self._metrics.hamsa_error("truncated")
+                self._metrics.hamsa_error(exc.kind)
                 log.warning(
                     "hamsa_reply_truncated",
                     audio_ms=round(exc.audio_ms, 1),
@@ -187,8 +184,8 @@ class Synthesizer:
                     chars=len(text),
                 )
             except HamsaError as exc:
-                if not isinstance(exc, HamsaConnectError):  # the session counted those
-                    self._metrics.hamsa_error(_error_kind(exc))
+                # The one place a call's Hamsa failures are counted: each reaches here once.
+                self._metrics.hamsa_error(exc.kind)
                 if not exc.retryable:
                     raise
                 log.warning(
@@ -264,11 +261,12 @@ class Synthesizer:
                 if audio:
                     emit(audio)
         except AudioFormatError as exc:
-            metrics.hamsa_error("audio_format")
-            raise HamsaReplyError(
+            error = HamsaReplyError(
                 f"Hamsa sent audio the bridge cannot decode: {exc.message}",
                 audio_received=progress.played > 0,
-            ) from None
+            )
+            error.kind = "audio_format"
+            raise error from None
 
 
 class Speaker:
@@ -401,15 +399,6 @@ class Speaker:
             else:
                 log.warning("prompt_not_cached_short", chars=len(text), audio_bytes=len(captured))
         return complete
-
-
-def _error_kind(exc: HamsaError) -> str:
-    """The ``kind`` label of ``hamsa_bridge_hamsa_errors_total`` for a reply's failure."""
-    if isinstance(exc, HamsaAuthError):
-        return "auth"
-    if isinstance(exc, HamsaTimeout):
-        return "timeout"
-    return "reply"
 
 
 def _current_task_cancelling() -> bool:

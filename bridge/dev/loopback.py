@@ -138,6 +138,7 @@ async def loopback(
             sock.close()
             raise
         await stack.enter_async_context(serving(app, sock=sock))
+        await app.state.bridge_state.wait_started()  # voices preloaded, announcements resumed
         yield Loopback(
             settings=bridge_settings,
             hamsa=emulator_app.state.emulator,

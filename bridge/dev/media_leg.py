@@ -73,6 +73,8 @@ class CallerBehaviour:
     """Connect here instead of the TwiML's stream URL (same path; e.g. behind a tunnel)."""
     on_open: Callable[[], None] | None = None
     """Called once the stream's handshake succeeded (the bridge accepted it)."""
+    on_audio: Callable[[], None] | None = None
+    """Called once, when the first audio frame arrives (the call is authenticated and playing)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -243,11 +245,15 @@ async def _run_stream(
             await ws.close()
 
     async def reader() -> None:
+        on_audio = plan.on_audio
         try:
             async for message in ws:
                 for reply in leg.receive(message, clock()):
                     if plan.echo_marks:
                         outbox.put_nowait(reply)
+                if on_audio is not None and leg.timeline.frames_received:
+                    on_audio()
+                    on_audio = None
         except ConnectionClosed:
             pass
         finally:
