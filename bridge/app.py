@@ -48,7 +48,7 @@ from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
 from bridge.preload import preload_voices, voices_to_preload
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
-from bridge.store.store import sqlite_path
+from bridge.store import check_database_url
 from bridge.stream_token import issue_token
 from bridge.twilio_api import TwilioApi
 from twiml.inbound import connect_stream
@@ -144,7 +144,7 @@ def check_api_settings(settings: Settings) -> None:
             "TWILIO_ACCOUNT_SID (and TWILIO_PHONE_NUMBER, the default caller ID)"
         )
     try:
-        sqlite_path(settings.bridge_database_url)
+        check_database_url(settings.bridge_database_url)
     except StoreError as exc:
         raise ConfigError(exc.message) from None
 

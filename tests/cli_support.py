@@ -14,6 +14,7 @@ from typing import Any
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
 from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
+from tests.log_audit import record_output
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -30,7 +31,9 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     async with asyncio.timeout(60):
         output, _ = await process.communicate()
     assert process.returncode is not None
-    return process.returncode, output.decode()
+    text = output.decode()
+    record_output(text)  # the suite's log audit reads every CLI's output too
+    return process.returncode, text
 
 
 def free_port() -> int:
@@ -46,11 +49,13 @@ async def outbound_rig(
     outcomes: dict[str, Outcome | str] | None = None,
     *,
     callback_grace: float,
+    database: str | None = None,
     **settings: Any,
 ) -> AsyncIterator[tuple[Loopback, dict[str, str]]]:
-    """Bridge + Hamsa and Twilio emulators on loopback sharing a store under ``tmp_path``, and
-    the environment an ``announce``/``campaign`` subprocess needs to reach them."""
-    database = f"sqlite:///{tmp_path}/bridge.db"
+    """Bridge + Hamsa and Twilio emulators on loopback sharing a store (``database``, a
+    ``BRIDGE_DATABASE_URL``; default: a SQLite file under ``tmp_path``), and the environment an
+    ``announce``/``campaign`` subprocess needs to reach them."""
+    database = database or f"sqlite:///{tmp_path}/bridge.db"
     async with loopback(
         EmulatorConfig(ms_per_char=25),
         twilio=TwilioEmulatorConfig(outcomes=outcomes or {}),

@@ -11,4 +11,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-pytest_plugins = ["tests.log_audit"]
+pytest_plugins = ["tests.log_audit", "tests.store_support"]
+"""``tests.store_support`` provides ``database_url`` (every test on SQLite and on PostgreSQL)
+and ``postgres_url`` (PostgreSQL only)."""

@@ -2,7 +2,8 @@
 
 Validation and authentication run in-process (Starlette's ``TestClient``; nothing is placed);
 accepted requests, idempotency, callbacks and resuming run on loopback against the Twilio
-emulator, where a call really is placed.
+emulator, where a call really is placed, with the store on SQLite and on PostgreSQL
+(``database_url``).
 """
 
 from __future__ import annotations
@@ -200,21 +201,21 @@ def calls_created(rig: Loopback) -> list[RestRecord]:
     return [r for r in rig.twilio.requests if r.path.endswith("/Calls.json") and r.method == "POST"]
 
 
-def api_loopback(tmp_path: Path, **settings: Any) -> Any:
+def api_loopback(database_url: str, **settings: Any) -> Any:
     return loopback(
         EmulatorConfig(ms_per_char=25),
         twilio=True,
         bridge_api_token=API_TOKEN,
-        bridge_database_url=f"sqlite:///{tmp_path}/bridge.db",
+        bridge_database_url=database_url,
         hamsa_truncation_ms_per_char=3.0,
         **settings,
     )
 
 
 @pytest.mark.anyio
-async def test_accepted_request_is_202_then_get_shows_it(tmp_path: Path) -> None:
+async def test_accepted_request_is_202_then_get_shows_it(database_url: str) -> None:
     async with (
-        api_loopback(tmp_path) as rig,
+        api_loopback(database_url) as rig,
         httpx2.AsyncClient(base_url=rig.public_url, headers=AUTH) as http,
     ):
         response = await http.post("/v1/announcements", json=GOOD | {"repeat": 2})
@@ -243,11 +244,11 @@ async def test_accepted_request_is_202_then_get_shows_it(tmp_path: Path) -> None
 
 @pytest.mark.anyio
 async def test_a_retried_post_with_the_same_idempotency_key_places_one_call(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
     key = {"Idempotency-Key": "order-1234-reminder"}
     async with (
-        api_loopback(tmp_path) as rig,
+        api_loopback(database_url) as rig,
         httpx2.AsyncClient(base_url=rig.public_url, headers=AUTH) as http,
     ):
         first = await http.post("/v1/announcements", json=GOOD, headers=key)
@@ -274,9 +275,9 @@ async def test_a_retried_post_with_the_same_idempotency_key_places_one_call(
 
 @pytest.mark.anyio
 async def test_status_callbacks_are_recorded_for_known_announcements_only(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
-    async with api_loopback(tmp_path) as rig, httpx2.AsyncClient() as http:
+    async with api_loopback(database_url) as rig, httpx2.AsyncClient() as http:
         store = await rig.bridge.store.get()
         spec = AnnouncementSpec.create(rig.settings, to=GOOD["to"], text=GOOD["text"])
         planned, _ = await store.create_announcement(spec, now=time.time())
@@ -318,12 +319,12 @@ async def test_status_callbacks_are_recorded_for_known_announcements_only(
 @pytest.mark.anyio
 @pytest.mark.parametrize("sent", [False, True], ids=["accepted-not-sent", "sent-no-answer"])
 async def test_startup_settles_an_attempt_a_previous_process_left_planned(
-    tmp_path: Path, sent: bool
+    database_url: str, sent: bool
 ) -> None:
     # A previous bridge accepted an announcement and died. Never sent (waiting for a slot):
     # the new bridge places it, once. Sent but unanswered: Twilio's Calls list has no such call,
     # so it is marked not placed and nothing is dialled.
-    async with api_loopback(tmp_path) as first:
+    async with api_loopback(database_url) as first:
         store = await first.bridge.store.get()
         spec = AnnouncementSpec.create(first.settings, to=GOOD["to"], text=GOOD["text"])
         left, _ = await store.create_announcement(spec, now=time.time() - 60)
@@ -331,7 +332,7 @@ async def test_startup_settles_an_attempt_a_previous_process_left_planned(
             assert await store.begin_placing(left.id, now=time.time() - 59)
             assert not await store.begin_placing(left.id, now=time.time() - 59)
     async with (
-        api_loopback(tmp_path) as rig,
+        api_loopback(database_url) as rig,
         httpx2.AsyncClient(base_url=rig.public_url, headers=AUTH) as http,
     ):
         service = rig.bridge.announcements

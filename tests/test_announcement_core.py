@@ -1,5 +1,5 @@
 """Announcements' pure core: validation, stream parameters and their v2 token, inline TwiML,
-and the store's bookkeeping of attempts (SQLite in tmp_path)."""
+and the store's bookkeeping of attempts (on SQLite and on PostgreSQL: ``database_url``)."""
 
 from __future__ import annotations
 
@@ -155,8 +155,8 @@ def test_the_twiml_connects_the_stream_then_hangs_up_and_stays_under_4000() -> N
 
 
 @pytest.mark.anyio
-async def test_store_attempt_lifecycle_and_out_of_order_callbacks(tmp_path: Path) -> None:
-    async with await Store.open(f"sqlite:///{tmp_path}/db/bridge.db") as store:
+async def test_store_attempt_lifecycle_and_out_of_order_callbacks(database_url: str) -> None:
+    async with await Store.open(database_url) as store:
         record, created = await store.create_announcement(spec(), now=1.0, idempotency_key="k")
         again, created_again = await store.create_announcement(spec(), now=2.0, idempotency_key="k")
         assert (created, created_again, again.id) == (True, False, record.id)
@@ -189,8 +189,8 @@ async def test_store_attempt_lifecycle_and_out_of_order_callbacks(tmp_path: Path
 
 
 @pytest.mark.anyio
-async def test_store_campaign_attempts_and_leases(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/bridge.db"
+async def test_store_campaign_attempts_and_leases(database_url: str) -> None:
+    url = database_url
     async with await Store.open(url) as store:
         contacts = [ContactRecord("", i, f"+96650000000{i}", {"i": str(i)}, "t") for i in range(3)]
         campaign = await store.create_campaign("night", {"cps": 1}, contacts, now=1.0)
@@ -223,18 +223,20 @@ async def test_store_campaign_attempts_and_leases(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_store_refuses_what_it_cannot_open(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="PostgreSQL"):
-        await Store.open("postgresql://db/bridge")
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreError, match="cannot open"):
         await Store.open(f"sqlite:///{tmp_path}/dir.db")
+    (tmp_path / "db").mkdir()  # a missing directory is created
+    async with await Store.open(f"sqlite:///{tmp_path}/db/sub/bridge.db") as store:
+        assert await store.list_campaigns() == []
+    assert (tmp_path / "db" / "sub" / "bridge.db").is_file()
 
 
 @pytest.mark.anyio
 async def test_a_call_sid_overrides_a_reconciliation_that_raced_the_creation(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
-    async with await Store.open(f"sqlite:///{tmp_path}/bridge.db") as store:
+    async with await Store.open(database_url) as store:
         record, _ = await store.create_announcement(spec(), now=1.0)
         gone = await store.mark_not_placed(record.id, "no call found", now=2.0)
         assert gone.state is AttemptState.NOT_PLACED

@@ -1,6 +1,7 @@
 """``hamsa-bridge campaign …`` as a user runs it (subprocesses) against the loopback rig: a file
 with problems is refused whole; a good one runs with live progress, then ``status``, ``export``
-and ``list`` describe it; Ctrl-C stops it cleanly and ``resume`` finishes it."""
+and ``list`` describe it; Ctrl-C stops it cleanly and ``resume`` finishes it. The runs share
+the store with the rig on SQLite and on PostgreSQL (``database_url``)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ def write(tmp_path: Path, rows: list[list[str]]) -> Path:
 
 
 def rig(
-    tmp_path: Path, outcomes: dict[str, Outcome | str] | None = None
+    tmp_path: Path, database: str, outcomes: dict[str, Outcome | str] | None = None
 ) -> AbstractAsyncContextManager[tuple[Loopback, dict[str, str]]]:
-    return outbound_rig(tmp_path, outcomes, callback_grace=1)
+    return outbound_rig(tmp_path, outcomes, callback_grace=1, database=database)
 
 
 async def test_a_file_with_invalid_rows_is_refused_whole(tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ async def test_missing_settings_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-async def test_run_then_status_export_and_list(tmp_path: Path) -> None:
+async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str) -> None:
     path = write(
         tmp_path,
         [
@@ -112,7 +113,7 @@ async def test_run_then_status_export_and_list(tmp_path: Path) -> None:
             ["+966500000005", "Huda", "Friday"],  # busy
         ],
     )
-    async with rig(tmp_path, {"+966500000005": "busy"}) as (lb, env):
+    async with rig(tmp_path, database_url, {"+966500000005": "busy"}) as (lb, env):
         code, output = await run_cli(
             "campaign",
             "run",
@@ -187,11 +188,11 @@ async def test_run_then_status_export_and_list(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 async def test_ctrl_c_stops_dialling_and_resume_finishes_without_calling_twice(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str
 ) -> None:
     numbers = [f"+9665000001{i:02d}" for i in range(6)]
     path = write(tmp_path, [[n, f"n{i}", "Sunday"] for i, n in enumerate(numbers)])
-    async with rig(tmp_path) as (lb, env):
+    async with rig(tmp_path, database_url) as (lb, env):
         assert lb.twilio is not None
         twilio = lb.twilio
         process = await asyncio.create_subprocess_exec(

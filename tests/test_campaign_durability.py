@@ -4,7 +4,8 @@ Twilio placed belongs to exactly one recorded attempt.
 
 The campaign runs as ``hamsa-bridge campaign run`` / ``resume`` subprocesses, exactly as a user
 runs them; the Twilio emulator, the bridge and the Hamsa emulator are hosted by the test process
-on loopback and share the SQLite file with the runner.
+on loopback and share the store with the runner: a SQLite file, and a PostgreSQL database
+(``database_url``).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ async def start(env: dict[str, str], log: Path, *args: str) -> asyncio.subproces
 
 @pytest.mark.timeout(120)
 async def test_kill_minus_nine_at_random_moments_then_resume_until_finished(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str
 ) -> None:
     rng = random.Random(SEED)  # noqa: S311 - reproducible kill moments
     path = tmp_path / "numbers.csv"
@@ -82,7 +83,7 @@ async def test_kill_minus_nine_at_random_moments_then_resume_until_finished(
     outcomes: dict[str, Outcome | str] = {n: "busy" for n in BUSY}
     outcomes |= {n: Outcome(status="no-answer", ring_seconds=0.3) for n in NO_ANSWER}
     outcomes |= {n: "failed" for n in FAILED}
-    database = f"sqlite:///{tmp_path}/campaign.db"
+    database = database_url
     log = tmp_path / "runner.log"
     kills: list[tuple[str, float, bool, int]] = []
     async with loopback(

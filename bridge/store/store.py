@@ -1,135 +1,85 @@
-"""The store: announcements, campaigns and contacts in SQLite (one file, WAL, synchronous=FULL).
+"""The store: announcements, campaigns and contacts, in SQLite or PostgreSQL.
+
+``BRIDGE_DATABASE_URL`` chooses: ``sqlite:///path.db`` (one file, WAL, ``synchronous=FULL``;
+:mod:`bridge.store.sqlite`) or ``postgresql://…`` (:mod:`bridge.store.postgres`, the ``postgres``
+extra), which lets bridge replicas and campaign runners on several machines share one store.
+The methods below are written once; the SQL differs only where :class:`Dialect` says.
 
 Every write commits before the method returns, so a process killed at any instant (``kill -9``)
-leaves a consistent database: a call attempt is on disk before ``calls.create`` is sent. Several
-processes may share the file (the bridge records stream results and status callbacks, a campaign
-runner plans attempts); writers serialise on ``BEGIN IMMEDIATE`` with a busy timeout.
+leaves a consistent database: a call attempt is stored before ``calls.create`` is sent. Several
+processes may share the database (the bridge records stream results and status callbacks, a
+campaign runner plans attempts); each method is one transaction, and the claims
+(:meth:`Store.claim_stream`, :meth:`Store.begin_placing`, :meth:`Store.acquire_lease`,
+:meth:`Store.plan_attempt`) are atomic between processes.
 
-The sqlite3 connection lives in one worker thread; each method runs one transaction there.
+The connection lives in one worker thread; each method runs one transaction there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from bridge.announcements.spec import AnnouncementSpec, AttemptState, outcome_of_status
 from bridge.errors import StoreError
+from bridge.store.backend import Backend, Tx
 from bridge.store.records import AnnouncementRecord, CampaignRecord, ContactRecord, ContactState
-from bridge.voice import Voice
+from bridge.store.rows import (
+    announcement_from_row,
+    contact_from_row,
+    contact_values,
+    get_announcement,
+    get_campaign,
+    insert_announcement,
+    new_id,
+    update,
+)
+from bridge.store.sqlite import SqliteBackend
+from bridge.store.url import check_database_url, is_postgres_url, sqlite_path
 
-__all__ = ["Store"]
+__all__ = ["Store", "check_database_url", "open_backend", "sqlite_path"]
 
 T = TypeVar("T")
-
-SCHEMA_VERSION: Final = 1
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS campaigns (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    config TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'running',
-    finished_at REAL,
-    lease_owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS contacts (
-    campaign_id TEXT NOT NULL REFERENCES campaigns(id),
-    idx INTEGER NOT NULL,
-    number TEXT NOT NULL,
-    variables TEXT NOT NULL,
-    text TEXT NOT NULL,
-    timezone TEXT,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL DEFAULT 0,
-    outcome TEXT,
-    error TEXT,
-    PRIMARY KEY (campaign_id, idx)
-);
-CREATE TABLE IF NOT EXISTS announcements (
-    id TEXT PRIMARY KEY,
-    campaign_id TEXT REFERENCES campaigns(id),
-    contact_idx INTEGER,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    to_number TEXT NOT NULL,
-    from_number TEXT NOT NULL,
-    text TEXT NOT NULL,
-    speaker TEXT NOT NULL,
-    dialect TEXT NOT NULL,
-    language TEXT NOT NULL,
-    repeat INTEGER NOT NULL,
-    confirm_digit TEXT,
-    repeat_digit TEXT NOT NULL,
-    machine_detection INTEGER NOT NULL,
-    ring_timeout INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    call_sid TEXT UNIQUE,
-    sent_at REAL,
-    placed_at REAL,
-    ended_at REAL,
-    status TEXT,
-    status_seq INTEGER NOT NULL DEFAULT -1,
-    status_at REAL,
-    answered_by TEXT,
-    duration INTEGER,
-    confirmation TEXT,
-    plays INTEGER NOT NULL DEFAULT 0,
-    stream_started_at REAL,
-    stream_ended_at REAL,
-    error TEXT,
-    idempotency_key TEXT UNIQUE
-);
-CREATE INDEX IF NOT EXISTS announcements_by_contact
-    ON announcements (campaign_id, contact_idx);
-CREATE INDEX IF NOT EXISTS announcements_by_state ON announcements (state);
-CREATE INDEX IF NOT EXISTS announcements_by_created ON announcements (created_at);
-"""
 
 _UNFINISHED = (AttemptState.PLANNED.value, AttemptState.PLACED.value)
 
 
-def sqlite_path(url: str) -> Path:
-    """``sqlite:///relative.db`` → ``relative.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
-    if url.startswith(("postgresql://", "postgres://")):
-        raise StoreError(
-            "BRIDGE_DATABASE_URL: PostgreSQL is not supported by this version yet; use "
-            "sqlite:///path/to/file.db (one file shared by the bridge and the campaign runner)"
-        )
-    if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-        raise StoreError(f"BRIDGE_DATABASE_URL {url!r}: expected sqlite:///path/to/file.db")
-    return Path(url.removeprefix("sqlite:///"))
+def open_backend(url: str) -> Backend:
+    """The backend for ``BRIDGE_DATABASE_URL`` (not connected yet); ``StoreError`` if the URL
+    names nothing this version can open."""
+    check_database_url(url)
+    if is_postgres_url(url):
+        from bridge.store.postgres import PostgresBackend  # psycopg is optional: imported here
 
-
-def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
+        return PostgresBackend(url)
+    return SqliteBackend(sqlite_path(url))
 
 
 class Store:
     """Open with :meth:`open`, close with :meth:`close` (or ``async with``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._conn: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, url: str) -> Store:
-        store = cls(sqlite_path(url))
+        """Connect (creating the schema if needed); ``StoreError`` if that fails."""
+        store = cls(open_backend(url))
         try:
-            await store._run(lambda conn: None)
+            await asyncio.get_running_loop().run_in_executor(store._executor, store.backend.connect)
         except BaseException:
             await store.close()
             raise
         return store
+
+    @property
+    def description(self) -> str:
+        """The database, as messages may name it (a path, or a URL without its password)."""
+        return self.backend.description
 
     async def __aenter__(self) -> Store:
         return self
@@ -138,65 +88,26 @@ class Store:
         await self.close()
 
     async def close(self) -> None:
-        def shut() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.backend.close)
         finally:
             self._executor.shutdown(wait=False)
 
     # --- the worker thread --------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        try:
-            if self.path.parent != Path():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: database schema {version} is newer than this version "
-                    f"understands ({SCHEMA_VERSION}): upgrade hamsa-bridge"
-                )
-            conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); commits
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the database {self.path}: {exc}") from None
-        self._conn = conn
-        return conn
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
-        conn = self._connect()
-        try:
-            # Writers take the lock up front (no deadlock on upgrade); readers never wait for
-            # it (WAL: a reader sees the last commit).
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: {exc}") from None
-        return result
-
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, work: Callable[[Tx], T]) -> T:
+        """``work`` as one write transaction, committed before this returns."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, work)
+        return await loop.run_in_executor(
+            self._executor, lambda: self.backend.transaction(work, write=True)
+        )
 
-    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, work: Callable[[Tx], T]) -> T:
+        """``work`` as one read-only transaction (a consistent snapshot)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, work, False)
+        return await loop.run_in_executor(
+            self._executor, lambda: self.backend.transaction(work, write=False)
+        )
 
     # --- announcements ------------------------------------------------------------------------
 
@@ -210,27 +121,27 @@ class Store:
         """Record a new ``PLANNED`` announcement; with an ``idempotency_key`` already used, the
         existing one instead. Returns (record, created)."""
 
-        def work(conn: sqlite3.Connection) -> tuple[AnnouncementRecord, bool]:
-            if idempotency_key is not None:
-                row = conn.execute(
-                    "SELECT * FROM announcements WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    return _announcement(row), False
+        def work(tx: Tx) -> tuple[AnnouncementRecord, bool]:
             announcement_id = new_id("an_")
-            _insert_announcement(
-                conn, announcement_id, spec, now=now, idempotency_key=idempotency_key
-            )
-            return _get_announcement(conn, announcement_id), True
+            # a key used concurrently by another process: one INSERT wins, the other waits
+            # for it and then does nothing (reading the winner's below)
+            if insert_announcement(
+                tx, announcement_id, spec, now=now, idempotency_key=idempotency_key
+            ):
+                return get_announcement(tx, announcement_id), True
+            row = tx.execute(
+                "SELECT * FROM announcements WHERE idempotency_key = ?", (idempotency_key,)
+            ).first()
+            if row is None:
+                raise StoreError(f"announcement {idempotency_key!r} vanished")  # not deletable
+            return announcement_from_row(row), False
 
         return await self._run(work)
 
     async def get_announcement(self, announcement_id: str) -> AnnouncementRecord | None:
-        def work(conn: sqlite3.Connection) -> AnnouncementRecord | None:
-            row = conn.execute(
-                "SELECT * FROM announcements WHERE id = ?", (announcement_id,)
-            ).fetchone()
-            return _announcement(row) if row is not None else None
+        def work(tx: Tx) -> AnnouncementRecord | None:
+            row = tx.execute("SELECT * FROM announcements WHERE id = ?", (announcement_id,)).first()
+            return announcement_from_row(row) if row is not None else None
 
         return await self._read(work)
 
@@ -242,8 +153,8 @@ class Store:
         Also from ``NOT_PLACED``: a CallSid proves the call exists, whatever a reconciliation
         that raced the creation concluded."""
 
-        def work(conn: sqlite3.Connection) -> AnnouncementRecord:
-            conn.execute(
+        def work(tx: Tx) -> AnnouncementRecord:
+            tx.execute(
                 "UPDATE announcements SET call_sid = COALESCE(call_sid, ?), "
                 "placed_at = COALESCE(placed_at, ?), "
                 "state = CASE WHEN state IN ('planned', 'not_placed') THEN 'placed' "
@@ -252,7 +163,7 @@ class Store:
                 "status = COALESCE(status, ?), status_at = COALESCE(status_at, ?) WHERE id = ?",
                 (call_sid, now, status, now, announcement_id),
             )
-            return _get_announcement(conn, announcement_id)
+            return get_announcement(tx, announcement_id)
 
         return await self._run(work)
 
@@ -261,13 +172,13 @@ class Store:
     ) -> AnnouncementRecord:
         """No call exists for this attempt (Twilio refused it, or none was found on resume)."""
 
-        def work(conn: sqlite3.Connection) -> AnnouncementRecord:
-            conn.execute(
+        def work(tx: Tx) -> AnnouncementRecord:
+            tx.execute(
                 "UPDATE announcements SET state = 'not_placed', error = ?, ended_at = ? "
                 "WHERE id = ? AND state = 'planned'",
                 (error, now, announcement_id),
             )
-            return _get_announcement(conn, announcement_id)
+            return get_announcement(tx, announcement_id)
 
         return await self._run(work)
 
@@ -290,13 +201,14 @@ class Store:
         ``answered_by`` are filled in whenever they are learnt. ``None`` for an unknown id.
         """
 
-        def work(conn: sqlite3.Connection) -> AnnouncementRecord | None:
-            row = conn.execute(
-                "SELECT * FROM announcements WHERE id = ?", (announcement_id,)
-            ).fetchone()
+        def work(tx: Tx) -> AnnouncementRecord | None:
+            row = tx.execute(
+                "SELECT * FROM announcements WHERE id = ?" + tx.dialect.lock_row,  # noqa: S608
+                (announcement_id,),
+            ).first()
             if row is None:
                 return None
-            record = _announcement(row)
+            record = announcement_from_row(row)
             if call_sid and record.call_sid and call_sid != record.call_sid:
                 return record  # another call's news (should not happen): ignore
             updates: dict[str, Any] = {}
@@ -324,8 +236,8 @@ class Store:
             if error and not record.error:
                 updates["error"] = error
             if updates:
-                _update(conn, "announcements", updates, "id = ?", (announcement_id,))
-            return _get_announcement(conn, announcement_id)
+                update(tx, "announcements", updates, "id = ?", (announcement_id,))
+            return get_announcement(tx, announcement_id)
 
         return await self._run(work)
 
@@ -341,7 +253,7 @@ class Store:
     ) -> None:
         """What the bridge saw on the call's media stream."""
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(tx: Tx) -> None:
             updates: dict[str, Any] = {}
             if started:
                 updates["stream_started_at"] = now
@@ -352,7 +264,7 @@ class Store:
             if confirmation is not None:
                 updates["confirmation"] = confirmation
             if updates:
-                _update(conn, "announcements", updates, "id = ?", (announcement_id,))
+                update(tx, "announcements", updates, "id = ?", (announcement_id,))
 
         await self._run(work)
 
@@ -360,13 +272,13 @@ class Store:
         """Atomically become the one process that sends ``calls.create`` for a ``PLANNED``
         announcement (committed just before sending). ``False``: someone already did."""
 
-        def work(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
+        def work(tx: Tx) -> bool:
+            result = tx.execute(
                 "UPDATE announcements SET sent_at = ? "
                 "WHERE id = ? AND state = 'planned' AND sent_at IS NULL",
                 (now, announcement_id),
             )
-            return cursor.rowcount == 1
+            return result.rowcount == 1
 
         return await self._run(work)
 
@@ -377,15 +289,15 @@ class Store:
         Tokens are single-use per replica only; this claim makes them single-use everywhere the
         database is shared, and refuses a replayed token for an announcement already heard."""
 
-        def work(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
+        def work(tx: Tx) -> bool:
+            result = tx.execute(
                 "UPDATE announcements SET stream_started_at = ?, "
                 "call_sid = COALESCE(call_sid, ?) WHERE id = ? AND stream_started_at IS NULL "
                 "AND state IN ('planned', 'placed', 'not_placed') "
                 "AND (call_sid IS NULL OR call_sid = ?)",
                 (now, call_sid, announcement_id, call_sid),
             )
-            return cursor.rowcount == 1
+            return result.rowcount == 1
 
         return await self._run(work)
 
@@ -394,7 +306,7 @@ class Store:
     ) -> list[AnnouncementRecord]:
         """``PLANNED`` or ``PLACED`` attempts: of one campaign, or (``standalone``) of none."""
 
-        def work(conn: sqlite3.Connection) -> list[AnnouncementRecord]:
+        def work(tx: Tx) -> list[AnnouncementRecord]:
             sql = "SELECT * FROM announcements WHERE state IN (?, ?)"
             args: list[Any] = list(_UNFINISHED)
             if campaign_id is not None:
@@ -402,31 +314,29 @@ class Store:
                 args.append(campaign_id)
             elif standalone:
                 sql += " AND campaign_id IS NULL"
-            rows = conn.execute(sql + " ORDER BY created_at", args).fetchall()
-            return [_announcement(r) for r in rows]
+            rows = tx.execute(sql + " ORDER BY created_at", args).rows
+            return [announcement_from_row(r) for r in rows]
 
         return await self._read(work)
 
     async def call_sids(self) -> set[str]:
         """Every CallSid attributed to an attempt."""
 
-        def work(conn: sqlite3.Connection) -> set[str]:
-            rows = conn.execute(
-                "SELECT call_sid FROM announcements WHERE call_sid IS NOT NULL"
-            ).fetchall()
-            return {str(r[0]) for r in rows}
+        def work(tx: Tx) -> set[str]:
+            rows = tx.execute("SELECT call_sid FROM announcements WHERE call_sid IS NOT NULL").rows
+            return {str(r["call_sid"]) for r in rows}
 
         return await self._read(work)
 
     async def recent_attempt_times(self, since: float) -> list[float]:
         """``created_at`` of every attempt since ``since`` (the calls-per-second budget spent)."""
 
-        def work(conn: sqlite3.Connection) -> list[float]:
-            rows = conn.execute(
+        def work(tx: Tx) -> list[float]:
+            rows = tx.execute(
                 "SELECT created_at FROM announcements WHERE created_at >= ? ORDER BY created_at",
                 (since,),
-            ).fetchall()
-            return [float(r[0]) for r in rows]
+            ).rows
+            return [float(r["created_at"]) for r in rows]
 
         return await self._read(work)
 
@@ -444,65 +354,52 @@ class Store:
         given contacts is ignored)."""
         rows = list(contacts)
 
-        def work(conn: sqlite3.Connection) -> CampaignRecord:
+        def work(tx: Tx) -> CampaignRecord:
             campaign_id = new_id("cp_")
-            conn.execute(
+            tx.execute(
                 "INSERT INTO campaigns (id, name, config, created_at) VALUES (?, ?, ?, ?)",
                 (campaign_id, name, json.dumps(config, ensure_ascii=False), now),
             )
-            conn.executemany(
+            tx.executemany(
                 "INSERT INTO contacts (campaign_id, idx, number, variables, text, timezone, "
                 "state, attempts, next_at, outcome, error) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        campaign_id,
-                        c.idx,
-                        c.number,
-                        json.dumps(c.variables, ensure_ascii=False),
-                        c.text,
-                        c.timezone,
-                        c.state.value,
-                        c.attempts,
-                        c.next_at,
-                        c.outcome,
-                        c.error,
-                    )
-                    for c in rows
-                ],
+                [contact_values(campaign_id, c) for c in rows],
             )
-            return _get_campaign(conn, campaign_id)
+            return get_campaign(tx, campaign_id)
 
         return await self._run(work)
 
     async def get_campaign(self, campaign_id: str) -> CampaignRecord | None:
-        def work(conn: sqlite3.Connection) -> CampaignRecord | None:
-            row = conn.execute("SELECT id FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
-            return _get_campaign(conn, campaign_id) if row is not None else None
+        def work(tx: Tx) -> CampaignRecord | None:
+            row = tx.execute("SELECT id FROM campaigns WHERE id = ?", (campaign_id,)).first()
+            return get_campaign(tx, campaign_id) if row is not None else None
 
         return await self._read(work)
 
     async def find_campaign(self, ref: str | None) -> CampaignRecord | None:
         """By id, else by name (the newest of that name); ``None``: the newest campaign."""
 
-        def work(conn: sqlite3.Connection) -> CampaignRecord | None:
+        def work(tx: Tx) -> CampaignRecord | None:
+            order = tx.dialect.insertion_order
             if ref is None:
-                row = conn.execute(
-                    "SELECT id FROM campaigns ORDER BY created_at DESC, rowid DESC LIMIT 1"
-                ).fetchone()
+                row = tx.execute(
+                    f"SELECT id FROM campaigns ORDER BY created_at DESC, {order} DESC LIMIT 1"  # noqa: S608
+                ).first()
             else:
-                row = conn.execute(
-                    "SELECT id FROM campaigns WHERE id = ? OR name = ? "
-                    "ORDER BY (id = ?) DESC, created_at DESC, rowid DESC LIMIT 1",
+                row = tx.execute(
+                    "SELECT id FROM campaigns WHERE id = ? OR name = ? "  # noqa: S608
+                    f"ORDER BY (id = ?) DESC, created_at DESC, {order} DESC LIMIT 1",
                     (ref, ref, ref),
-                ).fetchone()
-            return _get_campaign(conn, row[0]) if row is not None else None
+                ).first()
+            return get_campaign(tx, row["id"]) if row is not None else None
 
         return await self._read(work)
 
     async def list_campaigns(self) -> list[CampaignRecord]:
-        def work(conn: sqlite3.Connection) -> list[CampaignRecord]:
-            rows = conn.execute("SELECT id FROM campaigns ORDER BY created_at, rowid").fetchall()
-            return [_get_campaign(conn, r[0]) for r in rows]
+        def work(tx: Tx) -> list[CampaignRecord]:
+            order = tx.dialect.insertion_order
+            rows = tx.execute(f"SELECT id FROM campaigns ORDER BY created_at, {order}").rows  # noqa: S608
+            return [get_campaign(tx, r["id"]) for r in rows]
 
         return await self._read(work)
 
@@ -519,19 +416,19 @@ class Store:
         ``lease_owner`` is someone else's if they hold a live lease. ``take_from``: an owner
         known to be dead, whose unexpired lease may be taken over."""
 
-        def work(conn: sqlite3.Connection) -> CampaignRecord:
-            conn.execute(
+        def work(tx: Tx) -> CampaignRecord:
+            tx.execute(
                 "UPDATE campaigns SET lease_owner = ?, lease_until = ? WHERE id = ? AND "
                 "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ? OR lease_owner = ?)",
                 (owner, now + ttl, campaign_id, owner, now, take_from),
             )
-            return _get_campaign(conn, campaign_id)
+            return get_campaign(tx, campaign_id)
 
         return await self._run(work)
 
     async def release_lease(self, campaign_id: str, owner: str) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def work(tx: Tx) -> None:
+            tx.execute(
                 "UPDATE campaigns SET lease_owner = NULL, lease_until = 0 "
                 "WHERE id = ? AND lease_owner = ?",
                 (campaign_id, owner),
@@ -540,8 +437,8 @@ class Store:
         await self._run(work)
 
     async def finish_campaign(self, campaign_id: str, *, now: float) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def work(tx: Tx) -> None:
+            tx.execute(
                 "UPDATE campaigns SET state = 'finished', finished_at = ? "
                 "WHERE id = ? AND state != 'finished'",
                 (now, campaign_id),
@@ -550,11 +447,11 @@ class Store:
         await self._run(work)
 
     async def contacts(self, campaign_id: str) -> list[ContactRecord]:
-        def work(conn: sqlite3.Connection) -> list[ContactRecord]:
-            rows = conn.execute(
+        def work(tx: Tx) -> list[ContactRecord]:
+            rows = tx.execute(
                 "SELECT * FROM contacts WHERE campaign_id = ? ORDER BY idx", (campaign_id,)
-            ).fetchall()
-            return [_contact(r) for r in rows]
+            ).rows
+            return [contact_from_row(r) for r in rows]
 
         return await self._read(work)
 
@@ -568,7 +465,7 @@ class Store:
         outcome: str | None = None,
         error: str | None = None,
     ) -> None:
-        def work(conn: sqlite3.Connection) -> None:
+        def work(tx: Tx) -> None:
             updates: dict[str, Any] = {}
             if state is not None:
                 updates["state"] = state.value
@@ -579,9 +476,7 @@ class Store:
             if error is not None:
                 updates["error"] = error
             if updates:
-                _update(
-                    conn, "contacts", updates, "campaign_id = ? AND idx = ?", (campaign_id, idx)
-                )
+                update(tx, "contacts", updates, "campaign_id = ? AND idx = ?", (campaign_id, idx))
 
         await self._run(work)
 
@@ -590,22 +485,19 @@ class Store:
     ) -> AnnouncementRecord:
         """Atomically: the contact's next attempt, recorded ``PLANNED`` and counted."""
 
-        def work(conn: sqlite3.Connection) -> AnnouncementRecord:
-            row = conn.execute(
-                "SELECT attempts FROM contacts WHERE campaign_id = ? AND idx = ?",
+        def work(tx: Tx) -> AnnouncementRecord:
+            # counted by the UPDATE itself: two concurrent planners get distinct numbers
+            row = tx.execute(
+                "UPDATE contacts SET attempts = attempts + 1, state = 'active' "
+                "WHERE campaign_id = ? AND idx = ? RETURNING attempts",
                 (campaign_id, idx),
-            ).fetchone()
+            ).first()
             if row is None:
                 raise StoreError(f"campaign {campaign_id} has no contact {idx}")
-            attempt = int(row[0]) + 1
-            conn.execute(
-                "UPDATE contacts SET attempts = ?, state = 'active' "
-                "WHERE campaign_id = ? AND idx = ?",
-                (attempt, campaign_id, idx),
-            )
+            attempt = int(row["attempts"])
             announcement_id = new_id("an_")
-            _insert_announcement(
-                conn,
+            insert_announcement(
+                tx,
                 announcement_id,
                 spec,
                 now=now,
@@ -613,157 +505,19 @@ class Store:
                 contact_idx=idx,
                 attempt=attempt,
             )
-            return _get_announcement(conn, announcement_id)
+            return get_announcement(tx, announcement_id)
 
         return await self._run(work)
 
     async def attempts(self, campaign_id: str) -> list[AnnouncementRecord]:
         """Every attempt of the campaign, oldest first."""
 
-        def work(conn: sqlite3.Connection) -> list[AnnouncementRecord]:
-            rows = conn.execute(
-                "SELECT * FROM announcements WHERE campaign_id = ? ORDER BY created_at, rowid",
+        def work(tx: Tx) -> list[AnnouncementRecord]:
+            rows = tx.execute(
+                "SELECT * FROM announcements WHERE campaign_id = ? "  # noqa: S608
+                f"ORDER BY created_at, {tx.dialect.insertion_order}",
                 (campaign_id,),
-            ).fetchall()
-            return [_announcement(r) for r in rows]
+            ).rows
+            return [announcement_from_row(r) for r in rows]
 
         return await self._read(work)
-
-
-# --- rows -------------------------------------------------------------------------------------
-
-
-def _update(
-    conn: sqlite3.Connection,
-    table: str,
-    updates: dict[str, Any],
-    where: str,
-    args: tuple[Any, ...],
-) -> None:
-    columns = ", ".join(f"{name} = ?" for name in updates)  # names are ours, never input
-    conn.execute(f"UPDATE {table} SET {columns} WHERE {where}", (*updates.values(), *args))  # noqa: S608
-
-
-def _insert_announcement(
-    conn: sqlite3.Connection,
-    announcement_id: str,
-    spec: AnnouncementSpec,
-    *,
-    now: float,
-    campaign_id: str | None = None,
-    contact_idx: int | None = None,
-    attempt: int = 1,
-    idempotency_key: str | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO announcements (id, campaign_id, contact_idx, attempt, to_number, "
-        "from_number, text, speaker, dialect, language, repeat, confirm_digit, repeat_digit, "
-        "machine_detection, ring_timeout, state, created_at, idempotency_key) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            announcement_id,
-            campaign_id,
-            contact_idx,
-            attempt,
-            spec.to,
-            spec.from_,
-            spec.text,
-            spec.voice.speaker,
-            spec.voice.dialect,
-            spec.voice.language,
-            spec.repeat,
-            spec.confirm_digit,
-            spec.repeat_digit,
-            int(spec.machine_detection),
-            spec.ring_timeout,
-            AttemptState.PLANNED.value,
-            now,
-            idempotency_key,
-        ),
-    )
-
-
-def _get_announcement(conn: sqlite3.Connection, announcement_id: str) -> AnnouncementRecord:
-    row = conn.execute("SELECT * FROM announcements WHERE id = ?", (announcement_id,)).fetchone()
-    if row is None:
-        raise StoreError(f"no announcement {announcement_id}")
-    return _announcement(row)
-
-
-def _announcement(row: sqlite3.Row) -> AnnouncementRecord:
-    spec = AnnouncementSpec(
-        to=row["to_number"],
-        from_=row["from_number"],
-        text=row["text"],
-        voice=Voice(row["speaker"], row["dialect"], row["language"]),
-        repeat=row["repeat"],
-        confirm_digit=row["confirm_digit"],
-        repeat_digit=row["repeat_digit"],
-        machine_detection=bool(row["machine_detection"]),
-        ring_timeout=row["ring_timeout"],
-    )
-    return AnnouncementRecord(
-        id=row["id"],
-        spec=spec,
-        state=AttemptState(row["state"]),
-        created_at=row["created_at"],
-        campaign_id=row["campaign_id"],
-        contact_idx=row["contact_idx"],
-        attempt=row["attempt"],
-        call_sid=row["call_sid"],
-        sent_at=row["sent_at"],
-        placed_at=row["placed_at"],
-        ended_at=row["ended_at"],
-        status=row["status"],
-        status_seq=row["status_seq"],
-        status_at=row["status_at"],
-        answered_by=row["answered_by"],
-        duration=row["duration"],
-        confirmation=row["confirmation"],
-        plays=row["plays"],
-        stream_started_at=row["stream_started_at"],
-        stream_ended_at=row["stream_ended_at"],
-        error=row["error"],
-        idempotency_key=row["idempotency_key"],
-    )
-
-
-def _contact(row: sqlite3.Row) -> ContactRecord:
-    return ContactRecord(
-        campaign_id=row["campaign_id"],
-        idx=row["idx"],
-        number=row["number"],
-        variables=json.loads(row["variables"]),
-        text=row["text"],
-        state=ContactState(row["state"]),
-        attempts=row["attempts"],
-        next_at=row["next_at"],
-        outcome=row["outcome"],
-        error=row["error"],
-        timezone=row["timezone"],
-    )
-
-
-def _get_campaign(conn: sqlite3.Connection, campaign_id: str) -> CampaignRecord:
-    row = conn.execute("SELECT * FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
-    if row is None:
-        raise StoreError(f"no campaign {campaign_id}")
-    counts: dict[str, int] = {}
-    for state, outcome, n in conn.execute(
-        "SELECT state, outcome, COUNT(*) FROM contacts WHERE campaign_id = ? "
-        "GROUP BY state, outcome",
-        (campaign_id,),
-    ):
-        key = outcome if state == ContactState.DONE.value and outcome else state
-        counts[key] = counts.get(key, 0) + int(n)
-    return CampaignRecord(
-        id=row["id"],
-        name=row["name"],
-        config=json.loads(row["config"]),
-        created_at=row["created_at"],
-        state=row["state"],
-        finished_at=row["finished_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-        counts=counts,
-    )
