@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import socket
@@ -578,6 +579,39 @@ class TestFaults:
                     await c.ws.recv()
             assert emu.state.requests[0].end_at is None
 
+    async def test_endless_reply_keeps_streaming_the_same_audio_without_end(self) -> None:
+        text = "بب"  # 160 ms of audio a pass: a few passes in well under a second
+        async with emulator(faults={1: Fault.ENDLESS}, ms_per_char=80) as emu:
+            async with client(emu) as c:
+                await c.ws.send(c.proto.request(text, VOICE))
+                expected = tone.synthesize(text, mulaw=True)
+                reply = Reply()
+                while len(reply.audio) < 3 * len(expected):
+                    await c.next(reply)
+                assert reply.texts == [EXACT_ACK]
+                assert reply.audio[: 3 * len(expected)] == expected * 3
+                assert c.proto.state is HamsaState.STREAMING
+                # after the first pass, frames come no faster than real time
+                pass_two = len(expected)
+                i = next(
+                    i
+                    for i, size in enumerate(itertools.accumulate(map(len, reply.frames)))
+                    if size > pass_two
+                )
+                span = reply.arrivals[-1] - reply.arrivals[i]
+                heard = sum(map(len, reply.frames[i + 1 :])) / 8000
+                assert span >= heard * 0.9
+            # the client went away: the emulator stops streaming and records the close
+            await wait_for(emu, lambda s: s.connections[0].closed_at is not None)
+            request = emu.state.requests[0]
+            assert request.fault is Fault.ENDLESS
+            assert request.end_at is None
+            assert len(request.audio) >= 3 * len(expected)
+            assert (
+                request.audio
+                == (expected * (len(request.audio) // len(expected) + 1))[: len(request.audio)]
+            )
+
     async def test_slow_first_byte(self) -> None:
         config = {"faults": {2: Fault.SLOW_FIRST_BYTE}, "slow_first_byte_delay": 0.3}
         async with emulator(**config) as emu, client(emu) as c:
@@ -706,6 +740,46 @@ class TestLatency:
             assert record.first_audio_at - record.acked_at >= 0.1
             rest = len(reply.audio) - len(reply.frames[0])
             assert record.end_at - record.first_audio_at >= rest / 8000 / 20 * 0.9
+
+    async def test_draws_per_text_ignore_arrival_order_and_connections(self) -> None:
+        """The n-th request for a text is cut the same way whatever came before it and whichever
+        connection sent it; its latency draws are the same too."""
+        seen: list[dict[str, list[list[int]]]] = []
+        for order, fresh in (
+            ((SENTENCE, OTHER, SENTENCE), False),
+            ((OTHER, SENTENCE, SENTENCE), True),
+        ):
+            sizes: dict[str, list[list[int]]] = {}
+            async with (
+                emulator(seed=3, draws_per_text=True) as emu,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                c = await stack.enter_async_context(client(emu))
+                for text in order:
+                    if fresh:  # a new connection per request
+                        c = await stack.enter_async_context(client(emu))
+                    reply = await c.speak(text)
+                    assert reply.audio == tone.synthesize(text, mulaw=True)
+                    sizes.setdefault(text, []).append([len(f) for f in reply.frames])
+            seen.append(sizes)
+        assert seen[0] == seen[1]
+        assert seen[0][SENTENCE][0] != seen[0][SENTENCE][1]  # the second request: new cuts
+
+        config = EmulatorConfig(draws_per_text=True, first_byte_delay=(0.3, 1.7), seed=3)
+        a, b = EmulatorState(config), EmulatorState(config)
+        latency = config.first_byte_delay
+        a_draws = [
+            a.reply_draws(n, t)[1](latency) for n, t in enumerate((SENTENCE, OTHER, SENTENCE))
+        ]
+        b_draws = [
+            b.reply_draws(n, t)[1](latency) for n, t in enumerate((OTHER, SENTENCE, SENTENCE))
+        ]
+        assert (a_draws[0], a_draws[1], a_draws[2]) == (b_draws[1], b_draws[0], b_draws[2])
+        assert a_draws[0] != a_draws[2]
+        assert all(0.3 <= d <= 1.7 for d in a_draws)
+        # the default: one sequence in arrival order, chunking keyed by the request number
+        plain = EmulatorState(EmulatorConfig(first_byte_delay=(0.3, 1.7), seed=3))
+        assert plain.reply_draws(4, SENTENCE)[0] == 4
 
     def test_invalid_config_rejected(self) -> None:
         with pytest.raises(ValueError):

@@ -45,6 +45,7 @@ from bridge.errors import (
     AudioFormatError,
     HamsaError,
     HamsaReplyError,
+    HamsaTimeout,
     TruncatedReply,
 )
 from bridge.metrics import Metrics
@@ -55,6 +56,9 @@ from bridge.voice import Voice
 log = structlog.get_logger("bridge.speech")
 
 MARK_MARGIN = 3.0
+_SPOKEN_SECONDS_PER_CHAR = 0.08
+"""Arabic speech runs about 80 ms a character: a reply may stream for its segment budget plus
+this much per character of its text (slow synthesis of a long sentence), and no longer."""
 
 
 def cache_worthy(text: str, audio_bytes: int, settings: Settings) -> bool:
@@ -166,7 +170,9 @@ class Synthesizer:
             self.stats.requests += 1
             resumed_from = progress.played
             try:
-                await self._play_reply(text, voice, sink, started, progress)
+                # a reply may stream for the budget plus its text's length spoken at real time
+                reply_deadline = deadline + len(text) * _SPOKEN_SECONDS_PER_CHAR
+                await self._play_reply(text, voice, sink, started, progress, reply_deadline)
                 if resumed_from:
                     self.stats.resumed += 1
                     log.info("hamsa_reply_resumed", skipped_bytes=resumed_from)
@@ -219,9 +225,19 @@ class Synthesizer:
             self._metrics.hamsa_retries.inc()
 
     async def _play_reply(
-        self, text: str, voice: Voice, sink: Sink, started: float, progress: _Progress
+        self,
+        text: str,
+        voice: Voice,
+        sink: Sink,
+        started: float,
+        progress: _Progress,
+        deadline: float,
     ) -> None:
-        """One request: stream its audio into the framer, skipping what an earlier try played."""
+        """One request: stream its audio into the framer, skipping what an earlier try played.
+
+        A reply still streaming at ``deadline`` (``HAMSA_SEGMENT_BUDGET`` plus the text's length
+        spoken at real time) is abandoned: Hamsa never ending a reply must not hold the call
+        forever."""
         settings = self._settings
         decoder = ReplyDecoder(MULAW_8K)
         guard = TruncationGuard(
@@ -247,19 +263,26 @@ class Synthesizer:
             progress.played += len(audio)
             sink(audio)
 
+        budget = settings.hamsa_segment_budget
         try:
-            async with self._hamsa.reply(text, voice) as reply:
-                sent_at = clock()
-                async for chunk in reply:
-                    if self.first_byte_at is None:
-                        self.first_byte_at = clock()
-                        metrics.hamsa_first_byte.observe(self.first_byte_at - sent_at)
-                    audio = guard.feed(decoder.feed(chunk), decoder.audio_ms)
+            async with asyncio.timeout(max(0.0, deadline - clock())):
+                async with self._hamsa.reply(text, voice) as reply:
+                    sent_at = clock()
+                    async for chunk in reply:
+                        if self.first_byte_at is None:
+                            self.first_byte_at = clock()
+                            metrics.hamsa_first_byte.observe(self.first_byte_at - sent_at)
+                        audio = guard.feed(decoder.feed(chunk), decoder.audio_ms)
+                        if audio:
+                            emit(audio)
+                    audio = guard.finish(decoder.finish(), decoder.audio_ms)
                     if audio:
                         emit(audio)
-                audio = guard.finish(decoder.finish(), decoder.audio_ms)
-                if audio:
-                    emit(audio)
+        except TimeoutError:
+            raise HamsaTimeout(
+                f"Hamsa reply not ended within HAMSA_SEGMENT_BUDGET ({budget:g} s) plus the "
+                "text's length spoken at real time"
+            ) from None
         except AudioFormatError as exc:
             error = HamsaReplyError(
                 f"Hamsa sent audio the bridge cannot decode: {exc.message}",

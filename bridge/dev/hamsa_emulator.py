@@ -183,6 +183,12 @@ class Fault(enum.Enum):
     NEVER_END = "never_end"
     """``ack`` and all the audio, then nothing: the socket stays open and answers no further
     ``tts`` (the connection is wedged)."""
+    ENDLESS = "endless"
+    """``ack``, the reply's audio, then the same audio again and again, frame after frame, never
+    ``end``: a reply that never ends while it keeps streaming. After the first pass each frame
+    follows the previous one after its audio duration (divided by
+    :attr:`EmulatorConfig.synthesis_speed` if set: real time otherwise), until the client closes
+    the socket."""
     SLOW_FIRST_BYTE = "slow_first_byte"
     """A normal reply whose first audio comes after :attr:`EmulatorConfig.slow_first_byte_delay`."""
     RIFF_MULAW = "riff_mulaw"
@@ -237,6 +243,12 @@ class EmulatorConfig:
     """First-byte delay of :attr:`Fault.SLOW_FIRST_BYTE`."""
     unpreloaded_voice_delay: float = 0.0
     """Extra first-byte delay when a custom voice is used without a successful preload."""
+    draws_per_text: bool = False
+    """Draw each reply's latency (first byte, chunk intervals, synthesis speed) and chunking from
+    an RNG seeded by (:attr:`seed`, text, n), n counting the requests for that text so far,
+    instead of one sequence shared by all requests in arrival order: the n-th request for a text
+    gets the same timing whichever connection sends it and whatever runs concurrently, so
+    emulators given the same calls side by side stay comparable (``bench/first_audio.py``)."""
 
     # --- audio
     ms_per_char: float = 80.0
@@ -383,6 +395,7 @@ class EmulatorState:
         # Seeded for reproducibility, not security.
         self._fault_rng = random.Random(f"faults:{config.seed}")  # noqa: S311
         self._latency_rng = random.Random(f"latency:{config.seed}")  # noqa: S311
+        self._text_requests: dict[str, int] = {}
         self._changed = asyncio.Event()
 
     # --- used by the handlers
@@ -405,6 +418,17 @@ class EmulatorState:
 
     def draw(self, value: float | Range) -> float:
         return _draw(self._latency_rng, value)
+
+    def reply_draws(
+        self, number: int, text: str
+    ) -> tuple[int | str, Callable[[float | Range], float]]:
+        """The chunking key and the latency draw of request ``number`` (see
+        :attr:`EmulatorConfig.draws_per_text`)."""
+        if not self.config.draws_per_text:
+            return number, self.draw
+        n = self._text_requests[text] = self._text_requests.get(text, 0) + 1
+        rng = random.Random(f"latency:{self.config.seed}:{n}:{text}")  # noqa: S311
+        return f"text{n}", lambda value: _draw(rng, value)
 
     def key_ok(self, key: str | None) -> bool:
         if not key:
@@ -490,9 +514,9 @@ class _Plan:
 
 
 def _plan_reply(
-    text: str, mulaw: bool, fault: Fault | None, number: int, cfg: EmulatorConfig
+    text: str, mulaw: bool, fault: Fault | None, key: int | str, cfg: EmulatorConfig
 ) -> tuple[_Plan, int]:
-    rng = random.Random(f"{cfg.seed}:{number}:{text}")  # noqa: S311 (reproducible, not secret)
+    rng = random.Random(f"{cfg.seed}:{key}:{text}")  # noqa: S311 (reproducible, not secret)
     header = b""
     if fault is Fault.RIFF_PCM16:
         audio_mulaw = False
@@ -741,23 +765,24 @@ class _Connection:
                 await self.send_text(END_FRAME)
             return
 
-        plan, bps = _plan_reply(text, rec.mulaw, fault, number, cfg)
+        key, draw = state.reply_draws(number, text)
+        plan, bps = _plan_reply(text, rec.mulaw, fault, key, cfg)
         rec.header = plan.header
         delay = (
             cfg.slow_first_byte_delay
             if fault is Fault.SLOW_FIRST_BYTE
-            else state.draw(cfg.first_byte_delay)
+            else draw(cfg.first_byte_delay)
         )
         if self._custom(speaker) and speaker.lower() not in state.preloaded:
             delay += cfg.unpreloaded_voice_delay
-        speed = None if cfg.synthesis_speed is None else state.draw(cfg.synthesis_speed)
+        speed = None if cfg.synthesis_speed is None else draw(cfg.synthesis_speed)
         for i, (frame, part) in enumerate(zip(plan.frames, plan.audio_parts, strict=True)):
             if i == 0:
                 pause = delay
             elif speed is not None:
                 pause = len(part) / bps / speed
             else:
-                pause = state.draw(cfg.chunk_interval)
+                pause = draw(cfg.chunk_interval)
             if pause > 0:
                 await asyncio.sleep(pause)
             if part and rec.first_audio_at is None:
@@ -771,6 +796,9 @@ class _Connection:
         if fault is Fault.CLOSE_MID_REPLY:
             await self.close(1011, "Internal error")
             return
+        if fault is Fault.ENDLESS:
+            await self._stream_forever(plan, bps, speed, rec)
+            return
         if fault is Fault.NEVER_END:
             self.wedged = True
             return
@@ -780,6 +808,20 @@ class _Connection:
             return
         if fault is Fault.CLOSE_AFTER_END:
             await self.close(1000, "")
+
+    async def _stream_forever(
+        self, plan: _Plan, bps: int, speed: float | None, rec: RequestRecord
+    ) -> None:
+        """:attr:`Fault.ENDLESS`: the reply's frames again and again until the socket is gone."""
+        if not plan.frames:
+            return
+        for frame in itertools.cycle(plan.audio_parts):
+            await asyncio.sleep(len(frame) / bps / (speed or 1.0))
+            if not await self.send_bytes(frame):
+                return
+            rec.audio += frame
+            rec.frames.append(len(frame))
+            self.state.notify()
 
 
 def _hamsa_error(status: int, message: str) -> JSONResponse:
