@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from bridge.audio.formats import AudioFormat, Encoding
 from bridge.errors import AudioFormatError, InvalidState
@@ -219,6 +220,10 @@ def _detect(prefix: bytearray) -> bool | None:
     return True if n >= _PREAMBLE else None
 
 
+_MIN_RATE: Final = 4000
+_MAX_RATE: Final = 192000
+
+
 def parse_fmt(payload: bytes) -> AudioFormat:
     """Parse a ``fmt `` chunk payload into an ``AudioFormat`` or raise ``AudioFormatError``.
 
@@ -242,8 +247,9 @@ def parse_fmt(payload: bytes) -> AudioFormat:
     encoding = _encoding(tag, bits)
     if channels not in (1, 2):
         raise AudioFormatError(f"unsupported WAV channel count {channels} (mono or stereo only)")
-    if rate == 0:
-        raise AudioFormatError("WAV fmt chunk has a sample rate of 0 Hz")
+    if not _MIN_RATE <= rate <= _MAX_RATE:
+        # a header may claim any rate: 1 Hz would turn 200 bytes into 100 s of telephone audio
+        raise AudioFormatError(f"WAV sample rate {rate} Hz is outside {_MIN_RATE}–{_MAX_RATE} Hz")
     return AudioFormat(encoding, rate, channels)
 
 

@@ -44,7 +44,7 @@ def mulaw_to_wav(mulaw: bytes) -> bytes:
 STREAM_USER_AGENT: Final = "Twilio.TmeWs/1.0"
 """The ``User-Agent`` of Twilio's stream handshakes."""
 
-EndedBy = Literal["bridge", "hangup_after", "max_duration", "hangup"]
+EndedBy = Literal["bridge", "hangup_after", "max_duration", "hangup", "vanished"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -61,6 +61,14 @@ class CallerBehaviour:
     150 ms, starting 300 ms after the prompt ended."""
     echo_marks: bool = True
     """False: never echo marks (to test a Twilio whose echoes are lost)."""
+    before_start: list[str | bytes] = field(default_factory=list)
+    """Messages sent as is between ``connected`` and ``start`` (garbage before the call exists)."""
+    flood: list[tuple[float, int]] = field(default_factory=list)
+    """(seconds after ``start``, n) pairs: n extra caller ``media`` frames sent at once, on top of
+    the 50 a second (one frame built at that instant, repeated: a broken or hostile peer)."""
+    vanish_after: float | None = None
+    """The caller's connection vanishes this long after ``start``: the TCP connection is aborted
+    with no ``stop`` and no close frame (a network drop, a crashed Twilio edge)."""
     hangup_after: float | None = None
     """The caller hangs up (``stop``) this long after ``start``; None: wait for the bridge."""
     max_duration: float = 300.0
@@ -94,7 +102,9 @@ class StreamResult:
     ended_by: EndedBy | None = None
     """Why the stream ended: ``bridge`` (it closed the socket), else why the caller hung up —
     :attr:`CallerBehaviour.hangup_after` or :attr:`~CallerBehaviour.max_duration` elapsed, or
-    the ``hangup`` event of :func:`run_media_stream` was set. ``None``: the stream never ran."""
+    the ``hangup`` event of :func:`run_media_stream` was set —, or ``vanished``
+    (:attr:`CallerBehaviour.vanish_after`: the connection was aborted). ``None``: the stream
+    never ran."""
 
     @property
     def heard(self) -> bytes:
@@ -164,6 +174,8 @@ class StreamResult:
             lines.append("protocol warnings: none")
         if self.ended_by == "hangup":
             end = "Twilio stopped the stream (the call was updated or ended)"
+        elif self.ended_by == "vanished":
+            end = "the caller's connection vanished (aborted, no stop)"
         elif self.hung_up:
             end = "caller hung up"
         else:
@@ -271,11 +283,15 @@ async def _run_stream(
     async def ticker() -> None:
         """Caller audio every 20 ms, keys on time, playout and mark echoes, hang-up."""
         outbox.put_nowait(leg.connected())
+        for message in plan.before_start:
+            outbox.put_nowait(message)
         t0 = clock()
         result.started_at = t0
         outbox.put_nowait(leg.start())
         keys = sorted(plan.keys)
         raw = sorted(plan.raw, key=lambda item: item[0])
+        flood = sorted(plan.flood)
+        vanish_at = None if plan.vanish_after is None else t0 + plan.vanish_after
         answers = list(plan.answers)
         marks_seen = 0
         frame = 0
@@ -302,6 +318,14 @@ async def _run_stream(
                 outbox.put_nowait(leg.dtmf(digit))
             while raw and t0 + raw[0][0] <= now:
                 outbox.put_nowait(raw.pop(0)[1])
+            while flood and t0 + flood[0][0] <= now:
+                burst = leg.media(SILENCE_FRAME, int((now - t0) * 1000))
+                for _ in range(flood.pop(0)[1]):
+                    outbox.put_nowait(burst)
+            if vanish_at is not None and now >= vanish_at:
+                result.ended_by = "vanished"
+                ws.transport.abort()  # no stop, no close frame: the TCP connection just goes
+                return
             next_media = t0 + 0.020 * (frame + 1)
             if now >= next_media:
                 frame += 1
@@ -318,6 +342,10 @@ async def _run_stream(
                 wake_at = min(wake_at, t0 + keys[0][0])
             if raw:
                 wake_at = min(wake_at, t0 + raw[0][0])
+            if flood:
+                wake_at = min(wake_at, t0 + flood[0][0])
+            if vanish_at is not None:
+                wake_at = min(wake_at, vanish_at)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake_at - clock())):
                     await wake.wait()

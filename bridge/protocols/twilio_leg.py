@@ -362,9 +362,9 @@ class TwilioMediaLeg:
     # --- time ----------------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
-        if not now >= self._now:  # also rejects NaN
+        if not (now >= self._now and math.isfinite(now)):  # also rejects NaN and ±inf
             raise InvalidState(
-                f"time went backwards: {now!r} < {self._now!r}",
+                f"time went backwards or is not finite: {now!r} (last {self._now!r})",
                 call_sid=self.call_sid,
                 stream_sid=self.stream_sid,
             )
