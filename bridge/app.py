@@ -41,6 +41,7 @@ from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
 from bridge.calls.hamsa_session import Connector
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry, OpenStreams
+from bridge.calls.warm_pool import WarmHamsaPool
 from bridge.drain import DrainController, Phase
 from bridge.errors import ConfigError, PreloadError, StoreError
 from bridge.logs import note_handshake_denied
@@ -77,6 +78,8 @@ class BridgeState:
     """The HTTP API's service (``None`` without ``BRIDGE_API_TOKEN``)."""
     calls_handled: int = 0
     rejected_handshakes: int = 0
+    warm_pool: WarmHamsaPool | None = None
+    """Hamsa sockets opened ahead of the calls (``None`` with ``HAMSA_WARM_CONNECTIONS=0``)."""
     startup: asyncio.Task[None] | None = None
     """Voice preload and the rest of startup, when it runs behind a listening server."""
     on_startup_failure: Callable[[], None] | None = None
@@ -173,6 +176,12 @@ def create_app(
     metrics.track(lambda: len(registry), lambda: len(streams))
     metrics.max_calls.set(settings.bridge_max_calls)
     store = LazyStore(settings.bridge_database_url)
+    # Warm Hamsa sockets: calls connect through the pool, which hands each one an already open
+    # socket (or connects directly when it has none). Filled once the bridge starts serving.
+    warm_pool: WarmHamsaPool | None = None
+    if settings.hamsa_warm_connections > 0:
+        warm_pool = WarmHamsaPool(settings, connector=hamsa_connector)
+        hamsa_connector = warm_pool
 
     def twilio_api() -> TwilioApi:
         return TwilioApi(settings)
@@ -204,7 +213,13 @@ def create_app(
         announcements=service,
         metrics=metrics,
         streams=streams,
-        drain=DrainController(streams, timeout=settings.bridge_drain_timeout, metrics=metrics),
+        drain=DrainController(
+            streams,
+            timeout=settings.bridge_drain_timeout,
+            metrics=metrics,
+            on_drain=[warm_pool.aclose] if warm_pool is not None else [],
+        ),
+        warm_pool=warm_pool,
     )
 
     async def start_serving() -> None:
@@ -216,6 +231,12 @@ def create_app(
             if state.on_startup_failure is not None:
                 state.on_startup_failure()
             raise
+        if warm_pool is not None:
+            # Bounded: with Hamsa slow or down the bridge serves anyway (calls connect directly).
+            warm_pool.start()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.hamsa_connect_timeout):
+                    await warm_pool.wait_filled()
         if service is not None:
             await service.start()  # may place calls: only once their streams can be accepted
         state.drain.serving()
@@ -225,6 +246,7 @@ def create_app(
             preloaded=len(settings.hamsa_preload_voices),
             announcements_api=service is not None,
             max_calls=settings.bridge_max_calls,
+            warm_hamsa_sockets=warm_pool.idle if warm_pool is not None else 0,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
@@ -251,6 +273,8 @@ def create_app(
             lag_monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag_monitor
+            if warm_pool is not None:
+                await warm_pool.aclose()
             if service is not None:
                 await service.aclose()
             await store.close()

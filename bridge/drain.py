@@ -6,7 +6,8 @@ to the ``DrainController``:
 
 1. the phase turns ``DRAINING``: ``/readyz`` answers 503 (the load balancer stops sending new
    calls) and new stream handshakes get 503 (Twilio moves on to the TwiML after ``</Connect>``);
-2. calls in progress play to their normal end, for up to ``BRIDGE_DRAIN_TIMEOUT`` seconds;
+2. what only new calls would use is released at once (``on_drain``: the warm Hamsa sockets);
+   calls in progress play to their normal end, for up to ``BRIDGE_DRAIN_TIMEOUT`` seconds;
 3. calls still running then are ended deliberately (closed with 1001, counted in
    ``hamsa_bridge_calls_ended_by_drain_total`` and logged);
 4. only then does uvicorn shut down (nothing left to cut) and the process exit.
@@ -21,6 +22,7 @@ import contextlib
 import enum
 import signal
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 
 import structlog
@@ -45,10 +47,19 @@ class Phase(enum.Enum):
 class DrainController:
     """This process's serving phase, and the drain itself."""
 
-    def __init__(self, streams: OpenStreams, *, timeout: float, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        streams: OpenStreams,
+        *,
+        timeout: float,
+        metrics: Metrics,
+        on_drain: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
         self._streams = streams
         self._timeout = timeout
         self._metrics = metrics
+        self._on_drain = tuple(on_drain)
+        """Run as the drain starts: release what only new calls would use (the warm pool)."""
         self.phase = Phase.STARTING
         self.ended = 0
         """Calls ended at the drain timeout."""
@@ -70,6 +81,11 @@ class DrainController:
         self._metrics.draining.set(1)
         streams = self._streams
         log.info("drain_started", open_streams=len(streams), timeout=self._timeout)
+        for release in self._on_drain:
+            try:
+                await release()
+            except Exception:
+                log.exception("drain_release_failed")
         try:
             async with asyncio.timeout(self._timeout):
                 await streams.wait_empty()

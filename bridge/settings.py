@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     hamsa_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
     hamsa_segment_budget: float = Field(default=20.0, gt=0)
     hamsa_drain_timeout: float = Field(default=1.5, ge=0)
+    hamsa_warm_connections: int = Field(default=2, ge=0, le=50)
+    """Hamsa sockets kept open ahead of the calls (each taken by one call, then refilled): 0 off."""
 
     # --- Twilio ------------------------------------------------------------------------------
     twilio_account_sid: str = ""

@@ -37,7 +37,14 @@ async def run_demo(
     lines: list[str] = []
     result: StreamResult | None
     async with loopback(
-        emulator, settings=settings, hamsa_preload_voices=(), twilio=bool(flow), **overrides
+        emulator,
+        settings=settings,
+        hamsa_preload_voices=(),
+        twilio=bool(flow),
+        # The production pool (HAMSA_WARM_CONNECTIONS, default 2): the call's first request goes
+        # over a socket opened before the call, as in a running bridge.
+        hamsa_warm_connections=settings.hamsa_warm_connections,
+        **overrides,
     ) as rig:
         if rig.twilio is not None:
             sid = await rig.call_in(keys=keys or [], answers=answers or [])
@@ -48,9 +55,17 @@ async def run_demo(
             lines += [f"transferred to {', '.join(t.targets)}" for t in rig.twilio.transfers]
         else:
             result = await rig.call(keys=keys or [])
-        connections = len(rig.hamsa.connections)
+        records = {c.id: c for c in rig.hamsa.connections}
+        used = {r.connection_id for r in rig.hamsa.requests}
+        # With the warm pool the emulator also holds the pool's idle sockets and its refills:
+        # count the sockets the call's requests went over.
+        connections = len(used) if rig.bridge.warm_pool is not None else len(records)
         requests = len(rig.hamsa.requests)
         first_byte = rig.hamsa.requests[0].first_audio_at if rig.hamsa.requests else None
+        first_socket = (
+            records.get(rig.hamsa.requests[0].connection_id) if rig.hamsa.requests else None
+        )
+        pool = rig.bridge.warm_pool
     print("hamsa-bridge demo: Hamsa emulator + bridge + simulated Twilio caller on loopback")
     if result is None:
         print("demo failed: the call never reached the stream")
@@ -58,6 +73,14 @@ async def run_demo(
     for line in [*lines, *result.timeline()]:
         print("  " + line)
     print(f"  hamsa: {connections} connection(s), {requests} request(s)")
+    if pool is None:
+        print(
+            "  warm Hamsa sockets: off (HAMSA_WARM_CONNECTIONS=0): the call waited for the connect"
+        )
+    elif first_socket is not None and result.started_at is not None:
+        ahead = result.started_at - first_socket.opened_at
+        when = f"opened {ahead:.2f} s before the stream started" if ahead > 0 else "opened late"
+        print(f"  warm Hamsa sockets: {pool.size}; the first request's socket was {when}")
     first_frame = result.leg.timeline.first_media_at if result.leg is not None else None
     if first_byte is not None and first_frame is not None:
         added = (first_frame - first_byte) * 1000

@@ -80,6 +80,7 @@ async def loopback(
     script: CallScript = greeting_script,
     auth_token: str | None = None,
     twilio: bool | TwilioEmulatorConfig = False,
+    hamsa_warm_connections: int = 0,
     **setting_overrides: Any,
 ) -> AsyncIterator[Loopback]:
     """Start the emulator(s) and the bridge; yield a ``Loopback`` to place calls through.
@@ -87,6 +88,9 @@ async def loopback(
     ``auth_token``: the Twilio auth token the bridge validates with (default: a random one).
     ``twilio``: also run the Twilio emulator (its account's token is ``auth_token``) with
     ``LOOPBACK_NUMBER`` wired to the bridge, and point the bridge's REST client at it.
+    ``hamsa_warm_connections``: the bridge's warm Hamsa pool; off (0) unless asked for, so the
+    emulator's records hold only the calls' own connections. With a pool, the loopback is yielded
+    once its first connects finished (the pool is full if Hamsa accepted them).
     """
     api_key = "loopback-" + secrets.token_hex(8)
     auth_token = auth_token or secrets.token_hex(16)
@@ -129,6 +133,7 @@ async def loopback(
                     "hamsa_api_url": hamsa_url,
                     "twilio_auth_token": auth_token,
                     "bridge_public_url": public,
+                    "hamsa_warm_connections": hamsa_warm_connections,
                 }
                 | twilio_settings
                 | setting_overrides
