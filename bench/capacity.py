@@ -9,62 +9,76 @@ Method
   pins itself to another one. Whether pinning happened is printed.
 * This process runs the Hamsa emulator (``create_emulator_app``: fixed 0.3 s first byte,
   synthesis 3x faster than real time, ``ms_per_char`` ms of audio per character, no faults) and
-  the simulated Twilio callers (``place_call``): each caller POSTs the signed webhook, opens the
-  media stream, sends a 20 ms media frame every 20 ms, models Twilio's playout buffer and echoes
-  marks as Twilio does. Every call speaks ``BRIDGE_GREETING``: a text of several sentences long
-  enough for ``--duration`` seconds of audio, so the bridge pipelines several Hamsa requests per
-  call on its one Hamsa socket.
+  the simulated Twilio callers: the bench's own lean caller (``LeanCall``, see its section): the
+  signed webhook, then a hand-spoken WebSocket that sends a 20 ms media frame every 20 ms (one
+  ticker for all calls, in ``TICK_GROUPS`` phases), models Twilio's playout buffer, echoes marks
+  when their audio has played and timestamps every frame received. Every call speaks
+  ``BRIDGE_GREETING``: sentences adding up to ``--duration`` seconds (30) of audio, pipelined on
+  the call's one Hamsa socket, so audio plays without a pause for the whole steady window.
 * Each step gets a fresh bridge process (so its RSS growth is the step's own), warmed up by one
-  short unmeasured call. The first step is the unloaded reference (3 calls); then each step of
-  ``--calls``: N calls started evenly over ``--ramp`` seconds (2 s), run to their end (the bridge
-  closes each stream after the last mark is echoed).
-* Per step: bridge CPU (``/proc/<pid>/stat`` utime+stime, sampled every 0.5 s) averaged over the
-  steady window in which all N calls were playing (from the last call's first audio to the first
-  call's end), in % of one core, and in brackets over the ramp (the start to that window);
-  bridge RSS (``/proc/<pid>/status`` VmRSS, peak during the step) and its growth per call over
-  the idle RSS after the warm-up; from the bridge's ``/metrics`` (deltas over the step):
-  event-loop lag (the bridge samples a 0.5 s timer; shown as bucket upper bounds of p50, p99 and
-  the worst sample), ``hamsa_bridge_underruns_total``, first-audio p95 (bucket bound), frames
-  sent; at the callers: gaps heard (``CallResult.gaps()``), first audio (``start`` sent to the
-  first media received; exact), frames received against the frames the greeting must produce,
-  and failed calls (webhook not 200, handshake refused, not closed normally by the bridge, or
-  short of audio).
-* The generator measures itself: its CPU (``time.process_time``) over the steady window and its
-  own event-loop lag (a 50 ms timer) in the steady window and during the ramp. Its cyclic GC is
-  off during a step (a generation-2 collection at 200 calls pauses every caller for ~70 ms); the
-  garbage is collected between steps. At ``GEN_CPU_LIMIT`` of its core or a steady loop lag p99
-  of ``GEN_LAG_LIMIT`` the generator counts as saturated (late timestamps eat into the bridge's
-  200 ms playout lead: gaps and first-audio figures are no longer the bridge's): the step is
-  marked invalid and ends the verdict. "Other CPU" is the whole machine's busy time
-  (``/proc/stat``) minus the bridge and the generator, in % of one core: other processes
-  competing for the two cores while the step ran.
+  short unmeasured call. First (``--latency-calls``, 20) calls one at a time through a fresh
+  bridge, each hanging up after 0.3 s of audio: bridge-added latency with one call. Then the
+  unloaded reference (3 calls) and each step of ``--calls``: N calls arriving evenly at
+  ``SETUP_RATE`` (50) a second (at least over 2 s; ``--ramp`` overrides), run to their end.
+* Per step:
+
+  - bridge CPU (``/proc/<pid>/stat``, sampled every 0.5 s) over the steady window in which all N
+    calls were playing (the last call's first audio to the first call's end), in % of one core
+    (in brackets over the ramp); CPU per call = that / N; calls per core = 100 % / CPU per call;
+  - bridge RSS (peak ``VmRSS``) and its growth per call over the idle, warmed-up process (each
+    call holds a Twilio socket and a Hamsa socket);
+  - from the bridge's ``/metrics`` (deltas, bucket upper bounds): event-loop lag (a 0.5 s timer)
+    p50/p99/max; **writer lateness**: each time the playback writer sleeps for the pacing clock,
+    the time it sends the batch's first frame minus the instant the clock let that frame go
+    (``hamsa_bridge_pacing_lateness_seconds``): how late the bridge is on its own schedule;
+    **bridge-added latency** p50/p99 (``hamsa_bridge_bridge_added_latency_seconds``: first Hamsa
+    audio bytes received to the first frame sent, for an utterance reaching an empty queue, so
+    one sample per call here); underruns; frames sent;
+  - at the callers (exact): **frame lateness**: for every frame received once the lead is
+    established in a run of playback, its *margin* is how long before its play time it arrived
+    (Twilio's buffer modelled: play time = end of the audio already buffered). The pacing plan
+    never leaves a frame less than ``PLAN_MARGIN_DEFAULT`` (120 ms: it tops the 200 ms lead up
+    when it has drained to 200 - 20 - 60 ms), so lateness = max(0, 120 ms - margin): 0 for every
+    frame on or ahead of the plan; it includes loopback transit and the generator's own lag.
+    p50/p99/max and the frames later than ``JITTER_LIMIT`` (10 ms); gaps heard; first audio
+    (``start`` sent to the first media frame); frames received against the greeting's; failed
+    calls (no stream, not closed 1000 by the bridge, short of audio, or a media frame whose
+    payload is not 160 bytes).
+* The generator measures itself: its CPU over the steady window and its loop lag (a 50 ms
+  timer); at ``GEN_CPU_LIMIT`` or a lag p99 of ``GEN_LAG_LIMIT`` it counts as saturated and the
+  step is invalid. Its cyclic GC is off during a step. "Other CPU" is the machine's busy time
+  (``/proc/stat``) minus the bridge and the generator, in % of one core.
 
 Verdict: the largest N such that it and every smaller step passed: bridge CPU below 80 % of one
-core, no underrun and no gap, no failed call, first-audio p95 (callers' measure) within 0.2 s of
-the unloaded step's; a step whose generator saturated is not a measurement and ends the verdict.
-A step that fails while other processes use ``OTHER_CPU_LIMIT`` of a core or more is repeated
-(``--retries``, once by default); failing again, it is reported as not measured cleanly (a step
-that passes despite such interference counts). If every step passed, the verdict says "≥ N" and
-adds a linear extrapolation of the CPU to 80 % (not a measurement).
+core, no underrun and no gap, no failed call, loop lag, writer lateness and frame lateness p99 at
+most 10 ms, first-audio p95 within 0.2 s of the unloaded step's; a saturated generator ends the
+verdict. A step that fails while other processes use ``OTHER_CPU_LIMIT`` of a core or more is
+repeated (``--retries``, once by default).
+
+``--soak``: one bridge, ``--soak-calls`` calls at once for ``--soak-seconds``, each replaced by a
+new call as it ends; every ``--soak-interval`` seconds the bridge's RSS, open file descriptors,
+active calls and CPU are printed; at the end the same per-frame figures, failed calls, and idle
+RSS and fds before and after. ``--smoke``: every mode for seconds with a handful of calls (CI);
+figures are printed, not judged, but a failed call or a malformed frame exits 1.
 
 Caveats
 -------
 
 * Loopback only: no network latency or jitter, no TLS (usually terminated by the ingress).
 * Hamsa is an emulator with fixed timing; its audio is computed in the generator, not the bridge.
-* The load generator shares the machine (2 cores here) and saturates its core at roughly 300
-  calls, so the bridge's own limit may lie above the largest step that can be measured.
-* Calls arrive in a burst (N in 2 s), far harsher than real arrivals; the first-audio criterion
-  therefore measures call-setup throughput as much as steady-state capacity (see ``--ramp``).
+* The generator and other people's processes share the machine (2 vCPUs here): compare runs
+  only with the "other CPU" column in view.
 * One greeting per call, no keypresses, no IVR, no announcements database.
 
-Run: ``python bench/capacity.py [--calls 25,50,100,200] [--duration 20] [--quick]``.
+Run: ``python bench/capacity.py [--calls 50,100,200,300] [--quick | --soak | --smoke]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import gc
 import importlib.util
@@ -72,22 +86,27 @@ import json
 import math
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.dev.caller import CallPlan, CallResult, place_call
+from bridge.dev.caller import parse_connect_stream
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
+from bridge.dev.media_leg import STREAM_USER_AGENT
 from bridge.dev.servers import bind, serving
+from bridge.protocols.twilio_leg import TwilioMediaLeg
 from bridge.sentences import split_text
+from bridge.signatures import TwilioSignatures
 
 TOKEN: Final = "bench-twilio-auth-token-0123456789"
 KEY: Final = "bench-hamsa-api-key-0123456789"
@@ -109,6 +128,10 @@ FIRST_AUDIO_MARGIN: Final = 0.2
 """Seconds a step's first-audio p95 may exceed the unloaded step's."""
 GEN_CPU_LIMIT: Final = 90.0
 GEN_LAG_LIMIT: Final = 0.05
+JITTER_LIMIT: Final = 0.010
+"""The goal's bound on p99 loop lag and pacing lateness (a step over it does not pass)."""
+SETUP_RATE: Final = 50.0
+"""Default arrival rate (calls set up per second) of a step's ramp."""
 OTHER_CPU_LIMIT: Final = 15.0
 """Other processes using this much of a core during a step make it invalid (repeated once)."""
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -415,12 +438,420 @@ class Sampler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.samples.append(take_sample(self.pid))
 
+    def other_cpu(self) -> float:
+        """Other processes' CPU over the sampling, in % of one core: the machine's busy time
+        minus the bridge's and the generator's."""
+        first, last = self.samples[0], self.samples[-1]
+        span = last.at - first.at
+        if span <= 0:
+            return 0.0
+        ours = (last.bridge_ticks - first.bridge_ticks) / CLOCK_TICKS
+        ours += last.gen_cpu - first.gen_cpu
+        machine = (last.machine_ticks - first.machine_ticks) / CLOCK_TICKS
+        return max(0.0, machine - ours) / span * 100
+
     def window(self, start: float, end: float) -> tuple[Sample, Sample] | None:
         """The first and last samples inside ``[start, end]`` (None: fewer than two)."""
         inside = [s for s in self.samples if start <= s.at <= end]
         if len(inside) < 2:
             return None
         return inside[0], inside[-1]
+
+
+# --- the lean simulated caller -----------------------------------------------------------------
+#
+# ``bridge.dev.caller.place_call`` (the websockets client, ``TwilioMediaLeg`` keeping every byte
+# heard, one ticker task per call) saturates the generator's core near 300 calls. The bench's own
+# caller does the same on the wire with far less work: after the webhook (httpx, once per call)
+# it speaks WebSocket by hand on an ``asyncio.Protocol`` (a hand-written upgrade request; client
+# frames masked with a zero key, which RFC 6455 permits the server to receive), one ticker for
+# every call sends each call's 20 ms media frame in one of ``TICK_GROUPS`` phase groups (so the
+# bridge sees arrivals spread over the 20 ms as from independent calls, not one burst), and the
+# bridge's media frames are checked by length (a 160-byte payload) and timestamped, not decoded.
+# Twilio's playout buffer is modelled by its end time only; marks are echoed when the audio
+# before them has played, at once on ``clear``; pings are answered.
+
+SILENCE_B64: Final = binascii.b2a_base64(b"\xff" * 160, newline=False).decode()
+TICK: Final = 0.020
+TICK_GROUPS: Final = 10
+PLAN_MARGIN_DEFAULT: Final = 0.120
+"""The smallest lead the bridge's pacing plans to leave a frame: it tops Twilio's buffer up to
+``lead`` (200 ms) when it has drained to ``lead - frame - refill`` (200 - 20 - 60 = 120 ms)."""
+MARGIN_BIN: Final = 0.0001
+MARGIN_BINS: Final = 10_000
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One client frame (FIN, masked with a zero key: the payload goes as is)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+class Tally:
+    """What every call of a step adds to: per-frame margins (how far ahead of its play time each
+    frame arrived, 0.1 ms bins), counted once the lead is established in each run of playback."""
+
+    def __init__(self) -> None:
+        self.margins = [0] * (MARGIN_BINS + 1)
+
+    def margin_quantile(self, q: float) -> float | None:
+        total = sum(self.margins)
+        if not total:
+            return None
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for i, count in enumerate(self.margins):
+            seen += count
+            if seen >= rank:
+                return i * MARGIN_BIN
+        return MARGIN_BINS * MARGIN_BIN
+
+    @property
+    def frames(self) -> int:
+        return sum(self.margins)
+
+
+class LeanCall(asyncio.Protocol):
+    """One simulated Twilio media stream on a raw socket (see above)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        path: str,
+        signature: str,
+        call_sid: str,
+        parameters: dict[str, str],
+        tally: Tally,
+        plan_margin: float,
+        hangup_after_frames: int | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.call_sid = call_sid
+        self.tally = tally
+        self.plan_margin = plan_margin
+        self.hangup_after_frames = hangup_after_frames
+        key = base64.b64encode(secrets.token_bytes(16)).decode()
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"User-Agent: {STREAM_USER_AGENT}\r\nX-Twilio-Signature: {signature}\r\n\r\n"
+        ).encode()
+        self._leg = TwilioMediaLeg(
+            self.stream_sid, call_sid, "AC" + secrets.token_hex(16), parameters
+        )
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._open = False
+        self._seq = 1
+        self._chunk = 0
+        self._media_len = len(
+            f'{{"event":"media","streamSid":"{self.stream_sid}","media":{{"payload":"'
+            f'{SILENCE_B64}"}}}}'
+        )
+        self._media_tail = f'","payload":"{SILENCE_B64}"}},"streamSid":"{self.stream_sid}"}}'
+        self._play_end: float | None = None
+        self._established = False
+        self._after_clear = False
+        self._marks: list[asyncio.TimerHandle] = []
+        self._mark_names: list[str] = []
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.handshake_status: int | None = None
+        self.started_at: float | None = None
+        self.first_media_at: float | None = None
+        self.ended_at: float | None = None
+        self.frames = 0
+        self.bad_frames = 0
+        self.gaps = 0
+        self.marks = 0
+        self.close_code: int | None = None
+        self.ended_by: str | None = None
+        self.error: str | None = None
+
+    # --- the socket
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self._request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open = False
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
+        for handle in self._marks:
+            handle.cancel()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _write(self, opcode: int, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_ws_frame(opcode, payload))
+
+    def send_text(self, text: str) -> None:
+        self._write(0x1, text.encode())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        buf = self._buf
+        buf += data
+        if not self._open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = int(bytes(buf[9:12]))
+            del buf[: end + 4]
+            if status != 101:
+                self.handshake_status = status
+                self.ended_by = "refused"
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self._open = True
+            self.send_text(self._leg.connected())
+            self.started_at = time.monotonic()
+            self.send_text(self._leg.start())
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2:
+            b0 = buf[pos]
+            n = buf[pos + 1] & 0x7F
+            off = pos + 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n = (buf[off] << 8) | buf[off + 1]
+                off += 2
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n = int.from_bytes(buf[off : off + 8], "big")
+                off += 8
+            if size - off < n:
+                break
+            pos = off + n
+            opcode = b0 & 0x0F
+            if opcode == 0x1:
+                if buf.startswith(b'{"event":"media"', off):
+                    self._on_media(n, now)
+                else:
+                    self._on_text(bytes(buf[off:pos]), now)
+            elif opcode == 0x8:
+                self.close_code = (buf[off] << 8) | buf[off + 1] if n >= 2 else 1005
+                if self.ended_by is None:
+                    self.ended_by = "bridge"
+                self.ended_at = now
+                self._write(0x8, bytes(buf[off : off + 2]))
+                assert self.transport is not None
+                self.transport.close()
+                break
+            elif opcode == 0x9:
+                self._write(0xA, bytes(buf[off:pos]))
+        del buf[:pos]
+
+    # --- Twilio's side
+
+    def _on_media(self, size: int, now: float) -> None:
+        if size != self._media_len:
+            self.bad_frames += 1
+        self.frames += 1
+        if self.first_media_at is None:
+            self.first_media_at = now
+        end = self._play_end
+        if end is None or end < now:  # the buffer is empty: this frame plays at once
+            if end is not None and not self._after_clear:
+                self.gaps += 1
+            self._established = False
+            self._after_clear = False
+            margin = 0.0
+            self._play_end = now + TICK
+        else:
+            margin = end - now
+            self._play_end = end + TICK
+        if not self._established and margin >= self.plan_margin:
+            self._established = True
+        if self._established:
+            self.tally.margins[min(MARGIN_BINS, int(margin / MARGIN_BIN))] += 1
+        if self.hangup_after_frames is not None and self.frames >= self.hangup_after_frames:
+            self.hangup_after_frames = None
+            self.hang_up("caller")
+
+    def _on_text(self, payload: bytes, now: float) -> None:
+        try:
+            message = json.loads(payload)
+            event = message["event"]
+        except (ValueError, KeyError, TypeError):
+            self.bad_frames += 1
+            return
+        if event == "mark":
+            self.marks += 1
+            name = str(message.get("mark", {}).get("name", ""))
+            end = self._play_end
+            delay = 0.0 if end is None or end <= now else end - now
+            self._marks.append(self.loop.call_later(delay, self._echo, name))
+            self._mark_names.append(name)
+        elif event == "clear":
+            self._play_end = None
+            self._after_clear = True
+            for handle, name in zip(self._marks, self._mark_names, strict=True):
+                if not handle.cancelled():
+                    handle.cancel()
+                    self._echo(name, pop=False)
+            self._marks.clear()
+            self._mark_names.clear()
+
+    def _echo(self, name: str, *, pop: bool = True) -> None:
+        if pop and self._marks:
+            self._marks.pop(0)
+            self._mark_names.pop(0)
+        self._seq += 1
+        self.send_text(
+            f'{{"event":"mark","sequenceNumber":"{self._seq}","streamSid":"{self.stream_sid}",'
+            f'"mark":{{"name":{json.dumps(name)}}}}}'
+        )
+
+    def send_media(self) -> None:
+        """Caller audio, as Twilio sends it (silence)."""
+        self._seq += 1
+        self._chunk += 1
+        chunk = self._chunk
+        self._write(
+            0x1,
+            (
+                f'{{"event":"media","sequenceNumber":"{self._seq}","media":{{"track":"inbound",'
+                f'"chunk":"{chunk}","timestamp":"{chunk * 20}{self._media_tail}'
+            ).encode(),
+        )
+
+    def hang_up(self, why: str) -> None:
+        """``stop``, then close 1000, as Twilio does when the caller hangs up."""
+        if not self._open or self.ended_by is not None:
+            return
+        self.ended_by = why
+        self.ended_at = time.monotonic()
+        self._seq += 1
+        self.send_text(
+            f'{{"event":"stop","sequenceNumber":"{self._seq}","stop":{{"accountSid":'
+            f'"{self._leg.account_sid}","callSid":"{self.call_sid}"}},'
+            f'"streamSid":"{self.stream_sid}"}}'
+        )
+        self._write(0x8, (1000).to_bytes(2, "big"))
+
+    @property
+    def sending(self) -> bool:
+        return self._open and self.ended_by is None
+
+
+class Ticker:
+    """Sends every open call's 20 ms media frame, the calls split in ``TICK_GROUPS`` phases."""
+
+    def __init__(self) -> None:
+        self.groups: list[set[LeanCall]] = [set() for _ in range(TICK_GROUPS)]
+        self._next = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, call: LeanCall) -> None:
+        self.groups[self._next % TICK_GROUPS].add(call)
+        self._next += 1
+
+    def remove(self, call: LeanCall) -> None:
+        for group in self.groups:
+            group.discard(call)
+
+    async def run(self) -> None:
+        step = TICK / TICK_GROUPS
+        start = time.monotonic()
+        n = 0
+        while True:
+            # Catch up after a late wake: every call keeps 50 frames/s on average.
+            while start + n * step <= time.monotonic():
+                for call in self.groups[n % TICK_GROUPS]:
+                    if call.sending:
+                        call.send_media()
+                n += 1
+            await asyncio.sleep(max(0.0, start + n * step - time.monotonic()))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def lean_call(
+    webhook_url: str,
+    *,
+    http: httpx2.AsyncClient,
+    ticker: Ticker,
+    tally: Tally,
+    plan_margin: float,
+    max_duration: float,
+    hangup_after_frames: int | None = None,
+) -> LeanCall | str:
+    """One call: the signed webhook, then the stream until the bridge closes it. The call, or
+    why it never got a stream."""
+    call_sid = "CA" + secrets.token_hex(16)
+    form = {
+        "AccountSid": "AC" + secrets.token_hex(16),
+        "ApiVersion": "2010-04-01",
+        "CallSid": call_sid,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "From": "+966500000001",
+        "To": "+966110000000",
+    }
+    signer = TwilioSignatures(TOKEN)
+    headers = {"X-Twilio-Signature": signer.sign(webhook_url, form)}
+    try:
+        response = await http.post(webhook_url, data=form, headers=headers)
+    except httpx2.HTTPError as exc:
+        return f"webhook {type(exc).__name__}"
+    if response.status_code != 200:
+        return f"webhook HTTP {response.status_code}"
+    found = parse_connect_stream(response.text)
+    if found is None:
+        return "no <Stream> in the TwiML"
+    stream_url, parameters = found
+    url = urllib.parse.urlsplit(stream_url)
+    path = url.path + (f"?{url.query}" if url.query else "")
+    call = LeanCall(
+        host=url.netloc,
+        path=path,
+        signature=signer.sign(stream_url, {}),
+        call_sid=call_sid,
+        parameters=parameters,
+        tally=tally,
+        plan_margin=plan_margin,
+        hangup_after_frames=hangup_after_frames,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.create_connection(lambda: call, url.hostname or "127.0.0.1", url.port or 80)
+    except OSError as exc:
+        return f"connect {type(exc).__name__}"
+    ticker.add(call)
+    try:
+        async with asyncio.timeout(max_duration):
+            await asyncio.shield(call.done)
+    except TimeoutError:
+        call.hang_up("max_duration")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.shield(call.done)
+    finally:
+        ticker.remove(call)
+        if call.transport is not None and not call.transport.is_closing():
+            call.transport.close()
+    return call
 
 
 # --- one step ----------------------------------------------------------------------------------
@@ -441,11 +872,24 @@ class StepResult:
     lag_p50: float | None = None
     lag_p99: float | None = None
     lag_max: float | None = None
+    writer_p50: float | None = None
+    writer_p99: float | None = None
+    writer_max: float | None = None
+    margin_p50: float | None = None
+    margin_p01: float | None = None
+    margin_min: float | None = None
+    late_frames: int = 0
+    counted_frames: int = 0
+    plan_margin: float = PLAN_MARGIN_DEFAULT
+    added_p50: float | None = None
+    added_p99: float | None = None
+    added_count: int = 0
     gen_lag_p99: float | None = None
     gen_ramp_lag_p99: float | None = None
     gen_rss: int = 0
     underruns: int = 0
     gaps: int = 0
+    bad_frames: int = 0
     first_audio_p50: float | None = None
     first_audio_p95: float | None = None
     bridge_first_audio_p95: float | None = None
@@ -460,6 +904,21 @@ class StepResult:
     @property
     def rss_per_call(self) -> float:
         return max(0, self.rss_peak - self.rss_idle) / max(1, self.calls)
+
+    @property
+    def cpu_per_call(self) -> float | None:
+        """% of one core per concurrent call (steady window)."""
+        return None if self.bridge_cpu is None else self.bridge_cpu / self.calls
+
+    @property
+    def calls_per_core(self) -> float | None:
+        per_call = self.cpu_per_call
+        return None if not per_call else 100.0 / per_call
+
+    def lateness(self, q: float) -> float | None:
+        """Frame lateness (see the docstring) at quantile ``q``: 0 when on the plan or early."""
+        margin = {0.5: self.margin_p50, 0.99: self.margin_p01, 1.0: self.margin_min}[q]
+        return None if margin is None else max(0.0, self.plan_margin - margin)
 
     @property
     def machine_busy(self) -> bool:
@@ -482,6 +941,15 @@ class StepResult:
             found.append(f"{self.failed} failed")
         if self.underruns or self.gaps:
             found.append("underruns/gaps")
+        if self.bad_frames:
+            found.append(f"{self.bad_frames} malformed frames")
+        if self.lag_p99 is not None and self.lag_p99 > JITTER_LIMIT:
+            found.append(f"loop lag p99 {self.lag_p99 * 1000:g} ms")
+        if self.writer_p99 is not None and self.writer_p99 > JITTER_LIMIT:
+            found.append(f"writer lateness p99 {self.writer_p99 * 1000:g} ms")
+        late = self.lateness(0.99)
+        if late is not None and late > JITTER_LIMIT:
+            found.append(f"frame lateness p99 {late * 1000:.1f} ms")
         if (
             reference_p95 is not None
             and self.first_audio_p95 is not None
@@ -516,45 +984,53 @@ class Bench:
     cpus: tuple[int | None, int | None]
     """(bridge CPU, generator CPU), or Nones without pinning."""
     log_level: str
+    plan_margin: float = PLAN_MARGIN_DEFAULT
     started: bool = False
 
 
-def call_problem(result: CallResult | BaseException, frames_per_call: int) -> str | None:
-    if isinstance(result, BaseException):
-        return f"{type(result).__name__}: {result}"
-    if result.webhook_status != 200:
-        return f"webhook HTTP {result.webhook_status}"
+def call_problem(result: LeanCall | str, frames_per_call: int | None) -> str | None:
+    """Why a call failed (None: it did not). ``frames_per_call`` None: hung up early on purpose."""
+    if isinstance(result, str):
+        return result
     if result.handshake_status is not None:
         return f"handshake HTTP {result.handshake_status}"
-    if result.leg is None:
-        return "no stream"
+    if frames_per_call is None:
+        return None if result.frames and result.ended_by == "caller" else "no audio"
     if result.ended_by != "bridge" or result.close_code != 1000:
         return f"ended by {result.ended_by} (close {result.close_code})"
-    if result.leg.timeline.frames_received < frames_per_call:
-        return f"{result.leg.timeline.frames_received}/{frames_per_call} frames"
+    if result.frames < frames_per_call:
+        return f"{result.frames}/{frames_per_call} frames"
     return None
 
 
 async def warm_up(bench: Bench, bridge: Bridge) -> str | None:
     """One short call through a fresh bridge (lazy imports, first Hamsa socket); None if it
     heard audio, else what went wrong. Not measured."""
-    plan = CallPlan(
-        webhook_url=bridge.url + "/twiml/inbound", auth_token=TOKEN, hangup_after=WARM_UP_SECONDS
-    )
-    result = await place_call(plan, http=bench.http)
+    ticker = Ticker()
+    ticker.start()
+    try:
+        result = await lean_call(
+            bridge.url + "/twiml/inbound",
+            http=bench.http,
+            ticker=ticker,
+            tally=Tally(),
+            plan_margin=bench.plan_margin,
+            max_duration=30,
+            hangup_after_frames=int(WARM_UP_SECONDS / TICK),
+        )
+    finally:
+        await ticker.stop()
     await wait_idle(bridge, bench.http)
-    if result.leg is None or not result.leg.timeline.frames_received:
-        return f"webhook {result.webhook_status}, handshake {result.handshake_status}"
-    return None
+    return call_problem(result, None)
 
 
-async def measure_step(bench: Bench, calls: int, label: str, *, ramp: float) -> StepResult:
-    """A fresh bridge, warmed up, then the step; prints the pinning and the table's header
-    once the first bridge runs."""
+@asynccontextmanager
+async def fresh_bridge(bench: Bench, max_calls: int) -> AsyncIterator[Bridge]:
+    """A fresh bridge, warmed up; prints the pinning and the table's header once."""
     async with running_bridge(
         bench.hamsa_url,
         bench.greeting,
-        max_calls=calls + 10,
+        max_calls=max_calls,
         cpu=bench.cpus[0],
         log_level=bench.log_level,
     ) as bridge:
@@ -565,13 +1041,67 @@ async def measure_step(bench: Bench, calls: int, label: str, *, ramp: float) -> 
                 print(f"pinning: bridge on CPU {bridge_cpu}, load generator on CPU {gen_cpu}")
             else:
                 print("pinning: none (bridge and load generator share every CPU)")
-            print()
-            print(HEADER)
-            print(_separator())
         problem = await warm_up(bench, bridge)
         if problem is not None:
             raise RuntimeError(f"warm-up call failed: {problem}; log: {bridge.log_events[-5:]}")
+        yield bridge
+
+
+async def measure_step(bench: Bench, calls: int, label: str, *, ramp: float) -> StepResult:
+    """A fresh bridge, warmed up, then the step."""
+    async with fresh_bridge(bench, calls + 10) as bridge:
         return await run_step(bench, bridge, calls, label, ramp=ramp)
+
+
+def read_histograms(step: StepResult, after: Samples, before: Samples) -> None:
+    """The bridge's own figures for the step, from two scrapes of ``/metrics``."""
+    lag = histogram_delta(after, before, "hamsa_bridge_event_loop_lag_seconds")
+    step.lag_p50 = histogram_bucket(0.5, lag)
+    step.lag_p99 = histogram_bucket(0.99, lag)
+    step.lag_max = histogram_max_bucket(lag)
+    writer = histogram_delta(after, before, "hamsa_bridge_pacing_lateness_seconds")
+    step.writer_p50 = histogram_bucket(0.5, writer)
+    step.writer_p99 = histogram_bucket(0.99, writer)
+    step.writer_max = histogram_max_bucket(writer)
+    added = histogram_delta(after, before, "hamsa_bridge_bridge_added_latency_seconds")
+    step.added_p50 = histogram_bucket(0.5, added)
+    step.added_p99 = histogram_bucket(0.99, added)
+    step.added_count = int(added[-1][1]) if added else 0
+    fa = histogram_delta(after, before, "hamsa_bridge_first_audio_seconds")
+    step.bridge_first_audio_p95 = histogram_bucket(0.95, fa)
+    step.underruns = int(delta(after, before, "hamsa_bridge_underruns_total"))
+    step.frames_sent = int(delta(after, before, "hamsa_bridge_frames_sent_total"))
+    step.refused = int(total_delta(after, before, "hamsa_bridge_streams_refused_total"))
+
+
+def read_tally(step: StepResult, tally: Tally) -> None:
+    step.plan_margin = PLAN_MARGIN_DEFAULT
+    step.margin_p50 = tally.margin_quantile(0.5)
+    step.margin_p01 = tally.margin_quantile(0.01)
+    step.margin_min = tally.margin_quantile(0.0)
+    step.counted_frames = tally.frames
+    late_bins = max(0, int((step.plan_margin - JITTER_LIMIT) / MARGIN_BIN))
+    step.late_frames = sum(tally.margins[:late_bins])
+
+
+def read_calls(step: StepResult, results: Sequence[LeanCall | str], frames: int | None) -> None:
+    for result in results:
+        problem = call_problem(result, frames)
+        if problem is not None:
+            step.failed += 1
+            if problem not in step.errors:
+                step.errors.append(problem)
+    ok = [r for r in results if isinstance(r, LeanCall) and r.started_at is not None]
+    first_audio = [
+        r.first_media_at - r.started_at
+        for r in ok
+        if r.first_media_at is not None and r.started_at is not None
+    ]
+    step.first_audio_p50 = quantile(first_audio, 0.5)
+    step.first_audio_p95 = quantile(first_audio, 0.95)
+    step.gaps = sum(r.gaps for r in ok)
+    step.bad_frames = sum(r.bad_frames for r in ok)
+    step.frames_heard = sum(r.frames for r in ok)
 
 
 async def run_step(
@@ -583,28 +1113,34 @@ async def run_step(
     step = StepResult(label=label, calls=calls, rss_idle=rss_bytes(bridge.pid))
     first_log = len(bridge.log_events)
     sampler = Sampler(bridge.pid)
-    # The generator's cyclic GC would pause every caller at once (a 70 ms gen-2 collection at
-    # 200 calls): off during the step, the garbage is collected after it.
+    tally = Tally()
+    ticker = Ticker()
+    # The generator's cyclic GC would pause every caller at once: off during the step, the
+    # garbage is collected after it.
     gc.collect()
     gc.disable()
     sampler.start()
+    ticker.start()
     started = time.monotonic()
 
-    async def one(i: int) -> CallResult | BaseException:
+    async def one(i: int) -> LeanCall | str:
         await asyncio.sleep(ramp * i / calls)  # the arrival schedule
-        plan = CallPlan(
-            webhook_url=bridge.url + "/twiml/inbound",
-            auth_token=TOKEN,
-            max_duration=bench.duration + 120,
-        )
         try:
-            return await place_call(plan, http=http)
+            return await lean_call(
+                bridge.url + "/twiml/inbound",
+                http=http,
+                ticker=ticker,
+                tally=tally,
+                plan_margin=bench.plan_margin,
+                max_duration=bench.duration + 120,
+            )
         except Exception as exc:  # a failed call is a result, not the end of the benchmark
-            return exc
+            return f"{type(exc).__name__}: {exc}"
 
     try:
         results = await asyncio.gather(*(one(i) for i in range(calls)))
     finally:
+        await ticker.stop()
         gc.enable()
     await sampler.stop()
     step.gen_rss = rss_bytes(os.getpid())
@@ -612,19 +1148,13 @@ async def run_step(
     after = await wait_idle(bridge, http)
     step.seconds = time.monotonic() - started
     step.load = os.getloadavg()
-
-    ok: list[CallResult] = []
-    for result in results:
-        problem = call_problem(result, bench.frames_per_call)
-        if problem is not None:
-            step.failed += 1
-            if problem not in step.errors:
-                step.errors.append(problem)
-        if isinstance(result, CallResult) and result.leg is not None:
-            ok.append(result)
+    read_calls(step, results, bench.frames_per_call)
+    read_tally(step, tally)
+    step.frames_expected = calls * bench.frames_per_call
 
     # the steady window: every call playing (last first audio .. first end)
-    firsts = [r.leg.timeline.first_media_at for r in ok if r.leg is not None]
+    ok = [r for r in results if isinstance(r, LeanCall)]
+    firsts = [r.first_media_at for r in ok]
     ends = [r.ended_at for r in ok if r.ended_at is not None]
     if firsts and ends and None not in firsts:
         start = max(f for f in firsts if f is not None)
@@ -646,32 +1176,8 @@ async def run_step(
         ramp_lags = [lag for at, lag in sampler.gen_lag if at <= start]
         step.gen_ramp_lag_p99 = quantile(ramp_lags, 0.99)
     step.rss_peak = max(s.bridge_rss for s in sampler.samples)
-    first, last = sampler.samples[0], sampler.samples[-1]
-    span = last.at - first.at
-    ours = (last.bridge_ticks - first.bridge_ticks) / CLOCK_TICKS + last.gen_cpu - first.gen_cpu
-    machine = (last.machine_ticks - first.machine_ticks) / CLOCK_TICKS
-    step.other_cpu = max(0.0, machine - ours) / span * 100
-
-    first_audio = [
-        r.leg.timeline.first_media_at - r.started_at
-        for r in ok
-        if r.leg is not None and r.leg.timeline.first_media_at is not None and r.started_at
-    ]
-    step.first_audio_p50 = quantile(first_audio, 0.5)
-    step.first_audio_p95 = quantile(first_audio, 0.95)
-    step.gaps = sum(len(r.gaps()) for r in ok)
-    step.frames_heard = sum(r.leg.timeline.frames_received for r in ok if r.leg is not None)
-    step.frames_expected = calls * bench.frames_per_call
-
-    lag = histogram_delta(after, before, "hamsa_bridge_event_loop_lag_seconds")
-    step.lag_p50 = histogram_bucket(0.5, lag)
-    step.lag_p99 = histogram_bucket(0.99, lag)
-    step.lag_max = histogram_max_bucket(lag)
-    fa = histogram_delta(after, before, "hamsa_bridge_first_audio_seconds")
-    step.bridge_first_audio_p95 = histogram_bucket(0.95, fa)
-    step.underruns = int(delta(after, before, "hamsa_bridge_underruns_total"))
-    step.frames_sent = int(delta(after, before, "hamsa_bridge_frames_sent_total"))
-    step.refused = int(total_delta(after, before, "hamsa_bridge_streams_refused_total"))
+    step.other_cpu = sampler.other_cpu()
+    read_histograms(step, after, before)
     for event in bridge.log_events[first_log:]:
         name = str(event.get("event", "?"))
         step.warnings[name] = step.warnings.get(name, 0) + 1
@@ -680,11 +1186,193 @@ async def run_step(
     return step
 
 
+async def latency_one(bench: Bench, calls: int) -> StepResult:
+    """Bridge-added latency with one call at a time: ``calls`` calls in a row through one fresh
+    bridge, each hanging up after 0.3 s of audio (only a call's first utterance, reaching an
+    empty queue, is a sample)."""
+    async with fresh_bridge(bench, 10) as bridge:
+        http = bench.http
+        before = await wait_idle(bridge, http)
+        step = StepResult(label=f"1 ({calls} in a row)", calls=1)
+        sampler = Sampler(bridge.pid)
+        sampler.start()
+        ticker = Ticker()
+        ticker.start()
+        results: list[LeanCall | str] = []
+        try:
+            for _ in range(calls):
+                results.append(
+                    await lean_call(
+                        bridge.url + "/twiml/inbound",
+                        http=http,
+                        ticker=ticker,
+                        tally=Tally(),
+                        plan_margin=bench.plan_margin,
+                        max_duration=30,
+                        hangup_after_frames=15,
+                    )
+                )
+                await wait_idle(bridge, http)
+        finally:
+            await ticker.stop()
+            await sampler.stop()
+        after = await wait_idle(bridge, http)
+        read_calls(step, results, None)
+        step.other_cpu = sampler.other_cpu()
+        read_histograms(step, after, before)
+        bench.hamsa.requests.clear()
+        bench.hamsa.connections.clear()
+        return step
+
+
+# --- soak --------------------------------------------------------------------------------------
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass
+class SoakRow:
+    at: float
+    calls: float
+    rss: int
+    fds: int
+    cpu: float | None
+
+
+async def soak(
+    bench: Bench, calls: int, seconds: float, interval: float, ramp: float, *, strict: bool
+) -> int:
+    """``calls`` calls at once for ``seconds`` through one bridge, each replaced as it ends."""
+    async with fresh_bridge(bench, calls + 10) as bridge:
+        http = bench.http
+        before = await wait_idle(bridge, http)
+        pid = bridge.pid
+        idle_rss, idle_fds = rss_bytes(pid), open_fds(pid)
+        step = StepResult(label=f"soak {calls}", calls=calls, rss_idle=idle_rss)
+        tally, ticker, sampler = Tally(), Ticker(), Sampler(pid)
+        results: list[LeanCall | str] = []
+        rows: list[SoakRow] = []
+        gc.collect()
+        gc.freeze()  # the bench's long-lived objects are never scanned again
+        ticker.start()
+        sampler.start()
+        t0 = time.monotonic()
+        end = t0 + seconds
+
+        async def slot(i: int) -> None:
+            await asyncio.sleep(ramp * i / calls)
+            while time.monotonic() < end:
+                try:
+                    result = await lean_call(
+                        bridge.url + "/twiml/inbound",
+                        http=http,
+                        ticker=ticker,
+                        tally=tally,
+                        plan_margin=bench.plan_margin,
+                        max_duration=bench.duration + 120,
+                    )
+                except Exception as exc:  # counted, and the slot carries on
+                    result = f"{type(exc).__name__}: {exc}"
+                results.append(result)
+                if isinstance(result, str):
+                    await asyncio.sleep(1.0)  # a failing bridge must not be hammered
+
+        async def watch() -> None:
+            last: tuple[float, int] | None = None
+            while True:
+                now, ticks = time.monotonic(), process_ticks(pid)
+                cpu = None
+                if last is not None:
+                    cpu = (ticks - last[1]) / CLOCK_TICKS / (now - last[0]) * 100
+                last = (now, ticks)
+                samples = await bridge.scrape(http)
+                active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
+                rows.append(SoakRow(now - t0, active, rss_bytes(pid), open_fds(pid), cpu))
+                print(
+                    f"  soak {now - t0:5.0f} s: {active:4.0f} calls, RSS "
+                    f"{rows[-1].rss / 2**20:6.1f} MB, {rows[-1].fds} fds, CPU {pct(cpu)}",
+                    flush=True,
+                )
+                await asyncio.sleep(interval)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.gather(*(slot(i) for i in range(calls)))
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await ticker.stop()
+            await sampler.stop()
+            gc.unfreeze()
+        after = await wait_idle(bridge, http)
+        gc.collect()
+        await asyncio.sleep(1.0)  # let the bridge's closed sockets be reaped before counting
+        end_rss, end_fds = rss_bytes(pid), open_fds(pid)
+        read_calls(step, results, bench.frames_per_call)
+        read_tally(step, tally)
+        read_histograms(step, after, before)
+        step.other_cpu = sampler.other_cpu()
+        step.rss_peak = max(r.rss for r in rows) if rows else end_rss
+        bench.hamsa.requests.clear()
+        bench.hamsa.connections.clear()
+
+    print()
+    print("| elapsed s | active calls | RSS MB | open fds | bridge CPU |")
+    print("|---|---|---|---|---|")
+    print(f"| idle before | 0 | {idle_rss / 2**20:.1f} | {idle_fds} | - |")
+    for r in rows:
+        print(f"| {r.at:.0f} | {r.calls:.0f} | {r.rss / 2**20:.1f} | {r.fds} | {pct(r.cpu)} |")
+    print(f"| idle after | 0 | {end_rss / 2**20:.1f} | {end_fds} | - |")
+    # Flatness: once the first calls have been replaced (after a third of the run), the RSS at
+    # full load should stay where it was; compare the first and last thirds of the loaded rows.
+    loaded = [r for r in rows if r.calls >= 0.9 * calls]
+    third = max(1, len(loaded) // 3)
+    verdict_lines = ["RSS at full load: too few samples to judge"]
+    if len(loaded) >= 3:
+        verdict_lines = []
+        early = sum(r.rss for r in loaded[third : 2 * third]) / max(
+            1, len(loaded[third : 2 * third])
+        )
+        late = sum(r.rss for r in loaded[-third:]) / third
+        growth = (late - early) / 2**20
+        fds = [r.fds for r in loaded[third:]]
+        verdict_lines.append(
+            f"RSS at full load: middle third {early / 2**20:.1f} MB, last third "
+            f"{late / 2**20:.1f} MB ({growth:+.1f} MB); open fds at full load after the first "
+            f"third: {min(fds)}..{max(fds)}"
+        )
+    completed = len(results) - step.failed
+    verdict_lines += [
+        f"calls: {len(results)} ({completed} completed, {step.failed} failed"
+        + (f": {'; '.join(step.errors[:3])}" if step.errors else "")
+        + f"); gaps {step.gaps}, underruns {step.underruns}, malformed frames {step.bad_frames}",
+        f"idle before → after: RSS {idle_rss / 2**20:.1f} → {end_rss / 2**20:.1f} MB, "
+        f"fds {idle_fds} → {end_fds}",
+        f"frame lateness beyond the plan p50/p99/max: {ms1(step.lateness(0.5))} / "
+        f"{ms1(step.lateness(0.99))} / {ms1(step.lateness(1.0))} ms over "
+        f"{step.counted_frames} frames; frames later than {JITTER_LIMIT * 1000:.0f} ms: "
+        f"{step.late_frames}",
+        f"writer lateness p50/p99/max: {ms_bound(step.writer_p50)} / {ms_bound(step.writer_p99)}"
+        f" / {ms_bound(step.writer_max)} ms; loop lag p99/max {ms_bound(step.lag_p99)} / "
+        f"{ms_bound(step.lag_max)} ms; other CPU {pct(step.other_cpu)}",
+    ]
+    for line in verdict_lines:
+        print(line)
+    return 1 if strict and (step.failed or step.bad_frames) else 0
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f}"
+
+
+def ms1(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
 
 
 def ms_bound(value: float | None) -> str:
@@ -697,29 +1385,38 @@ def pct(value: float | None) -> str:
 
 
 HEADER: Final = (
-    "| calls | failed | bridge CPU steady (ramp) | RSS MB (KB/call) | loop lag p50/p99/max ms "
-    "| first audio p50/p95 ms (bridge p95) | underruns | gaps | frames sent/heard/expected "
-    "| generator CPU, lag p99 steady / ramp ms | other CPU | load avg |"
+    "| calls | failed | bridge CPU steady (ramp) | CPU/call | calls/core | RSS MB (KB/call) "
+    "| loop lag p50/p99/max ms | writer lateness p50/p99/max ms "
+    "| frame lateness p50/p99/max ms (late>10ms) | bridge-added p50/p99 ms (n) "
+    "| first audio p50/p95 ms | underruns / gaps | frames sent / heard / expected "
+    "| generator CPU, lag p99 ms | other CPU |"
 )
 
 
 def row(step: StepResult) -> str:
     rss = f"{step.rss_peak / 2**20:.0f} ({step.rss_per_call / 1024:.0f})"
     lag = f"{ms_bound(step.lag_p50)} / {ms_bound(step.lag_p99)} / {ms_bound(step.lag_max)}"
-    first = (
-        f"{ms(step.first_audio_p50)} / {ms(step.first_audio_p95)} "
-        f"({ms_bound(step.bridge_first_audio_p95)})"
+    writer = (
+        f"{ms_bound(step.writer_p50)} / {ms_bound(step.writer_p99)} / {ms_bound(step.writer_max)}"
     )
+    late = (
+        f"{ms1(step.lateness(0.5))} / {ms1(step.lateness(0.99))} / {ms1(step.lateness(1.0))} "
+        f"({step.late_frames})"
+    )
+    added = f"{ms_bound(step.added_p50)} / {ms_bound(step.added_p99)} ({step.added_count})"
+    first = f"{ms(step.first_audio_p50)} / {ms(step.first_audio_p95)}"
     frames = f"{step.frames_sent} / {step.frames_heard} / {step.frames_expected}"
-    gen = f"{pct(step.gen_cpu)}, {ms(step.gen_lag_p99)} / {ms(step.gen_ramp_lag_p99)} ms"
+    gen = f"{pct(step.gen_cpu)}, {ms(step.gen_lag_p99)}"
     if step.gen_saturated:
         gen += " SATURATED"
     other = pct(step.other_cpu) + (" BUSY" if step.machine_busy else "")
     cpu = f"{pct(step.bridge_cpu)} ({pct(step.bridge_ramp_cpu)})"
+    per_call = "-" if step.cpu_per_call is None else f"{step.cpu_per_call:.3f}%"
+    per_core = "-" if step.calls_per_core is None else f"{step.calls_per_core:.0f}"
     return (
-        f"| {step.label} | {step.failed} | {cpu} | {rss} | {lag} | {first} "
-        f"| {step.underruns} | {step.gaps} | {frames} | {gen} | {other} "
-        f"| {step.load[0]:.2f} |"
+        f"| {step.label} | {step.failed} | {cpu} | {per_call} | {per_core} | {rss} | {lag} "
+        f"| {writer} | {late} | {added} | {first} | {step.underruns} / {step.gaps} | {frames} "
+        f"| {gen} | {other} |"
     )
 
 
@@ -741,17 +1438,15 @@ def verdict(unloaded: StepResult, steps: Sequence[StepResult]) -> tuple[str, Ste
         best = step
     if best is None or best.bridge_cpu is None:
         return f"capacity per core: below the smallest step ({stopped})", None
-    cpu = f"bridge CPU {best.bridge_cpu:.0f}% at {best.calls}"
-    line = f"capacity per core ≈ {best.calls} calls ({cpu})"
+    per_core = best.calls_per_core or 0.0
+    line = (
+        f"largest passing step: {best.calls} calls (bridge CPU {best.bridge_cpu:.0f}%, "
+        f"{best.cpu_per_call:.3f}% of a core per call: {per_core:.0f} calls per core)"
+    )
     if stopped is not None:
         line += f"; {stopped}"
     else:
-        linear = best.calls * CPU_LIMIT / max(best.bridge_cpu, 1.0)
-        line = (
-            f"capacity per core ≥ {best.calls} calls (bridge CPU {best.bridge_cpu:.0f}% "
-            f"at {best.calls}; every step passed, CPU extrapolates to ≈ {linear:.0f} calls "
-            f"at {CPU_LIMIT:.0f}%)"
-        )
+        line += "; every step passed"
     return line, best
 
 
@@ -768,8 +1463,12 @@ def pick_cpus() -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
+def default_ramp(calls: int, ramp: float | None) -> float:
+    """Arrivals at ``SETUP_RATE`` calls a second, over at least 2 s (``--ramp`` overrides)."""
+    return ramp if ramp is not None else max(2.0, calls / SETUP_RATE)
+
+
 async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> int:
-    steps_n: list[int] = args.calls
     greeting = greeting_for(args.duration)
     frames_per_call = expected_frames(greeting)
     config = EmulatorConfig(
@@ -806,11 +1505,31 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             cpus=cpus,
             log_level=args.log_level,
         )
-        print(f"load average before the steps: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if args.soak:
+            calls = args.soak_calls
+            ramp = default_ramp(calls, args.ramp)
+            print(
+                f"soak: {calls} calls for {args.soak_seconds:.0f} s, each replaced as it ends "
+                f"(first arrivals over {ramp:.0f} s); samples every {args.soak_interval:.0f} s"
+            )
+            code = await soak(
+                bench, calls, args.soak_seconds, args.soak_interval, ramp, strict=args.strict
+            )
+            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            return code
+        print()
+        print(HEADER)
+        print(_separator())
         results: list[StepResult] = []
-        for n in [UNLOADED_CALLS, *steps_n]:
+        extra: list[StepResult] = []
+        if args.latency_calls:
+            latency = await latency_one(bench, args.latency_calls)
+            extra.append(latency)
+            print(row(latency), flush=True)
+        for n in [UNLOADED_CALLS, *args.calls]:
             label = f"{n} (unloaded)" if not results else str(n)
-            ramp = 1.0 if not results else args.ramp
+            ramp = 1.0 if not results else default_ramp(n, args.ramp)
             reference = results[0].first_audio_p95 if results else None
             for attempt in range(1 + args.retries):
                 step = await measure_step(bench, n, label, ramp=ramp)
@@ -825,20 +1544,30 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
         unloaded, loaded = results[0], results[1:]
         print()
         for step in results:
-            notes = [f"{step.seconds:.0f} s, generator RSS {step.gen_rss / 2**20:.0f} MB"]
+            notes = [
+                f"{step.seconds:.0f} s, ramp {default_ramp(step.calls, args.ramp):.0f} s, "
+                f"generator RSS {step.gen_rss / 2**20:.0f} MB, load avg {step.load[0]:.2f}"
+            ]
             if step.errors:
                 notes.append(f"failures: {'; '.join(step.errors[:3])}")
             if step.refused:
                 notes.append(f"{step.refused} streams refused")
             if step.warnings:
                 notes.append(f"bridge log: {dict(sorted(step.warnings.items()))}")
-            if notes:
-                print(f"{step.label}: {' | '.join(notes)}")
+            problems = step.problems(unloaded.first_audio_p95)
+            if problems:
+                notes.append(f"problems: {', '.join(problems)}")
+            print(f"{step.label}: {' | '.join(notes)}")
         line, _ = verdict(unloaded, loaded)
         print(line)
         saturated = [s.calls for s in loaded if s.gen_saturated]
         if saturated:
             print(f"warning: the load generator saturated at {saturated} calls: figures invalid")
+        broken = [s for s in [*results, *extra] if s.failed or s.bad_frames]
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.strict and broken:
+        print(f"smoke: failed calls or malformed frames in {[s.label for s in broken]}")
+        return 1
     return 0
 
 
@@ -855,15 +1584,35 @@ def parse_calls(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Concurrent calls one bridge process (one core) carries.",
+        description="Concurrent speaking calls one bridge process (one core) carries.",
     )
-    parser.add_argument("--calls", type=parse_calls, default=None, help="steps (25,50,100,200)")
+    parser.add_argument("--calls", type=parse_calls, default=None, help="steps (50,100,200,300)")
     parser.add_argument(
-        "--duration", type=float, default=None, help="seconds of audio per call (20)"
+        "--duration", type=float, default=None, help="seconds of audio per call (30)"
     )
-    parser.add_argument("--ramp", type=float, default=2.0, help="seconds to start a step's calls")
     parser.add_argument(
-        "--quick", action="store_true", help="a ~1-minute run: steps 10,50, 8 s calls"
+        "--ramp",
+        type=float,
+        default=None,
+        help=f"seconds to start a step's calls (calls/{SETUP_RATE:.0f}, at least 2)",
+    )
+    parser.add_argument(
+        "--latency-calls",
+        type=int,
+        default=None,
+        help="calls in a row for the 1-call bridge-added latency (20; 0: skip)",
+    )
+    parser.add_argument("--quick", action="store_true", help="steps 50,200, 15 s calls")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every mode in seconds with a handful of calls (CI: no figure is judged)",
+    )
+    parser.add_argument("--soak", action="store_true", help="the soak instead of the steps")
+    parser.add_argument("--soak-calls", type=int, default=200, help="soak: calls at once (200)")
+    parser.add_argument("--soak-seconds", type=float, default=600.0, help="soak: how long (600)")
+    parser.add_argument(
+        "--soak-interval", type=float, default=10.0, help="soak: seconds between samples (10)"
     )
     parser.add_argument(
         "--retries",
@@ -872,30 +1621,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat a step this often while other processes keep the machine busy (1)",
     )
     parser.add_argument("--log-level", default="warning", help="the bridge's BRIDGE_LOG_LEVEL")
+    parser.set_defaults(strict=False)  # --smoke: a failed call or a malformed frame exits 1
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.calls is None:
-        args.calls = [10, 50] if args.quick else [25, 50, 100, 200]
-    if args.duration is None:
-        args.duration = 8.0 if args.quick else 20.0
-    cpus = pick_cpus()
-    if cpus[1] is not None:
-        os.sched_setaffinity(0, {cpus[1]})  # before the loop: threads inherit it
+def run(args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> int:
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if importlib.util.find_spec("uvloop") is not None:
         import uvloop
 
         factory = uvloop.new_event_loop
-    started = time.monotonic()
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
-            code = runner.run(bench_main(args, cpus))
+            return runner.run(bench_main(args, cpus))
         except RuntimeError as exc:  # the bridge did not start, or could not carry one call
             print(f"capacity: {exc}", file=sys.stderr)
-            code = 1
+            return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    cpus = pick_cpus()
+    if cpus[1] is not None:
+        os.sched_setaffinity(0, {cpus[1]})  # before the loop: threads inherit it
+    if args.smoke:
+        # Each mode for seconds: the 1-call latency pass (3 calls in a row), the unloaded step and
+        # a step of 2 short calls, then a soak of 3 calls for 6 s. Figures are printed, never
+        # judged; a failed call or a malformed frame fails the run.
+        steps = build_parser().parse_args(
+            ["--calls", "2", "--duration", "3", "--ramp", "0.5", "--latency-calls", "3"]
+        )
+        steps.log_level, steps.strict = args.log_level, True
+        code = run(steps, cpus)
+        if code == 0:
+            print()
+            soak_args = build_parser().parse_args(
+                ["--soak", "--soak-calls", "3", "--soak-seconds", "6", "--soak-interval", "2"]
+            )
+            soak_args.duration, soak_args.log_level, soak_args.strict = 3.0, args.log_level, True
+            code = run(soak_args, cpus)
+    else:
+        if args.calls is None:
+            args.calls = [50, 200] if args.quick else [50, 100, 200, 300]
+        if args.duration is None:
+            args.duration = 15.0 if args.quick else 30.0
+        if args.latency_calls is None:
+            args.latency_calls = 5 if args.quick else 20
+        code = run(args, cpus)
     print(f"run time: {time.monotonic() - started:.0f} s")
     return code
 

@@ -62,6 +62,24 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+_FINE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+"""Sub-millisecond to 1 s: a p99 under 5 ms must be readable from the buckets."""
 _SMALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _CALL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
@@ -162,7 +180,7 @@ class Metrics:
             "(measured when nothing else was queued)",
             namespace=ns,
             registry=r,
-            buckets=_SMALL_BUCKETS,
+            buckets=_FINE_BUCKETS,
         )
         # --- playback
         self.frames_sent = Counter(
@@ -173,6 +191,14 @@ class Metrics:
             "Gaps inside an utterance: audio arrived later than it should have played",
             namespace=ns,
             registry=r,
+        )
+        self.pacing_lateness = Histogram(
+            "pacing_lateness_seconds",
+            "How late the playback writer sent a paced batch's first frame after the moment "
+            "its pacing clock let it go (once per timed wake, not per frame)",
+            namespace=ns,
+            registry=r,
+            buckets=_FINE_BUCKETS,
         )
         self.clears = Counter("clears", "clear messages sent (barge-in)", namespace=ns, registry=r)
         self.marks_lost = Counter(

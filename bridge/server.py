@@ -6,6 +6,7 @@ never ``--workers`` (a drain and the metrics are per process).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 
 import structlog
@@ -33,6 +34,10 @@ def serve(settings: Settings, *, host: str, port: int) -> int:
         log.info("metrics_listening", port=settings.bridge_metrics_port)
     server = DrainingServer(config, state.drain)
     state.on_startup_failure = server.fail
+    # The start-up heap lives as long as the process: keep it out of the full collections that
+    # paused the event loop for ~88 ms at 130 calls (bench/capacity.py; BENCHMARKS.md)
+    gc.collect()
+    gc.freeze()
     server.run()
     if not server.started or server.failed:
         log.error("startup_failed", hint="see the error above")

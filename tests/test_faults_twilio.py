@@ -826,13 +826,6 @@ async def test_100_faulty_calls_leave_nothing_behind(caplog: pytest.LogCaptureFi
 # --- known gaps (see the reasons): these pass once the bridge is fixed -------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/calls/call.py ignores the disconnect's close code: a stream the transport "
-    "closed 1009 (message over the 1 MiB limit) is logged and counted as the caller hanging up "
-    "('Twilio closed the stream', outcome hung_up; before start: 'stream closed before start' "
-    "at info), so the oversize message is never named in the logs",
-)
 @pytest.mark.parametrize("when", ["mid_call", "before_start"])
 async def test_a_frame_over_the_limit_is_logged_and_counted_as_such(when: str) -> None:
     behaviour: dict[str, Any] = (
@@ -860,11 +853,6 @@ async def test_a_frame_over_the_limit_is_logged_and_counted_as_such(when: str) -
         assert rejected == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/protocols/twilio_media.py accepts any non-empty dtmf.digit as a key: a "
-    "'digit' that is no key barges in, and is logged and kept in the summary whole",
-)
 async def test_a_dtmf_digit_that_is_no_key_is_a_violation_not_a_barge_in() -> None:
     async with loopback(emulator(), bridge_greeting=GREETING, **FAST) as rig:
         plan = rig.plan()

@@ -1465,16 +1465,6 @@ def twilio_media(media: dict[str, object], *, compact: bool, sid: object = MZ) -
     return json.dumps(obj, separators=(",", ":") if compact else (", ", ": "))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "FINDING (issue 7 fuzz report): TwilioMediaStream.receive() raises ValueError for a media "
-        "message whose chunk or timestamp has more than 4300 digits (int() of a str is capped); "
-        "peer input must become a bad_field Violation. Minimal examples pinned below. Fix: "
-        "bound the label length before int() (diff in the report), then drop this marker."
-    ),
-)
 @_settings(300, report_multiple_bugs=False)
 @example(chunk="0" * 4301, timestamp="0", compact=True)
 @example(chunk="0" * 4301, timestamp="0", compact=False)

@@ -63,6 +63,7 @@ log = structlog.get_logger("bridge.call")
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
 CLOSE_ERROR = 1011
 
 
@@ -293,7 +294,10 @@ class Call:
                 while True:
                     message = await self._ws.receive()
                     if message["type"] == "websocket.disconnect":
-                        if self._end_reason is None:
+                        too_big = _too_big(message)
+                        if too_big is not None:
+                            self._reject(f"stream closed 1009 before start: {too_big}")
+                        elif self._end_reason is None:
                             # health probes (``doctor``) do this: not worth a warning
                             self._reject("stream closed before start", level="info")
                         return None
@@ -479,6 +483,12 @@ class Call:
                 except (WebSocketDisconnect, RuntimeError):
                     message = {"type": "websocket.disconnect"}
                 if message["type"] == "websocket.disconnect":
+                    too_big = _too_big(message)
+                    if too_big is not None:
+                        self.summary.outcome = "failed"
+                        self.summary.reason = f"stream closed 1009: {too_big}"
+                        log.warning("twilio_message_too_big", reason=self.summary.reason)
+                        return
                     if not self.summary.reason:
                         self.summary.reason = "Twilio closed the stream"
                     self.summary.outcome = (
@@ -553,6 +563,14 @@ class Call:
                 self._deps.metrics.first_audio.observe(first_audio)
         if self._started_clock is not None:
             self._deps.metrics.call_duration.observe(self._deps.clock() - self._started_clock)
+
+
+def _too_big(message: Any) -> str | None:
+    """For a disconnect with close code 1009 (the transport refused a message over the
+    WebSocket size limit, ``ws_max_size``): its reason; None for any other disconnect."""
+    if message.get("code") != CLOSE_TOO_BIG:
+        return None
+    return str(message.get("reason") or "message over the size limit")
 
 
 def _payload(message: Any) -> str | bytes:

@@ -103,7 +103,11 @@ class Playback:
         """(frame number, when its audio arrived from Hamsa): frames whose send time is measured."""
         self._queue: deque[bytes | _Mark] = deque()
         self._queued_frames = 0
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[bool] | None = None
+        """The writer's pending wait, if it is waiting: resolved by ``_notify`` (False) or by its
+        pacing timer (True)."""
+        self._uncounted = 0
+        """Frames sent and not yet added to the ``frames_sent`` counter."""
         self._idle = asyncio.Event()
         self._clear_requested = False
         self._in_utterance = False
@@ -127,14 +131,14 @@ class Playback:
         if added:
             self._queued_frames += added
             self._idle.clear()
-            self._wake.set()
+            self._notify()
 
     def push_mark(self, name: str) -> asyncio.Future[bool]:
         """Queue a mark behind the queued frames; its future says played (True) or cleared."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(_Mark(name, future))
         self._idle.clear()
-        self._wake.set()
+        self._notify()
         return future
 
     def interrupt(self) -> None:
@@ -153,7 +157,7 @@ class Playback:
         self.stats.frames_dropped += dropped
         self._clear_requested = True
         self._idle.clear()
-        self._wake.set()
+        self._notify()
 
     def on_mark(self, name: str) -> None:
         """A mark echoed by Twilio: the audio before it has been played."""
@@ -192,8 +196,31 @@ class Playback:
 
     # --- the writer task ---------------------------------------------------------------------
 
+    def _notify(self) -> None:
+        """Wake the writer if it waits (for work, or for the pacing clock)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
+
     async def run(self) -> None:
-        """Send until cancelled. The only coroutine that writes to the Twilio socket."""
+        """Send until cancelled. The only coroutine that writes to the Twilio socket.
+
+        Cost: this loop runs once per frame. A wait is one future (plus one timer handle when
+        pacing), not an ``asyncio.Event`` under ``asyncio.timeout``; ``frames_sent`` is counted
+        in bulk, before each wait and when the writer stops, not once per frame.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            await self._run(loop)
+        finally:
+            self._count_sent()
+
+    def _count_sent(self) -> None:
+        if self._uncounted:
+            self._metrics.frames_sent.inc(self._uncounted)
+            self._uncounted = 0
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         queue = self._queue
         pacer = self._pacer
         stream = self._stream
@@ -201,11 +228,13 @@ class Playback:
         clock = self._clock
         stats = self.stats
         metrics = self._metrics
-        frames_sent = metrics.frames_sent
         probes = self._latency_probes
+        lateness = metrics.pacing_lateness
+        paced: float | None = None  # when the pacing clock let the frame at the head go
         while True:
             if self._clear_requested:
                 self._clear_requested = False
+                paced = None
                 self._in_utterance = False
                 pacer.reset()
                 stats.clears_sent += 1
@@ -213,9 +242,13 @@ class Playback:
                 await send(stream.clear())
                 continue
             if not queue:
-                self._wake.clear()
+                self._count_sent()
                 self._idle.set()
-                await self._wake.wait()
+                waiter = self._waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
                 self._idle.clear()
                 continue
             item = queue[0]
@@ -229,15 +262,21 @@ class Playback:
             now = clock()
             wait = pacer.delay(now)
             if wait > 0:
-                self._wake.clear()
+                self._count_sent()
+                waiter = self._waiter = loop.create_future()
+                timer = loop.call_later(wait, _expire, waiter)
                 try:
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                    if await waiter:
+                        paced = now + wait
+                finally:
+                    timer.cancel()
+                    self._waiter = None
                 continue
             queue.popleft()
             self._queued_frames -= 1
+            if paced is not None:
+                lateness.observe(now - paced)
+                paced = None
             if pacer.sent(now) and self._in_utterance:
                 stats.underruns += 1
                 metrics.underruns.inc()
@@ -245,9 +284,15 @@ class Playback:
             if stats.first_frame_at is None:
                 stats.first_frame_at = now
             stats.frames_sent += 1
-            frames_sent.inc()
+            self._uncounted += 1
             if probes and probes[0][0] <= stats.frames_sent:
                 number, arrived = probes.popleft()
                 if number == stats.frames_sent:
                     metrics.bridge_latency.observe(now - arrived)
             await send(stream.media(item))
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    """The pacing timer of a writer's wait."""
+    if not waiter.done():
+        waiter.set_result(True)
