@@ -180,7 +180,7 @@ def create_app(
     # socket (or connects directly when it has none). Filled once the bridge starts serving.
     warm_pool: WarmHamsaPool | None = None
     if settings.hamsa_warm_connections > 0:
-        warm_pool = WarmHamsaPool(settings, connector=hamsa_connector)
+        warm_pool = WarmHamsaPool(settings, connector=hamsa_connector, metrics=metrics)
         hamsa_connector = warm_pool
 
     def twilio_api() -> TwilioApi:

@@ -152,6 +152,19 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.hamsa_warm_sockets = Gauge(
+            "hamsa_warm_sockets",
+            "Open Hamsa WebSockets waiting in the warm pool (HAMSA_WARM_CONNECTIONS)",
+            namespace=ns,
+            registry=r,
+        )
+        self.hamsa_warm_takes = Counter(
+            "hamsa_warm_takes",
+            "Calls' Hamsa connects through the warm pool (hit: a warm socket; miss: direct)",
+            ["result"],
+            namespace=ns,
+            registry=r,
+        )
         self.hamsa_requests = Counter(
             "hamsa_requests", "TTS requests sent to Hamsa", namespace=ns, registry=r
         )
@@ -232,6 +245,11 @@ class Metrics:
             self.hamsa_errors.labels(kind=kind)
         for result in ("hit", "miss"):
             self.prompt_cache.labels(result=result)
+            self.hamsa_warm_takes.labels(result=result)
+
+    def track_warm_pool(self, idle: Callable[[], int]) -> None:
+        """Read the warm pool's idle sockets at scrape time."""
+        self.hamsa_warm_sockets.set_function(lambda: float(idle()))
 
     def track(self, active_calls: Callable[[], int], open_streams: Callable[[], int]) -> None:
         """Read the live gauges from the app's registries at scrape time."""

@@ -75,6 +75,11 @@ async def test_the_first_request_goes_over_a_socket_opened_before_the_call() -> 
         ids = [r.connection_id for r in rig.hamsa.requests]
         assert len(set(ids)) == 2  # each call its own socket
         assert (pool.taken, pool.misses) == (2, 0)
+        registry = rig.bridge.metrics.registry
+        takes = "hamsa_bridge_hamsa_warm_takes_total"
+        assert registry.get_sample_value(takes, {"result": "hit"}) == 2
+        assert registry.get_sample_value(takes, {"result": "miss"}) == 0
+        assert registry.get_sample_value("hamsa_bridge_hamsa_warm_sockets") == pool.idle
 
 
 async def test_first_audio_comes_sooner_with_the_pool_under_a_slow_connect() -> None:

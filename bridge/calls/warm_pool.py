@@ -38,6 +38,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
 from bridge.calls.hamsa_session import Connector
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 
 log = structlog.get_logger("bridge.warm_pool")
@@ -85,11 +86,14 @@ class WarmHamsaPool:
         size: int | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.size = settings.hamsa_warm_connections if size is None else size
         self._connector = connector
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._metrics = metrics or Metrics()
+        self._metrics.track_warm_pool(lambda: self.idle)
         self._url = settings.hamsa_ws_url
         self._headers = {"X-Api-Key": settings.hamsa_api_key.get_secret_value()}
         # The options HamsaSession._connect uses: a pooled socket is the socket it would open.
@@ -184,6 +188,7 @@ class WarmHamsaPool:
                 if warm.ws.state is State.OPEN:
                     warm.taken.set()
                     self.taken += 1
+                    self._metrics.hamsa_warm_takes.labels(result="hit").inc()
                     self._notify()
                     log.debug("hamsa_warm_socket_taken", slot=warm.slot, idle=self.idle)
                     return warm.ws
@@ -191,6 +196,7 @@ class WarmHamsaPool:
                 self.discarded += 1
                 log.info("hamsa_warm_socket_discarded", slot=warm.slot, state=warm.ws.state.name)
         self.misses += 1
+        self._metrics.hamsa_warm_takes.labels(result="miss").inc()
         log.info("hamsa_warm_pool_miss", pool_size=self.size, closed=self._closed)
         ws: ClientConnection = await self._connector(url, **options)
         return ws
