@@ -6,6 +6,9 @@ uvicorn, the emulators), unredacted, goes to one JSON-lines file, plus the outpu
 must contain no stream token (``v1.…``/``v2.…``) and none of the secret values (Twilio auth token,
 Hamsa key, API token, database password) of any ``Settings`` built in this process; otherwise the
 session fails and the offending lines are printed. The audit file's path is printed at the end.
+
+Under pytest-xdist (``-n N``) each worker writes its own file, and the secrets it saw, into the
+controller's directory; the controller audits every worker's file at the end.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ _STREAM_TOKEN = re.compile(r"\bv[12]\.[0-9]{1,12}\.[A-Za-z0-9_-]{12}\.[A-Za-z0-9
 
 
 class _Audit:
-    def __init__(self) -> None:
-        directory = Path(tempfile.mkdtemp(prefix="hamsa-bridge-suite-logs-"))
-        self.path = directory / "suite.jsonl"
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.path = directory / name
         self.stream: TextIO = self.path.open("a", encoding="utf-8")
         self.secrets: set[str] = set()
         self.handler: logging.Handler | None = None
@@ -38,19 +41,36 @@ class _Audit:
         self.stream.write(text if text.endswith("\n") else text + "\n")
         self.stream.flush()
 
+    def save_secrets(self, worker: str) -> None:
+        """An xdist worker's secrets, for the controller's audit."""
+        self.stream.flush()
+        path = self.directory / f"secrets-{worker}.json"
+        path.write_text(json.dumps(sorted(self.secrets)), encoding="utf-8")
+
+    def all_secrets(self) -> set[str]:
+        """The secrets of this process and of every worker that reported."""
+        secrets = set(self.secrets)
+        for path in self.directory.glob("secrets-*.json"):
+            secrets.update(json.loads(path.read_text(encoding="utf-8")))
+        return secrets
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob("*.jsonl"))
+
     def problems(self) -> list[str]:
         self.stream.flush()
         found: list[str] = []
-        secrets = sorted(
-            self.secrets | {json.dumps(s)[1:-1] for s in self.secrets}, key=len, reverse=True
-        )
-        with self.path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if _STREAM_TOKEN.search(line):
-                    found.append(f"line {number}: a stream token: {line.strip()[:300]}")
-                for secret in secrets:
-                    if secret in line:
-                        found.append(f"line {number}: a secret value: {line.strip()[:300]}")
+        every = self.all_secrets()
+        secrets = sorted(every | {json.dumps(s)[1:-1] for s in every}, key=len, reverse=True)
+        for path in self.files():
+            with path.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, 1):
+                    where = f"{path.name} line {number}"
+                    if _STREAM_TOKEN.search(line):
+                        found.append(f"{where}: a stream token: {line.strip()[:300]}")
+                    for secret in secrets:
+                        if secret in line:
+                            found.append(f"{where}: a secret value: {line.strip()[:300]}")
         return found
 
 
@@ -67,7 +87,14 @@ def pytest_configure(config: pytest.Config) -> None:
     global _audit
     if os.environ.get("BRIDGE_TEST_NO_LOG_AUDIT") == "1" or _audit is not None:
         return
-    _audit = audit = _Audit()
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None and "log_audit_dir" in workerinput:
+        directory = Path(workerinput["log_audit_dir"])
+        name = f"suite-{workerinput['workerid']}.jsonl"
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="hamsa-bridge-suite-logs-"))
+        name = "suite.jsonl"
+    _audit = audit = _Audit(directory, name)
     handler = configure_logging(level="info", fmt="json", stream=audit.stream, redact=False)
     handler.set_name("suite-log-audit")  # a later configure_logging (a CLI test) keeps it
     audit.handler = handler
@@ -88,15 +115,30 @@ def _audit_level() -> None:
         root.setLevel(logging.INFO)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: a worker writes its audit file into the controller's directory."""
+    if _audit is not None:
+        node.workerinput["log_audit_dir"] = str(_audit.directory)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _audit is None:
         return
+    workerinput: dict[str, Any] | None = getattr(session.config, "workerinput", None)
+    if workerinput is not None and "log_audit_dir" in workerinput:
+        _audit.save_secrets(workerinput["workerid"])  # the controller audits it
+        return
     problems = _audit.problems()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    with _audit.path.open(encoding="utf-8") as audit_file:
-        lines = sum(1 for _ in audit_file)
+    files = _audit.files()
+    lines = 0
+    for path in files:
+        with path.open(encoding="utf-8") as audit_file:
+            lines += sum(1 for _ in audit_file)
+    where = _audit.path if len(files) <= 1 else f"{len(files)} files in {_audit.directory}"
     message = (
-        f"log audit: {lines} lines in {_audit.path}, {len(_audit.secrets)} secret values checked"
+        f"log audit: {lines} lines in {where}, {len(_audit.all_secrets())} secret values checked"
     )
     if problems:
         message += ": SECRETS FOUND\n" + "\n".join(problems[:20])

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -110,8 +111,8 @@ def test_a_later_configuration_replaces_only_its_own_handler(output: io.StringIO
     assert foreign in logging.getLogger().handlers
 
 
-def test_the_suite_audit_catches_a_leaked_token_or_secret() -> None:
-    audit = _Audit()
+def test_the_suite_audit_catches_a_leaked_token_or_secret(tmp_path: Path) -> None:
+    audit = _Audit(tmp_path, "suite.jsonl")
     try:
         audit.secrets.add(SECRET)
         audit.record_output('{"event": "fine"}')
@@ -123,5 +124,12 @@ def test_the_suite_audit_catches_a_leaked_token_or_secret() -> None:
         assert len(problems) == 2
         assert "stream token" in problems[0]
         assert "secret value" in problems[1]
+        # an xdist worker's file and secrets, audited by the controller
+        worker = _Audit(tmp_path, "suite-gw0.jsonl")
+        worker.secrets.add("worker-secret-value")
+        worker.record_output("leaked worker-secret-value")
+        worker.save_secrets("gw0")
+        worker.stream.close()
+        assert any("suite-gw0.jsonl" in p and "secret value" in p for p in audit.problems())
     finally:
         audit.stream.close()

@@ -29,6 +29,18 @@ def test_valid_token_verifies() -> None:
         (issue_token(b"other key", CALL, now=1000, ttl=300), CALL, 1000, "invalid"),
         (issue_token(KEY, CALL, now=1000, ttl=300), CALL, 1301, "expired"),
     ],
+    ids=[  # fixed ids: issued tokens are random, and test ids must not differ between runs
+        "none",
+        "empty",
+        "garbage",
+        "v2-prefix",
+        "expiry-not-a-number",
+        "three-parts",
+        "empty-nonce",
+        "another-call",
+        "other-key",
+        "expired",
+    ],
 )
 def test_bad_tokens_are_refused(token: str | None, call: str, now: float, message: str) -> None:
     with pytest.raises(SignatureError, match=message):
