@@ -33,11 +33,12 @@ import structlog
 from bridge.calls.call import CallContext, greeting_script
 from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallPlan, CallResult, place_call
-from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.hamsa_emulator import ConnectionRecord, EmulatorConfig
 from bridge.dev.loopback import Loopback, loopback
 from bridge.protocols.twilio_leg import TwilioMediaLeg
 from bridge.protocols.twilio_media import (
     FRAME_BYTES,
+    VIOLATION_KINDS,
     DtmfReceived,
     Started,
     Stopped,
@@ -57,25 +58,6 @@ REAL_TIME: dict[str, Any] = {"synthesis_speed": 1.0}
 next sentence is requested only once the current reply ended."""
 WAIT = 10.0
 """Upper bound of every wait on an event (a hang fails the test instead of blocking it)."""
-
-# The kinds ``TwilioMediaStream`` may report (its module docstring): a fuzzer must find no other.
-VIOLATION_KINDS = frozenset(
-    {
-        "after_stop",
-        "binary_frame",
-        "too_large",
-        "invalid_json",
-        "not_object",
-        "missing_field",
-        "bad_field",
-        "unknown_event",
-        "bad_base64",
-        "before_start",
-        "duplicate_start",
-        "unexpected_connected",
-        "stream_sid_mismatch",
-    }
-)
 
 
 def emulator(**fields: Any) -> EmulatorConfig:
@@ -194,6 +176,15 @@ class Greetings:
 # --- the faults, one at a time ------------------------------------------------------------------
 
 
+def assert_hamsa_closed_at_once(connections: list[ConnectionRecord], result: CallResult) -> None:
+    """The call's one Hamsa socket was closed by the bridge within 0.5 s of the stream's end."""
+    [connection] = connections
+    assert connection.closed_by == "client"
+    assert result.ended_at is not None
+    assert connection.closed_at is not None
+    assert connection.closed_at - result.ended_at < 0.5
+
+
 async def test_stop_in_the_middle_of_an_utterance() -> None:
     async with loopback(emulator(**REAL_TIME), bridge_greeting=TWO_SENTENCES, **FAST) as rig:
         with captured_logs() as logs:
@@ -214,11 +205,7 @@ async def test_stop_in_the_middle_of_an_utterance() -> None:
     assert (summary["outcome"], summary["reason"]) == ("hung_up", "caller hung up (stop)")
     assert hung_up == 1
     # the reply in flight is abandoned: the bridge closes its Hamsa socket at once
-    [connection] = connections
-    assert connection.closed_by == "client"
-    assert result.ended_at is not None
-    assert connection.closed_at is not None
-    assert connection.closed_at - result.ended_at < 0.5
+    assert_hamsa_closed_at_once(connections, result)
 
 
 async def test_socket_vanishing_without_stop() -> None:
@@ -238,11 +225,7 @@ async def test_socket_vanishing_without_stop() -> None:
     summary = summary_of(logs, result)
     assert (summary["outcome"], summary["reason"]) == ("hung_up", "Twilio closed the stream")
     assert hung_up == 1
-    [connection] = connections
-    assert connection.closed_by == "client"
-    assert result.ended_at is not None
-    assert connection.closed_at is not None
-    assert connection.closed_at - result.ended_at < 0.5
+    assert_hamsa_closed_at_once(connections, result)
 
 
 async def test_marks_that_never_come_back() -> None:

@@ -80,6 +80,7 @@ from bridge.protocols.hamsa import (
 from bridge.protocols.hamsa import Event as HamsaEvent
 from bridge.protocols.twilio_leg import MAX_BUFFER_BYTES, TwilioMediaLeg
 from bridge.protocols.twilio_media import (
+    VIOLATION_KINDS,
     Connected,
     DtmfReceived,
     MarkReceived,
@@ -139,23 +140,6 @@ HAMSA_TRANSITIONS: Final = {
     (HamsaState.STREAMING, HamsaState.IDLE),
 } | {(state, HamsaState.CLOSED) for state in HamsaState if state is not HamsaState.CLOSED}
 
-STREAM_VIOLATION_KINDS: Final = frozenset(
-    {
-        "after_stop",
-        "binary_frame",
-        "too_large",
-        "invalid_json",
-        "not_object",
-        "missing_field",
-        "bad_field",
-        "unknown_event",
-        "bad_base64",
-        "before_start",
-        "duplicate_start",
-        "unexpected_connected",
-        "stream_sid_mismatch",
-    }
-)
 LEG_WARNINGS: Final = frozenset(
     {31931, 31950, 31951, "bad_base64", "frame_size", "before_start", "after_stop"}
 )
@@ -427,7 +411,7 @@ def check_stream_events(stream: TwilioMediaStream, before: StreamState, events: 
         )
         if isinstance(event, Violation):
             violations += 1
-            assert event.kind in STREAM_VIOLATION_KINDS
+            assert event.kind in VIOLATION_KINDS
             assert isinstance(event.detail, str)
             assert event.detail
         elif isinstance(event, Started):
@@ -694,7 +678,7 @@ class TwilioStreamMachine(RuleBasedStateMachine):
         stream = self.stream
         assert isinstance(stream.state, StreamState)
         assert sum(stream.violations.values()) == self.violations
-        assert set(stream.violations) <= STREAM_VIOLATION_KINDS
+        assert set(stream.violations) <= VIOLATION_KINDS
         assert stream.media_frames_out == self.frames_built
         if stream.state is StreamState.STARTED:
             assert isinstance(stream.stream_sid, str)

@@ -10,7 +10,8 @@ they really do run at the same time, and exactly one must win.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -74,16 +75,18 @@ async def contest(
             return list(await asyncio.gather(*tasks))
 
 
-async def two_stores(url: str) -> tuple[Store, Store]:
-    return await Store.open(url), await Store.open(url)
+@asynccontextmanager
+async def two_stores(url: str) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores on one database, as two processes would hold them; closed afterwards."""
+    async with await Store.open(url) as one, await Store.open(url) as two:
+        yield one, two
 
 
 # --- atomic claims between processes ------------------------------------------------------------
 
 
 async def test_one_of_two_stores_claims_the_stream(postgres_url: str) -> None:
-    one, two = await two_stores(postgres_url)
-    try:
+    async with two_stores(postgres_url) as (one, two):
         record, _ = await one.create_announcement(spec(), now=1.0)
         won = await contest(
             postgres_url,
@@ -99,14 +102,10 @@ async def test_one_of_two_stores_claims_the_stream(postgres_url: str) -> None:
         assert claimed is not None
         assert claimed.stream_started_at == (2.0 if won[0] else 2.5)
         assert claimed.call_sid == "CA1"
-    finally:
-        await one.close()
-        await two.close()
 
 
 async def test_one_of_two_stores_begins_placing(postgres_url: str) -> None:
-    one, two = await two_stores(postgres_url)
-    try:
+    async with two_stores(postgres_url) as (one, two):
         record, _ = await one.create_announcement(spec(), now=1.0)
         won = await contest(
             postgres_url,
@@ -121,14 +120,10 @@ async def test_one_of_two_stores_begins_placing(postgres_url: str) -> None:
         placing = await one.get_announcement(record.id)
         assert placing is not None
         assert placing.sent_at == (2.0 if won[0] else 3.0)
-    finally:
-        await one.close()
-        await two.close()
 
 
 async def test_one_of_two_stores_takes_a_dead_runners_lease_over(postgres_url: str) -> None:
-    one, two = await two_stores(postgres_url)
-    try:
+    async with two_stores(postgres_url) as (one, two):
         contacts = [ContactRecord("", 0, "+966500000001", {}, "t")]
         campaign = await one.create_campaign("c", {}, contacts, now=1.0)
         dead = "elsewhere:1:dead"
@@ -147,14 +142,10 @@ async def test_one_of_two_stores_takes_a_dead_runners_lease_over(postgres_url: s
         after = await one.get_campaign(campaign.id)
         assert after is not None
         assert after.lease_owner == held[0].lease_owner
-    finally:
-        await one.close()
-        await two.close()
 
 
 async def test_two_stores_planning_the_same_contact_count_two_attempts(postgres_url: str) -> None:
-    one, two = await two_stores(postgres_url)
-    try:
+    async with two_stores(postgres_url) as (one, two):
         contacts = [ContactRecord("", 0, "+966500000001", {}, "t")]
         campaign = await one.create_campaign("c", {}, contacts, now=1.0)
         planned = await contest(
@@ -169,16 +160,12 @@ async def test_two_stores_planning_the_same_contact_count_two_attempts(postgres_
         assert sorted(a.attempt for a in planned) == [1, 2]
         [contact] = await two.contacts(campaign.id)
         assert contact.attempts == 2
-    finally:
-        await one.close()
-        await two.close()
 
 
 async def test_two_stores_using_one_idempotency_key_record_one_announcement(
     postgres_url: str,
 ) -> None:
-    one, two = await two_stores(postgres_url)
-    try:
+    async with two_stores(postgres_url) as (one, two):
         # the blocker inserts the key first (uncommitted): both stores' INSERTs wait on it
         created = await contest(
             postgres_url,
@@ -195,9 +182,6 @@ async def test_two_stores_using_one_idempotency_key_record_one_announcement(
         assert sorted(fresh for _, fresh in created) == [False, True]
         assert created[0][0].id == created[1][0].id != "an_blocker"
         assert len(await one.unfinished_announcements(standalone=True)) == 1
-    finally:
-        await one.close()
-        await two.close()
 
 
 async def test_concurrent_first_opens_create_the_schema_once(postgres_url: str) -> None:

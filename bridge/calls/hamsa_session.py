@@ -180,6 +180,21 @@ class _Connection:
         return self.protocol.request(text, voice, mulaw=True)
 
 
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """How every Hamsa socket is opened (``websockets.connect`` keywords): the API key header,
+    keepalive pings, timeouts and the frame size limit. Shared by a call's own connects and the
+    warm pool's, so a pooled socket is exactly the socket the call would have opened."""
+    return {
+        "additional_headers": {"X-Api-Key": settings.hamsa_api_key.get_secret_value()},
+        "open_timeout": settings.hamsa_connect_timeout,
+        "ping_interval": 20,
+        "ping_timeout": 10,
+        "close_timeout": 2,
+        "max_size": 4 * 1024 * 1024,
+        "user_agent_header": "hamsa-bridge",
+    }
+
+
 class HamsaSession:
     """A call's Hamsa connection: opened early, reused, reconnected when not OPEN."""
 
@@ -282,14 +297,7 @@ class HamsaSession:
                 await asyncio.sleep(delay)
             try:
                 ws: ClientConnection = await self._connector(
-                    settings.hamsa_ws_url,
-                    additional_headers={"X-Api-Key": settings.hamsa_api_key.get_secret_value()},
-                    open_timeout=settings.hamsa_connect_timeout,
-                    ping_interval=20,
-                    ping_timeout=10,
-                    close_timeout=2,
-                    max_size=4 * 1024 * 1024,
-                    user_agent_header="hamsa-bridge",
+                    settings.hamsa_ws_url, **connect_options(settings)
                 )
             except InvalidStatus as exc:
                 status = exc.response.status_code

@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
-from bridge.calls.hamsa_session import Connector
+from bridge.calls.hamsa_session import Connector, connect_options
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 
@@ -95,17 +95,8 @@ class WarmHamsaPool:
         self._metrics = metrics or Metrics()
         self._metrics.track_warm_pool(lambda: self.idle)
         self._url = settings.hamsa_ws_url
-        self._headers = {"X-Api-Key": settings.hamsa_api_key.get_secret_value()}
-        # The options HamsaSession._connect uses: a pooled socket is the socket it would open.
-        self._options: dict[str, Any] = {
-            "additional_headers": self._headers,
-            "open_timeout": settings.hamsa_connect_timeout,
-            "ping_interval": 20,
-            "ping_timeout": 10,
-            "close_timeout": 2,
-            "max_size": 4 * 1024 * 1024,
-            "user_agent_header": "hamsa-bridge",
-        }
+        self._options = connect_options(settings)
+        self._headers = self._options["additional_headers"]
         self._idle: deque[_Warm] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._closed = False

@@ -60,8 +60,9 @@ Cost
 Inbound ``media`` runs 50 times a second per call (§2). A message in exactly the shape Twilio
 sends (``{"event":"media","sequenceNumber":"…","media":{"track":"inbound","chunk":"…",
 "timestamp":"…","payload":"…"},"streamSid":"<ours>"}``, no spaces, no other field) is recognised by
-one anchored regular expression built at ``start`` instead of ``json.loads``: a match proves it is
-that JSON object with our ``streamSid`` and decimal labels of at most 15 digits, so the result is
+one anchored regular expression (compiled once) instead of ``json.loads``: a match whose
+``streamSid`` is ours proves it is that JSON object with decimal labels of at most 18 digits
+(``_MAX_DIGITS``, the general path's limit too), so the result is
 the one the general path would give (the payload still goes through the same strict base64
 decoding). Any other message — another key order, extra fields, escapes, longer labels — takes the
 general path: one ``json.loads``, one strict ``binascii.a2b_base64``, and only the event and its
@@ -76,7 +77,6 @@ import collections
 import enum
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -102,6 +102,25 @@ FRAME_BYTES: Final = 160
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 """Twilio's messages are ~400 bytes (python-conventions §6); 64 KiB leaves ample room."""
 
+VIOLATION_KINDS: Final = frozenset(
+    {
+        "after_stop",
+        "binary_frame",
+        "too_large",
+        "invalid_json",
+        "not_object",
+        "missing_field",
+        "bad_field",
+        "unknown_event",
+        "bad_base64",
+        "before_start",
+        "duplicate_start",
+        "unexpected_connected",
+        "stream_sid_mismatch",
+    }
+)
+"""Every ``Violation.kind`` this core reports (the table in the module docstring)."""
+
 _MISSING: Final = object()
 _MAX_DIGITS: Final = 18
 """Longest ``chunk``/``timestamp`` read as a number (fits int64). Longer digit strings are bad
@@ -109,6 +128,14 @@ labels: ``int()`` refuses more than 4300 digits with ``ValueError`` (CPython's i
 _DTMF_DIGITS: Final = frozenset("0123456789*#")
 """The keys Twilio reports (one character each)."""
 _MEDIA_SUFFIX: Final = '"}}'
+_fast_media = re.compile(
+    r'\{"event":"media","sequenceNumber":"[0-9]+","media":\{"track":"inbound",'
+    rf'"chunk":"([0-9]{{1,{_MAX_DIGITS}}})","timestamp":"([0-9]{{1,{_MAX_DIGITS}}})",'
+    r'"payload":"([A-Za-z0-9+/]*={0,2})"\},'
+    r'"streamSid":("[^"\\]*")\}'
+).fullmatch
+"""Inbound media in exactly Twilio's shape (see "Cost" in the module docstring); the last group
+is the ``streamSid`` as JSON, compared with ours."""
 _loads = json.loads
 _a2b = binascii.a2b_base64
 _b2a = binascii.b2a_base64
@@ -225,10 +252,10 @@ class TwilioMediaStream:
         "_call_sid",
         "_custom_parameters",
         "_fast_limit",
-        "_fast_media",
         "_inbound_audio",
         "_max_message_bytes",
         "_media_prefix",
+        "_sid_json",
         "_state",
         "_stream_sid",
         "media_frames_in",
@@ -253,7 +280,8 @@ class TwilioMediaStream:
         self._account_sid: str | None = None
         self._custom_parameters: dict[str, str] = {}
         self._media_prefix = ""
-        self._fast_media: Callable[[str], re.Match[str] | None] | None = None
+        self._sid_json = ""
+        """Our ``streamSid`` as JSON text (set at ``start``), for the inbound fast path."""
         self.violations: collections.Counter[str] = collections.Counter()
         self.media_frames_in = 0
         self.media_frames_out = 0
@@ -309,14 +337,13 @@ class TwilioMediaStream:
                     )
                 ]
         # Hot path: inbound audio in Twilio's own shape (see "Cost" in the module docstring).
-        fast = self._fast_media
-        if fast is not None and state is StreamState.STARTED:
-            match = fast(message)
-            if match is not None:
+        if state is StreamState.STARTED:
+            match = _fast_media(message)
+            if match is not None and match[4] == self._sid_json:
                 if not self._inbound_audio:
                     self.media_frames_in += 1
                     return []
-                chunk_text, timestamp_text, payload_text = match.groups()
+                chunk_text, timestamp_text, payload_text, _ = match.groups()
                 try:
                     audio = _a2b(payload_text, strict_mode=True)
                 except ValueError:
@@ -351,20 +378,7 @@ class TwilioMediaStream:
             except ValueError:  # binascii.Error, or non-ASCII text
                 return [self._violation("bad_base64", "media.payload is not strict base64")]
             self.media_frames_in += 1
-            chunk = media.get("chunk")
-            timestamp = media.get("timestamp")
-            if (
-                type(chunk) is str
-                and type(timestamp) is str
-                and chunk.isdigit()
-                and timestamp.isdigit()
-                and chunk.isascii()
-                and timestamp.isascii()
-                and len(chunk) <= _MAX_DIGITS
-                and len(timestamp) <= _MAX_DIGITS
-            ):
-                return [MediaReceived(audio, int(chunk), int(timestamp))]
-            return self._media_with_odd_labels(audio, chunk, timestamp)
+            return self._media_event(audio, media.get("chunk"), media.get("timestamp"))
 
         if event == "mark":
             return [self._on_mark(obj, state)]
@@ -382,8 +396,8 @@ class TwilioMediaStream:
             return [self._violation("bad_field", f"'event' is {type(event).__name__}")]
         return [self._violation("unknown_event", f"event {_describe(event)}")]
 
-    def _media_with_odd_labels(self, audio: bytes, chunk: object, timestamp: object) -> list[Event]:
-        """Slow path of ``media``: deliver the audio; flag labels present but not decimal."""
+    def _media_event(self, audio: bytes, chunk: object, timestamp: object) -> list[Event]:
+        """General path of ``media``: deliver the audio; flag labels present but not decimal."""
         chunk_n = _decimal(chunk)
         timestamp_n = _decimal(timestamp)
         events: list[Event] = [MediaReceived(audio, chunk_n, timestamp_n)]
@@ -476,12 +490,7 @@ class TwilioMediaStream:
         self._media_prefix = (
             '{"event":"media","streamSid":' + json.dumps(stream_sid) + ',"media":{"payload":"'
         )
-        self._fast_media = re.compile(
-            r'\{"event":"media","sequenceNumber":"[0-9]+","media":\{"track":"inbound",'
-            r'"chunk":"([0-9]{1,15})","timestamp":"([0-9]{1,15})",'
-            r'"payload":"([A-Za-z0-9+/]*={0,2})"\},'
-            r'"streamSid":' + re.escape(json.dumps(stream_sid)) + r"\}"
-        ).fullmatch
+        self._sid_json = json.dumps(stream_sid)
         return Started(
             stream_sid=stream_sid,
             call_sid=call_sid,
