@@ -41,6 +41,7 @@ from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
 from bridge.calls.hamsa_session import Connector
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry, OpenStreams
+from bridge.calls.start_policy import HamsaPace
 from bridge.calls.warm_pool import WarmHamsaPool
 from bridge.drain import DrainController, Phase
 from bridge.errors import ConfigError, PreloadError, StoreError
@@ -202,6 +203,7 @@ def create_app(
             hamsa_connector,
             script,
             prompt_cache=cache,
+            hamsa_pace=HamsaPace(),
             wall_clock=wall_clock,
             clock=clock,
             store=store.get,

@@ -44,6 +44,8 @@ CALL_OUTCOMES = frozenset(
 REFUSAL_REASONS = ("capacity", "draining", "starting", "signature", "pending_limit")
 
 HAMSA_ERROR_KINDS = ("connect", "auth", "timeout", "reply", "truncated", "audio_format")
+START_HOLD_REASONS = ("immediate", "covered", "cap", "ended")
+"""Why the start policy let a held sentence go (``bridge.calls.start_policy.HoldRecord``)."""
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -205,6 +207,23 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.gap = Histogram(
+            "gap_seconds",
+            "Gaps heard inside an utterance: how long Twilio's playout had run dry before the "
+            "next frame went out",
+            namespace=ns,
+            registry=r,
+            buckets=(0.02, 0.04, 0.1, 0.25, 0.5, 1, 2, 5),
+        )
+        self.start_hold = Histogram(
+            "start_hold_seconds",
+            "How long the start policy held a sentence's audio back before playing it, by why "
+            "it let go (immediate, covered, cap, ended)",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+            buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5),
+        )
         self.pacing_lateness = Histogram(
             "pacing_lateness_seconds",
             "How late the playback writer sent a paced batch's first frame after the moment "
@@ -243,6 +262,8 @@ class Metrics:
             self.streams_refused.labels(reason=reason)
         for kind in HAMSA_ERROR_KINDS:
             self.hamsa_errors.labels(kind=kind)
+        for reason in START_HOLD_REASONS:
+            self.start_hold.labels(reason=reason)
         for result in ("hit", "miss"):
             self.prompt_cache.labels(result=result)
             self.hamsa_warm_takes.labels(result=result)

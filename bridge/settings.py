@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     bridge_max_pending_streams: int = Field(default=64, ge=1)
     bridge_playback_lead_ms: float = Field(default=200.0, ge=20, le=1000)
     bridge_lookahead_seconds: float = Field(default=8.0, gt=0)
+    bridge_start_hold_max_ms: float = Field(default=3000.0, ge=0, le=10000)
+    """Longest the start policy holds a sentence's audio back (0: play from the first byte)."""
+    bridge_start_margin_ms: float = Field(default=200.0, ge=0, le=2000)
+    """Safety added to the start policy's predicted wait (network and scheduling jitter)."""
     bridge_max_text_chars: int = Field(default=2000, ge=50, le=2000)
     bridge_min_sentence_chars: int = Field(default=30, ge=0)
     bridge_ivr_flow: str = ""

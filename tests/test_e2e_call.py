@@ -153,10 +153,11 @@ async def test_repeated_truncation_gives_up_and_ends_the_call_cleanly() -> None:
     assert result.close_code == 1000
 
 
-async def test_first_frame_follows_hamsa_first_byte_within_milliseconds() -> None:
+async def test_without_a_start_hold_the_first_frame_follows_hamsa_first_byte() -> None:
+    # BRIDGE_START_HOLD_MAX_MS=0 switches the start policy off: play from the first bytes.
     emulator = EmulatorConfig(chunk_interval=0.15)
     latencies, before_end = [], []
-    async with loopback(emulator, bridge_greeting=SHORT) as rig:
+    async with loopback(emulator, bridge_greeting=SHORT, bridge_start_hold_max_ms=0) as rig:
         for _ in range(7):
             result = await rig.call()
             request = rig.hamsa.requests[-1]
@@ -385,8 +386,9 @@ async def test_a_used_stream_token_cannot_be_replayed() -> None:
 async def test_first_frame_waits_only_for_the_hold_when_first_chunks_are_tiny() -> None:
     # 640-byte chunks (80 ms each) every 50 ms: the first is held (it could be the 640-byte
     # failure), the second releases both (160 ms > the 100 ms hold): one chunk interval.
+    # (the start policy off, so only the truncation hold is measured)
     emulator = EmulatorConfig(max_chunk_bytes=640, chunk_interval=0.05)
-    async with loopback(emulator, bridge_greeting="ب" * 12) as rig:
+    async with loopback(emulator, bridge_greeting="ب" * 12, bridge_start_hold_max_ms=0) as rig:
         result = await rig.call()
         request = rig.hamsa.requests[0]
     assert result.leg is not None

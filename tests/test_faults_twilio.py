@@ -51,6 +51,9 @@ pytestmark = pytest.mark.anyio
 MS_PER_CHAR = 25.0
 """The emulator's audio per character: 40 characters are 1 s of speech."""
 FAST: dict[str, Any] = {"hamsa_truncation_ms_per_char": 3.0, "hamsa_retry_delays": (0.05, 0.1)}
+PLAY_AT_ONCE: dict[str, Any] = {**FAST, "bridge_start_hold_max_ms": 0}
+"""The start policy off: the reply plays from its first bytes, so a stop 0.6 s in lands while it
+is playing (a stop during a hold is ``tests/test_start_gate.py``'s)."""
 GREETING = "ب" * 40  # 1.0 s
 TWO_SENTENCES = "ت" * 60 + ". " + "ث" * 60 + "."  # 1.5 s + 1.5 s, two Hamsa requests
 REAL_TIME: dict[str, Any] = {"synthesis_speed": 1.0}
@@ -186,7 +189,9 @@ def assert_hamsa_closed_at_once(connections: list[ConnectionRecord], result: Cal
 
 
 async def test_stop_in_the_middle_of_an_utterance() -> None:
-    async with loopback(emulator(**REAL_TIME), bridge_greeting=TWO_SENTENCES, **FAST) as rig:
+    async with loopback(
+        emulator(**REAL_TIME), bridge_greeting=TWO_SENTENCES, **PLAY_AT_ONCE
+    ) as rig:
         with captured_logs() as logs:
             result = await rig.call(hangup_after=0.6)
             await settled(rig)
@@ -209,7 +214,9 @@ async def test_stop_in_the_middle_of_an_utterance() -> None:
 
 
 async def test_socket_vanishing_without_stop() -> None:
-    async with loopback(emulator(**REAL_TIME), bridge_greeting=TWO_SENTENCES, **FAST) as rig:
+    async with loopback(
+        emulator(**REAL_TIME), bridge_greeting=TWO_SENTENCES, **PLAY_AT_ONCE
+    ) as rig:
         with captured_logs() as logs:
             result = await rig.call(vanish_after=0.6)
             await settled(rig)

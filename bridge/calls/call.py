@@ -42,6 +42,7 @@ from bridge.calls.playback import Playback
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
 from bridge.calls.speech import Speaker, SpeechOutcome
+from bridge.calls.start_policy import HamsaPace
 from bridge.errors import HamsaError, InvalidState, SignatureError, StoreError
 from bridge.metrics import Metrics
 from bridge.protocols.twilio_media import (
@@ -200,6 +201,9 @@ class CallDeps:
     hamsa_connector: Connector
     script: CallScript = greeting_script
     prompt_cache: PromptCache | None = None
+    hamsa_pace: HamsaPace = field(default_factory=HamsaPace)
+    """Hamsa's delivery as this process has seen it (the start policy's estimate): one per
+    process, shared by its calls."""
     wall_clock: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
     store: Callable[[], Awaitable[Store]] | None = None
@@ -237,6 +241,7 @@ class Call:
         self._hangup = asyncio.Event()
         self._context: CallContext | None = None
         self._playback: Playback | None = None
+        self._speaker: Speaker | None = None
         self._announcement: StreamAnnouncement | None = None
 
     def end(self, reason: str) -> bool:
@@ -426,8 +431,10 @@ class Call:
                     cache=deps.prompt_cache,
                     clock=deps.clock,
                     metrics=deps.metrics,
+                    pace=deps.hamsa_pace,
                 )
                 self._playback = playback
+                self._speaker = speaker
                 self._context = context = CallContext(settings, started, speaker, self._hangup)
                 running: list[asyncio.Task[Any]] = [
                     tasks.create_task(hamsa.open()),
@@ -552,6 +559,8 @@ class Call:
             s.reason = self._end_reason
         s.duration = self._deps.clock() - s.started_at
         s.violations = dict(self._stream.violations)
+        if self._speaker is not None and self._speaker.holds:
+            s.details["start_holds_ms"] = [round(hold.held * 1000) for hold in self._speaker.holds]
         if self._playback is not None:
             stats = self._playback.stats
             s.frames_sent = stats.frames_sent

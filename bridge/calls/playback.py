@@ -52,6 +52,12 @@ class PacingClock:
             return 0.0
         return ahead - (self.lead - self.frame - self.refill)
 
+    def dry_for(self, now: float) -> float:
+        """How long Twilio's buffer has been empty at ``now`` (0 if it is not, or never played)."""
+        if self._play_end is None:
+            return 0.0
+        return max(0.0, now - self._play_end)
+
     def sent(self, now: float) -> bool:
         """Account one frame sent at ``now``; True if Twilio's buffer had run dry (an underrun)."""
         dry = self._play_end is None or self._play_end < now
@@ -78,6 +84,8 @@ class PlaybackStats:
     underruns: int = 0
     frames_dropped: int = 0
     first_frame_at: float | None = None
+    gaps: list[float] = field(default_factory=list)
+    """Seconds Twilio's playout had been dry inside an utterance, per underrun."""
     mark_round_trips: list[float] = field(default_factory=list)
 
 
@@ -277,9 +285,12 @@ class Playback:
             if paced is not None:
                 lateness.observe(now - paced)
                 paced = None
-            if pacer.sent(now) and self._in_utterance:
+            if self._in_utterance and (gap := pacer.dry_for(now)) > 0:
                 stats.underruns += 1
+                stats.gaps.append(gap)
                 metrics.underruns.inc()
+                metrics.gap.observe(gap)
+            pacer.sent(now)
             self._in_utterance = True
             if stats.first_frame_at is None:
                 stats.first_frame_at = now

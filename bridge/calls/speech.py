@@ -29,8 +29,9 @@ import asyncio
 import enum
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -40,6 +41,14 @@ from bridge.audio.framer import Framer
 from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.playback import Playback
 from bridge.calls.prompt_cache import PromptCache
+from bridge.calls.start_policy import (
+    Decision,
+    HamsaPace,
+    HoldRecord,
+    ReplyRecord,
+    StartPolicy,
+    StartState,
+)
 from bridge.calls.truncation import TruncationGuard
 from bridge.errors import (
     AudioFormatError,
@@ -105,6 +114,26 @@ class _Progress:
 Sink = Callable[[bytes], None]
 """Where synthesised 8 kHz μ-law goes, in order, as it becomes playable."""
 
+MULAW_BYTES_PER_SECOND = 8000
+
+
+class ReplyObserver(Protocol):
+    """What a ``Synthesizer`` tells about the replies behind the audio it sinks (the start
+    policy's inputs besides the audio itself)."""
+
+    def begin_sentence(self, chars: int, later: Sequence[int]) -> None:
+        """A sentence of ``chars`` characters is requested; ``later`` are the utterance's
+        sentences after it."""
+
+    def restart_reply(self) -> None:
+        """The sentence is requested again (a retry); its audio continues where it stopped."""
+
+    def ended(self) -> None:
+        """The sentence's audio is complete (or it was skipped): nothing more will come."""
+
+    def failed(self) -> None:
+        """The reply failed after some of its audio was sunk (a retry may follow)."""
+
 
 class Synthesizer:
     """Text → 8 kHz μ-law through the call's Hamsa session, with every retry rule above."""
@@ -116,11 +145,15 @@ class Synthesizer:
         *,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        pace: HamsaPace | None = None,
     ) -> None:
         self._settings = settings
         self._hamsa = hamsa
         self._clock = clock
         self._metrics = metrics or Metrics()
+        self.pace = pace if pace is not None else HamsaPace()
+        """Learns Hamsa's delivery from this synthesizer's clean replies (per process in the
+        app: ``BridgeState.hamsa_pace``)."""
         self.stats = SpeechStats()
         self.first_byte_at: float | None = None
         """When the current reply's first audio bytes arrived (the bridge-added latency's start)."""
@@ -132,10 +165,12 @@ class Synthesizer:
         sink: Sink,
         *,
         room: Callable[[], Awaitable[None]] | None = None,
+        observer: ReplyObserver | None = None,
     ) -> bool:
         """Synthesise ``text`` segment by segment into ``sink``; False if a part was skipped.
 
-        ``room`` is awaited before each request (playback's lookahead bound).
+        ``room`` is awaited before each request (playback's lookahead bound); ``observer`` hears
+        about each sentence's request, retries and end.
         """
         settings = self._settings
         started = self._clock()
@@ -147,10 +182,15 @@ class Synthesizer:
             language=voice.language,
         )
         failed_in_a_row = 0
+        lengths = [len(segment) for segment in segments]
         for index, segment in enumerate(segments):
             if room is not None:
                 await room()
-            ok = await self._segment(segment, voice, sink, started)
+            if observer is not None:
+                observer.begin_sentence(lengths[index], lengths[index + 1 :])
+            ok = await self._segment(segment, voice, sink, started, observer)
+            if observer is not None:
+                observer.ended()
             complete = complete and ok
             failed_in_a_row = 0 if ok else failed_in_a_row + 1
             if failed_in_a_row >= 2:
@@ -158,7 +198,14 @@ class Synthesizer:
                 return False
         return complete
 
-    async def _segment(self, text: str, voice: Voice, sink: Sink, started: float) -> bool:
+    async def _segment(
+        self,
+        text: str,
+        voice: Voice,
+        sink: Sink,
+        started: float,
+        observer: ReplyObserver | None = None,
+    ) -> bool:
         """Play one request's reply, retrying failures; False if it had to be skipped."""
         settings = self._settings
         delays = settings.hamsa_retry_delays
@@ -169,10 +216,16 @@ class Synthesizer:
         while True:
             self.stats.requests += 1
             resumed_from = progress.played
+            if observer is not None and (attempt or immediate_retry_used):
+                observer.restart_reply()
             try:
                 # a reply may stream for the budget plus its text's length spoken at real time
                 reply_deadline = deadline + len(text) * _SPOKEN_SECONDS_PER_CHAR
-                await self._play_reply(text, voice, sink, started, progress, reply_deadline)
+                record = await self._play_reply(
+                    text, voice, sink, started, progress, reply_deadline
+                )
+                if not (attempt or immediate_retry_used):
+                    self.pace.observe(record)  # a clean reply: Hamsa's delivery as it is
                 if resumed_from:
                     self.stats.resumed += 1
                     log.info("hamsa_reply_resumed", skipped_bytes=resumed_from)
@@ -192,6 +245,8 @@ class Synthesizer:
             except HamsaError as exc:
                 # The one place a call's Hamsa failures are counted: each reaches here once.
                 self._metrics.hamsa_error(exc.kind)
+                if observer is not None:
+                    observer.failed()
                 if not exc.retryable:
                     raise
                 log.warning(
@@ -232,8 +287,9 @@ class Synthesizer:
         started: float,
         progress: _Progress,
         deadline: float,
-    ) -> None:
-        """One request: stream its audio into the framer, skipping what an earlier try played.
+    ) -> ReplyRecord:
+        """One request: stream its audio into the framer, skipping what an earlier try played;
+        returns how the reply arrived (for ``HamsaPace``).
 
         A reply still streaming at ``deadline`` (``HAMSA_SEGMENT_BUDGET`` plus the text's length
         spoken at real time) is abandoned: Hamsa never ending a reply must not hold the call
@@ -264,20 +320,30 @@ class Synthesizer:
             sink(audio)
 
         budget = settings.hamsa_segment_budget
+        record = ReplyRecord(chars=len(text), requested_at=clock())
+        arrivals = record.arrivals
         try:
             async with asyncio.timeout(max(0.0, deadline - clock())):
                 async with self._hamsa.reply(text, voice) as reply:
-                    sent_at = clock()
+                    sent_at = record.requested_at = clock()
                     async for chunk in reply:
+                        now = clock()
                         if self.first_byte_at is None:
-                            self.first_byte_at = clock()
-                            metrics.hamsa_first_byte.observe(self.first_byte_at - sent_at)
-                        audio = guard.feed(decoder.feed(chunk), decoder.audio_ms)
+                            self.first_byte_at = now
+                            metrics.hamsa_first_byte.observe(now - sent_at)
+                        decoded = decoder.feed(chunk)
+                        if decoded:
+                            arrivals.append((now, len(decoded) / MULAW_BYTES_PER_SECOND))
+                        audio = guard.feed(decoded, decoder.audio_ms)
                         if audio:
                             emit(audio)
-                    audio = guard.finish(decoder.finish(), decoder.audio_ms)
+                    tail = decoder.finish()
+                    if tail:
+                        arrivals.append((clock(), len(tail) / MULAW_BYTES_PER_SECOND))
+                    audio = guard.finish(tail, decoder.audio_ms)
                     if audio:
                         emit(audio)
+            return record
         except TimeoutError:
             raise HamsaTimeout(
                 f"Hamsa reply not ended within HAMSA_SEGMENT_BUDGET ({budget:g} s) plus the "
@@ -308,16 +374,31 @@ class Speaker:
         cache: PromptCache | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        pace: HamsaPace | None = None,
     ) -> None:
         self._settings = settings
         self._playback = playback
         self._cache = cache
+        self._clock = clock
         self._metrics = metrics = metrics or Metrics()
-        self._synth = Synthesizer(settings, hamsa, clock=clock, metrics=metrics)
+        self._synth = Synthesizer(settings, hamsa, clock=clock, metrics=metrics, pace=pace)
         self._ids = itertools.count(1)
         self._producer: asyncio.Task[bool] | None = None
+        self._gate: StartGate | None = None
         self._interrupts = 0
         self.cache_hits = 0
+        self.holds: list[HoldRecord] = []
+        """Every start-policy decision of this call, in order (the timeline's ``start:`` lines)."""
+
+    def _start_policy(self) -> StartPolicy:
+        settings = self._settings
+        pace = self._synth.pace
+        return StartPolicy(
+            pace.estimate(),
+            typical=pace.typical(),
+            max_hold=settings.bridge_start_hold_max_ms / 1000,
+            margin=settings.bridge_start_margin_ms / 1000,
+        )
 
     @property
     def stats(self) -> SpeechStats:
@@ -364,6 +445,8 @@ class Speaker:
         """Barge-in: stop synthesis of the current utterance (its reply drains in the background),
         drop its queued audio and ``clear`` what Twilio buffered."""
         self._interrupts += 1
+        if self._gate is not None:
+            self._gate.close()  # held audio is stale now: never pushed after the clear
         if self._producer is not None:
             self._producer.cancel()
         self._playback.interrupt()
@@ -395,26 +478,30 @@ class Speaker:
                 return True
             self._metrics.prompt_cache.labels(result="miss").inc()
         captured = bytearray() if cache is not None else None
-        synth = self._synth
-        first = True
+        gate = self._gate = StartGate(
+            self._start_policy(), playback, framer, clock=self._clock, metrics=self._metrics
+        )
 
         def sink(audio: bytes) -> None:
-            nonlocal first
             if captured is not None:
                 captured.extend(audio)
-            frames = framer.push(audio)
-            if first and frames:
-                first = False
-                playback.push_frames(frames, first_byte_at=synth.first_byte_at)
-            else:
-                playback.push_frames(frames)
+            gate.audio(audio)
 
         lookahead = self._settings.bridge_lookahead_seconds
         stats = self._synth.stats
         troubles = (stats.truncated, stats.retries, stats.resumed)
-        complete = await self._synth.text(
-            text, voice, sink, room=lambda: playback.wait_for_room(lookahead)
-        )
+        try:
+            complete = await self._synth.text(
+                text,
+                voice,
+                sink,
+                room=lambda: playback.wait_for_room(lookahead),
+                observer=gate,
+            )
+            gate.finish()
+        finally:
+            gate.close()
+            self.holds.extend(gate.policy.holds)
         clean = troubles == (stats.truncated, stats.retries, stats.resumed)
         if cache is not None and captured is not None and complete and clean:
             if cache_worthy(text, len(captured), self._settings):
@@ -422,6 +509,135 @@ class Speaker:
             else:
                 log.warning("prompt_not_cached_short", chars=len(text), audio_bytes=len(captured))
         return complete
+
+
+class StartGate:
+    """The I/O side of ``StartPolicy`` for one utterance: the ``Synthesizer``'s sink and
+    ``ReplyObserver``. Keeps audio back while the policy holds, arms one timer for its wake-up,
+    and pushes 160-byte frames to playback when it lets go. ``close()`` (barge-in, hang-up, the
+    utterance done) cancels the timer and drops whatever is still held: nothing is pushed after.
+    """
+
+    def __init__(
+        self,
+        policy: StartPolicy,
+        playback: Playback,
+        framer: Framer,
+        *,
+        clock: Callable[[], float],
+        metrics: Metrics,
+    ) -> None:
+        self.policy = policy
+        self._playback = playback
+        self._framer = framer
+        self._clock = clock
+        self._metrics = metrics
+        self._held: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._reported = 0
+        self._pushed_any = False
+
+    # --- ReplyObserver
+
+    def begin_sentence(self, chars: int, later: Sequence[int]) -> None:
+        if not self._closed:
+            self.policy.begin_sentence(chars, later, self._clock())
+
+    def restart_reply(self) -> None:
+        if not self._closed:
+            self.policy.restart_reply(self._clock())
+
+    def ended(self) -> None:
+        if not self._closed:
+            now = self._clock()
+            self._act(self.policy.ended(now, now + self._playback.buffered()))
+
+    def failed(self) -> None:
+        if not self._closed:
+            self.policy.failed(self._clock())
+            self._flush()
+
+    # --- the sink
+
+    def audio(self, audio: bytes) -> None:
+        if self._closed or not audio:
+            return
+        now = self._clock()
+        decision = self.policy.arrived(
+            now, len(audio) / MULAW_BYTES_PER_SECOND, now + self._playback.buffered()
+        )
+        self._held.append(audio)
+        self._act(decision)
+
+    def finish(self) -> None:
+        """The utterance is over: push whatever is still held, then ``close``."""
+        if not self._closed:
+            self.policy.finish(self._clock())
+            self._flush()
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._disarm()
+        self._held.clear()
+
+    # --- internals
+
+    def _arm(self, wake: float | None) -> None:
+        self._disarm()
+        if wake is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, wake - self._clock()), self._due)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self._clock()
+        self._act(self.policy.due(now, now + self._playback.buffered()))
+
+    def _act(self, decision: Decision) -> None:
+        if decision.release:
+            self._flush()
+        else:
+            self._arm(decision.wake)
+
+    def _flush(self) -> None:
+        """Push what is held (the policy let go) and report the holds it decided."""
+        self._disarm()
+        if self._held:
+            audio = b"".join(self._held) if len(self._held) > 1 else self._held[0]
+            self._held.clear()
+            frames = self._framer.push(audio)
+            if frames and not self._pushed_any:
+                # The first frames of the utterance: playable since now (bridge-added latency).
+                self._pushed_any = True
+                self._playback.push_frames(frames, first_byte_at=self._clock())
+            else:
+                self._playback.push_frames(frames)
+        holds = self.policy.holds
+        while self._reported < len(holds):
+            hold = holds[self._reported]
+            self._reported += 1
+            self._metrics.start_hold.labels(reason=hold.reason).observe(hold.held)
+            log.debug(
+                "start_hold",
+                sentence=hold.sentence,
+                held_ms=round(hold.held * 1000),
+                predicted_ms=round(hold.predicted * 1000),
+                reason=hold.reason,
+                rebuffer=hold.rebuffer,
+            )
+
+    @property
+    def holding(self) -> bool:
+        return self.policy.state is StartState.HOLDING
 
 
 def _current_task_cancelling() -> bool:
