@@ -38,6 +38,7 @@ from bridge.dev.hamsa_emulator import (
     EmulatorState,
     Fault,
     canonical_pcm16_header,
+    reply_schedule,
     serve_emulator,
     streaming_mulaw_header,
 )
@@ -767,19 +768,24 @@ class TestLatency:
 
         config = EmulatorConfig(draws_per_text=True, first_byte_delay=(0.3, 1.7), seed=3)
         a, b = EmulatorState(config), EmulatorState(config)
-        latency = config.first_byte_delay
-        a_draws = [
-            a.reply_draws(n, t)[1](latency) for n, t in enumerate((SENTENCE, OTHER, SENTENCE))
-        ]
-        b_draws = [
-            b.reply_draws(n, t)[1](latency) for n, t in enumerate((OTHER, SENTENCE, SENTENCE))
-        ]
+
+        def first_delays(state: EmulatorState, texts: tuple[str, ...]) -> list[float]:
+            return [
+                reply_schedule(t, config, state.reply_rng(n, t))[0][0]
+                for n, t in enumerate(texts, start=1)
+            ]
+
+        a_draws = first_delays(a, (SENTENCE, OTHER, SENTENCE))
+        b_draws = first_delays(b, (OTHER, SENTENCE, SENTENCE))
         assert (a_draws[0], a_draws[1], a_draws[2]) == (b_draws[1], b_draws[0], b_draws[2])
         assert a_draws[0] != a_draws[2]
         assert all(0.3 <= d <= 1.7 for d in a_draws)
-        # the default: one sequence in arrival order, chunking keyed by the request number
-        plain = EmulatorState(EmulatorConfig(first_byte_delay=(0.3, 1.7), seed=3))
-        assert plain.reply_draws(4, SENTENCE)[0] == 4
+        # the default: keyed by the request number, whatever the text's count
+        plain = EmulatorConfig(first_byte_delay=(0.3, 1.7), seed=3)
+        p1, p2 = EmulatorState(plain), EmulatorState(plain)
+        p1.reply_rng(1, OTHER)
+        assert p1.reply_rng(2, SENTENCE).random() == p2.reply_rng(2, SENTENCE).random()
+        assert p1.reply_rng(2, SENTENCE).random() != p2.reply_rng(3, SENTENCE).random()
 
     def test_invalid_config_rejected(self) -> None:
         with pytest.raises(ValueError):
