@@ -770,22 +770,25 @@ class TestLatency:
         a, b = EmulatorState(config), EmulatorState(config)
 
         def first_delays(state: EmulatorState, texts: tuple[str, ...]) -> list[float]:
-            return [
-                reply_schedule(t, config, state.reply_rng(n, t))[0][0]
-                for n, t in enumerate(texts, start=1)
-            ]
+            delays = []
+            for n, text in enumerate(texts, start=1):
+                cuts, timing = state.reply_rngs(n, text)
+                delays.append(reply_schedule(text, config, cuts, timing_rng=timing)[0][0])
+            return delays
 
         a_draws = first_delays(a, (SENTENCE, OTHER, SENTENCE))
         b_draws = first_delays(b, (OTHER, SENTENCE, SENTENCE))
         assert (a_draws[0], a_draws[1], a_draws[2]) == (b_draws[1], b_draws[0], b_draws[2])
         assert a_draws[0] != a_draws[2]
         assert all(0.3 <= d <= 1.7 for d in a_draws)
-        # the default: keyed by the request number, whatever the text's count
+        # the default: cuts keyed by the request number, timing one sequence in arrival order
         plain = EmulatorConfig(first_byte_delay=(0.3, 1.7), seed=3)
         p1, p2 = EmulatorState(plain), EmulatorState(plain)
-        p1.reply_rng(1, OTHER)
-        assert p1.reply_rng(2, SENTENCE).random() == p2.reply_rng(2, SENTENCE).random()
-        assert p1.reply_rng(2, SENTENCE).random() != p2.reply_rng(3, SENTENCE).random()
+        cuts1, timing1 = p1.reply_rngs(2, SENTENCE)
+        cuts2, timing2 = p2.reply_rngs(2, SENTENCE)
+        assert cuts1.random() == cuts2.random()
+        assert p1.reply_rngs(3, SENTENCE)[0].random() != p2.reply_rngs(2, SENTENCE)[0].random()
+        assert timing1 is p1.reply_rngs(7, OTHER)[1]
 
     def test_invalid_config_rejected(self) -> None:
         with pytest.raises(ValueError):

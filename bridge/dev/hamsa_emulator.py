@@ -540,6 +540,7 @@ class EmulatorState:
         self.request_count = 0
         # Seeded for reproducibility, not security.
         self._fault_rng = random.Random(f"faults:{config.seed}")  # noqa: S311
+        self._latency_rng = random.Random(f"latency:{config.seed}")  # noqa: S311
         self._text_requests: dict[str, int] = {}
         self.connects_started = 0
         """Upgrades that began their connect delay (replay: the j-th takes the j-th delay)."""
@@ -563,16 +564,20 @@ class EmulatorState:
             fault = Fault.TRUNCATE_640
         return fault
 
-    def reply_rng(self, number: int, text: str) -> random.Random:
-        """The RNG every draw of request ``number``'s reply comes from (chunking, first byte,
-        speed, jitter, stalls): seeded by (seed, number, text), or with
-        :attr:`EmulatorConfig.draws_per_text` by (seed, n, text), n counting the requests for
-        that text so far."""
-        key = f"n{number}"
-        if self.config.draws_per_text:
-            n = self._text_requests[text] = self._text_requests.get(text, 0) + 1
-            key = f"text{n}"
-        return random.Random(f"reply:{self.config.seed}:{key}:{text}")  # noqa: S311
+    def reply_rngs(self, number: int, text: str) -> tuple[random.Random, random.Random]:
+        """The RNGs of request ``number``'s reply: its cuts (seeded by seed, number and text)
+        and its timing (one sequence shared by all requests in arrival order); with
+        :attr:`EmulatorConfig.draws_per_text` both seeded by (seed, n, text), n counting the
+        requests for that text so far. (Two RNGs, so the draws of configurations that predate
+        the delivery models stay what they were.)"""
+        seed = self.config.seed
+        if not self.config.draws_per_text:
+            return random.Random(f"{seed}:{number}:{text}"), self._latency_rng  # noqa: S311
+        n = self._text_requests[text] = self._text_requests.get(text, 0) + 1
+        return (
+            random.Random(f"{seed}:text{n}:{text}"),  # noqa: S311
+            random.Random(f"latency:{seed}:{n}:{text}"),  # noqa: S311
+        )
 
     def reset_draws(self) -> None:
         """Forget the per-text request counts (:attr:`EmulatorConfig.draws_per_text`): the next
@@ -706,17 +711,23 @@ def _delays(times: list[float]) -> list[float]:
 
 
 def reply_schedule(
-    text: str, config: EmulatorConfig, rng: random.Random, *, mulaw: bool = True
+    text: str,
+    config: EmulatorConfig,
+    rng: random.Random,
+    *,
+    mulaw: bool = True,
+    timing_rng: random.Random | None = None,
 ) -> list[tuple[float, bytes]]:
     """The reply the emulator sends for ``text`` (no fault, no replay): ``(delay_before_s,
     frame)`` per binary frame, the first delay counted from ``ack``, each later one from the
     previous frame. The frames concatenated are :func:`bridge.dev.tone.synthesize`'s audio.
 
-    Pure: the same ``rng`` state gives the same schedule (the emulator seeds one per request,
-    :meth:`EmulatorState.reply_rng`). Draw order: first byte, speed, cuts, then per later frame
+    Pure: the same RNG states give the same schedule. The cuts are drawn from ``rng``, the
+    timing from ``timing_rng`` (default: ``rng`` as well, after the cuts); the emulator passes
+    :meth:`EmulatorState.reply_rngs`. Timing draw order: first byte, speed, then per later frame
     its interval (without a speed), jitter and stall.
     """
-    plan = _plan_reply(text, mulaw, None, config, rng)
+    plan = _plan_reply(text, mulaw, None, config, rng, timing_rng or rng)
     return list(zip(_delays(plan.times), plan.frames, strict=True))
 
 
@@ -771,7 +782,12 @@ def _apply_fault(chunks: list[bytes], fault: Fault | None) -> list[bytes]:
 
 
 def _plan_reply(
-    text: str, mulaw: bool, fault: Fault | None, cfg: EmulatorConfig, rng: random.Random
+    text: str,
+    mulaw: bool,
+    fault: Fault | None,
+    cfg: EmulatorConfig,
+    rng: random.Random,
+    timing: random.Random,
 ) -> _Plan:
     header = b""
     if fault is Fault.RIFF_PCM16:
@@ -782,10 +798,14 @@ def _plan_reply(
         audio_mulaw = mulaw
     audio = synthesize(text, mulaw=audio_mulaw, ms_per_char=cfg.ms_per_char)
     bps = MULAW_RATE if audio_mulaw else PCM_RATE * 2
-    first_byte = _draw(rng, cfg.first_byte_delay)
-    speed = None if cfg.synthesis_speed is None else _draw(rng, cfg.synthesis_speed)
     chunks = _apply_fault(_cut(audio, rng, bps, cfg), fault)
-    times = _times([len(c) for c in chunks], first_byte, speed, bps, cfg, rng)
+    first_byte = (
+        cfg.slow_first_byte_delay
+        if fault is Fault.SLOW_FIRST_BYTE
+        else _draw(timing, cfg.first_byte_delay)
+    )
+    speed = None if cfg.synthesis_speed is None else _draw(timing, cfg.synthesis_speed)
+    times = _times([len(c) for c in chunks], first_byte, speed, bps, cfg, timing)
     frames = list(chunks)
     parts = list(chunks)
     if fault is Fault.RIFF_PCM16:
@@ -1050,7 +1070,7 @@ class _Connection:
             plan = _replay_plan(text, rec.mulaw, fault, recorded, cfg.ms_per_char)
             await _until(rec.received_at + (plan.ack_at or 0.0))
         else:
-            plan = _plan_reply(text, rec.mulaw, fault, cfg, state.reply_rng(number, text))
+            plan = _plan_reply(text, rec.mulaw, fault, cfg, *state.reply_rngs(number, text))
         rec.acked_at = time.monotonic()
         base = rec.received_at if replay is not None else rec.acked_at
         if not await self.send_text(ACK_FRAME):
@@ -1067,8 +1087,8 @@ class _Connection:
         rec.header = plan.header
         # Every frame at its absolute time from the base: sending time does not accumulate.
         shift = 0.0
-        if fault is Fault.SLOW_FIRST_BYTE and plan.times:
-            shift = cfg.slow_first_byte_delay - plan.times[0]
+        if replay is not None and fault is Fault.SLOW_FIRST_BYTE and plan.times:
+            shift = max(0.0, cfg.slow_first_byte_delay - plan.times[0])
         if self._custom(speaker) and speaker.lower() not in state.preloaded:
             shift += cfg.unpreloaded_voice_delay
         for frame, part, at in zip(plan.frames, plan.audio_parts, plan.times, strict=True):
