@@ -1,7 +1,7 @@
-"""Time to first audio: the bridge versus the naive patterns of the seed Hamsa FAQ.
+"""Time to first audio, and gaps: the bridge versus the naive patterns of the seed Hamsa FAQ.
 
 Question: how long after Twilio's ``start`` does the caller hear the first audio, and the last,
-when Hamsa behaves as observed (hamsa-api.md §3.5), for
+and how often does the speech stutter (gaps), under several Hamsa delivery models, for
 
 * **(a)** ``hamsa-bridge`` itself: the real app (``bridge.dev.loopback``: ``create_app`` under
   uvicorn, signed webhook and handshake, stream token), which opens the call's Hamsa socket when
@@ -25,24 +25,34 @@ sends a ``mark`` at the end and closes the stream once it is echoed. They are ge
 is fetched while reply k plays (pipelined), so they pay the collection delay only where it shows,
 and they skip signature checks and every retry rule.
 
-Latency model: ``EmulatorConfig.realistic()``: connect 1.2 s, first audio 0.3-1.7 s after each
-request, synthesis 2-4x faster than real time, each reply in 4-7 irregular binary frames (the first
-200-500 ms of audio, the rest in 3-6 pieces of random weight), 80 ms of audio per character. Every
-variant gets its **own emulator with the same seed** and ``draws_per_text``: the n-th request for a
-given text gets the same first-byte delay, speed and chunking in every variant, whatever the
-interleaving of concurrent calls. So the three variants see exactly the same Hamsa latencies for
-their first sentences; the figures differ only by what each design does with them.
+Delivery models (``EmulatorConfig.model(name)`` in ``bridge/dev/hamsa_emulator.py``, whose
+docstrings give the numbers and their sources; ``--models``, default all four):
+
+* **realistic**: connect 1.2 s, first audio 0.3-1.7 s, first frame 0.2-0.5 s of audio, the rest
+  in 3-6 weighted pieces at 2-4x real time;
+* **observed** (hamsa-api.md §3.5 at face value): connect 1.2 s, first audio 0.3-1.7 s, a small
+  first frame of 0.1-0.3 s, 4-7 frames in all, paced at 0.8-1.8x real time, intervals x0.7-1.3;
+* **slow**: first frame 0.2-0.3 s, then ~1 s frames (0.6-1.4 s) at 0.9x real time;
+* **bursty**: 0.3-0.9 s frames at 4-8x, but a stall of 0.4-1.0 s before a quarter of them
+  (1.5-3x on average).
+
+80 ms of audio per character in all. Every variant gets its **own emulator with the same seed**
+and ``draws_per_text``: the n-th request for a given text gets the same first-byte delay, speed
+and chunking in every variant, whatever the interleaving of concurrent calls. So the variants see
+exactly the same Hamsa latencies for their sentences; the figures differ only by what each design
+does with them.
 
 Scenarios:
 
-1. **announcement**: three Arabic sentences (169 characters, 3 Hamsa requests, 13.4 s of audio),
-   spoken by the bridge as its greeting (``BRIDGE_GREETING``).
-2. **ivr**: the main-menu prompt of ``bridge/ivr/examples/clinic.toml`` (134 characters, 3 Hamsa
-   requests after merging short sentences, 10.6 s of audio), run by the bridge as a real IVR flow
-   (a ``menu`` node; the caller presses 1 after the prompt, which hangs up). The bridge runs twice:
-   with its prompt cache off, so every call synthesises the prompt (**a**, the like-for-like
-   comparison), and with the cache warmed by ``hamsa-bridge ivr warm`` before the calls
-   (**a, cache warm**: what a caller of a deployed IVR hears for a static prompt).
+1. **announcement** (every model): three Arabic sentences (169 characters, 3 Hamsa requests,
+   13.4 s of audio), spoken by the bridge as its greeting (``BRIDGE_GREETING``).
+2. **ivr** (realistic only, unless ``--scenario`` says otherwise): the main-menu prompt of
+   ``bridge/ivr/examples/clinic.toml`` (134 characters, 3 Hamsa requests after merging short
+   sentences, 10.6 s of audio), run by the bridge as a real IVR flow (a ``menu`` node; the caller
+   presses 1 after the prompt, which hangs up). The bridge runs twice: with its prompt cache off, so
+   every call synthesises the prompt (**a**, the like-for-like comparison), and with the cache
+   warmed by ``hamsa-bridge ivr warm`` before the calls (**a, cache warm**: what a caller of a
+   deployed IVR hears for a static prompt).
 
 Each variant carries ``--calls`` calls (20) of each scenario; call i of every variant starts at
 ``i * --spacing`` seconds (1.5 s), so the variants run side by side and each has about ten calls
@@ -53,15 +63,31 @@ caller audio every 20 ms, Twilio's playout model, mark echoes.
 
 Measured per call, at the caller, from its ``start`` message: the first media frame received
 (*first audio*), the last one (*last audio*), gaps heard (``CallResult.gaps()``: the playout
-buffer ran dry mid-speech), and whether the call is complete (every frame of the text's audio
-received, no protocol warning, the stream closed normally). Reported per variant: p50 and p95
-(nearest rank) of first and last audio, each as a ratio to (a); Hamsa sockets and requests per call
-(from the emulator's records). The event loop's lag during the calls (all peers share this
-process), this process' CPU and the CPU other processes took meanwhile are printed, so a
-disturbed run can be recognised: lag beyond the 200 ms playout lead makes gaps of its own.
+buffer ran dry mid-speech; dry after the last audio is the end, not a gap), and whether the call
+is complete (every frame of the text's audio received, no protocol warning, the stream closed
+normally). Reported per variant, as one markdown table per model and scenario (ready for
+BENCHMARKS.md): p50 and p95 (nearest rank) of first audio and its ratio to (c), last audio, the
+calls with a gap over 40 ms, the total gap time and the longest gap (complete calls only); Hamsa
+sockets and requests per call (from the emulator's records). ``--json FILE`` writes the same
+figures (and every fast-check sample) as JSON.
 
-Run: ``python bench/first_audio.py`` (about 100 s), ``--smoke`` (one call per variant with a
-scaled-down latency model: a few seconds, no timing claims).
+**Fast check** (``--fast-check``; ``--fast-calls`` calls, 20): with ``EmulatorConfig.fast()``
+(3x real time, a first frame of 1.0-1.5 s of audio, first byte 0.2-0.4 s), how long after Hamsa's
+first byte the bridge's first frame reaches the caller (goal: within 10 ms). The bridge reports no
+first byte per call, so it is measured as the caller's first ``media`` arrival minus the
+emulator's ``RequestRecord.first_audio_at`` (the same monotonic clock: one process): it includes
+the emulator's send, both loopback hops, the bridge's whole Hamsa-to-Twilio path (decoding,
+framing, start policy, pacer, JSON/base64) and the caller's receive, plus any event-loop lag the
+peers cause each other; calls run one at a time, on the bridge with its warm pool.
+
+The event loop's lag during the calls (all peers share this process), this process' CPU and the
+CPU other processes took meanwhile are printed, so a disturbed run can be recognised: lag beyond
+the 200 ms playout lead makes gaps of its own.
+
+Run: ``python bench/first_audio.py`` (four models: about 5 minutes; add ``--fast-check`` for
+about a minute more), ``--models observed --calls 3`` (a quick look), ``--smoke`` (one call per
+variant with a scaled-down realistic model, and one fast-check call: a few seconds, no timing
+claims).
 """
 
 from __future__ import annotations

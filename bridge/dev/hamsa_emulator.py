@@ -16,6 +16,12 @@ Routes
 * ``POST /v2/tts/voices/custom/preload`` — ``{"voiceId": UUID}`` with Token/Bearer auth.
 * ``GET /_emulator/log`` — everything recorded, as JSON (``?audio=base64`` adds the audio).
 
+Timing: a named delivery model (:meth:`EmulatorConfig.model`, :data:`DELIVERY_MODELS`:
+``instant``, ``realistic``, ``observed``, ``slow``, ``bursty``, ``fast``) or any mix of the
+fields; each reply's schedule is the pure :func:`reply_schedule` of seeded draws, and its frames
+go at absolute times from the ``ack`` (sending time never accumulates). Or the timing of a trace
+recorded from the real API (:attr:`EmulatorConfig.replay`, :mod:`bridge.hamsa_trace`).
+
 Everything lives in one :class:`EmulatorState` per app (``app.state.emulator``); the module
 holds no mutable state. Request numbers are global and 1-based: every ``tts`` frame, on every
 connection, valid or not, takes the next number when the emulator starts working on it; faults
