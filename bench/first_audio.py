@@ -1,7 +1,7 @@
-"""Time to first audio: the bridge versus the naive patterns of the seed Hamsa FAQ.
+"""Time to first audio, and gaps: the bridge versus the naive patterns of the seed Hamsa FAQ.
 
 Question: how long after Twilio's ``start`` does the caller hear the first audio, and the last,
-when Hamsa behaves as observed (hamsa-api.md §3.5), for
+and how often does the speech stutter (gaps), under several Hamsa delivery models, for
 
 * **(a)** ``hamsa-bridge`` itself: the real app (``bridge.dev.loopback``: ``create_app`` under
   uvicorn, signed webhook and handshake, stream token), which opens the call's Hamsa socket when
@@ -25,24 +25,34 @@ sends a ``mark`` at the end and closes the stream once it is echoed. They are ge
 is fetched while reply k plays (pipelined), so they pay the collection delay only where it shows,
 and they skip signature checks and every retry rule.
 
-Latency model: ``EmulatorConfig.realistic()``: connect 1.2 s, first audio 0.3-1.7 s after each
-request, synthesis 2-4x faster than real time, each reply in 4-7 irregular binary frames (the first
-200-500 ms of audio, the rest in 3-6 pieces of random weight), 80 ms of audio per character. Every
-variant gets its **own emulator with the same seed** and ``draws_per_text``: the n-th request for a
-given text gets the same first-byte delay, speed and chunking in every variant, whatever the
-interleaving of concurrent calls. So the three variants see exactly the same Hamsa latencies for
-their first sentences; the figures differ only by what each design does with them.
+Delivery models (``EmulatorConfig.model(name)`` in ``bridge/dev/hamsa_emulator.py``, whose
+docstrings give the numbers and their sources; ``--models``, default all four):
+
+* **realistic**: connect 1.2 s, first audio 0.3-1.7 s, first frame 0.2-0.5 s of audio, the rest
+  in 3-6 weighted pieces at 2-4x real time;
+* **observed** (hamsa-api.md §3.5 at face value): connect 1.2 s, first audio 0.3-1.7 s, a small
+  first frame of 0.1-0.3 s, 4-7 frames in all, paced at 0.8-1.8x real time, intervals x0.7-1.3;
+* **slow**: first frame 0.2-0.3 s, then ~1 s frames (0.6-1.4 s) at 0.9x real time;
+* **bursty**: 0.3-0.9 s frames at 4-8x, but a stall of 0.4-1.0 s before a quarter of them
+  (1.5-3x on average).
+
+80 ms of audio per character in all. Every variant gets its **own emulator with the same seed**
+and ``draws_per_text``: the n-th request for a given text gets the same first-byte delay, speed
+and chunking in every variant, whatever the interleaving of concurrent calls. So the variants see
+exactly the same Hamsa latencies for their sentences; the figures differ only by what each design
+does with them.
 
 Scenarios:
 
-1. **announcement**: three Arabic sentences (169 characters, 3 Hamsa requests, 13.4 s of audio),
-   spoken by the bridge as its greeting (``BRIDGE_GREETING``).
-2. **ivr**: the main-menu prompt of ``bridge/ivr/examples/clinic.toml`` (134 characters, 3 Hamsa
-   requests after merging short sentences, 10.6 s of audio), run by the bridge as a real IVR flow
-   (a ``menu`` node; the caller presses 1 after the prompt, which hangs up). The bridge runs twice:
-   with its prompt cache off, so every call synthesises the prompt (**a**, the like-for-like
-   comparison), and with the cache warmed by ``hamsa-bridge ivr warm`` before the calls
-   (**a, cache warm**: what a caller of a deployed IVR hears for a static prompt).
+1. **announcement** (every model): three Arabic sentences (169 characters, 3 Hamsa requests,
+   13.4 s of audio), spoken by the bridge as its greeting (``BRIDGE_GREETING``).
+2. **ivr** (realistic only, unless ``--scenario`` says otherwise): the main-menu prompt of
+   ``bridge/ivr/examples/clinic.toml`` (134 characters, 3 Hamsa requests after merging short
+   sentences, 10.6 s of audio), run by the bridge as a real IVR flow (a ``menu`` node; the caller
+   presses 1 after the prompt, which hangs up). The bridge runs twice: with its prompt cache off, so
+   every call synthesises the prompt (**a**, the like-for-like comparison), and with the cache
+   warmed by ``hamsa-bridge ivr warm`` before the calls (**a, cache warm**: what a caller of a
+   deployed IVR hears for a static prompt).
 
 Each variant carries ``--calls`` calls (20) of each scenario; call i of every variant starts at
 ``i * --spacing`` seconds (1.5 s), so the variants run side by side and each has about ten calls
@@ -53,15 +63,31 @@ caller audio every 20 ms, Twilio's playout model, mark echoes.
 
 Measured per call, at the caller, from its ``start`` message: the first media frame received
 (*first audio*), the last one (*last audio*), gaps heard (``CallResult.gaps()``: the playout
-buffer ran dry mid-speech), and whether the call is complete (every frame of the text's audio
-received, no protocol warning, the stream closed normally). Reported per variant: p50 and p95
-(nearest rank) of first and last audio, each as a ratio to (a); Hamsa sockets and requests per call
-(from the emulator's records). The event loop's lag during the calls (all peers share this
-process), this process' CPU and the CPU other processes took meanwhile are printed, so a
-disturbed run can be recognised: lag beyond the 200 ms playout lead makes gaps of its own.
+buffer ran dry mid-speech; dry after the last audio is the end, not a gap), and whether the call
+is complete (every frame of the text's audio received, no protocol warning, the stream closed
+normally). Reported per variant, as one markdown table per model and scenario (ready for
+BENCHMARKS.md): p50 and p95 (nearest rank) of first audio and its ratio to (c), last audio, the
+calls with a gap over 40 ms, the total gap time and the longest gap (complete calls only); Hamsa
+sockets and requests per call (from the emulator's records). ``--json FILE`` writes the same
+figures (and every fast-check sample) as JSON.
 
-Run: ``python bench/first_audio.py`` (about 100 s), ``--smoke`` (one call per variant with a
-scaled-down latency model: a few seconds, no timing claims).
+**Fast check** (``--fast-check``; ``--fast-calls`` calls, 20): with ``EmulatorConfig.fast()``
+(3x real time, a first frame of 1.0-1.5 s of audio, first byte 0.2-0.4 s), how long after Hamsa's
+first byte the bridge's first frame reaches the caller (goal: within 10 ms). The bridge reports no
+first byte per call, so it is measured as the caller's first ``media`` arrival minus the
+emulator's ``RequestRecord.first_audio_at`` (the same monotonic clock: one process): it includes
+the emulator's send, both loopback hops, the bridge's whole Hamsa-to-Twilio path (decoding,
+framing, start policy, pacer, JSON/base64) and the caller's receive, plus any event-loop lag the
+peers cause each other; calls run one at a time, on the bridge with its warm pool.
+
+The event loop's lag during the calls (all peers share this process), this process' CPU and the
+CPU other processes took meanwhile are printed, so a disturbed run can be recognised: lag beyond
+the 200 ms playout lead makes gaps of its own.
+
+Run: ``python bench/first_audio.py`` (four models: about 5 minutes; add ``--fast-check`` for
+about a minute more), ``--models observed --calls 3`` (a quick look), ``--smoke`` (one call per
+variant with a scaled-down realistic model, and one fast-check call: a few seconds, no timing
+claims).
 """
 
 from __future__ import annotations
@@ -98,7 +124,12 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge.calls.warm_pool import WarmHamsaPool
 from bridge.dev.caller import CallPlan, CallResult, place_call
-from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
+from bridge.dev.hamsa_emulator import (
+    DELIVERY_MODELS,
+    EmulatorConfig,
+    EmulatorState,
+    create_emulator_app,
+)
 from bridge.dev.loopback import loopback
 from bridge.dev.servers import bind, serving
 from bridge.dev.tone import synthesize
@@ -168,6 +199,8 @@ class Model:
     name: str
     emulator: EmulatorConfig
     bridge: dict[str, Any] = field(default_factory=dict)
+    key: str = "realistic"
+    """The delivery model's name (``EmulatorConfig.model``), or ``smoke``."""
 
     def segments(self, text: str) -> list[str]:
         return split_text(text, language=LANGUAGE)
@@ -179,29 +212,71 @@ class Model:
         )
 
 
-def realistic_model(seed: int) -> Model:
-    return Model(
-        "realistic (hamsa-api.md §3.5): connect 1.2 s, first audio 0.3-1.7 s, "
-        "synthesis 2-4x real time, 4-7 irregular frames per reply, 80 ms/char",
-        EmulatorConfig.realistic(seed=seed, draws_per_text=True),
-    )
+MODELS: Final = ("realistic", "observed", "slow", "bursty")
+"""The delivery models a default run measures (``EmulatorConfig.model``)."""
+SMOKE_BRIDGE: Final[dict[str, Any]] = {
+    # 15 ms of audio per character: below the bridge's real-speech thresholds
+    "hamsa_truncation_ms_per_char": 3.0,
+    "bridge_prompt_cache_min_ms_per_char": 5.0,
+}
 
 
-def smoke_model(seed: int) -> Model:
-    """Scaled down for ``--smoke``: the same shape, a few seconds in all."""
-    return Model(
-        "smoke (scaled down): connect 0.1 s, first audio 0.05-0.15 s, synthesis 2-4x, 15 ms/char",
-        EmulatorConfig(
-            connect_delay=0.1,
-            first_byte_delay=(0.05, 0.15),
-            synthesis_speed=(2.0, 4.0),
-            ms_per_char=15.0,
-            seed=seed,
-            draws_per_text=True,
+def _span(value: float | tuple[float, float] | None, unit: str = "s") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, tuple):
+        return f"{value[0]:g}-{value[1]:g} {unit}"
+    return f"{value:g} {unit}"
+
+
+def describe(config: EmulatorConfig) -> str:
+    """The numbers of a delivery model, in one line."""
+    parts = [
+        f"connect {_span(config.connect_delay)}",
+        f"first byte {_span(config.first_byte_delay)}",
+        "first frame "
+        + ("0.2-0.5 s" if config.first_chunk_seconds is None else _span(config.first_chunk_seconds))
+        + " of audio",
+        "later frames "
+        + (
+            "3-6 weighted pieces"
+            if config.chunk_seconds is None
+            else _span(config.chunk_seconds) + " of audio each"
         ),
-        # 15 ms of audio per character: below the bridge's real-speech thresholds
-        {"hamsa_truncation_ms_per_char": 3.0, "bridge_prompt_cache_min_ms_per_char": 5.0},
+        "pace " + _span(config.synthesis_speed, "x real time"),
+    ]
+    if config.interval_jitter:
+        parts.append(f"intervals x{1 - config.interval_jitter:g}-{1 + config.interval_jitter:g}")
+    if config.stall_probability:
+        parts.append(
+            f"stalls of {_span(config.stall_seconds)} before {config.stall_probability:.0%} "
+            "of later frames"
+        )
+    parts.append(f"{config.ms_per_char:g} ms/char")
+    return ", ".join(parts)
+
+
+def delivery_model(name: str, seed: int) -> Model:
+    """A named delivery model of the Hamsa emulator (its docstring has the sources)."""
+    config = EmulatorConfig.model(name, seed=seed, draws_per_text=True)
+    return Model(f"{name}: {describe(config)}", config, key=name)
+
+
+def realistic_model(seed: int) -> Model:
+    return delivery_model("realistic", seed)
+
+
+def smoke_model(seed: int, name: str = "realistic") -> Model:
+    """Scaled down for ``--smoke``: the named model's shape, a few seconds in all."""
+    config = EmulatorConfig.model(
+        name,
+        connect_delay=0.1,
+        first_byte_delay=(0.05, 0.15),
+        ms_per_char=15.0,
+        seed=seed,
+        draws_per_text=True,
     )
+    return Model(f"smoke (scaled down {name}): {describe(config)}", config, SMOKE_BRIDGE, "smoke")
 
 
 # --- the comparators: (b) and (c) --------------------------------------------------------------
@@ -602,7 +677,7 @@ async def run_scenario(
                     await target.hamsa.wait_until(
                         lambda s: all(c.closed_at for c in s.connections if c.id in used)
                     )
-                target.hamsa._text_requests.clear()  # noqa: SLF001 - no public reset
+                target.hamsa.reset_draws()
 
         await asyncio.gather(*(warm_up(t) for t in targets))
         before = [(len(t.hamsa.connections), len(t.hamsa.requests)) for t in targets]
@@ -663,35 +738,79 @@ def ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.2f}"
 
 
+GAP_LIMIT: Final = 0.040
+"""A gap longer than this counts (``calls with a gap > 40 ms``): a stutter a caller hears."""
+
 HEADER: Final = (
-    "| variant | first audio p50 / p95 s | ÷ (a) p50 / p95 | last audio p50 / p95 s "
-    "| ÷ (a) p50 / p95 | calls with gaps (total; longest) | Hamsa sockets / requests per call "
-    "| failed |"
+    "| variant | first audio p50 / p95 s | ÷ (c) p50 / p95 | last audio p50 / p95 s "
+    "| calls with a gap > 40 ms | total gap s | longest gap ms "
+    "| Hamsa sockets / requests per call | failed |"
 )
 
 
+def gap_figures(r: VariantResult) -> tuple[int, float, float]:
+    """Calls with a gap over 40 ms, total gap time and the longest gap (complete calls only)."""
+    calls = [c for c in r.calls if c.problem is None]
+    stuttered = sum(c.longest_gap > GAP_LIMIT for c in calls)
+    total = sum(c.gap_seconds for c in calls)
+    longest = max((c.longest_gap for c in calls), default=0.0)
+    return stuttered, total, longest
+
+
 def table(results: Sequence[VariantResult], calls: int) -> list[str]:
-    reference = next(r for r in results if r.key == "a")
-    ref = {
-        (name, q): quantile(reference.values(name), q)
-        for name in ("first", "last")
-        for q in (0.5, 0.95)
-    }
+    reference = next(r for r in results if r.key == "c")
+    ref = {q: quantile(reference.values("first"), q) for q in (0.5, 0.95)}
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     for r in results:
-        cells = [r.label]
-        for name in ("first", "last"):
-            p50, p95 = quantile(r.values(name), 0.5), quantile(r.values(name), 0.95)
-            cells.append(f"{seconds(p50)} / {seconds(p95)}")
-            cells.append(f"{ratio(p50, ref[name, 0.5])} / {ratio(p95, ref[name, 0.95])}")
-        gapped = [c for c in r.calls if c.gaps]
-        total = sum(c.gap_seconds for c in gapped)
-        longest = max((c.longest_gap for c in gapped), default=0.0)
-        cells.append(f"{len(gapped)} ({total:.2f} s; {longest * 1000:.0f} ms)")
-        cells.append(f"{r.sockets / calls:.1f} / {r.requests / calls:.1f}")
-        cells.append(str(r.failed))
+        first = [quantile(r.values("first"), q) for q in (0.5, 0.95)]
+        last = [quantile(r.values("last"), q) for q in (0.5, 0.95)]
+        stuttered, total, longest = gap_figures(r)
+        cells = [
+            r.label,
+            f"{seconds(first[0])} / {seconds(first[1])}",
+            f"{ratio(first[0], ref[0.5])} / {ratio(first[1], ref[0.95])}",
+            f"{seconds(last[0])} / {seconds(last[1])}",
+            f"{stuttered} of {len(r.calls) - r.failed}",
+            f"{total:.2f}",
+            f"{longest * 1000:.0f}",
+            f"{r.sockets / calls:.1f} / {r.requests / calls:.1f}",
+            str(r.failed),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def summary(results: Sequence[VariantResult], calls: int) -> list[dict[str, Any]]:
+    """The table's figures as JSON-ready data (seconds; ratios to (c))."""
+    reference = next(r for r in results if r.key == "c")
+    out = []
+    for r in results:
+        stuttered, total, longest = gap_figures(r)
+        item: dict[str, Any] = {"key": r.key, "label": r.label, "calls": len(r.calls)}
+        for name in ("first", "last"):
+            for q in (0.5, 0.95):
+                value = quantile(r.values(name), q)
+                item[f"{name}_p{round(q * 100)}"] = value
+                if name == "first":
+                    theirs = quantile(reference.values(name), q)
+                    item[f"first_p{round(q * 100)}_ratio_c"] = (
+                        value / theirs if value is not None and theirs else None
+                    )
+        item.update(
+            calls_with_gap_over_40ms=stuttered,
+            gaps=sum(c.gaps for c in r.calls if c.problem is None),
+            gap_total_s=total,
+            longest_gap_s=longest,
+            hamsa_sockets_per_call=r.sockets / calls,
+            hamsa_requests_per_call=r.requests / calls,
+            hamsa_first_byte_p50=quantile(r.first_byte, 0.5),
+            hamsa_first_byte_p95=quantile(r.first_byte, 0.95),
+            failed=r.failed,
+            problems=sorted({c.problem for c in r.calls if c.problem is not None}),
+            warm_taken_direct=list(r.warm) if r.warm is not None else None,
+        )
+        out.append(item)
+    return out
 
 
 def goal_line(results: Sequence[VariantResult], key: str = "a") -> str:
@@ -754,76 +873,233 @@ def machine_lines() -> list[str]:
     ]
 
 
-async def bench_main(args: argparse.Namespace) -> int:
-    model = smoke_model(args.seed) if args.smoke else realistic_model(args.seed)
-    scenarios = []
-    if args.scenario in ("announcement", "both"):
-        scenarios.append(Scenario("announcement", "3-sentence announcement", ANNOUNCEMENT, False))
-    if args.scenario in ("ivr", "both"):
-        scenarios.append(
+ANNOUNCEMENT_SCENARIO: Final = Scenario(
+    "announcement", "3-sentence announcement", ANNOUNCEMENT, False
+)
+
+
+def scenarios_for(model: Model, choice: str) -> list[Scenario]:
+    """``--scenario auto``: both for realistic (and the smoke run), the announcement otherwise."""
+    if choice == "auto":
+        choice = "both" if model.key in ("realistic", "smoke") else "announcement"
+    found = []
+    if choice in ("announcement", "both"):
+        found.append(ANNOUNCEMENT_SCENARIO)
+    if choice in ("ivr", "both"):
+        found.append(
             Scenario("ivr", "IVR menu prompt (clinic.toml main_menu)", menu_prompt(), True)
         )
+    return found
+
+
+async def measure_model(
+    model: Model, args: argparse.Namespace, workdir: Path
+) -> tuple[dict[str, Any], int]:
+    """Every scenario of one model: print its tables, return its JSON summary and failures."""
+    failed = 0
+    report: dict[str, Any] = {"description": model.name, "scenarios": {}}
+    print()
+    print(f"## Hamsa delivery model {model.name}; seed {args.seed}")
+    for scenario in scenarios_for(model, args.scenario):
+        pieces = model.segments(scenario.text)
+        audio = model.audio_bytes(scenario.text) / 8000
+        print()
+        print(
+            f"### {model.key} — {scenario.title}: {len(scenario.text)} characters, "
+            f"{len(pieces)} Hamsa requests ({', '.join(str(len(p)) for p in pieces)} chars), "
+            f"{audio:.1f} s of audio"
+        )
+        print()
+        begun = time.monotonic()
+        results, lag = await run_scenario(
+            scenario, model, calls=args.calls, spacing=args.spacing, workdir=workdir
+        )
+        for line in table(results, args.calls):
+            print(line)
+        print()
+        bridge = results[0]
+        fb50, fb95 = quantile(bridge.first_byte, 0.5), quantile(bridge.first_byte, 0.95)
+        differ = [r.label for r in results if r.requests and r.draws != bridge.draws]
+        print(
+            f"Hamsa's first audio after the first request: p50 {seconds(fb50)} / p95 "
+            f"{seconds(fb95)} s (plus {model.emulator.connect_delay:g} s to connect); "
+            f"the same replies (chunking and timing draws) in every variant: "
+            f"{'NO: ' + ', '.join(differ) if differ else 'yes'}"
+        )
+        print(goal_line(results))
+        print(goal_line(results, "a+pool"))
+        for r in results:
+            if r.warm is not None:
+                print(
+                    f"{r.label}: {r.warm[0]} calls took a warm Hamsa socket, "
+                    f"{r.warm[1]} connected directly (pool empty)"
+                )
+        p99, worst = quantile(lag.lags, 0.99) or 0.0, max(lag.lags, default=0.0)
+        other = "-" if lag.other_cpu is None else f"{lag.other_cpu:.0f}%"
+        took = time.monotonic() - begun
+        print(
+            f"while the calls ran: event-loop lag p99 {p99 * 1000:.1f} ms, "
+            f"max {worst * 1000:.1f} ms; this process {lag.own_cpu:.0f}% of a core, "
+            f"other processes {other}; scenario took {took:.0f} s"
+        )
+        for r in results:
+            problems = sorted({c.problem for c in r.calls if c.problem is not None})
+            if problems:
+                print(f"{r.label}: {r.failed} failed: {'; '.join(problems[:3])}")
+        failed += sum(r.failed for r in results)
+        report["scenarios"][scenario.key] = {
+            "title": scenario.title,
+            "characters": len(scenario.text),
+            "requests": len(pieces),
+            "audio_s": audio,
+            "same_draws": not differ,
+            "variants": summary(results, args.calls),
+            "event_loop_lag_p99_s": p99,
+            "event_loop_lag_max_s": worst,
+            "own_cpu_percent": lag.own_cpu,
+            "other_cpu_percent": lag.other_cpu,
+            "took_s": took,
+        }
+    return report, failed
+
+
+# --- fast delivery: first frame after the first byte ----------------------------------------------
+
+FAST_CHECK_LIMIT: Final = 0.010
+"""The lead's criterion: with fast delivery, the first frame within 10 ms of the first byte."""
+
+
+async def fast_check(model: Model, calls: int, workdir: Path) -> tuple[dict[str, Any], int]:
+    """With fast delivery (``EmulatorConfig.fast``: 3x real time, a first frame of 1.0-1.5 s of
+    audio), how long after Hamsa's first byte the caller gets the first frame.
+
+    Measured per call as the caller's first ``media`` arrival minus the emulator's
+    ``RequestRecord.first_audio_at`` of the call's first request (both ``time.monotonic()`` in
+    this one process). Included: the emulator's send, loopback TCP, the bridge's Hamsa client
+    (receive, protocol, WAV detection, framing), its start policy and pacer, the ``media``
+    message's JSON and base64, the bridge's WebSocket send, loopback TCP and the caller's
+    receive; and whatever event-loop lag the peers (all in this process) cause each other. The
+    calls run one at a time (no concurrency), on the bridge with its warm pool (production
+    default), each hanging up once its first reply is well under way.
+    """
+    scenario = ANNOUNCEMENT_SCENARIO
+    deltas: list[float] = []
+    firsts: list[float] = []
+    problems: list[str] = []
+    print()
+    print(f"## Fast delivery check: {model.name}")
+    async with bridge_target(scenario, model, workdir, warm_pool=True) as target:
+        emulator = model.emulator
+        hangup = emulator.connect_delay + _high(emulator.first_byte_delay) + 1.0
+        async with httpx2.AsyncClient(timeout=30.0) as http:
+            for _ in range(calls):
+                before = len(target.hamsa.requests)
+                result = await place_call(target.plan(hangup_after=hangup), http=http)
+                requests = target.hamsa.requests[before:]
+                leg = result.leg
+                if leg is None or result.started_at is None or not requests:
+                    problems.append(f"no stream or no request (webhook {result.webhook_status})")
+                    continue
+                sent = requests[0].first_audio_at
+                heard = leg.timeline.first_media_at
+                if sent is None or heard is None:
+                    problems.append("no audio before the hang-up")
+                    continue
+                deltas.append(heard - sent)
+                firsts.append(heard - result.started_at)
+                # the call's Hamsa socket closes before the next call starts: one at a time
+                used = requests[0].connection_id
+                async with asyncio.timeout(30):
+                    await target.hamsa.wait_until(
+                        lambda s, used=used: s.connections[used - 1].closed_at is not None
+                    )
+    p50, p95 = quantile(deltas, 0.5), quantile(deltas, 0.95)
+    worst = max(deltas, default=None)
+    within = sum(d <= FAST_CHECK_LIMIT for d in deltas)
+    ms = lambda v: "-" if v is None else f"{v * 1000:.1f}"  # noqa: E731
+    print(
+        f"first frame after Hamsa's first byte (bridge, warm pool, {calls} calls one at a time): "
+        f"p50 {ms(p50)} / p95 {ms(p95)} / max {ms(worst)} ms; within 10 ms: "
+        f"{within} of {len(deltas)} → {'MET' if deltas and within == len(deltas) else 'NOT MET'}"
+    )
+    print(
+        f"first audio after start: p50 {seconds(quantile(firsts, 0.5))} / "
+        f"p95 {seconds(quantile(firsts, 0.95))} s"
+    )
+    if problems:
+        print(f"fast check: {len(problems)} calls failed: {'; '.join(sorted(set(problems))[:3])}")
+    report = {
+        "description": model.name,
+        "calls": calls,
+        "first_frame_after_first_byte_s": deltas,
+        "p50_s": p50,
+        "p95_s": p95,
+        "max_s": worst,
+        "within_10ms": within,
+        "first_audio_s": firsts,
+        "problems": problems,
+    }
+    return report, len(problems)
+
+
+def _high(value: float | tuple[float, float]) -> float:
+    return value[1] if isinstance(value, tuple) else value
+
+
+async def bench_main(args: argparse.Namespace) -> int:
+    if args.smoke:
+        models = [smoke_model(args.seed)]
+    else:
+        models = [delivery_model(name, args.seed) for name in args.models]
     for line in machine_lines():
         print(line)
-    print(f"latency model: {model.name}; seed {args.seed}")
+    print(f"models: {', '.join(m.key for m in models)}; seed {args.seed}")
     print(f"calls: {args.calls} per variant and scenario, one started every {args.spacing:g} s")
     if args.smoke:
         print("smoke run: checks that every variant works end to end; its figures are not results")
     failed = 0
+    report: dict[str, Any] = {
+        "machine": machine_lines(),
+        "seed": args.seed,
+        "calls": args.calls,
+        "spacing_s": args.spacing,
+        "smoke": args.smoke,
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="hamsa-first-audio-") as tmp:
-        for scenario in scenarios:
-            pieces = model.segments(scenario.text)
-            audio = model.audio_bytes(scenario.text) / 8000
-            print()
-            print(
-                f"### {scenario.title}: {len(scenario.text)} characters, "
-                f"{len(pieces)} Hamsa requests ({', '.join(str(len(p)) for p in pieces)} chars), "
-                f"{audio:.1f} s of audio"
+        for model in models:
+            report["models"][model.key], lost = await measure_model(model, args, Path(tmp))
+            failed += lost
+        if args.fast_check or args.smoke:
+            fast = (
+                smoke_model(args.seed, "fast") if args.smoke else delivery_model("fast", args.seed)
             )
-            print()
-            begun = time.monotonic()
-            results, lag = await run_scenario(
-                scenario, model, calls=args.calls, spacing=args.spacing, workdir=Path(tmp)
+            report["fast_check"], lost = await fast_check(
+                fast, 1 if args.smoke else args.fast_calls, Path(tmp)
             )
-            for line in table(results, args.calls):
-                print(line)
-            print()
-            bridge = results[0]
-            fb50, fb95 = quantile(bridge.first_byte, 0.5), quantile(bridge.first_byte, 0.95)
-            differ = [r.label for r in results if r.requests and r.draws != bridge.draws]
-            print(
-                f"Hamsa's first audio after the first request: p50 {seconds(fb50)} / p95 "
-                f"{seconds(fb95)} s (plus {model.emulator.connect_delay:g} s to connect); "
-                f"the same replies (chunking and timing draws) in every variant: "
-                f"{'NO: ' + ', '.join(differ) if differ else 'yes'}"
-            )
-            print(goal_line(results))
-            print(goal_line(results, "a+pool"))
-            for r in results:
-                if r.warm is not None:
-                    print(
-                        f"{r.label}: {r.warm[0]} calls took a warm Hamsa socket, "
-                        f"{r.warm[1]} connected directly (pool empty)"
-                    )
-            p99, worst = quantile(lag.lags, 0.99) or 0.0, max(lag.lags, default=0.0)
-            other = "-" if lag.other_cpu is None else f"{lag.other_cpu:.0f}%"
-            print(
-                f"while the calls ran: event-loop lag p99 {p99 * 1000:.1f} ms, "
-                f"max {worst * 1000:.1f} ms; this process {lag.own_cpu:.0f}% of a core, "
-                f"other processes {other}; scenario took {time.monotonic() - begun:.0f} s"
-            )
-            for r in results:
-                problems = sorted({c.problem for c in r.calls if c.problem is not None})
-                if problems:
-                    print(f"{r.label}: {r.failed} failed: {'; '.join(problems[:3])}")
-            failed += sum(r.failed for r in results)
+            failed += lost
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+        await asyncio.to_thread(Path(args.json).write_text, text, encoding="utf-8")
+        print(f"JSON summary written to {args.json}")
     return 1 if failed else 0
+
+
+def _models(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DELIVERY_MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(DELIVERY_MODELS)}"
+        )
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Time to first audio: hamsa-bridge versus the seed FAQ's naive patterns."
+        description="Time to first audio and gaps: hamsa-bridge versus the seed FAQ's naive "
+        "patterns, under several Hamsa delivery models."
     )
     parser.add_argument("--calls", type=int, default=None, help="calls per variant (20)")
     parser.add_argument(
@@ -831,12 +1107,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=1, help="the emulators' seed (1)")
     parser.add_argument(
-        "--scenario", choices=("announcement", "ivr", "both"), default="both", help="(both)"
+        "--models",
+        type=_models,
+        default=list(MODELS),
+        help=f"comma-separated delivery models ({','.join(MODELS)})",
     )
+    parser.add_argument(
+        "--scenario",
+        choices=("auto", "announcement", "ivr", "both"),
+        default="auto",
+        help="(auto: both for realistic, the announcement for the other models)",
+    )
+    parser.add_argument(
+        "--fast-check",
+        action="store_true",
+        help="also run the fast model: the bridge's first frame after Hamsa's first byte",
+    )
+    parser.add_argument(
+        "--fast-calls", type=int, default=20, help="calls of the fast check, one at a time (20)"
+    )
+    parser.add_argument("--json", metavar="FILE", help="write a JSON summary to FILE")
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="one call per variant, scaled-down latency: seconds, no timing claims",
+        help="one call per variant, scaled-down latency, plus one fast-check call: seconds, "
+        "no timing claims",
     )
     return parser
 

@@ -257,7 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=8765)
     emulate.add_argument(
-        "--realistic", action="store_true", help="connect ~1.2 s, first byte 0.3-1.7 s"
+        "--model",
+        choices=("instant", "realistic", "observed", "slow", "bursty", "fast"),
+        help="delivery model: connect, first byte, frame sizes and pace (default instant; "
+        "see EmulatorConfig in bridge/dev/hamsa_emulator.py)",
+    )
+    emulate.add_argument(
+        "--realistic",
+        action="store_true",
+        help="the same as --model realistic (connect ~1.2 s, first byte 0.3-1.7 s)",
+    )
+    emulate.add_argument(
+        "--replay",
+        metavar="TRACE.jsonl",
+        help="replay the timing of a trace recorded by 'hamsa-bridge hamsa probe'",
     )
     emulate.add_argument(
         "--truncate-rate", type=float, default=0.0, help="share of replies cut to 640 bytes"

@@ -12,6 +12,7 @@
     ├── AnnouncementInvalid          an outbound announcement's request is invalid (names the field)
     │   └── NumberNotAllowed         the number is outside BRIDGE_ALLOWED_PREFIXES (toll fraud)
     ├── StoreError                   the database cannot be opened or is not ours
+    ├── TraceError                   a recorded Hamsa timing trace is unreadable or invalid
     ├── CampaignError                a campaign cannot start or go on (says what to do)
     │   ├── CampaignInvalid          its file, text or options are wrong (lists every problem)
     │   ├── CampaignBusy             another live runner holds its lease
@@ -91,6 +92,18 @@ class NumberNotAllowed(AnnouncementInvalid):
 
 class StoreError(BridgeError):
     pass
+
+
+class TraceError(BridgeError):
+    """A Hamsa timing trace (``bridge.hamsa_trace``) cannot be used; the message starts with
+    ``FILE:LINE:`` (``FILE:`` alone when the file cannot be read)."""
+
+    def __init__(self, problem: str, *, path: str, line: int | None = None) -> None:
+        where = path if line is None else f"{path}:{line}"
+        super().__init__(f"{where}: {problem}")
+        self.problem = problem
+        self.path = path
+        self.line = line
 
 
 class CampaignError(BridgeError):

@@ -38,6 +38,7 @@ from bridge.dev.hamsa_emulator import (
     EmulatorState,
     Fault,
     canonical_pcm16_header,
+    reply_schedule,
     serve_emulator,
     streaming_mulaw_header,
 )
@@ -767,19 +768,27 @@ class TestLatency:
 
         config = EmulatorConfig(draws_per_text=True, first_byte_delay=(0.3, 1.7), seed=3)
         a, b = EmulatorState(config), EmulatorState(config)
-        latency = config.first_byte_delay
-        a_draws = [
-            a.reply_draws(n, t)[1](latency) for n, t in enumerate((SENTENCE, OTHER, SENTENCE))
-        ]
-        b_draws = [
-            b.reply_draws(n, t)[1](latency) for n, t in enumerate((OTHER, SENTENCE, SENTENCE))
-        ]
+
+        def first_delays(state: EmulatorState, texts: tuple[str, ...]) -> list[float]:
+            delays = []
+            for n, text in enumerate(texts, start=1):
+                cuts, timing = state.reply_rngs(n, text)
+                delays.append(reply_schedule(text, config, cuts, timing_rng=timing)[0][0])
+            return delays
+
+        a_draws = first_delays(a, (SENTENCE, OTHER, SENTENCE))
+        b_draws = first_delays(b, (OTHER, SENTENCE, SENTENCE))
         assert (a_draws[0], a_draws[1], a_draws[2]) == (b_draws[1], b_draws[0], b_draws[2])
         assert a_draws[0] != a_draws[2]
         assert all(0.3 <= d <= 1.7 for d in a_draws)
-        # the default: one sequence in arrival order, chunking keyed by the request number
-        plain = EmulatorState(EmulatorConfig(first_byte_delay=(0.3, 1.7), seed=3))
-        assert plain.reply_draws(4, SENTENCE)[0] == 4
+        # the default: cuts keyed by the request number, timing one sequence in arrival order
+        plain = EmulatorConfig(first_byte_delay=(0.3, 1.7), seed=3)
+        p1, p2 = EmulatorState(plain), EmulatorState(plain)
+        cuts1, timing1 = p1.reply_rngs(2, SENTENCE)
+        cuts2, timing2 = p2.reply_rngs(2, SENTENCE)
+        assert cuts1.random() == cuts2.random()
+        assert p1.reply_rngs(3, SENTENCE)[0].random() != p2.reply_rngs(2, SENTENCE)[0].random()
+        assert timing1 is p1.reply_rngs(7, OTHER)[1]
 
     def test_invalid_config_rejected(self) -> None:
         with pytest.raises(ValueError):

@@ -16,6 +16,12 @@ Routes
 * ``POST /v2/tts/voices/custom/preload`` — ``{"voiceId": UUID}`` with Token/Bearer auth.
 * ``GET /_emulator/log`` — everything recorded, as JSON (``?audio=base64`` adds the audio).
 
+Timing: a named delivery model (:meth:`EmulatorConfig.model`, :data:`DELIVERY_MODELS`:
+``instant``, ``realistic``, ``observed``, ``slow``, ``bursty``, ``fast``) or any mix of the
+fields; each reply's schedule is the pure :func:`reply_schedule` of seeded draws, and its frames
+go at absolute times from the ``ack`` (sending time never accumulates). Or the timing of a trace
+recorded from the real API (:attr:`EmulatorConfig.replay`, :mod:`bridge.hamsa_trace`).
+
 Everything lives in one :class:`EmulatorState` per app (``app.state.emulator``); the module
 holds no mutable state. Request numbers are global and 1-based: every ``tts`` frame, on every
 connection, valid or not, takes the next number when the emulator starts working on it; faults
@@ -60,11 +66,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from bridge.dev.servers import AppServer, port_problem, serve_until_stopped
 from bridge.dev.tone import MULAW_RATE, PCM_RATE, synthesize
+from bridge.errors import TraceError
+from bridge.hamsa_trace import Trace, TraceRequest, detect_format, read_trace
 from bridge.settings import Settings
 
 __all__ = [
     "ACK_FRAME",
     "DEFAULT_API_KEY",
+    "DELIVERY_MODELS",
     "END_FRAME",
     "INFO_FRAME",
     "PRELOAD_OK_BODY",
@@ -74,9 +83,12 @@ __all__ = [
     "EmulatorState",
     "Fault",
     "PreloadRecord",
+    "Range",
     "RequestRecord",
     "canonical_pcm16_header",
     "create_emulator_app",
+    "replay_schedule",
+    "reply_schedule",
     "run_emulator",
     "run_emulator_command",
     "serve_emulator",
@@ -235,10 +247,18 @@ class EmulatorConfig:
     first_byte_delay: float | Range = 0.0
     """From ``ack`` to the first audio frame."""
     chunk_interval: float | Range = 0.0
-    """Between audio frames, unless :attr:`synthesis_speed` is set."""
+    """Between audio frames, unless :attr:`synthesis_speed` is set. Drawn per frame."""
     synthesis_speed: float | Range | None = None
     """If set, each frame after the first follows the previous one after (its audio duration /
     speed): ``3.0`` synthesises three times faster than real time. Drawn once per request."""
+    interval_jitter: float = 0.0
+    """Each interval after the first frame is multiplied by U(1 - j, 1 + j): ``0.3`` → ×0.7–1.3
+    (0 ≤ j < 1). Drawn per frame."""
+    stall_probability: float = 0.0
+    """Each frame after the first is preceded, with this probability, by an extra stall of
+    :attr:`stall_seconds` (bursty delivery: frames come in bursts separated by stalls)."""
+    stall_seconds: float | Range = 0.0
+    """The length of one stall (see :attr:`stall_probability`)."""
     slow_first_byte_delay: float = 1.7
     """First-byte delay of :attr:`Fault.SLOW_FIRST_BYTE`."""
     unpreloaded_voice_delay: float = 0.0
@@ -254,6 +274,25 @@ class EmulatorConfig:
     ms_per_char: float = 80.0
     max_chunk_bytes: int = 65536
     """Largest binary frame (real frames were seen up to ~64 KB); long texts get more frames."""
+    first_chunk_seconds: float | Range | None = None
+    """Audio (seconds) in a reply's first frame; ``None``: U(0.2, 0.5) s."""
+    chunk_seconds: float | Range | None = None
+    """Audio (seconds) in each later frame, drawn per frame (the last frame holds what is left);
+    ``None``: the rest of the reply in 3–6 pieces of random weight (U(0.4, 1.6) each)."""
+
+    # --- replay of a recorded trace
+    replay: Trace | None = None
+    """Replay a trace recorded from the real API (:mod:`bridge.hamsa_trace`) instead of drawing
+    the timing: request k of the emulator's lifetime (global number k) takes the schedule of
+    the trace's successful request ((k - 1) mod N): ``ack`` at its ``ack_s``, a binary frame of
+    exactly each recorded size at each recorded time and ``end`` at ``end_s``, all measured from
+    the moment the request arrived (absolute deadlines, not accumulated sleeps). The audio is
+    this emulator's tone for the text, cut or extended (the tone again) to the recorded total;
+    a recorded μ-law RIFF header (from ``head_hex``) is sent first as recorded. Connection j
+    (in upgrade order) waits the j-th non-null ``connect_s`` of the trace (cycling), else
+    :attr:`connect_delay`. The draw fields (first byte, chunking, speed, jitter, stalls) are
+    ignored; of the faults, those that only change the audio (``TRUNCATE_*``, ``RIFF_*``) are
+    ignored too, the others apply."""
 
     # --- failure injection
     seed: int = 0
@@ -281,13 +320,26 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         if self.auth_failure not in ("close", "http"):
             raise ValueError(f"auth_failure must be 'close' or 'http', not {self.auth_failure!r}")
-        for name in ("first_byte_delay", "chunk_interval", "synthesis_speed"):
+        for name in (
+            "first_byte_delay",
+            "chunk_interval",
+            "synthesis_speed",
+            "stall_seconds",
+            "first_chunk_seconds",
+            "chunk_seconds",
+        ):
             value = getattr(self, name)
             low, high = value if isinstance(value, tuple) else (value, value)
             if low is not None and not 0 <= low <= high:
                 raise ValueError(f"{name} must be >= 0 (and min <= max), got {value!r}")
-        if self.synthesis_speed is not None and _low(self.synthesis_speed) <= 0:
-            raise ValueError("synthesis_speed must be positive")
+        for name in ("synthesis_speed", "first_chunk_seconds", "chunk_seconds"):
+            value = getattr(self, name)
+            if value is not None and _low(value) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.interval_jitter < 1.0:
+            raise ValueError("interval_jitter must be within [0, 1)")
+        if not 0.0 <= self.stall_probability <= 1.0:
+            raise ValueError("stall_probability must be within [0, 1]")
         if not 0.0 <= self.truncate_rate <= 1.0:
             raise ValueError("truncate_rate must be within [0, 1]")
         if any(n < 1 for n in self.faults):
@@ -295,18 +347,118 @@ class EmulatorConfig:
         if self.max_chunk_bytes < 1 or self.ms_per_char <= 0:
             raise ValueError("max_chunk_bytes and ms_per_char must be positive")
 
+    # --- named delivery models (DELIVERY_MODELS); every one takes field overrides
+
+    @classmethod
+    def model(cls, name: str, **overrides: Any) -> EmulatorConfig:
+        """The named delivery model (one of :data:`DELIVERY_MODELS`) with fields overridden.
+
+        Raises ``ValueError`` for an unknown name.
+        """
+        if name not in DELIVERY_MODELS:
+            raise ValueError(
+                f"unknown delivery model {name!r}; expected one of {', '.join(DELIVERY_MODELS)}"
+            )
+        factory: Callable[..., EmulatorConfig] = getattr(cls, name)
+        return factory(**overrides)
+
+    @classmethod
+    def instant(cls, **overrides: Any) -> EmulatorConfig:
+        """No delays at all (the defaults): connect, first byte and every later frame at once;
+        first frame 0.2–0.5 s of audio, the rest in 3–6 pieces of random weight. For tests that
+        are about anything but timing."""
+        return cls(**overrides)
+
     @classmethod
     def realistic(cls, **overrides: Any) -> EmulatorConfig:
-        """Hamsa's observed timing (§3.5): connect ≈ 1.2 s, first audio 0.3–1.7 s after the
-        request, synthesis 2–4× faster than real time (a 51-character sentence ends after
-        ≈ 2.3–4 s). Any field may be overridden."""
-        values: dict[str, Any] = {
-            "connect_delay": 1.2,
-            "first_byte_delay": (0.3, 1.7),
-            "synthesis_speed": (2.0, 4.0),
-        }
-        values.update(overrides)
-        return cls(**values)
+        """Hamsa's observed timing (hamsa-api.md §3.5), read generously: connect 1.2 s, first
+        audio 0.3–1.7 s after the request, first frame 0.2–0.5 s of audio, the rest in 3–6
+        pieces of random weight (4–7 frames in all), synthesis 2–4× faster than real time (a
+        51-character sentence ends after ≈ 2.3–4 s). Faster than real time: audio on hand
+        grows while it plays."""
+        return cls._with(
+            {"connect_delay": 1.2, "first_byte_delay": (0.3, 1.7), "synthesis_speed": (2.0, 4.0)},
+            overrides,
+        )
+
+    @classmethod
+    def observed(cls, **overrides: Any) -> EmulatorConfig:
+        """The third-party observations of hamsa-api.md §3.5 (demo-hamsa-2 logs) taken at face
+        value: connect 1.2 s, first audio 0.3–1.7 s, a small first frame (0.1–0.3 s of audio;
+        the logged 7,398 B and 16,018 B first frames are 0.23 s and 0.5 s of 16 kHz PCM16),
+        4–7 irregular frames in all (the rest in 3–6 weighted pieces), paced at 0.8–1.8× real
+        time after the first frame (the logged sentences took 2.3–5 s for 4–7 s of audio) with
+        each interval ×U(0.7, 1.3). Below real time, a reply played as it comes runs dry."""
+        return cls._with(
+            {
+                "connect_delay": 1.2,
+                "first_byte_delay": (0.3, 1.7),
+                "first_chunk_seconds": (0.1, 0.3),
+                "synthesis_speed": (0.8, 1.8),
+                "interval_jitter": 0.3,
+            },
+            overrides,
+        )
+
+    @classmethod
+    def slow(cls, **overrides: Any) -> EmulatorConfig:
+        """Slower than real time (an assumption for planning, not an observation): connect
+        1.2 s, first audio 0.3–1.7 s, first frame 0.2–0.3 s of audio, then frames of 0.6–1.4 s
+        of audio (≈ 1 s) at 0.9× real time: every frame comes ≈ 10 % later than the audio
+        before it has played."""
+        return cls._with(
+            {
+                "connect_delay": 1.2,
+                "first_byte_delay": (0.3, 1.7),
+                "first_chunk_seconds": (0.2, 0.3),
+                "chunk_seconds": (0.6, 1.4),
+                "synthesis_speed": 0.9,
+            },
+            overrides,
+        )
+
+    @classmethod
+    def bursty(cls, **overrides: Any) -> EmulatorConfig:
+        """Fast on average, in bursts (an assumption for planning): connect 1.2 s, first audio
+        0.3–1.7 s, first frame 0.2–0.5 s of audio, later frames of 0.3–0.9 s of audio
+        synthesised at 4–8× real time, but each later frame is, with probability 0.25, preceded
+        by a stall of 0.4–1.0 s. On average 1.5–3× real time (one frame: 0.6 s of audio per
+        0.6/6 + 0.25 × 0.7 ≈ 0.28 s ≈ 2.2×); locally, a stall right after a small first frame
+        outlasts the audio on hand."""
+        return cls._with(
+            {
+                "connect_delay": 1.2,
+                "first_byte_delay": (0.3, 1.7),
+                "chunk_seconds": (0.3, 0.9),
+                "synthesis_speed": (4.0, 8.0),
+                "stall_probability": 0.25,
+                "stall_seconds": (0.4, 1.0),
+            },
+            overrides,
+        )
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> EmulatorConfig:
+        """Fast delivery (an assumption: the best case a start policy must not slow down):
+        connect 1.2 s, first audio 0.2–0.4 s, a large first frame of 1.0–1.5 s of audio, the
+        rest in 3–6 weighted pieces at 3× real time."""
+        return cls._with(
+            {
+                "connect_delay": 1.2,
+                "first_byte_delay": (0.2, 0.4),
+                "first_chunk_seconds": (1.0, 1.5),
+                "synthesis_speed": 3.0,
+            },
+            overrides,
+        )
+
+    @classmethod
+    def _with(cls, values: dict[str, Any], overrides: dict[str, Any]) -> EmulatorConfig:
+        return cls(**{**values, **overrides})
+
+
+DELIVERY_MODELS: Final = ("instant", "realistic", "observed", "slow", "bursty", "fast")
+"""The names :meth:`EmulatorConfig.model` accepts (each a classmethod with its numbers)."""
 
 
 def _low(value: float | Range) -> float:
@@ -396,6 +548,8 @@ class EmulatorState:
         self._fault_rng = random.Random(f"faults:{config.seed}")  # noqa: S311
         self._latency_rng = random.Random(f"latency:{config.seed}")  # noqa: S311
         self._text_requests: dict[str, int] = {}
+        self.connects_started = 0
+        """Upgrades that began their connect delay (replay: the j-th takes the j-th delay)."""
         self._changed = asyncio.Event()
 
     # --- used by the handlers
@@ -416,19 +570,34 @@ class EmulatorState:
             fault = Fault.TRUNCATE_640
         return fault
 
-    def draw(self, value: float | Range) -> float:
-        return _draw(self._latency_rng, value)
-
-    def reply_draws(
-        self, number: int, text: str
-    ) -> tuple[int | str, Callable[[float | Range], float]]:
-        """The chunking key and the latency draw of request ``number`` (see
-        :attr:`EmulatorConfig.draws_per_text`)."""
+    def reply_rngs(self, number: int, text: str) -> tuple[random.Random, random.Random]:
+        """The RNGs of request ``number``'s reply: its cuts (seeded by seed, number and text)
+        and its timing (one sequence shared by all requests in arrival order); with
+        :attr:`EmulatorConfig.draws_per_text` both seeded by (seed, n, text), n counting the
+        requests for that text so far. (Two RNGs, so the draws of configurations that predate
+        the delivery models stay what they were.)"""
+        seed = self.config.seed
         if not self.config.draws_per_text:
-            return number, self.draw
+            return random.Random(f"{seed}:{number}:{text}"), self._latency_rng  # noqa: S311
         n = self._text_requests[text] = self._text_requests.get(text, 0) + 1
-        rng = random.Random(f"latency:{self.config.seed}:{n}:{text}")  # noqa: S311
-        return f"text{n}", lambda value: _draw(rng, value)
+        return (
+            random.Random(f"{seed}:text{n}:{text}"),  # noqa: S311
+            random.Random(f"latency:{seed}:{n}:{text}"),  # noqa: S311
+        )
+
+    def reset_draws(self) -> None:
+        """Forget the per-text request counts (:attr:`EmulatorConfig.draws_per_text`): the next
+        request for any text draws as the first did."""
+        self._text_requests.clear()
+
+    def connect_delay(self) -> float:
+        """The delay of the next upgrade (see :attr:`EmulatorConfig.replay`)."""
+        self.connects_started += 1
+        cfg = self.config
+        delays = cfg.replay.connect_delays if cfg.replay is not None else ()
+        if not delays:
+            return cfg.connect_delay
+        return delays[(self.connects_started - 1) % len(delays)]
 
     def key_ok(self, key: str | None) -> bool:
         if not key:
@@ -467,22 +636,28 @@ class EmulatorState:
         }
 
 
-# --- audio chunking ----------------------------------------------------------------------------
+# --- audio chunking and timing (pure) --------------------------------------------------------
 
 
-def _split_audio(
-    audio: bytes, rng: random.Random, bytes_per_second: int, max_chunk: int
+def _cut(
+    audio: bytes, rng: random.Random, bytes_per_second: int, cfg: EmulatorConfig
 ) -> list[bytes]:
-    """Cut ``audio`` into irregular frames: the first 200–500 ms, the rest in 3–6 pieces of
-    random weight (more if needed to stay under ``max_chunk``). Cuts fall anywhere, odd offsets
-    included (PCM samples may straddle frames, §5.4)."""
-    total = len(audio)
+    """Cut ``audio`` into frames: the first :attr:`EmulatorConfig.first_chunk_seconds` of audio
+    (default 0.2–0.5 s), then :attr:`~EmulatorConfig.chunk_seconds` per frame, or by default the
+    rest in 3–6 pieces of random weight; never more than ``max_chunk_bytes`` a frame. Cuts fall
+    anywhere, odd offsets included (PCM samples may straddle frames, §5.4)."""
+    total, max_chunk = len(audio), cfg.max_chunk_bytes
     if total == 0:
         return []
-    first = min(total, max_chunk, max(1, int(rng.uniform(0.2, 0.5) * bytes_per_second)))
+    first_s = (
+        rng.uniform(0.2, 0.5)
+        if cfg.first_chunk_seconds is None
+        else _draw(rng, cfg.first_chunk_seconds)
+    )
+    first = min(total, max_chunk, max(1, int(first_s * bytes_per_second)))
     rest = total - first
     cuts = [0, first]
-    if rest:
+    if rest and cfg.chunk_seconds is None:
         pieces = min(rest, max(rng.randint(3, 6), math.ceil(rest / max_chunk)))
         weights = [rng.uniform(0.4, 1.6) for _ in range(pieces)]
         scale = rest / sum(weights)
@@ -491,6 +666,11 @@ def _split_audio(
             acc += w * scale
             cuts.append(first + int(acc))
         cuts.append(total)
+    elif rest and (per_frame := cfg.chunk_seconds) is not None:
+        at = first
+        while at < total:
+            at = min(total, at + max(1, int(_draw(rng, per_frame) * bytes_per_second)))
+            cuts.append(at)
     chunks: list[bytes] = []
     for start, stop in itertools.pairwise(cuts):
         while stop - start > max_chunk:  # an unlucky weight: halve until it fits
@@ -503,20 +683,118 @@ def _split_audio(
     return chunks
 
 
+def _times(
+    sizes: list[int],
+    first_byte: float,
+    speed: float | None,
+    bytes_per_second: int,
+    cfg: EmulatorConfig,
+    rng: random.Random,
+) -> list[float]:
+    """When each frame goes, in seconds after ``ack``: the first after ``first_byte``; each
+    later one after (its audio / ``speed``), or :attr:`EmulatorConfig.chunk_interval` without a
+    speed, times the jitter, plus a stall now and then."""
+    times: list[float] = []
+    at = first_byte
+    for i, size in enumerate(sizes):
+        if i:
+            interval = (
+                size / bytes_per_second / speed
+                if speed is not None
+                else _draw(rng, cfg.chunk_interval)
+            )
+            if cfg.interval_jitter:
+                interval *= rng.uniform(1 - cfg.interval_jitter, 1 + cfg.interval_jitter)
+            if cfg.stall_probability and rng.random() < cfg.stall_probability:
+                interval += _draw(rng, cfg.stall_seconds)
+            at += interval
+        times.append(at)
+    return times
+
+
+def _delays(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise([0.0, *times])]
+
+
+def reply_schedule(
+    text: str,
+    config: EmulatorConfig,
+    rng: random.Random,
+    *,
+    mulaw: bool = True,
+    timing_rng: random.Random | None = None,
+) -> list[tuple[float, bytes]]:
+    """The reply the emulator sends for ``text`` (no fault, no replay): ``(delay_before_s,
+    frame)`` per binary frame, the first delay counted from ``ack``, each later one from the
+    previous frame. The frames concatenated are :func:`bridge.dev.tone.synthesize`'s audio.
+
+    Pure: the same RNG states give the same schedule. The cuts are drawn from ``rng``, the
+    timing from ``timing_rng`` (default: ``rng`` as well, after the cuts); the emulator passes
+    :meth:`EmulatorState.reply_rngs`. Timing draw order: first byte, speed, then per later frame
+    its interval (without a speed), jitter and stall.
+    """
+    plan = _plan_reply(text, mulaw, None, config, rng, timing_rng or rng)
+    return list(zip(_delays(plan.times), plan.frames, strict=True))
+
+
+def _fit(audio: bytes, size: int, pad: int) -> bytes:
+    """``audio`` cut to ``size`` bytes, or repeated until it fills them (``pad`` if empty)."""
+    if not audio:
+        return bytes([pad]) * size
+    return (audio * (size // len(audio) + 1))[:size]
+
+
+def replay_schedule(
+    text: str, request: TraceRequest, *, mulaw: bool = True, ms_per_char: float = 80.0
+) -> tuple[float, list[tuple[float, bytes]], float]:
+    """The replay of one recorded request (see :attr:`EmulatorConfig.replay`): ``(ack_s,
+    [(time_s, frame), …], end_s)``, times in seconds after the request arrived (absolute, not
+    delays). Frame sizes are exactly the recorded ones; the audio is the tone of ``text``,
+    behind the recorded μ-law RIFF header if the trace's reply began with one. Pure."""
+    if request.ack_s is None or request.end_s is None or not request.successful:
+        raise ValueError(f"trace request {request.n} was not successful: nothing to replay")
+    plan = _replay_plan(text, mulaw, None, request, ms_per_char)
+    return request.ack_s, list(zip(plan.times, plan.frames, strict=True)), request.end_s
+
+
 @dataclass
 class _Plan:
-    """The frames of one reply: ``frames[i]`` is sent whole; ``audio_parts[i]`` is the audio in
+    """The frames of one reply: ``frames[i]`` is sent whole at ``times[i]`` (seconds after the
+    base: ``ack``, or with a replay the request's arrival); ``audio_parts[i]`` is the audio in
     it (the rest is WAV header, if any)."""
 
     frames: list[bytes]
     audio_parts: list[bytes]
+    times: list[float]
     header: bytes
+    bytes_per_second: int
+    speed: float | None = None
+    ack_at: float | None = None
+    """Replay: when ``ack`` goes (else at once, and the base is its sending)."""
+    end_at: float | None = None
+    """Replay: when ``end`` goes (else right after the last frame)."""
+
+
+def _apply_fault(chunks: list[bytes], fault: Fault | None) -> list[bytes]:
+    """The frames a fault leaves of a reply's chunks (truncations, the mid-reply close)."""
+    if fault is Fault.TRUNCATE_640:
+        return [b"".join(chunks)[:TRUNCATED_BYTES]]
+    if fault is Fault.TRUNCATE_3X640:
+        audio = b"".join(chunks)
+        return [audio[i : i + TRUNCATED_BYTES] for i in range(0, 3 * TRUNCATED_BYTES, 640)]
+    if fault is Fault.CLOSE_MID_REPLY:
+        return chunks[: max(1, len(chunks) // 2)]
+    return chunks
 
 
 def _plan_reply(
-    text: str, mulaw: bool, fault: Fault | None, key: int | str, cfg: EmulatorConfig
-) -> tuple[_Plan, int]:
-    rng = random.Random(f"{cfg.seed}:{key}:{text}")  # noqa: S311 (reproducible, not secret)
+    text: str,
+    mulaw: bool,
+    fault: Fault | None,
+    cfg: EmulatorConfig,
+    rng: random.Random,
+    timing: random.Random,
+) -> _Plan:
     header = b""
     if fault is Fault.RIFF_PCM16:
         audio_mulaw = False
@@ -526,14 +804,14 @@ def _plan_reply(
         audio_mulaw = mulaw
     audio = synthesize(text, mulaw=audio_mulaw, ms_per_char=cfg.ms_per_char)
     bps = MULAW_RATE if audio_mulaw else PCM_RATE * 2
-    if fault is Fault.TRUNCATE_640:
-        chunks = [audio[:TRUNCATED_BYTES]]
-    elif fault is Fault.TRUNCATE_3X640:
-        chunks = [audio[i : i + TRUNCATED_BYTES] for i in range(0, 3 * TRUNCATED_BYTES, 640)]
-    else:
-        chunks = _split_audio(audio, rng, bps, cfg.max_chunk_bytes)
-    if fault is Fault.CLOSE_MID_REPLY:
-        chunks = chunks[: max(1, len(chunks) // 2)]
+    chunks = _apply_fault(_cut(audio, rng, bps, cfg), fault)
+    first_byte = (
+        cfg.slow_first_byte_delay
+        if fault is Fault.SLOW_FIRST_BYTE
+        else _draw(timing, cfg.first_byte_delay)
+    )
+    speed = None if cfg.synthesis_speed is None else _draw(timing, cfg.synthesis_speed)
+    times = _times([len(c) for c in chunks], first_byte, speed, bps, cfg, timing)
     frames = list(chunks)
     parts = list(chunks)
     if fault is Fault.RIFF_PCM16:
@@ -545,9 +823,48 @@ def _plan_reply(
             cut = rng.randint(1, len(header) - 1)
             frames = [header[:cut], header[cut:] + frames[0], *frames[1:]]
             parts = [b"", *parts]
+            times = [times[0], *times]
         else:
             frames[0] = header + frames[0]
-    return _Plan(frames, parts, header), bps
+    return _Plan(frames, parts, times, header, bps, speed)
+
+
+def _replay_plan(
+    text: str, mulaw: bool, fault: Fault | None, request: TraceRequest, ms_per_char: float
+) -> _Plan:
+    total = request.total_bytes
+    found = detect_format(request.head, total, None)
+    header = b""
+    if found.riff and found.mulaw and found.header_bytes is not None:
+        header = request.head[: found.header_bytes]
+    bps = MULAW_RATE if mulaw else PCM_RATE * 2
+    audio = _fit(
+        synthesize(text, mulaw=mulaw, ms_per_char=ms_per_char),
+        max(0, total - len(header)),
+        0xFF if mulaw else 0x00,
+    )
+    content = (header + audio)[:total]
+    frames: list[bytes] = []
+    parts: list[bytes] = []
+    at = 0
+    for _, size in request.frames:
+        frame = content[at : at + size]
+        frames.append(frame)
+        parts.append(frame[max(0, len(header) - at) :])
+        at += size
+    times = [t for t, _ in request.frames]
+    if fault is Fault.CLOSE_MID_REPLY:
+        keep = max(1, len(frames) // 2)
+        frames, parts, times = frames[:keep], parts[:keep], times[:keep]
+    return _Plan(
+        frames,
+        parts,
+        times,
+        header,
+        bps,
+        ack_at=request.ack_s,
+        end_at=request.end_s,
+    )
 
 
 # --- the realtime WebSocket --------------------------------------------------------------------
@@ -753,7 +1070,15 @@ class _Connection:
             await self.close(*_CLOSING_FAULTS[fault])
             return
 
+        replay = cfg.replay
+        if replay is not None:
+            recorded = replay.successful[(number - 1) % len(replay.successful)]
+            plan = _replay_plan(text, rec.mulaw, fault, recorded, cfg.ms_per_char)
+            await _until(rec.received_at + (plan.ack_at or 0.0))
+        else:
+            plan = _plan_reply(text, rec.mulaw, fault, cfg, *state.reply_rngs(number, text))
         rec.acked_at = time.monotonic()
+        base = rec.received_at if replay is not None else rec.acked_at
         if not await self.send_text(ACK_FRAME):
             return
         if fault in (Fault.ERROR, Fault.ERROR_THEN_END):
@@ -765,26 +1090,15 @@ class _Connection:
                 await self.send_text(END_FRAME)
             return
 
-        key, draw = state.reply_draws(number, text)
-        plan, bps = _plan_reply(text, rec.mulaw, fault, key, cfg)
         rec.header = plan.header
-        delay = (
-            cfg.slow_first_byte_delay
-            if fault is Fault.SLOW_FIRST_BYTE
-            else draw(cfg.first_byte_delay)
-        )
+        # Every frame at its absolute time from the base: sending time does not accumulate.
+        shift = 0.0
+        if replay is not None and fault is Fault.SLOW_FIRST_BYTE and plan.times:
+            shift = max(0.0, cfg.slow_first_byte_delay - plan.times[0])
         if self._custom(speaker) and speaker.lower() not in state.preloaded:
-            delay += cfg.unpreloaded_voice_delay
-        speed = None if cfg.synthesis_speed is None else draw(cfg.synthesis_speed)
-        for i, (frame, part) in enumerate(zip(plan.frames, plan.audio_parts, strict=True)):
-            if i == 0:
-                pause = delay
-            elif speed is not None:
-                pause = len(part) / bps / speed
-            else:
-                pause = draw(cfg.chunk_interval)
-            if pause > 0:
-                await asyncio.sleep(pause)
+            shift += cfg.unpreloaded_voice_delay
+        for frame, part, at in zip(plan.frames, plan.audio_parts, plan.times, strict=True):
+            await _until(base + at + shift)
             if part and rec.first_audio_at is None:
                 rec.first_audio_at = time.monotonic()
             if not await self.send_bytes(frame):
@@ -797,11 +1111,13 @@ class _Connection:
             await self.close(1011, "Internal error")
             return
         if fault is Fault.ENDLESS:
-            await self._stream_forever(plan, bps, speed, rec)
+            await self._stream_forever(plan, rec)
             return
         if fault is Fault.NEVER_END:
             self.wedged = True
             return
+        if plan.end_at is not None:
+            await _until(base + plan.end_at + shift)
         rec.end_at = time.monotonic()
         state.notify()
         if not await self.send_text(END_FRAME):
@@ -809,19 +1125,24 @@ class _Connection:
         if fault is Fault.CLOSE_AFTER_END:
             await self.close(1000, "")
 
-    async def _stream_forever(
-        self, plan: _Plan, bps: int, speed: float | None, rec: RequestRecord
-    ) -> None:
+    async def _stream_forever(self, plan: _Plan, rec: RequestRecord) -> None:
         """:attr:`Fault.ENDLESS`: the reply's frames again and again until the socket is gone."""
         if not plan.frames:
             return
         for frame in itertools.cycle(plan.audio_parts):
-            await asyncio.sleep(len(frame) / bps / (speed or 1.0))
+            await asyncio.sleep(len(frame) / plan.bytes_per_second / (plan.speed or 1.0))
             if not await self.send_bytes(frame):
                 return
             rec.audio += frame
             rec.frames.append(len(frame))
             self.state.notify()
+
+
+async def _until(deadline: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``deadline`` (at once if it has)."""
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def _hamsa_error(status: int, message: str) -> JSONResponse:
@@ -834,8 +1155,9 @@ def create_emulator_app(config: EmulatorConfig) -> Starlette:
 
     async def realtime(websocket: WebSocket) -> None:
         cfg = state.config
-        if cfg.connect_delay > 0:
-            await asyncio.sleep(cfg.connect_delay)
+        delay = state.connect_delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
         state.upgrades += 1
         record = ConnectionRecord(id=state.upgrades, opened_at=time.monotonic())
         state.connections.append(record)
@@ -1014,9 +1336,23 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
         "custom_voices": frozenset(args.custom_voice),
         "seed": args.seed,
     }
-    config = (
-        EmulatorConfig.realistic(**overrides) if args.realistic else EmulatorConfig(**overrides)
-    )
+    name = "realistic" if args.realistic else (args.model or "instant")
+    if args.realistic and args.model not in (None, "realistic"):
+        print(
+            f"emulate-hamsa: --realistic is --model realistic; it contradicts --model {args.model}"
+        )
+        return 2
+    if args.replay is not None:
+        try:
+            overrides["replay"] = read_trace(args.replay)
+        except TraceError as exc:
+            print(f"emulate-hamsa: {exc}")
+            return 2
+    try:
+        config = EmulatorConfig.model(name, **overrides)
+    except ValueError as exc:
+        print(f"emulate-hamsa: {exc}")
+        return 2
     problem = port_problem(args.host, args.port)
     if problem:
         print(f"emulate-hamsa: {problem}")
