@@ -251,14 +251,14 @@ def trace(
     head: bytes = b"\xff" * 64,
     first: float = 0.3,
     step: float = 0.1,
-    end: float | None = None,
+    end: float | None = -1.0,
     error: str | None = None,
     close: tuple[int | None, str] | None = None,
 ) -> RequestTrace:
     frames = tuple((round(first + i * step, 4), size) for i, size in enumerate(sizes))
     last = frames[-1][0] if frames else 0.0
     return RequestTrace(
-        n, text, None, 0.01, frames, head, last + 0.01 if end is None else end, error, close
+        n, text, None, 0.01, frames, head, last + 0.01 if end == -1.0 else end, error, close
     )
 
 
