@@ -402,3 +402,15 @@ async def test_a_replayed_trace_gives_the_same_frames_and_timings(tmp_path: Path
         assert one.end_s is not None
         assert two.end_s is not None
         assert abs(one.end_s - two.end_s) <= 0.010
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path: Path) -> None:
+    out = tmp_path / "trace.jsonl"
+    out.write_text("an earlier trace\n", encoding="utf-8")
+    with pytest.raises(UnicodeEncodeError):
+        write_trace(out, ['{"type": "probe"}', "\ud800"])  # a lone surrogate cannot be written
+    assert files_in(tmp_path) == ["trace.jsonl"]
+    assert out.read_text(encoding="utf-8") == "an earlier trace\n"
+    write_trace(out, ["a", "b"])
+    assert out.read_text(encoding="utf-8") == "a\nb\n"
+    assert files_in(tmp_path) == ["trace.jsonl"]
