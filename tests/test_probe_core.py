@@ -255,6 +255,8 @@ def trace(
     error: str | None = None,
     close: tuple[int | None, str] | None = None,
 ) -> RequestTrace:
+    """A record with frames every ``step`` s from ``first``; ``end`` -1 means just after the
+    last frame, ``None`` no end."""
     frames = tuple((round(first + i * step, 4), size) for i, size in enumerate(sizes))
     last = frames[-1][0] if frames else 0.0
     return RequestTrace(
