@@ -10,6 +10,7 @@ Commands::
     hamsa-bridge twilio configure|show       wire a Twilio number to this bridge / list numbers
     hamsa-bridge twiml inbound               TwiML for a TwiML Bin
     hamsa-bridge doctor                      check every link, Twilio to Hamsa
+    hamsa-bridge hamsa probe --out T.jsonl   measure the real Hamsa's reply (spends balance)
     hamsa-bridge emulate-hamsa ...           the Hamsa emulator (realtime WebSocket + preload REST)
     hamsa-bridge emulate-twilio ...          the Twilio emulator (REST API + voice platform)
     hamsa-bridge announce --to N --text T    place one announcement call, print its outcome
@@ -59,6 +60,12 @@ def _add_call_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ring-timeout", type=int, help="seconds to let it ring (default BRIDGE_RING_TIMEOUT)"
     )
+
+
+def _probe_exit_codes() -> str:
+    from bridge.probe import EXIT_CODES_HELP
+
+    return EXIT_CODES_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check every link from Twilio to Hamsa")
     doctor.add_argument("--number", help="E.164 number (default: TWILIO_PHONE_NUMBER)")
 
+    hamsa = commands.add_parser("hamsa", help="measure the real Hamsa")
+    hamsa_commands = hamsa.add_subparsers(dest="hamsa_command", required=True)
+    probe = hamsa_commands.add_parser(
+        "probe",
+        help="speak a few phrases through Hamsa and record its reply's format and pace",
+        description=(
+            "Speak a few built-in Arabic phrases through Hamsa's realtime WebSocket\n"
+            "(HAMSA_WS_URL, HAMSA_API_KEY, the configured voice, mulaw: true), print the\n"
+            "reply's format, chunking and pace, and write a JSON-lines trace for\n"
+            "`emulate-hamsa --replay` (docs/hamsa-probe.md).\n\n"
+            "It spends Hamsa balance: it asks first on a terminal, and needs --yes otherwise."
+        ),
+        epilog=_probe_exit_codes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    probe.add_argument(
+        "--out", type=Path, required=True, metavar="TRACE.jsonl", help="where to write the trace"
+    )
+    probe.add_argument("--yes", action="store_true", help="do not ask before spending balance")
+    probe.add_argument(
+        "--phrases", type=int, default=4, metavar="N", help="how many phrases to speak (4)"
+    )
+
     emulate_twilio = commands.add_parser(
         "emulate-twilio", help="run the Twilio emulator (REST API + voice platform)"
     )
@@ -307,6 +337,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "twilio",
         "twiml",
         "doctor",
+        "hamsa",
         "ivr",
         "announce",
         "campaign",
@@ -423,6 +454,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from bridge.doctor import doctor
 
             return asyncio.run(doctor(settings, args.number))
+        if args.command == "hamsa":
+            from bridge.probe.runner import probe_command
+
+            return probe_command(settings, out=args.out, yes=args.yes, count=args.phrases)
         if args.command == "emulate-twilio":
             from bridge.dev.twilio_emulator import run_twilio_emulator_command
 

@@ -225,7 +225,7 @@ async def check_hamsa(settings: Settings) -> list[Check]:
     key = settings.hamsa_api_key.get_secret_value()
     if not key:
         return [skipped(n, "needs HAMSA_API_KEY") for n in names]
-    fix_key = "check HAMSA_API_KEY in your Hamsa dashboard"
+    fix_key = HAMSA_KEY_FIX
     try:
         async with connect(
             settings.hamsa_ws_url, additional_headers={"X-Api-Key": key}, open_timeout=10
@@ -255,9 +255,12 @@ async def check_hamsa(settings: Settings) -> list[Check]:
         return [_closed(names[0], code), *(skipped(n, "needs the Hamsa key") for n in names[1:])]
     except InvalidStatus as exc:
         status = exc.response.status_code
-        fix = fix_key if status in (401, 403) else "check HAMSA_WS_URL"
+        detail, fix = hamsa_refusal(status) or (
+            f"HTTP {status} at the upgrade",
+            "check HAMSA_WS_URL",
+        )
         return [
-            failed(names[0], f"HTTP {status} at the upgrade", fix),
+            failed(names[0], detail, fix),
             *(skipped(n, "needs the Hamsa key") for n in names[1:]),
         ]
     except (OSError, TimeoutError, WebSocketException) as exc:
@@ -271,13 +274,27 @@ async def check_hamsa(settings: Settings) -> list[Check]:
         ]
 
 
-def _closed(name: str, code: int | None) -> Check:
+HAMSA_KEY_FIX = "check HAMSA_API_KEY in your Hamsa dashboard"
+HAMSA_BALANCE_FIX = "top up the Hamsa project wallet"
+
+
+def hamsa_refusal(code: int | None) -> tuple[str, str] | None:
+    """``(what happened, how to fix it)`` when Hamsa refused us for the key or the balance:
+    close 4001 or HTTP 401/403 at the upgrade (the key), close 4003 (the balance); ``None`` for
+    any other code (``hamsa-api.md`` §2). Shared by doctor and ``hamsa probe``."""
     if code == 4001:
-        return failed(
-            name, "closed 4001: invalid API key", "check HAMSA_API_KEY in your Hamsa dashboard"
-        )
+        return "closed 4001: invalid API key", HAMSA_KEY_FIX
+    if code in (401, 403):
+        return f"HTTP {code} at the upgrade", HAMSA_KEY_FIX
     if code == 4003:
-        return failed(name, "closed 4003: no balance", "top up the Hamsa project wallet")
+        return "closed 4003: no balance", HAMSA_BALANCE_FIX
+    return None
+
+
+def _closed(name: str, code: int | None) -> Check:
+    refusal = hamsa_refusal(code) if code not in (401, 403) else None
+    if refusal is not None:
+        return failed(name, *refusal)
     return failed(name, f"closed {code}", "retry; check HAMSA_WS_URL")
 
 
