@@ -251,6 +251,12 @@ class EmulatorConfig:
     synthesis_speed: float | Range | None = None
     """If set, each frame after the first follows the previous one after (its audio duration /
     speed): ``3.0`` synthesises three times faster than real time. Drawn once per request."""
+    reply_speed: float | Range | None = None
+    """If set (instead of :attr:`synthesis_speed`): the whole reply, first byte included, takes
+    (its audio / this) seconds after ``ack``. The first-byte delay is capped at half of that and
+    the later frames share the rest at a steady pace (each interval still jittered): how the
+    third-party logs of hamsa-api.md §3.5 read ("2.3–5 s for a sentence of ~4 s of audio").
+    Drawn once per request."""
     interval_jitter: float = 0.0
     """Each interval after the first frame is multiplied by U(1 - j, 1 + j): ``0.3`` → ×0.7–1.3
     (0 ≤ j < 1). Drawn per frame."""
@@ -324,6 +330,7 @@ class EmulatorConfig:
             "first_byte_delay",
             "chunk_interval",
             "synthesis_speed",
+            "reply_speed",
             "stall_seconds",
             "first_chunk_seconds",
             "chunk_seconds",
@@ -332,7 +339,7 @@ class EmulatorConfig:
             low, high = value if isinstance(value, tuple) else (value, value)
             if low is not None and not 0 <= low <= high:
                 raise ValueError(f"{name} must be >= 0 (and min <= max), got {value!r}")
-        for name in ("synthesis_speed", "first_chunk_seconds", "chunk_seconds"):
+        for name in ("synthesis_speed", "reply_speed", "first_chunk_seconds", "chunk_seconds"):
             value = getattr(self, name)
             if value is not None and _low(value) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -383,19 +390,20 @@ class EmulatorConfig:
 
     @classmethod
     def observed(cls, **overrides: Any) -> EmulatorConfig:
-        """The third-party observations of hamsa-api.md §3.5 (demo-hamsa-2 logs) taken at face
-        value: connect 1.2 s, first audio 0.3–1.7 s, a small first frame (0.1–0.3 s of audio;
-        the logged 7,398 B and 16,018 B first frames are 0.23 s and 0.5 s of 16 kHz PCM16),
-        4–7 irregular frames in all (the rest in 3–6 weighted pieces), paced at 0.8–1.8× real
-        time after the first frame (the logged sentences took 2.3–5 s for 4–7 s of audio) with
-        each interval ×U(0.7, 1.3). Below real time, a reply played as it comes runs dry."""
+        """The third-party observations of hamsa-api.md §3.5 (demo-hamsa-2 logs): connect 1.2 s,
+        first audio 0.3–1.7 s after the request, a whole sentence in 0.8–1.8× real time counted
+        from the request (the logged sentences took 2.3–5 s for ~4 s of audio), a small first
+        frame (0.1–0.3 s of audio; the logged 7,398 B and 16,018 B first frames are 0.23 s and
+        0.5 s of 16 kHz PCM16), then 3–6 pieces of irregular size (4–7 frames in all) at a
+        steady pace, each interval ×U(0.8, 1.2). At the slow end a sentence and the request of
+        the next one take longer than the audio lasts."""
         return cls._with(
             {
                 "connect_delay": 1.2,
                 "first_byte_delay": (0.3, 1.7),
                 "first_chunk_seconds": (0.1, 0.3),
-                "synthesis_speed": (0.8, 1.8),
-                "interval_jitter": 0.3,
+                "reply_speed": (0.8, 1.8),
+                "interval_jitter": 0.2,
             },
             overrides,
         )
@@ -811,6 +819,11 @@ def _plan_reply(
         else _draw(timing, cfg.first_byte_delay)
     )
     speed = None if cfg.synthesis_speed is None else _draw(timing, cfg.synthesis_speed)
+    if cfg.reply_speed is not None and chunks:
+        whole = len(audio) / bps / _draw(timing, cfg.reply_speed)
+        first_byte = min(first_byte, whole / 2)
+        rest = (len(audio) - len(chunks[0])) / bps
+        speed = rest / (whole - first_byte) if rest > 0 else None
     times = _times([len(c) for c in chunks], first_byte, speed, bps, cfg, timing)
     frames = list(chunks)
     parts = list(chunks)
