@@ -243,7 +243,11 @@ def describe(config: EmulatorConfig) -> str:
             if config.chunk_seconds is None
             else _span(config.chunk_seconds) + " of audio each"
         ),
-        "pace " + _span(config.synthesis_speed, "x real time"),
+        (
+            "whole reply in " + _span(config.reply_speed, "x real time") + " from the request"
+            if config.reply_speed is not None
+            else "pace " + _span(config.synthesis_speed, "x real time")
+        ),
     ]
     if config.interval_jitter:
         parts.append(f"intervals x{1 - config.interval_jitter:g}-{1 + config.interval_jitter:g}")

@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from websockets.asyncio.client import connect
 from bridge.announcements.api import AnnouncementApi
 from bridge.announcements.service import AnnouncementService, LazyStore
 from bridge.announcements.spec import outcome_of_status
-from bridge.calls.call import Call, CallDeps, CallScript, greeting_script
+from bridge.calls.call import Call, CallDeps, CallScript, CallSummary, greeting_script
 from bridge.calls.hamsa_session import Connector
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry, OpenStreams
@@ -78,6 +79,8 @@ class BridgeState:
     announcements: AnnouncementService | None = None
     """The HTTP API's service (``None`` without ``BRIDGE_API_TOKEN``)."""
     calls_handled: int = 0
+    recent_calls: deque[CallSummary] = field(default_factory=lambda: deque(maxlen=32))
+    """The last calls' summaries (the demo's timeline reads the start policy's decisions)."""
     rejected_handshakes: int = 0
     warm_pool: WarmHamsaPool | None = None
     """Hamsa sockets opened ahead of the calls (``None`` with ``HAMSA_WARM_CONNECTIONS=0``)."""
@@ -450,6 +453,8 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
         )
     finally:
         state.streams.discard(call)
+        if call.summary.call_sid is not None:
+            state.recent_calls.append(call.summary)
         state.metrics.call_ended(call.summary.outcome)
 
 

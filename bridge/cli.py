@@ -68,6 +68,11 @@ def _probe_exit_codes() -> str:
     return EXIT_CODES_HELP
 
 
+_DELIVERY_MODELS = ("instant", "realistic", "observed", "slow", "bursty", "fast")
+"""``bridge.dev.hamsa_emulator.DELIVERY_MODELS`` (the parser must not import ``bridge.dev``;
+a test keeps the two equal)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hamsa-bridge", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="press a key during the call (skips the greeting)",
     )
     demo.add_argument("--fast", action="store_true", help="no latency model in the Hamsa emulator")
+    demo.add_argument(
+        "--model",
+        choices=_DELIVERY_MODELS,
+        default="realistic",
+        help="how the Hamsa emulator delivers (default realistic; try observed or slow to hear "
+        "the start policy at work)",
+    )
     demo.add_argument("--flow", help="run an IVR flow (a file, or `clinic`, the shipped example)")
     demo.add_argument(
         "--answer",
@@ -288,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--port", type=int, default=8765)
     emulate.add_argument(
         "--model",
-        choices=("instant", "realistic", "observed", "slow", "bursty", "fast"),
+        choices=_DELIVERY_MODELS,
         help="delivery model: connect, first byte, frame sizes and pace (default instant; "
         "see EmulatorConfig in bridge/dev/hamsa_emulator.py)",
     )
@@ -363,6 +375,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     text=args.text,
                     keys=args.press,
                     fast=args.fast,
+                    model=args.model,
                     flow=args.flow,
                     answers=args.answer,
                 )

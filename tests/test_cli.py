@@ -26,6 +26,7 @@ async def test_demo_plays_a_whole_call_and_writes_the_wav(tmp_path: Path) -> Non
     assert "protocol warnings: none" in output
     assert "bridge closed the stream (code 1000)" in output
     assert "hamsa: 1 connection(s), 1 request(s)" in output
+    assert "start policy: sentence 1 held" in output  # what the start policy decided
     with wave.open(str(out)) as wav:
         assert wav.getframerate() == 8000
         assert wav.getsampwidth() == 2

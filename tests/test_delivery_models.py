@@ -67,6 +67,7 @@ def test_every_model_is_selectable_by_name_and_by_the_cli() -> None:
         config = EmulatorConfig.model(name, seed=7)
         assert config.seed == 7
         assert getattr(EmulatorConfig, name).__doc__  # each documents its numbers and source
+        assert build_parser().parse_args(["demo", "--model", name]).model == name
         args = build_parser().parse_args(["emulate-hamsa", "--model", name])
         assert args.model == name
     assert EmulatorConfig.model("instant") == EmulatorConfig()

@@ -560,7 +560,16 @@ class Call:
         s.duration = self._deps.clock() - s.started_at
         s.violations = dict(self._stream.violations)
         if self._speaker is not None and self._speaker.holds:
-            s.details["start_holds_ms"] = [round(hold.held * 1000) for hold in self._speaker.holds]
+            s.details["start_holds"] = [
+                {
+                    "sentence": hold.sentence,
+                    "held_ms": round(hold.held * 1000),
+                    "predicted_ms": round(hold.predicted * 1000),
+                    "reason": hold.reason,
+                    "rebuffer": hold.rebuffer,
+                }
+                for hold in self._speaker.holds
+            ]
         if self._playback is not None:
             stats = self._playback.stats
             s.frames_sent = stats.frames_sent

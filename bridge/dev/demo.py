@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bridge.calls.call import CallSummary
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
 from bridge.dev.media_leg import StreamResult
@@ -25,10 +26,11 @@ async def run_demo(
     text: str | None = None,
     keys: list[tuple[float, str]] | None = None,
     fast: bool = False,
+    model: str = "realistic",
     flow: str | None = None,
     answers: list[str] | None = None,
 ) -> int:
-    emulator = EmulatorConfig() if fast else EmulatorConfig.realistic()
+    emulator = EmulatorConfig() if fast else EmulatorConfig.model(model)
     overrides: dict[str, Any] = {"bridge_greeting": text} if text else {}
     if flow:
         from bridge.ivr.commands import flow_path
@@ -66,6 +68,7 @@ async def run_demo(
             records.get(rig.hamsa.requests[0].connection_id) if rig.hamsa.requests else None
         )
         pool = rig.bridge.warm_pool
+        summaries = list(rig.bridge.recent_calls)
     print("hamsa-bridge demo: Hamsa emulator + bridge + simulated Twilio caller on loopback")
     if result is None:
         print("demo failed: the call never reached the stream")
@@ -81,12 +84,51 @@ async def run_demo(
         ahead = result.started_at - first_socket.opened_at
         when = f"opened {ahead:.2f} s before the stream started" if ahead > 0 else "opened late"
         print(f"  warm Hamsa sockets: {pool.size}; the first request's socket was {when}")
+    for line in start_policy_lines(summaries):
+        print("  " + line)
     first_frame = result.leg.timeline.first_media_at if result.leg is not None else None
     if first_byte is not None and first_frame is not None:
-        added = (first_frame - first_byte) * 1000
-        print(f"  bridge-added latency (Hamsa's first byte → first frame): {added:.1f} ms")
+        total = (first_frame - first_byte) * 1000
+        held = first_hold_ms(summaries)
+        print(
+            f"  Hamsa's first byte → first frame: {total:.1f} ms = the start policy's hold "
+            f"{held} ms + {total - held:.1f} ms added by the bridge"
+        )
     if result.leg is None:
         print("demo failed: the call never reached the stream")
         return 1
     print(f"wav: {result.write_wav(out).resolve()}")
+    return 0
+
+
+_REASONS = {
+    "immediate": "the first audio already covered the predicted wait",
+    "covered": "the audio on hand then covered the predicted wait for the rest",
+    "cap": "BRIDGE_START_HOLD_MAX_MS reached",
+    "ended": "the whole reply had arrived",
+}
+
+
+def start_policy_lines(summaries: list[CallSummary]) -> list[str]:
+    """What the start policy decided in the demo's call, one line per held sentence."""
+    lines: list[str] = []
+    for summary in summaries:
+        holds = summary.details.get("start_holds")
+        if not isinstance(holds, list):
+            continue
+        for hold in holds:
+            again = " again (the playout had run dry)" if hold["rebuffer"] else ""
+            lines.append(
+                f"start policy: sentence {hold['sentence']} held{again} {hold['held_ms']} ms "
+                f"({_REASONS.get(hold['reason'], hold['reason'])})"
+            )
+    return lines
+
+
+def first_hold_ms(summaries: list[CallSummary]) -> int:
+    """How long the start policy held the first sentence of the demo's call (0 if not held)."""
+    for summary in summaries:
+        holds = summary.details.get("start_holds")
+        if isinstance(holds, list) and holds:
+            return int(holds[0]["held_ms"])
     return 0
