@@ -45,6 +45,8 @@ REFUSAL_REASONS = ("capacity", "draining", "starting", "signature", "pending_lim
 
 HAMSA_ERROR_KINDS = ("connect", "auth", "timeout", "reply", "truncated", "audio_format")
 
+PRESYNTH_EVENTS = ("started", "completed", "failed", "skipped", "used", "streamed")
+
 _LATENCY_BUCKETS = (
     0.005,
     0.01,
@@ -231,6 +233,15 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.presynth = Counter(
+            "announcement_presynth",
+            "Announcement audio synthesised while the phone rings, by event: started, "
+            "completed (stored), failed (not stored), skipped (no slot in time), and at the "
+            "stream's start used (played from it) or streamed (not ready: synthesised live)",
+            ["event"],
+            namespace=ns,
+            registry=r,
+        )
         # --- process
         self.event_loop_lag = Histogram(
             "event_loop_lag_seconds",
@@ -243,6 +254,8 @@ class Metrics:
             self.streams_refused.labels(reason=reason)
         for kind in HAMSA_ERROR_KINDS:
             self.hamsa_errors.labels(kind=kind)
+        for event in PRESYNTH_EVENTS:
+            self.presynth.labels(event=event)
         for result in ("hit", "miss"):
             self.prompt_cache.labels(result=result)
             self.hamsa_warm_takes.labels(result=result)
