@@ -10,8 +10,8 @@ the rest as before.
 
 **How a command's audio reaches the bridge**: through ``BRIDGE_PROMPT_CACHE_DIR``, a directory
 the command and every bridge replica share. Without one a command cannot hand audio over: it
-logs ``presynth_needs_shared_cache_dir`` once and does not presynthesise (the bridge streams
-the message as it always did).
+warns ``presynth_needs_shared_cache_dir`` once and does not presynthesise (the bridge streams
+the message as it always did); ``BRIDGE_PRESYNTH_CONNECTIONS=0`` silences it.
 
 Retention of the message's audio: ``bridge.announcements.retention``.
 """
@@ -60,14 +60,18 @@ def command_presynthesizer(
     if settings.bridge_presynth_connections <= 0:
         return None
     if not settings.bridge_prompt_cache_dir:
-        log.info(
+        log.warning(
             "presynth_needs_shared_cache_dir",
             detail="set BRIDGE_PROMPT_CACHE_DIR to a directory this command and the bridge "
-            "share to have announcements synthesised while they ring; the bridge streams them",
+            "share to have announcements synthesised while they ring (the bridge streams them "
+            "meanwhile), or BRIDGE_PRESYNTH_CONNECTIONS=0 to silence this",
         )
         return None
     if not settings.hamsa_api_key.get_secret_value():
-        log.info("presynth_needs_hamsa_api_key", detail="set HAMSA_API_KEY for this command")
+        log.warning(
+            "presynth_needs_hamsa_api_key",
+            detail="set HAMSA_API_KEY for this command (or BRIDGE_PRESYNTH_CONNECTIONS=0)",
+        )
         return None
     cache = PromptCache(
         max_bytes=settings.bridge_prompt_cache_mb * 1024 * 1024,
