@@ -189,10 +189,10 @@ def create_app(
         return TwilioApi(settings)
 
     service: AnnouncementService | None = None
+    presynth: Presynthesizer | None = None
     api_routes: list[Route] = []
     if settings.bridge_api_token.get_secret_value():
         check_api_settings(settings)
-        presynth = None
         if settings.bridge_presynth_connections > 0:
             # Through the app's connector: a warm socket when the pool has one.
             presynth = Presynthesizer(settings, cache, connector=hamsa_connector, metrics=metrics)
@@ -215,6 +215,7 @@ def create_app(
             store=store.get,
             twilio_api=twilio_api,
             metrics=metrics,
+            presynth=presynth,
         ),
         wall_clock=wall_clock,
         store=store,

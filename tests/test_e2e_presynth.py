@@ -250,16 +250,23 @@ async def test_a_presynthesis_still_in_flight_at_answer_is_not_waited_for(
         call_sid = await settled(rig, await announce(http))
         stream = only_stream(rig, call_sid)
         requests = list(rig.hamsa.requests)
-        streamed = counted(rig, "streamed")
+        streamed, skipped = counted(rig, "streamed"), counted(rig, "skipped")
         states = dict(presynth.states)
+        sockets = {c.id: c for c in rig.hamsa.connections}
     first, second = for_text(requests, TEXT)
     assert first.fault is Fault.SLOW_FIRST_BYTE
     assert second.received_at > start_of(stream)
     # the call asked Hamsa itself before the presynthesis had any audio: it did not wait
     assert first.first_audio_at is None or second.received_at < first.first_audio_at
     assert played(stream) == padded(second.audio)
-    assert streamed == 1
-    assert states == {}  # released (and cancelled) when the call's outcome came
+    assert (streamed, skipped) == (1, 1)
+    # the presynthesis was stopped as the stream started: its socket closed during the call
+    presynth_socket = sockets[first.connection_id]
+    assert presynth_socket.closed_by == "client"
+    assert presynth_socket.closed_at is not None
+    assert stream.ended_at is not None
+    assert presynth_socket.closed_at < stream.ended_at
+    assert states == {}  # released when the call's outcome came
 
 
 async def test_a_call_twilio_refused_is_never_synthesised(tmp_path: Path) -> None:

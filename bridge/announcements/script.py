@@ -22,10 +22,11 @@ when it has them (``bridge.announcements.presynth`` puts them there while the ph
 the first frame leaves as soon as the stream starts; what is not there (still synthesising in
 the placing process, failed, or never presynthesised) is streamed at once, exactly as before:
 the bridge never waits for a presynthesis in flight, since waiting for a whole reply can be
-slower than streaming its first bytes. The message is held by the announcement's id for the
-call (a streamed message is kept, held, for its repeats) and released when the script ends:
-its audio (personal data) then leaves memory and disk. With everything cached, the call opens
-no Hamsa socket unless it needs one (``needs_synthesis_at_start``).
+slower than streaming its first bytes (a presynthesis in flight in this process is stopped,
+freeing its Hamsa socket for calls still ringing). The message is held by the announcement's
+id for the call (a streamed message is kept, held, for its repeats) and released when the
+script ends: its audio (personal data) then leaves memory and disk. With everything cached,
+the call opens no Hamsa socket unless it needs one (``needs_synthesis_at_start``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import structlog
 from bridge.announcements.parameters import StreamAnnouncement
 from bridge.announcements.retention import retention
 from bridge.announcements.spec import Confirmation
+from bridge.calls.presynth import Presynthesizer
 from bridge.calls.speech import SpeechOutcome
 from bridge.errors import StoreError
 from bridge.metrics import Metrics
@@ -116,8 +118,10 @@ class AnnouncementScript:
         twilio_api: Callable[[], TwilioApi],
         wall_clock: Callable[[], float],
         metrics: Metrics | None = None,
+        presynth: Presynthesizer | None = None,
     ) -> None:
         self.announcement = announcement
+        self._presynth = presynth
         self._store = store
         self._api = twilio_api
         self._wall_clock = wall_clock
@@ -142,6 +146,8 @@ class AnnouncementScript:
             ready = cache.has(a.text, a.voice)
             self._metrics.presynth.labels(event="used" if ready else "streamed").inc()
             ctx.details["message"] = "cached" if ready else "streamed"
+            if not ready and self._presynth is not None:
+                self._presynth.abandon(a.id)  # in flight here: free its slot for calls ringing
         try:
             await _Run(self, ctx).execute()
         finally:

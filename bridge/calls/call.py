@@ -39,6 +39,7 @@ from bridge.announcements.parameters import StreamAnnouncement
 from bridge.announcements.script import AnnouncementScript
 from bridge.calls.hamsa_session import Connector, HamsaSession
 from bridge.calls.playback import Playback
+from bridge.calls.presynth import Presynthesizer
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
 from bridge.calls.speech import Speaker, SpeechOutcome
@@ -239,6 +240,9 @@ class CallDeps:
     twilio_api: Callable[[], TwilioApi] | None = None
     """A REST client (an announcement's AMD lookup and its hang-up after the final mark)."""
     metrics: Metrics = field(default_factory=Metrics)
+    presynth: Presynthesizer | None = None
+    """This process' announcement presynthesis (an announcement streamed before its audio was
+    ready tells it to stop)."""
 
     def script_for(self, announcement: StreamAnnouncement | None) -> CallScript:
         if announcement is None:
@@ -251,6 +255,7 @@ class CallDeps:
             twilio_api=self.twilio_api,
             wall_clock=self.wall_clock,
             metrics=self.metrics,
+            presynth=self.presynth,
         )
 
 

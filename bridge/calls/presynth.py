@@ -18,6 +18,8 @@ good). Each job runs in its own task on its own Hamsa socket, through the connec
   rule.
 - **In flight.** A text already cached, or being synthesised by another job of this process, is
   not synthesised again (the hold keeps it for this holder too).
+- **Abandoned** (:meth:`abandon`) when the call's stream started before the job was done (the
+  call streams instead): the job stops, freeing its slot and socket for calls still ringing.
 - **Released** (:meth:`release`) when the caller is done with it: a running job is cancelled and
   the hold dropped (the audio goes once no hold is left).
 """
@@ -127,6 +129,17 @@ class Presynthesizer:
         task = asyncio.create_task(self._run(job), name=f"presynth-{job.holder}")
         self._jobs[job.holder] = (job, task)
         self._set(job.holder, JobState.QUEUED)
+
+    def abandon(self, holder: str) -> None:
+        """The call no longer needs the job (its stream started first): stop it if it has not
+        finished. The hold stays until :meth:`release`."""
+        entry = self._jobs.get(holder)
+        if entry is None or entry[1].done():
+            return
+        entry[1].cancel()
+        self._metrics.presynth.labels(event="skipped").inc()
+        log.info("presynth_skipped", announcement=holder, reason="the stream started first")
+        self._set(holder, JobState.SKIPPED)
 
     async def release(self, holder: str) -> None:
         """The holder is done (its call ended, or never will be answered): cancel its job if
