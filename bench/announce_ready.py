@@ -12,7 +12,8 @@ placing the calls and ringing each callee for a seeded random 3–9 s (``--ring-
 realistic latency model (``EmulatorConfig.realistic``: connect 1.2 s, first audio 0.3–1.7 s
 after a request, synthesis 2–4× faster than real time, 80 ms of audio per character). Each of
 the ``--calls`` announcements (20) has its own text (personal: a name and a time), so no two
-share audio; they are requested at ``--cps`` (2) calls per second.
+share audio; they are requested at ``--cps`` (2) calls per second; ``--connections`` sets
+``BRIDGE_PRESYNTH_CONNECTIONS``.
 
 Printed: p50/p95/max of first audio after ``start`` (the callee's timeline: its ``start``
 message sent → the first media frame received), for the calls served from presynthesis and for
@@ -103,6 +104,7 @@ async def run(args: argparse.Namespace) -> Figures:
             bridge_database_url=f"sqlite:///{args.workdir}/announce-ready.db",
             bridge_calls_per_second=args.cps,
             bridge_max_concurrent_calls=args.calls,
+            bridge_presynth_connections=args.connections,
             **scaled,
         ) as rig,
         httpx2.AsyncClient(
@@ -149,7 +151,7 @@ def report(args: argparse.Namespace, figures: Figures) -> int:
     print(
         f"{args.calls} announcements through the API at {args.cps:g} calls/s; rings "
         f"{args.ring_min:g}-{args.ring_max:g} s (seed {args.seed}); Hamsa model: {model}; "
-        "warm pool 2, BRIDGE_PRESYNTH_CONNECTIONS default\n"
+        f"warm pool 2, BRIDGE_PRESYNTH_CONNECTIONS={args.connections}\n"
     )
     print("| served from | calls | first audio p50 | p95 | max |")
     print("|---|---|---|---|---|")
@@ -178,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cps", type=float, default=2.0, help="calls per second (2)")
     parser.add_argument("--ring-min", type=float, default=None, help="seconds (3)")
     parser.add_argument("--ring-max", type=float, default=None, help="seconds (9)")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="BRIDGE_PRESYNTH_CONNECTIONS (4: the default)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--smoke", action="store_true", help="3 calls, scaled-down model")
     return parser

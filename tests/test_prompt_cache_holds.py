@@ -141,3 +141,12 @@ def test_a_holder_that_is_no_plain_id_is_refused(tmp_path: Path, holder: str) ->
     with pytest.raises(ValueError, match="holder"):
         cache.release(MESSAGE, VOICE, holder)
     assert list((tmp_path / "held").iterdir()) == []
+
+
+def test_a_hold_released_by_another_process_stops_a_late_store(tmp_path: Path) -> None:
+    placer, bridge = PromptCache(directory=tmp_path), PromptCache(directory=tmp_path)
+    placer.hold(MESSAGE, VOICE, A, until=2e9)
+    bridge.hold(MESSAGE, VOICE, A, until=2e9)
+    bridge.release(MESSAGE, VOICE, A)  # the call ended before the placer's synthesis did
+    assert not placer.put_held(MESSAGE, VOICE, A, AUDIO)
+    assert held(tmp_path) == []

@@ -195,10 +195,9 @@ class PromptCache:
         return audio
 
     def _holds_key(self, key: str, holder: str) -> bool:
-        if holder in self._holds.get(key, {}):
-            return True
         if self._held_dir is None:
-            return False
+            return holder in self._holds.get(key, {})
+        # Shared: the file decides (another process, the bridge, may have released it).
         return _expiry(self._hold_path(key, holder)) > self._wall_clock()
 
     def _is_held(self, key: str) -> bool:
