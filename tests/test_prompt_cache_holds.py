@@ -41,6 +41,7 @@ def test_a_held_message_is_stored_apart_and_goes_when_released(tmp_path: Path) -
     cache.put(STATIC, VOICE, AUDIO)
     assert len(held(tmp_path)) == 1
     assert len(static(tmp_path)) == 1  # the static prompt only
+    assert [p.stat().st_mode & 0o077 for p in held(tmp_path)] == [0]  # owner only (0600)
     assert cache.get(MESSAGE, VOICE) == AUDIO
     cache.release(MESSAGE, VOICE, A)
     assert held(tmp_path) == []
