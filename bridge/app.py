@@ -36,10 +36,12 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
 from bridge.announcements.api import AnnouncementApi
+from bridge.announcements.retention import SWEEP_INTERVAL
 from bridge.announcements.service import AnnouncementService, LazyStore
 from bridge.announcements.spec import outcome_of_status
 from bridge.calls.call import Call, CallDeps, CallScript, CallSummary, greeting_script
 from bridge.calls.hamsa_session import Connector
+from bridge.calls.presynth import Presynthesizer
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry, OpenStreams
 from bridge.calls.start_policy import HamsaPace
@@ -191,10 +193,16 @@ def create_app(
         return TwilioApi(settings)
 
     service: AnnouncementService | None = None
+    presynth: Presynthesizer | None = None
     api_routes: list[Route] = []
     if settings.bridge_api_token.get_secret_value():
         check_api_settings(settings)
-        service = AnnouncementService(settings, store, twilio_api, wall_clock=wall_clock)
+        if settings.bridge_presynth_connections > 0:
+            # Through the app's connector: a warm socket when the pool has one.
+            presynth = Presynthesizer(settings, cache, connector=hamsa_connector, metrics=metrics)
+        service = AnnouncementService(
+            settings, store, twilio_api, wall_clock=wall_clock, presynth=presynth
+        )
         api_routes = AnnouncementApi(settings, service).routes()
     state = BridgeState(
         settings=settings,
@@ -212,6 +220,7 @@ def create_app(
             store=store.get,
             twilio_api=twilio_api,
             metrics=metrics,
+            presynth=presynth,
         ),
         wall_clock=wall_clock,
         store=store,
@@ -258,6 +267,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
+        sweeper = asyncio.create_task(_sweep_held_audio(cache))
         if voices_to_preload(settings):
             # Listen while preloading: /livez answers, /readyz and new streams say "starting".
             state.startup = asyncio.create_task(start_serving())
@@ -275,13 +285,16 @@ def create_app(
             # what is left at once; under ``serve`` the DrainingServer drained before this.
             if state.drain.phase is Phase.SERVING:
                 state.drain.phase = Phase.STOPPED
-            lag_monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lag_monitor
+            for monitor in (lag_monitor, sweeper):
+                monitor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await monitor
             if warm_pool is not None:
                 await warm_pool.aclose()
             if service is not None:
                 await service.aclose()
+                if service.presynth is not None:
+                    await service.presynth.aclose()
             await store.close()
             closer = getattr(script, "aclose", None)
             if closer is not None:
@@ -509,6 +522,16 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 LOOP_LAG_INTERVAL = 0.5
+
+
+async def _sweep_held_audio(cache: PromptCache) -> None:
+    """Remove announcement audio whose hold expired (a placing process that died before it let
+    go; see ``bridge.announcements.retention``), at startup and every ``SWEEP_INTERVAL``."""
+    while True:
+        removed = cache.sweep()
+        if removed:
+            log.info("held_audio_swept", entries=removed)
+        await asyncio.sleep(SWEEP_INTERVAL)
 
 
 async def _watch_loop_lag(metrics: Metrics) -> None:

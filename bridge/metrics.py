@@ -47,6 +47,8 @@ HAMSA_ERROR_KINDS = ("connect", "auth", "timeout", "reply", "truncated", "audio_
 START_HOLD_REASONS = ("immediate", "covered", "cap", "ended")
 """Why the start policy let a held sentence go (``bridge.calls.start_policy.HoldRecord``)."""
 
+PRESYNTH_EVENTS = ("started", "completed", "failed", "skipped", "used", "streamed")
+
 _LATENCY_BUCKETS = (
     0.005,
     0.01,
@@ -250,6 +252,15 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.presynth = Counter(
+            "announcement_presynth",
+            "Announcement audio synthesised while the phone rings, by event: started, "
+            "completed (stored), failed (not stored), skipped (no slot in time), and at the "
+            "stream's start used (played from it) or streamed (not ready: synthesised live)",
+            ["event"],
+            namespace=ns,
+            registry=r,
+        )
         # --- process
         self.event_loop_lag = Histogram(
             "event_loop_lag_seconds",
@@ -264,6 +275,8 @@ class Metrics:
             self.hamsa_errors.labels(kind=kind)
         for reason in START_HOLD_REASONS:
             self.start_hold.labels(reason=reason)
+        for event in PRESYNTH_EVENTS:
+            self.presynth.labels(event=event)
         for result in ("hit", "miss"):
             self.prompt_cache.labels(result=result)
             self.hamsa_warm_takes.labels(result=result)

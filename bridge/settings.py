@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     bridge_confirm_max_repeats: int = Field(default=3, ge=0)
     bridge_outcome_poll_interval: float = Field(default=2.0, gt=0)
     bridge_callback_grace: float = Field(default=10.0, ge=0)
+    bridge_presynth_connections: int = Field(default=4, ge=0, le=100)
+    """Hamsa sockets one process uses at once to synthesise announcements while they ring
+    (the bridge for the API, the ``announce``/``campaign`` commands for theirs): 0 disables."""
 
     @field_validator("bridge_api_token")
     @classmethod

@@ -5,6 +5,10 @@ the bridge at ``BRIDGE_PUBLIC_URL`` serves the call's stream and writes what hap
 (plays, the confirm digit) into the database both share (``BRIDGE_DATABASE_URL``). Status
 callbacks reach that bridge too; when they do not, the outcome is polled from Twilio.
 
+While the phone rings, this command synthesises the message (and the confirmation prompts) into
+the ``BRIDGE_PROMPT_CACHE_DIR`` it shares with the bridge, so the callee hears the first word at
+once (``bridge.announcements.presynth``); without a shared directory the bridge streams it.
+
 Exit status: 0 answered, 2 not answered (busy, no-answer, failed, canceled), 1 an error
 (invalid request, missing settings, the call could not be placed).
 """
@@ -20,7 +24,9 @@ from typing import Final, TextIO
 
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import place_call
+from bridge.announcements.presynth import command_presynthesizer, job_for
 from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome, Confirmation
+from bridge.calls.presynth import Presynthesizer
 from bridge.errors import AnnouncementInvalid
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
@@ -148,6 +154,34 @@ async def announce(
         print(f"hamsa-bridge announce: {explain_missing(missing)}", file=err)
         return 1
     factory = api or (lambda: TwilioApi(settings))
+    presynth = command_presynthesizer(settings)
+    try:
+        return await _place_and_wait(
+            settings,
+            spec,
+            factory,
+            presynth,
+            as_json=as_json,
+            out=out,
+            err=err,
+            wall_clock=wall_clock,
+        )
+    finally:
+        if presynth is not None:
+            await presynth.aclose()  # the message's audio leaves the shared directory
+
+
+async def _place_and_wait(
+    settings: Settings,
+    spec: AnnouncementSpec,
+    factory: Callable[[], TwilioApi],
+    presynth: Presynthesizer | None,
+    *,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+    wall_clock: Callable[[], float],
+) -> int:
     async with await Store.open(settings.bridge_database_url) as store:
         record, _ = await store.create_announcement(spec, now=wall_clock())
         watcher = OutcomeWatcher(store, factory, settings, wall_clock=wall_clock)
@@ -167,6 +201,8 @@ async def announce(
                     record.id, f"Twilio refused the call: {exc.message}", now=wall_clock()
                 )
         else:
+            if presynth is not None:  # Twilio accepted it: synthesise while it rings
+                presynth.start(job_for(record.id, spec, settings, now=wall_clock()))
             record = await store.mark_placed(
                 record.id, call.sid, now=wall_clock(), status=call.status
             )

@@ -16,6 +16,17 @@ script (``Call`` cancels it on ``stop``): what was heard is still recorded, and 
 is made.
 
 The store and the REST API are best-effort here: a failure is logged and never breaks a call.
+
+Ready at answer: the message, the prompt and the thanks are said from the ``PromptCache``
+when it has them (``bridge.announcements.presynth`` puts them there while the phone rings), so
+the first frame leaves as soon as the stream starts; what is not there (still synthesising in
+the placing process, failed, or never presynthesised) is streamed at once, exactly as before:
+the bridge never waits for a presynthesis in flight, since waiting for a whole reply can be
+slower than streaming its first bytes (a presynthesis in flight in this process is stopped,
+freeing its Hamsa socket for calls still ringing). The message is held by the announcement's
+id for the call (a streamed message is kept, held, for its repeats) and released when the
+script ends: its audio (personal data) then leaves memory and disk. With everything cached,
+the call opens no Hamsa socket unless it needs one (``needs_synthesis_at_start``).
 """
 
 from __future__ import annotations
@@ -27,16 +38,20 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from bridge.announcements.parameters import StreamAnnouncement
+from bridge.announcements.retention import retention
 from bridge.announcements.spec import Confirmation
+from bridge.calls.presynth import Presynthesizer
 from bridge.calls.speech import SpeechOutcome
 from bridge.errors import StoreError
+from bridge.metrics import Metrics
 from bridge.store import Store
 from bridge.twilio_api import TwilioApi, TwilioApiError
+from bridge.voice import Voice
 
 if TYPE_CHECKING:
     from bridge.calls.call import CallContext
 
-__all__ = ["PROMPTS", "AnnouncementScript", "is_machine", "prompts_for"]
+__all__ = ["PROMPTS", "AnnouncementScript", "is_machine", "prompts_for", "static_prompts"]
 
 log = structlog.get_logger("bridge.announcement")
 
@@ -75,6 +90,17 @@ def prompts_for(language: str, confirm: str, again: str) -> tuple[str, str]:
     )
 
 
+def static_prompts(
+    voice: Voice, confirm_digit: str | None, repeat_digit: str
+) -> tuple[tuple[str, Voice], ...]:
+    """The confirmation prompt and the thanks an announcement may say, with their voice (none
+    without a confirm digit)."""
+    if confirm_digit is None:
+        return ()
+    prompt, thanks = prompts_for(voice.language, confirm_digit, repeat_digit)
+    return ((prompt, voice), (thanks, voice))
+
+
 def is_machine(answered_by: str | None) -> bool:
     """Twilio AMD's ``AnsweredBy`` for a voicemail or a fax (``machine_start``,
     ``machine_end_beep``…); ``human`` and ``unknown`` are treated as a person."""
@@ -91,14 +117,42 @@ class AnnouncementScript:
         store: Callable[[], Awaitable[Store]],
         twilio_api: Callable[[], TwilioApi],
         wall_clock: Callable[[], float],
+        metrics: Metrics | None = None,
+        presynth: Presynthesizer | None = None,
     ) -> None:
         self.announcement = announcement
+        self._presynth = presynth
         self._store = store
         self._api = twilio_api
         self._wall_clock = wall_clock
+        self._metrics = metrics or Metrics()
+
+    def texts(self) -> tuple[tuple[str, Voice], ...]:
+        """Everything the call may say: the message first, then the static prompts."""
+        a = self.announcement
+        return ((a.text, a.voice), *static_prompts(a.voice, a.confirm_digit, a.repeat_digit))
+
+    def needs_synthesis_at_start(self, ctx: CallContext) -> bool:
+        """False when the message and the prompts are all in the prompt cache."""
+        cache = ctx.prompt_cache
+        return cache is None or not all(cache.has(t, v) for t, v in self.texts())
 
     async def __call__(self, ctx: CallContext) -> None:
-        await _Run(self, ctx).execute()
+        a = self.announcement
+        cache = ctx.prompt_cache
+        if cache is not None:
+            keep = retention(a.text, a.repeat, a.confirm_digit, ctx.settings)
+            cache.hold(a.text, a.voice, a.id, until=self._wall_clock() + keep)
+            ready = cache.has(a.text, a.voice)
+            self._metrics.presynth.labels(event="used" if ready else "streamed").inc()
+            ctx.details["message"] = "cached" if ready else "streamed"
+            if not ready and self._presynth is not None:
+                self._presynth.abandon(a.id)  # in flight here: free its slot for calls ringing
+        try:
+            await _Run(self, ctx).execute()
+        finally:
+            if cache is not None:
+                cache.release(a.text, a.voice, a.id)
 
 
 class _Run:
@@ -152,7 +206,7 @@ class _Run:
             self.a.text,
             self.a.voice,
             label=MESSAGE_LABEL,
-            cacheable=False,
+            cacheable=True,  # held (see the module docstring): played once ready, then dropped
             barge_in=barge_in,
             interrupt_keys=interrupt_keys,
         )

@@ -22,7 +22,9 @@ import structlog
 from bridge.announcements.limiter import CallRateLimiter
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import call_request, place_call
+from bridge.announcements.presynth import job_for
 from bridge.announcements.spec import AnnouncementSpec, AttemptState
+from bridge.calls.presynth import Presynthesizer
 from bridge.errors import StoreError
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
@@ -73,8 +75,11 @@ class AnnouncementService:
         twilio_api: Callable[[], TwilioApi],
         *,
         wall_clock: Callable[[], float] = time.time,
+        presynth: Presynthesizer | None = None,
     ) -> None:
         self._settings = settings
+        self.presynth = presynth
+        """Synthesises each placed call's audio while it rings (``None``: disabled)."""
         self._store = store
         self._api = twilio_api
         self._wall_clock = wall_clock
@@ -212,11 +217,20 @@ class AnnouncementService:
                 if record.state is not AttemptState.PLACED:
                     return
             else:
+                # Twilio accepted it: synthesise while it rings (never for a call not placed).
+                if self.presynth is not None:
+                    self.presynth.start(
+                        job_for(record.id, record.spec, settings, now=self._wall_clock())
+                    )
                 record = await store.mark_placed(
                     record.id, call.sid, now=self._wall_clock(), status=call.status
                 )
             log.info("announcement_placed", announcement=record.id, call_sid=record.call_sid)
-            await self._follow(record)
+            try:
+                await self._follow(record)
+            finally:
+                if self.presynth is not None:
+                    await self.presynth.release(record.id)
 
     async def _follow(self, record: AnnouncementRecord) -> None:
         final = await (await self.watcher()).wait(record.id)

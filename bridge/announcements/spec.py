@@ -24,6 +24,7 @@ __all__ = [
     "AnnouncementSpec",
     "AttemptState",
     "CallOutcome",
+    "call_time_limit",
     "check_number",
     "normalise_text",
     "outcome_of_status",
@@ -199,5 +200,10 @@ class AnnouncementSpec:
         """A generous cap on the answered call's length (Twilio ``TimeLimit``, seconds), so a
         stuck call cannot run for Twilio's default 4 hours: every play at a slow 8 characters
         per second, plus a minute for prompts and voicemail greetings."""
-        plays = self.repeat + (max_repeats if self.confirm_digit else 0)
-        return int(60 + plays * (5 + len(self.text) / 8))
+        return call_time_limit(self.text, self.repeat, self.confirm_digit, max_repeats)
+
+
+def call_time_limit(text: str, repeat: int, confirm_digit: str | None, max_repeats: int) -> int:
+    """:meth:`AnnouncementSpec.time_limit` of an announcement with these fields."""
+    plays = repeat + (max_repeats if confirm_digit else 0)
+    return int(60 + plays * (5 + len(text) / 8))

@@ -15,11 +15,14 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from bridge.announcements.commands import OPTION_NAMES, explain_missing, missing_settings
+from bridge.announcements.presynth import command_presynthesizer
+from bridge.calls.presynth import Presynthesizer
 from bridge.campaigns.config import CampaignConfig
 from bridge.campaigns.contacts import load_contacts, prepare_contacts
 from bridge.campaigns.export import write_export
@@ -175,6 +178,24 @@ async def _drive(
             file=err,
         )
 
+    presynth = command_presynthesizer(settings)
+    try:
+        return await _run(store, settings, campaign, progress, lease_wait, presynth, out, err)
+    finally:
+        if presynth is not None:
+            await presynth.aclose()  # no contact's audio outlives the run
+
+
+async def _run(
+    store: Store,
+    settings: Settings,
+    campaign: CampaignRecord,
+    progress: Progress,
+    lease_wait: Callable[[str, float], None],
+    presynth: Presynthesizer | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
     try:
         runner = CampaignRunner(
             store,
@@ -183,6 +204,7 @@ async def _drive(
             api=ThreadLocalApi(settings),
             on_progress=progress.update,
             on_lease_wait=lease_wait,
+            presynth=presynth,
         )
     except CampaignInvalid as exc:
         return _fail(err, f"stored options are invalid: {exc.message}")

@@ -10,6 +10,12 @@ The order of operations is the whole design::
               (input order) → plan_attempt (committed: the attempt exists before the call)
               → the CPS limiter → calls.create → PLACED → watched to its end → settled
 
+Ready at answer: each contact's text (rendered from the template, with its row's values, when
+the campaign was created) becomes the attempt's spec just before dialling; once Twilio accepted
+the call it is synthesised while the phone rings (``presynth``, through the shared
+``BRIDGE_PROMPT_CACHE_DIR``: see ``bridge.announcements.presynth``) and released when the
+attempt ends.
+
 A process killed anywhere leaves at worst PLANNED or PLACED attempts, which the next run's
 recovery settles before it dials anything. Concurrency counts attempts from plan to end, so the
 number of calls live at Twilio never exceeds it.
@@ -32,7 +38,9 @@ import structlog
 from bridge.announcements.limiter import CallRateLimiter
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import place_call
+from bridge.announcements.presynth import job_for
 from bridge.announcements.spec import AttemptState, CallOutcome
+from bridge.calls.presynth import Presynthesizer
 from bridge.campaigns.config import CampaignConfig
 from bridge.campaigns.lease import Lease
 from bridge.campaigns.progress import Counts
@@ -119,8 +127,10 @@ class CampaignRunner:
         on_progress: Callable[[Counts], None] | None = None,
         on_lease_wait: Callable[[str, float], None] | None = None,
         backoff: float = BACKOFF,
+        presynth: Presynthesizer | None = None,
     ) -> None:
         self._store = store
+        self._presynth = presynth
         self._settings = settings
         self.campaign = campaign
         self.config = CampaignConfig.from_dict(campaign.config)
@@ -341,6 +351,10 @@ class CampaignRunner:
             error, kind = exc.message, classify(exc)
             log.info("create_failed", announcement=record.id, kind=kind, error=error)
         else:
+            if self._presynth is not None:  # accepted: synthesise while it rings
+                self._presynth.start(
+                    job_for(record.id, record.spec, self._settings, now=self._wall())
+                )
             placed = await self._store.mark_placed(
                 record.id, call.sid, now=self._wall(), status=call.status
             )
@@ -368,6 +382,8 @@ class CampaignRunner:
 
     async def _ended(self, record: AnnouncementRecord, decision: Decision | None) -> None:
         assert record.contact_idx is not None
+        if self._presynth is not None:
+            await self._presynth.release(record.id)  # the contact's audio leaves the disk
         self._remember(record)
         log.info(
             "attempt_ended",

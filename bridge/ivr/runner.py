@@ -5,6 +5,11 @@ branch. Barge-in: a key pressed during a prompt interrupts it (``clear``, stale 
 Hamsa reply drained) and is taken as input; ``barge_in = false`` plays the prompt to its end and
 keeps the key for after it. Keys typed ahead stay queued: a menu whose key is already waiting
 does not play its prompt. A summary line per call logs the path, the keys and the outcome.
+
+The call's Hamsa socket is opened when the stream starts unless every prompt spoken before the
+caller's first input (from ``flow.start`` through ``say`` nodes to the first menu, gather,
+transfer or hang-up) is static and already in the prompt cache: then it is opened, or taken
+from the warm pool, only when a prompt first needs synthesis (``needs_synthesis_at_start``).
 """
 
 from __future__ import annotations
@@ -88,6 +93,36 @@ class FlowRunner:
             api().update_call(call_sid, twiml=twiml)
 
         return cls(flow, transfer=transfer)
+
+    def needs_synthesis_at_start(self, ctx: CallContext) -> bool:
+        """True unless the prompts up to the caller's first input are all cached."""
+        cache = ctx.prompt_cache
+        if cache is None:
+            return True
+        run = _Run(self, ctx)
+        name: str | None = self.flow.start
+        seen: set[str] = set()
+        while name is not None and name not in seen:
+            seen.add(name)
+            node = self.flow.nodes[name]
+            name = None
+            match node:
+                case Say(text=text, next=following):
+                    texts, name = [text], following
+                case Menu(prompt=text) | Gather(prompt=text) | Hangup(text=text):
+                    texts = [text]
+                case Transfer(message=text):
+                    texts = [text]
+                case Webhook():
+                    return True  # what follows depends on its answer: keep the eager open
+            for text in texts:
+                if not text:
+                    continue
+                if not is_static(text):
+                    return True
+                if not cache.has(text[:MAX_PROMPT_CHARS], run.voice(node)):
+                    return True
+        return False
 
     async def __call__(self, ctx: CallContext) -> None:
         run = _Run(self, ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,6 +80,10 @@ class TwilioEmulatorState:
         self.streams: list[StreamRecord] = []
         self.transfers: list[TransferRecord] = []
         self._changed = asyncio.Event()
+        self.before_answer: Callable[[CallRecord], Awaitable[None]] | None = None
+        """Awaited (if set) once an outbound call has rung its ``ring_seconds``, before it is
+        answered: a test holds the ringing until something happened (e.g. audio prepared while
+        the phone rings), instead of guessing how long that takes."""
         self.voice = VoicePlatform(self)
 
     # --- waiting ----------------------------------------------------------------------------

@@ -297,6 +297,10 @@ class VoicePlatform:
             return
         if not await self._ring(call, ring):
             return
+        if self._state.before_answer is not None:
+            await self._state.before_answer(call)
+            if call.status.is_final:
+                return
         if call.machine_detection:
             answered_by = outcome.answered_by
             if call.machine_detection == "Enable" and answered_by.startswith("machine_end"):
