@@ -42,8 +42,9 @@ def learned(replies: list[Schedule], chars: list[int], times: int = 4) -> HamsaP
 def exactly(
     first_byte: float, first: float, chunk: float, spacing: float, chars: int, duration: float
 ) -> HamsaPace:
-    """An estimate that knows a regular delivery exactly (as its prior, nothing learned)."""
-    return HamsaPace(
+    """An estimate that knows a regular delivery exactly: its prior is it, and it has seen one
+    such reply (so later sentences are predicted too)."""
+    pace = HamsaPace(
         prior=PaceEstimate(
             pace=chunk / spacing,
             spacing=spacing,
@@ -53,6 +54,15 @@ def exactly(
             ms_per_char=duration * 1000 / chars,
         )
     )
+    frames = round((duration - first) / chunk) + 1
+    pace.observe(
+        ReplyRecord(
+            chars=chars,
+            requested_at=0.0,
+            arrivals=list(regular(first_byte, first, chunk, spacing, frames)),
+        )
+    )
+    return pace
 
 
 def oracle_hold(replies: list[Schedule]) -> float:
@@ -204,13 +214,12 @@ def test_a_reply_without_audio_teaches_nothing() -> None:
 # --- what the caller hears -------------------------------------------------------------------
 
 
-def test_fast_delivery_is_not_held_once_seen() -> None:
-    # 3x real time with a large first frame: once one reply was seen, the first frame alone
-    # covers every wait (the very first reply of a process is judged by the prior)
+def test_fast_delivery_is_never_held_not_even_on_a_process_first_reply() -> None:
+    # 3x real time with a large first frame: the first frame alone covers every wait, by the
+    # prior too (which says nothing about sentences not yet requested)
     replies = [regular(0.3, 1.2, 0.75, 0.25, 5) for _ in range(3)]
     chars = [50, 50, 50]
     pace = HamsaPace()
-    pace.observe(ReplyRecord(chars=50, requested_at=0.0, arrivals=list(replies[0])))
     result = simulate(replies, chars, pace, max_hold=3.0)
     assert result.first_audio == pytest.approx(0.3)
     assert result.gaps == []

@@ -395,7 +395,7 @@ class Speaker:
         pace = self._synth.pace
         return StartPolicy(
             pace.estimate(),
-            typical=pace.typical(),
+            typical=pace.for_later_sentences(),
             max_hold=settings.bridge_start_hold_max_ms / 1000,
             margin=settings.bridge_start_margin_ms / 1000,
         )

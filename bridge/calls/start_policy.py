@@ -165,6 +165,11 @@ class HamsaPace:
             )
         return self._cached
 
+    def for_later_sentences(self) -> PaceEstimate | None:
+        """``typical()`` once a reply was seen, else None: before that, a guess about sentences
+        not yet requested would only hold the first one back (a fast Hamsa's first call too)."""
+        return self.typical() if self.replies else None
+
     def typical(self) -> PaceEstimate:
         """The median picture, for sentences not yet requested: a sum of worst cases would hold
         every sentence for the worst of all of them (their own start is held when they come)."""
@@ -282,7 +287,8 @@ class StartPolicy:
         if max_hold < 0 or margin < 0:
             raise ValueError("max_hold and margin must be >= 0")
         self.estimate = estimate
-        self.typical = typical or estimate
+        self.typical = typical
+        """How sentences not yet requested will be delivered; None: only this one counts."""
         self.max_hold = max_hold
         self.margin = margin
         self.overdue = overdue
@@ -442,11 +448,12 @@ class StartPolicy:
             position += remaining
         utterance = sentence
         typ = self.typical
-        for chars in self._later:
-            duration = chars * est.ms_per_char / 1000.0
-            worst, reply_end = _unstarted(typ, reply_end, duration, position, now, self.overdue)
-            utterance = max(utterance, worst)
-            position += duration
+        if typ is not None:
+            for chars in self._later:
+                duration = chars * est.ms_per_char / 1000.0
+                worst, reply_end = _unstarted(typ, reply_end, duration, position, now, self.overdue)
+                utterance = max(utterance, worst)
+                position += duration
         return sentence + self.margin, utterance + self.margin
 
     def _hold(self, now: float, seconds: float) -> None:

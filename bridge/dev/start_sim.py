@@ -46,7 +46,9 @@ def simulate(
     learn: bool = True,
 ) -> SimResult:
     """One utterance of ``len(replies)`` sentences, from time 0 (the first request)."""
-    policy = StartPolicy(pace.estimate(), typical=pace.typical(), max_hold=max_hold, margin=margin)
+    policy = StartPolicy(
+        pace.estimate(), typical=pace.for_later_sentences(), max_hold=max_hold, margin=margin
+    )
     playout_end: float | None = None
     first_audio: float | None = None
     gaps: list[float] = []
