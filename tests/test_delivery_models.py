@@ -383,6 +383,35 @@ async def test_replay_cli_refuses_a_bad_trace_naming_file_and_line(tmp_path: Pat
     assert "--realistic is --model realistic" in output
 
 
+def _dump(lines: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(x) + "\n" for x in lines)
+
+
+def _pcm_header() -> str:
+    lines = trace_lines()
+    lines[0]["mulaw"] = False
+    return _dump(lines)
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "problem"),
+    [
+        pytest.param(_pcm_header(), 1, "not μ-law", id="mulaw-false"),
+        pytest.param("", 1, "empty file", id="empty"),
+        pytest.param(_dump(trace_lines())[:-40], 4, "truncated last line", id="cut-mid-line"),
+    ],
+)
+async def test_replay_cli_refuses_an_unplayable_trace(
+    tmp_path: Path, content: str, line: int, problem: str
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    path.write_text(content, encoding="utf-8")
+    code, output = await run_cli("emulate-hamsa", "--replay", str(path), "--port", "0")
+    assert code == 2
+    assert f"emulate-hamsa: {path}:{line}: {problem}" in output
+    assert "listening" not in output
+
+
 def test_parse_trace_accepts_what_the_replay_tests_write(tmp_path: Path) -> None:
     text = "".join(json.dumps(x) + "\n" for x in trace_lines())
     assert len(parse_trace(text).successful) == 2

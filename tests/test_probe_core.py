@@ -17,15 +17,15 @@ from bridge.dev.hamsa_emulator import (
     streaming_mulaw_header,
 )
 from bridge.errors import InvalidState
+from bridge.hamsa_trace import HEAD_BYTES, detect_format
 from bridge.probe.phrases import MAX_PHRASES, PHRASES, estimate, phrases
 from bridge.probe.recorder import (
-    HEAD_BYTES,
     ProbeHeader,
     ProbeRecorder,
     RequestTrace,
     public_url,
 )
-from bridge.probe.report import detect_format, report_lines
+from bridge.probe.report import report_lines
 from bridge.protocols.hamsa import (
     UNEXPECTED_TRAILING_END,
     Ack,
@@ -264,31 +264,79 @@ def trace(
     )
 
 
-def test_detect_format() -> None:
-    mulaw = detect_format(streaming_mulaw_header() + b"\xff" * 18, mulaw=True)
-    assert (mulaw.riff, mulaw.description, mulaw.byte_rate, mulaw.header_size) == (
-        True,
-        "μ-law 8 kHz mono",
-        8000,
-        46,
-    )
-    pcm = detect_format(canonical_pcm16_header(1000) + b"\0" * 20, mulaw=True)
-    assert (pcm.description, pcm.byte_rate, pcm.header_size) == ("PCM16 16 kHz mono", 32000, 44)
-    raw = detect_format(b"\xff\xfe" * 32, mulaw=True)
-    assert (raw.riff, raw.assumed, raw.description, raw.byte_rate) == (
-        False,
-        True,
-        "μ-law 8 kHz mono",
-        8000,
-    )
+def format_lines(*heads: bytes, size: int = 28800) -> list[str]:
+    """The report's lines before its table, for one reply of ``size`` bytes per ``head``."""
+    lines = report_lines([trace(n, "ب" * 10, [size], head=h) for n, h in enumerate(heads, 1)])
+    return lines[: lines.index("")]
+
+
+REQUESTED_LINE = "requested: μ-law 8 kHz mono (mulaw: true)"
+
+
+def test_a_riff_header_is_read_and_a_non_mulaw_one_is_flagged() -> None:
+    assert format_lines(streaming_mulaw_header() + b"\xff" * 18) == [
+        REQUESTED_LINE,
+        "format: RIFF/WAVE header (46 bytes): μ-law 8 kHz mono",
+    ]
+    assert format_lines(canonical_pcm16_header(1000) + b"\0" * 20) == [
+        REQUESTED_LINE,
+        "format: RIFF/WAVE header (44 bytes): PCM16 16 kHz mono",
+        "WARNING: not what was requested: μ-law 8 kHz mono was asked for, but its RIFF header "
+        "says PCM16 16 kHz mono (request 1)",
+    ]
     float32 = b"RIFF\xff\xff\xff\xffWAVEfmt " + struct.pack(
         "<IHHIIHH", 16, 3, 1, 8000, 32000, 4, 32
     )
-    odd = detect_format(float32 + b"data\xff\xff\xff\xff", mulaw=True)
-    assert (odd.riff, odd.byte_rate) == (True, None)
-    assert "unsupported" in odd.description
+    odd = report_lines([trace(1, "ب" * 10, [28800], head=float32 + b"data\xff\xff\xff\xff")])
+    assert odd[1:3] == [
+        "format: RIFF/WAVE header (44 bytes): unsupported (fmt tag 3)",
+        "WARNING: not what was requested: μ-law 8 kHz mono was asked for, but its RIFF header "
+        "says fmt tag 3 (request 1)",
+    ]
+    assert any(line.startswith("audio per character: rate unknown") for line in odd)
     long_header = b"RIFF\xff\xff\xff\xffWAVELIST" + struct.pack("<I", 200) + b"\0" * 44
-    assert detect_format(long_header, mulaw=True).description.endswith("64 bytes recorded")
+    assert format_lines(long_header) == [
+        REQUESTED_LINE,
+        "format: RIFF/WAVE header longer than the 64 bytes recorded: format unknown "
+        "(no fmt chunk within)",
+    ]
+
+
+def test_without_a_header_the_report_shows_what_the_bytes_look_like_and_why() -> None:
+    mulaw = b"\xff" * 64
+    assert format_lines(mulaw) == [
+        REQUESTED_LINE,
+        "format: no RIFF header; the bytes look like μ-law 8 kHz mono",
+        "evidence (no header: the encoding is a guess from the bytes):",
+        f"  request 1: {detect_format(mulaw, 28800, None).basis}",
+    ]
+    pcm = b"\0" * 64
+    assert format_lines(pcm) == [
+        REQUESTED_LINE,
+        "format: no RIFF header; the bytes look like PCM16 16 kHz mono",
+        "evidence (no header: the encoding is a guess from the bytes):",
+        f"  request 1: {detect_format(pcm, 28800, None).basis}",
+        "WARNING: not what was requested: μ-law 8 kHz mono was asked for, but the bytes look "
+        "like PCM16 16 kHz mono (request 1)",
+    ]
+    # the audio is counted at the rate of what the bytes look like, not of what was asked
+    text = "\n".join(report_lines([trace(1, "ب" * 10, [28800], head=pcm)]))
+    assert "audio per character: 90 ms at 32000 bytes/s — matches" in text
+
+
+def test_replies_in_different_formats_are_listed_one_by_one() -> None:
+    riff, pcm = streaming_mulaw_header() + b"\xff" * 18, b"\0" * 64
+    assert format_lines(riff, pcm, riff) == [
+        REQUESTED_LINE,
+        "format: differs between replies:",
+        "  request 1: RIFF/WAVE header (46 bytes): μ-law 8 kHz mono",
+        "  request 2: no RIFF header; the bytes look like PCM16 16 kHz mono",
+        "  request 3: RIFF/WAVE header (46 bytes): μ-law 8 kHz mono",
+        "evidence (no header: the encoding is a guess from the bytes):",
+        f"  request 2: {detect_format(pcm, 28800, None).basis}",
+        "WARNING: not what was requested: μ-law 8 kHz mono was asked for, but the bytes look "
+        "like PCM16 16 kHz mono (request 2)",
+    ]
 
 
 def test_report_names_the_format_latency_pace_and_frames() -> None:
@@ -299,7 +347,8 @@ def test_report_names_the_format_latency_pace_and_frames() -> None:
         trace(3, "ب" * 10, [], error="TTS stream error: aborted", end=None),
     ]
     text = "\n".join(report_lines(records))
-    assert "format: no RIFF header; μ-law 8 kHz mono assumed (mulaw: true)" in text
+    assert "format: no RIFF header; the bytes look like μ-law 8 kHz mono" in text
+    assert "WARNING" not in text
     assert "successful replies: 2 of 3" in text
     assert "first-byte latency: p50 0.300 s (min 0.200, max 0.400)" in text
     # 1.6 s of audio in 0.5 s, 3.2 s in 1.0 s; from the first byte 1.6/0.3, 3.2/0.6
@@ -330,7 +379,7 @@ def test_report_reads_the_rate_from_a_riff_header() -> None:
 def test_report_with_nothing_successful() -> None:
     records = [trace(1, "x", [], close=(4500, "Internal authentication error"), end=None)]
     text = "\n".join(report_lines(records))
-    assert "format: unknown (no reply carried audio)" in text
+    assert report_lines(records)[:2] == [REQUESTED_LINE, "format: unknown (no reply carried audio)"]
     assert "closed 4500 Internal authentication error" in text
     assert "successful replies: 0 of 1" in text
     assert report_lines([]) == ["no request was sent"]

@@ -37,6 +37,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge.errors import InvalidState
+from bridge.hamsa_trace import HEAD_BYTES, TRACE_VERSION
 from bridge.protocols.hamsa import (
     UNEXPECTED_TRAILING_END,
     Ack,
@@ -49,10 +50,6 @@ from bridge.protocols.hamsa import (
 )
 from bridge.voice import Voice
 
-TRACE_VERSION: Final = 1
-"""Version of the trace format written here (``bridge.hamsa_trace`` reads the same)."""
-HEAD_BYTES: Final = 64
-"""How many bytes of each reply the trace keeps (enough for any WAV header we expect)."""
 _DIGITS: Final = 4  # 0.1 ms
 
 

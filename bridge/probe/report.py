@@ -1,14 +1,19 @@
 """What a probe found, as plain aligned text (pure: records in, lines out).
 
-* the format of the reply: a RIFF/WAVE header and its ``fmt `` (encoding, rate), or none — then
-  the request's assumption (``mulaw: true`` → 8 kHz μ-law mono, hamsa-api.md §5.2–5.4);
+* the format of the reply, by :func:`bridge.hamsa_trace.detect_format` on its first bytes: a
+  RIFF/WAVE header and what its ``fmt `` chunk says (encoding, rate, channels, header size), or
+  none — then what the bytes look like (μ-law or PCM16, a guess from their statistics, with its
+  evidence) at that encoding's default rate (hamsa-api.md §5.4). Beside it, what was requested
+  (``mulaw: true``: 8 kHz μ-law mono), and a warning when the reply is not that;
 * per request: connect, ``ack``, first byte and ``end`` times, frames, bytes, audio seconds and
   the pace in × real time (audio seconds / seconds from the request to ``end``, and from the first
   byte to ``end``);
 * over all replies: first-byte latency p50, the median pace, frames per reply and frame sizes
   (min/median/max, first frames), and the audio per character at the detected rate against the
   80–100 ms the logged replies carry (hamsa-api.md §4) — far off means the rate is not what the
-  header or the assumption says, and the line names the formats that would fit.
+  header or the bytes' encoding (at its default rate) says, and the line names the formats that
+  would fit. The rate is never derived from the characters here (no ``audio_seconds_hint``), so
+  this line stays independent evidence.
 """
 
 from __future__ import annotations
@@ -18,10 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from bridge.audio.formats import Encoding
-from bridge.audio.wav import WavHeaderParser
-from bridge.errors import AudioFormatError
-from bridge.probe.recorder import HEAD_BYTES, RequestTrace
+from bridge.hamsa_trace import HEAD_BYTES, DetectedFormat, detect_format
+from bridge.probe.recorder import RequestTrace
 
 EXPECTED_MS_PER_CHAR: Final = (80.0, 100.0)
 """Audio per character of the logged Hamsa replies (hamsa-api.md §4)."""
@@ -36,67 +39,64 @@ CANDIDATES: Final[tuple[tuple[str, int], ...]] = (
     ("PCM16 24 kHz", 48000),
 )
 """Byte rates a headerless reply might have, for the "what would fit" hint."""
+REQUESTED: Final = "μ-law 8 kHz mono"
+"""What the probe asks for (``mulaw: true``, hamsa-api.md §5.2–5.4): the bridge plays only that."""
 
-_ENCODING_NAMES: Final = {Encoding.MULAW: "μ-law", Encoding.ALAW: "A-law", Encoding.PCM16: "PCM16"}
-
-
-@dataclass(frozen=True, slots=True)
-class DetectedFormat:
-    """What the first bytes of a reply say about its format."""
-
-    riff: bool
-    description: str
-    byte_rate: int | None
-    """Audio bytes per second, if known (from the header, or the request's assumption)."""
-    header_size: int
-    assumed: bool
-    """No header: the format is what the request asked for, not something the bytes said."""
+_ENCODING_NAMES: Final = {"mulaw": "μ-law", "alaw": "A-law", "pcm16": "PCM16"}
+_BYTES_PER_SAMPLE: Final = {"mulaw": 1, "alaw": 1, "pcm16": 2}
+_CHANNELS: Final = {1: "mono", 2: "stereo"}
 
 
 def _khz(rate: int) -> str:
     return f"{rate / 1000:g} kHz"
 
 
-def detect_format(head: bytes, *, mulaw: bool) -> DetectedFormat:
-    """The format of a reply from its first bytes (``head_hex`` of a trace).
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """How the report reads one reply's :class:`DetectedFormat`."""
 
-    Private stand-in for ``bridge.hamsa_trace.detect_format`` (written in a parallel branch):
-    swap it in when that module lands.
-    """
-    parser = WavHeaderParser()
-    try:
-        verdict = parser.feed(head) if head else None
-    except AudioFormatError as exc:
-        return DetectedFormat(True, f"RIFF/WAVE header, unsupported: {exc.message}", None, 0, False)
-    if verdict is None and head.startswith(b"RIFF"):
-        what = (
-            f"longer than the {HEAD_BYTES} bytes recorded"
-            if len(head) >= HEAD_BYTES
-            else f"cut short after {len(head)} bytes"
+    found: DetectedFormat
+    description: str
+    """The format and, for a RIFF header, its size; equal for equal formats."""
+    byte_rate: int | None
+    """Audio bytes per second, if the format says (a header, or the bytes' encoding)."""
+    header_size: int
+    """Bytes before the audio (0 without a header; a lower bound if the header is cut)."""
+    mismatch: str | None
+    """How the reply differs from :data:`REQUESTED`, if it does (as far as known)."""
+
+
+def _read_format(head: bytes, total_bytes: int) -> _Reading:
+    """The report's reading of a reply from its first bytes (``head``) and its size."""
+    found = detect_format(head, total_bytes, None)
+    encoding = _ENCODING_NAMES.get(found.encoding)
+    rate = found.sample_rate
+    channels = found.channels or 1
+    what = byte_rate = None
+    if encoding is not None and rate:
+        what = f"{encoding} {_khz(rate)} {_CHANNELS.get(channels, f'{channels} channels')}"
+        byte_rate = rate * channels * _BYTES_PER_SAMPLE[found.encoding]
+    if not found.riff:
+        looks = what or "unknown"
+        mismatch = None if found.mulaw else f"the bytes look like {looks}"
+        return _Reading(
+            found, f"no RIFF header; the bytes look like {looks}", byte_rate, 0, mismatch
         )
-        return DetectedFormat(True, f"RIFF/WAVE header {what}", None, 0, False)
-    if verdict is None or verdict.header is None:
-        if mulaw:
-            return DetectedFormat(False, "μ-law 8 kHz mono", 8000, 0, True)
-        return DetectedFormat(False, "PCM16 16 kHz mono", 32000, 0, True)
-    fmt = verdict.header.format
-    channels = {1: "mono", 2: "stereo"}[fmt.channels]
-    name = _ENCODING_NAMES[fmt.encoding]
-    return DetectedFormat(
-        True,
-        f"{name} {_khz(fmt.sample_rate)} {channels}",
-        fmt.bytes_per_second,
-        verdict.header.header_size,
-        False,
-    )
-
-
-def _describe(fmt: DetectedFormat, mulaw: bool) -> str:
-    if fmt.riff:
-        size = f" ({fmt.header_size} bytes)" if fmt.header_size else ""
-        return f"RIFF/WAVE header{size}: {fmt.description}"
-    asked = "mulaw: true" if mulaw else "mulaw: false"
-    return f"no RIFF header; {fmt.description} assumed ({asked})"
+    if found.header_bytes is not None:
+        size, header = found.header_bytes, f"RIFF/WAVE header ({found.header_bytes} bytes)"
+    elif len(head) >= HEAD_BYTES:
+        size, header = len(head), f"RIFF/WAVE header longer than the {HEAD_BYTES} bytes recorded"
+    else:
+        size, header = len(head), f"RIFF/WAVE header cut short after {len(head)} bytes"
+    if found.encoding == "unknown":
+        return _Reading(found, f"{header}: format unknown (no fmt chunk within)", None, size, None)
+    if what is None:
+        tag = f"fmt tag {found.format_tag}"
+        return _Reading(
+            found, f"{header}: unsupported ({tag})", None, size, f"its RIFF header says {tag}"
+        )
+    mismatch = None if what == REQUESTED else f"its RIFF header says {what}"
+    return _Reading(found, f"{header}: {what}", byte_rate, size, mismatch)
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -125,20 +125,12 @@ def _spread(values: Sequence[float]) -> str:
     return f"{min(values):g} / {statistics.median(values):g} / {max(values):g}"
 
 
-def report_lines(records: Sequence[RequestTrace], *, mulaw: bool = True) -> list[str]:
+def report_lines(records: Sequence[RequestTrace]) -> list[str]:
     """The probe's findings, one line each (no trailing newlines)."""
     if not records:
         return ["no request was sent"]
-    lines: list[str] = []
-    formats = {r.n: detect_format(r.head, mulaw=mulaw) for r in records if r.frames}
-    seen = sorted({_describe(f, mulaw) for f in formats.values()})
-    if not seen:
-        lines.append("format: unknown (no reply carried audio)")
-    elif len(seen) == 1:
-        lines.append(f"format: {seen[0]}")
-    else:
-        lines.append("format: differs between replies:")
-        lines.extend(f"  request {n}: {_describe(f, mulaw)}" for n, f in formats.items())
+    formats = {r.n: _read_format(r.head, r.audio_bytes) for r in records if r.frames}
+    lines = _format_lines(formats)
 
     columns = (
         f"{'n':>3} {'chars':>5} {'connect':>8} {'ack':>7} {'1st byte':>8} {'end':>7} "
@@ -190,7 +182,37 @@ def report_lines(records: Sequence[RequestTrace], *, mulaw: bool = True) -> list
     return lines
 
 
-def _per_char_lines(good: Sequence[RequestTrace], formats: dict[int, DetectedFormat]) -> list[str]:
+def _format_lines(formats: dict[int, _Reading]) -> list[str]:
+    """What was requested, what came back (with the evidence of a headerless guess), and a
+    warning when the two differ."""
+    lines = [f"requested: {REQUESTED} (mulaw: true)"]
+    seen = {f.description for f in formats.values()}
+    if not seen:
+        return [*lines, "format: unknown (no reply carried audio)"]
+    if len(seen) == 1:
+        (description,) = seen
+        lines.append(f"format: {description}")
+    else:
+        lines.append("format: differs between replies:")
+        lines.extend(f"  request {n}: {f.description}" for n, f in formats.items())
+    guesses = [(n, f.found.basis) for n, f in formats.items() if not f.found.riff]
+    if guesses:
+        lines.append("evidence (no header: the encoding is a guess from the bytes):")
+        lines.extend(f"  request {n}: {basis}" for n, basis in guesses)
+    mismatches: dict[str, list[int]] = {}
+    for n, f in formats.items():
+        if f.mismatch is not None:
+            mismatches.setdefault(f.mismatch, []).append(n)
+    for mismatch, numbers in mismatches.items():
+        which = ", ".join(map(str, numbers))
+        lines.append(
+            f"WARNING: not what was requested: {REQUESTED} was asked for, but {mismatch} "
+            f"(request{'s' if len(numbers) > 1 else ''} {which})"
+        )
+    return lines
+
+
+def _per_char_lines(good: Sequence[RequestTrace], formats: dict[int, _Reading]) -> list[str]:
     """Bytes per character, and whether the detected rate makes them 80–100 ms of audio."""
     rates = {formats[r.n].byte_rate for r in good}
     chars = sum(r.chars for r in good)

@@ -316,7 +316,7 @@ def probe_command(
 
     recorder = result.recorder
     say("")
-    for line in report_lines(recorder.records, mulaw=recorder.header.mulaw):
+    for line in report_lines(recorder.records):
         say(line)
     if result.stopped:
         say(f"stopped early: {result.stopped}")
