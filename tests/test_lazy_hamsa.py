@@ -128,15 +128,17 @@ async def test_the_call_summary_says_when_the_socket_was_left_for_later(
     if not cached:
         for path in cache_dir.glob("*.ulaw"):
             path.unlink()  # nothing cached: the socket opens as the stream starts
-    async with loopback(
-        EmulatorConfig(ms_per_char=25),
-        bridge_ivr_flow=str(flow_path),
-        bridge_prompt_cache_dir=str(cache_dir),
-        **FAST,
-    ) as rig:
-        with structlog.testing.capture_logs() as logs:
+    # the capture spans the whole rig: the bridge logs the summary once the call's handler
+    # ends, which the rig's shutdown waits for (the caller may see the close first)
+    with structlog.testing.capture_logs() as logs:
+        async with loopback(
+            EmulatorConfig(ms_per_char=25),
+            bridge_ivr_flow=str(flow_path),
+            bridge_prompt_cache_dir=str(cache_dir),
+            **FAST,
+        ) as rig:
             result = await rig.call(answers=["1"])
-        connections = len(rig.hamsa.connections)
+            connections = len(rig.hamsa.connections)
     [summary] = [e for e in logs if e["event"] == "call_summary"]
     assert result.prompts() == ["welcome", "menu", "hours"]
     assert summary["details"].get("hamsa_socket") == opened
