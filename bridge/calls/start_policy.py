@@ -166,9 +166,14 @@ class HamsaPace:
         return self._cached
 
     def for_later_sentences(self) -> PaceEstimate | None:
-        """``typical()`` once a reply was seen, else None: before that, a guess about sentences
-        not yet requested would only hold the first one back (a fast Hamsa's first call too)."""
-        return self.typical() if self.replies else None
+        """How sentences not yet requested are predicted: ``typical()``, the prior included.
+
+        Before any reply the prior (real time) holds a many-sentence utterance back a little,
+        even when Hamsa turns out fast: measured, that costs a fast Hamsa's first call of a
+        process ~0.7 s, while ignoring later sentences until a reply was seen cost a slow
+        Hamsa's first calls a longer pause before every later sentence (BENCHMARKS.md). The
+        caller would rather wait a little for the first word."""
+        return self.typical()
 
     def typical(self) -> PaceEstimate:
         """The median picture, for sentences not yet requested: a sum of worst cases would hold
