@@ -113,6 +113,14 @@ _COMMON_RATES: Final = (8000, 11025, 16000, 22050, 24000, 44100, 48000)
 # --- the trace -----------------------------------------------------------------------------------
 
 
+def replayable(
+    ack_s: float | None, frames: int, end_s: float | None, error: str | None, close: object
+) -> bool:
+    """A request whose reply can be replayed: ``ack``, audio and ``end``, with no ``error`` and
+    no close. The one definition of a successful request, for the probe and the reader."""
+    return ack_s is not None and frames > 0 and end_s is not None and error is None and not close
+
+
 @dataclass(frozen=True)
 class TraceVoice:
     speaker: str
@@ -157,13 +165,7 @@ class TraceRequest:
     @property
     def successful(self) -> bool:
         """``ack``, audio and ``end``, with no ``error`` and no close: replayable."""
-        return (
-            self.ack_s is not None
-            and bool(self.frames)
-            and self.end_s is not None
-            and self.error is None
-            and self.close is None
-        )
+        return replayable(self.ack_s, len(self.frames), self.end_s, self.error, self.close)
 
 
 @dataclass(frozen=True)

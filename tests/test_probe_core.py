@@ -403,3 +403,28 @@ def test_cost_estimate() -> None:
     assert cost.audio_s == pytest.approx(30.4)
     # seconds billed per request: ceil(1.76, 4.32, 8.08, 16.24) = 2 + 5 + 9 + 17 = 33 → 1.65
     assert cost.credits == pytest.approx(1.65)
+
+
+@pytest.mark.parametrize(
+    ("ack_s", "frames", "end_s", "error", "close", "ok"),
+    [
+        (0.01, ((0.2, 800),), 0.5, None, None, True),
+        (None, ((0.2, 800),), 0.5, None, None, False),  # no ack: replay could not reproduce it
+        (0.01, (), 0.5, None, None, False),
+        (0.01, ((0.2, 800),), None, None, None, False),
+        (0.01, ((0.2, 800),), 0.5, "aborted", None, False),
+        (0.01, ((0.2, 800),), 0.5, None, (1011, ""), False),
+    ],
+)
+def test_a_request_succeeds_only_when_replay_could_replay_it(
+    ack_s: float | None,
+    frames: tuple[tuple[float, int], ...],
+    end_s: float | None,
+    error: str | None,
+    close: tuple[int | None, str] | None,
+    ok: bool,
+) -> None:
+    from bridge.probe.recorder import RequestTrace
+
+    record = RequestTrace(1, "نص", 0.1, ack_s, frames, b"\xff", end_s, error, close)
+    assert record.succeeded is ok

@@ -6,10 +6,11 @@ playout, when its first frame came, what it heard after a key or a hang-up durin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
-from bridge.dev.hamsa_emulator import EmulatorConfig
+from bridge.dev.hamsa_emulator import EmulatorConfig, Fault
 from bridge.dev.loopback import loopback
 
 pytestmark = pytest.mark.anyio
@@ -76,7 +77,10 @@ async def test_a_stalled_hamsa_is_played_at_the_cap_not_waited_for() -> None:
     held = first - request.first_audio_at
     assert held >= 0.45  # held (the prediction asked for far more) ...
     assert held < 3.0  # ... but not until the next frame: the cap released it
-    assert hold_counts(metrics)["cap"] == 1
+    first_hold = rig.bridge.recent_calls[-1].details["start_holds"][0]  # type: ignore[index]
+    assert first_hold["reason"] == "cap"
+    assert first_hold["rebuffer"] is False
+    assert hold_counts(metrics)["cap"] >= 1  # (the rest of the sentence may be held again)
 
 
 async def test_a_key_during_a_hold_clears_and_nothing_held_is_ever_played() -> None:
@@ -107,3 +111,20 @@ async def test_a_hang_up_during_a_hold_plays_nothing_and_ends_the_call() -> None
     assert result.leg is not None
     assert result.leg.received == b""
     assert connection.closed_by == "client"  # the bridge let go of its Hamsa socket
+
+
+async def test_a_reply_that_failed_before_any_audio_is_held_again_on_its_retry() -> None:
+    # Hamsa closes the socket as the first request arrives (no audio): the retry, on a new
+    # socket, is held by the rule like a first reply, not played from its first byte
+    faulty = dataclasses.replace(STEADY_125, faults={1: Fault.CLOSE_1001})
+    async with loopback(faulty, bridge_greeting=LONG) as rig:
+        result = await rig.call()
+        requests = list(rig.hamsa.requests)
+    summary = rig.bridge.recent_calls[-1]
+    assert len(requests) == 2  # the failed request and its retry
+    assert result.leg is not None
+    assert result.gaps() == []
+    assert bytes(result.leg.received[: len(requests[1].audio)]) == requests[1].audio
+    holds = summary.details["start_holds"]
+    assert isinstance(holds, list)
+    assert [hold["sentence"] for hold in holds] == [1]

@@ -284,3 +284,15 @@ def test_a_gap_free_start_waits_less_than_the_whole_reply() -> None:
     result = simulate(replies, chars, pace, max_hold=3.0, learn=False)
     assert result.gaps == []
     assert result.first_audio < replies[0][-1][0] - 2.0
+
+
+def test_a_stall_after_the_start_gives_one_pause_not_one_per_frame() -> None:
+    # learned: a fast Hamsa (3x, big first frames); this reply then stalls for 2.5 s and
+    # trickles small frames: the first late frame finds the playout dry and the rest of the
+    # sentence is held once more, so the caller hears one pause
+    fast = [regular(0.3, 1.2, 0.75, 0.25, 5)]
+    pace = learned(fast, [50], times=8)
+    reply = [(0.3, 1.2), (3.0, 0.3), (3.4, 0.3), (3.8, 0.3), (4.2, 0.3), (4.6, 0.3), (5.0, 0.3)]
+    result = simulate([reply], [40], pace, max_hold=3.0, learn=False)
+    assert len(result.gaps) == 1, result.gaps
+    assert [h.rebuffer for h in result.holds] == [False, True]

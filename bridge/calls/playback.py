@@ -39,6 +39,12 @@ class PacingClock:
         self.refill = min(refill, lead - frame)
         self._play_end: float | None = None
 
+    @property
+    def play_end(self) -> float | None:
+        """When the audio sent so far will have played (None before the first frame or after
+        ``reset``); in the past once Twilio's buffer ran dry."""
+        return self._play_end
+
     def ahead(self, now: float) -> float:
         """Seconds of audio sent but not yet played at ``now`` (0 when Twilio's buffer is dry)."""
         if self._play_end is None:
@@ -182,6 +188,19 @@ class Playback:
     def buffered(self) -> float:
         """Seconds of audio queued here plus sent but not yet played."""
         return self._queued_frames * FRAME_SECONDS + self._pacer.ahead(self._clock())
+
+    def playout_end(self) -> float:
+        """When everything handed over so far will have played: now plus what is queued, after
+        what Twilio still buffers. In the past if Twilio's buffer already ran dry and nothing is
+        queued (a gap is being heard); now if nothing was ever sent."""
+        now = self._clock()
+        end = self._pacer.play_end
+        queued = self._queued_frames * FRAME_SECONDS
+        if end is None:
+            return now + queued
+        if queued:
+            return max(now, end) + queued
+        return end
 
     async def wait_for_room(self, limit: float) -> None:
         """Return once less than ``limit`` seconds of audio wait to be played."""

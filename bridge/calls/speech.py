@@ -245,8 +245,8 @@ class Synthesizer:
             except HamsaError as exc:
                 # The one place a call's Hamsa failures are counted: each reaches here once.
                 self._metrics.hamsa_error(exc.kind)
-                if observer is not None:
-                    observer.failed()
+                if observer is not None and progress.played > resumed_from:
+                    observer.failed()  # some of this reply's audio was handed over
                 if not exc.retryable:
                     raise
                 log.warning(
@@ -551,7 +551,7 @@ class StartGate:
     def ended(self) -> None:
         if not self._closed:
             now = self._clock()
-            self._act(self.policy.ended(now, now + self._playback.buffered()))
+            self._act(self.policy.ended(now, self._playback.playout_end()))
 
     def failed(self) -> None:
         if not self._closed:
@@ -565,7 +565,7 @@ class StartGate:
             return
         now = self._clock()
         decision = self.policy.arrived(
-            now, len(audio) / MULAW_BYTES_PER_SECOND, now + self._playback.buffered()
+            now, len(audio) / MULAW_BYTES_PER_SECOND, self._playback.playout_end()
         )
         self._held.append(audio)
         self._act(decision)
@@ -600,7 +600,7 @@ class StartGate:
         if self._closed:
             return
         now = self._clock()
-        self._act(self.policy.due(now, now + self._playback.buffered()))
+        self._act(self.policy.due(now, self._playback.playout_end()))
 
     def _act(self, decision: Decision) -> None:
         if decision.release:

@@ -375,11 +375,11 @@ class StartPolicy:
         return decision
 
     def failed(self, now: float) -> Decision:
-        """The reply failed after some audio: what is held was valid and is released (the
-        retry resumes after it)."""
+        """The reply failed after some of its audio arrived: what is held was valid and is
+        released (the retry resumes after it). Before any audio of the sentence nothing changes:
+        the retry's audio is held by the rule like a first reply's."""
         if self.state is StartState.HOLDING:
             self._release(now, "ended", self._needed(now))
-        self.state = StartState.PLAYING
         return _STREAM
 
     def finish(self, now: float) -> Decision:
@@ -403,7 +403,7 @@ class StartPolicy:
 
     def _pace_and_spacing(self) -> tuple[float, float]:
         """This reply's pace and spacing so far, blended with the process estimate (which weighs
-        as one interval), never more optimistic than the estimate."""
+        as one interval); one interval alone never raises the pace, nor shortens the spacing."""
         est = self.estimate
         arrivals = self._arrivals
         pace, spacing = est.pace, est.spacing
@@ -412,7 +412,10 @@ class StartPolicy:
             last_at = arrivals[-1][0]
             intervals = len(arrivals) - 1
             if last_at > first_at:
-                observed = sum(s for _, s in arrivals[1:]) / (last_at - first_at)
+                # frames read back to back (a stall, a busy loop) prove no pace: the elapsed
+                # time counts as at least half the estimated spacing per interval
+                elapsed = max(last_at - first_at, intervals * est.spacing / 2)
+                observed = sum(s for _, s in arrivals[1:]) / elapsed
                 pace = (est.pace + observed * intervals) / (1 + intervals)
                 if intervals < 2:
                     pace = min(pace, est.pace)  # one quick interval proves nothing
@@ -473,7 +476,9 @@ class StartPolicy:
         target = min(cap, max(sentence, min(utterance, cap)))
         start = max(now, playout_end)
         if start >= target:
-            if target >= cap and max(sentence, utterance) > cap:
+            if self.max_hold == 0:
+                reason = "immediate"  # the policy is off: nothing is ever held
+            elif target >= cap and max(sentence, utterance) > cap:
                 reason = "cap"
             elif ended:
                 reason = "ended"

@@ -72,7 +72,8 @@ def simulate(
         playout_end += seconds
 
     def ahead(now: float) -> float:
-        return now if playout_end is None else max(now, playout_end)
+        """When what was pushed will have played: in the past once the playout ran dry."""
+        return now if playout_end is None else playout_end
 
     wake: float | None = None
     last = 0.0

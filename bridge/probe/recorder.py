@@ -37,7 +37,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge.errors import InvalidState
-from bridge.hamsa_trace import HEAD_BYTES, TRACE_VERSION
+from bridge.hamsa_trace import HEAD_BYTES, TRACE_VERSION, replayable
 from bridge.protocols.hamsa import (
     UNEXPECTED_TRAILING_END,
     Ack,
@@ -117,10 +117,9 @@ class RequestTrace:
 
     @property
     def succeeded(self) -> bool:
-        """A normal reply: audio, then ``end``, no ``error`` frame, socket still open."""
-        return (
-            bool(self.frames) and self.end_s is not None and self.error is None and not (self.close)
-        )
+        """A normal reply, as replay needs it (``bridge.hamsa_trace.replayable``): ``ack``,
+        audio, then ``end``, no ``error`` frame, socket still open."""
+        return replayable(self.ack_s, len(self.frames), self.end_s, self.error, self.close)
 
     @property
     def first_byte_s(self) -> float | None:
