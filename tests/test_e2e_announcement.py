@@ -191,7 +191,7 @@ async def test_announcement_is_placed_heard_whole_hung_up_after_its_mark_and_rep
     assert polls == 0
     # the outcome
     assert body["state"] == "ended"
-    assert body["outcome"] == "answered"
+    assert body["outcome"] == "heard"
     assert body["status"] == "completed"
     assert isinstance(body["duration"], int)
     assert body["plays"] == 1
@@ -217,7 +217,7 @@ async def test_repeat_two_plays_the_message_twice_and_counts_both(tmp_path: Path
     assert not kept  # released when the call ended
     assert marks(stream) == ["message", "message"]
     assert body["plays"] == 2
-    assert body["outcome"] == "answered"
+    assert body["outcome"] == "heard"
     assert len(hang_up) == 1
 
 
@@ -365,7 +365,7 @@ async def test_outcome_arrives_by_polling_when_callbacks_do_not_get_through(
     assert {c.status for c in callbacks} == {403}
     assert polls >= 1
     assert record.status_seq == -1  # nothing came from a callback
-    assert body["outcome"] == "answered"
+    assert body["outcome"] == "heard"
     assert isinstance(body["duration"], int)
     assert body["plays"] == 1
 
