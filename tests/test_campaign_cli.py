@@ -139,8 +139,8 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
         campaign_id = first.split()[1]
         assert first.endswith("3 number(s) to call, 1 invalid, 1 duplicate")
         # progress lines (not a terminal: one per change), then the summary
-        assert "] 5/5  answered 2 · busy 1 · no-answer 0" in output
-        assert f"campaign {campaign_id} finished: answered 2 · busy 1" in output
+        assert "] 5/5  heard 2 · answered 0 · busy 1 · no-answer 0" in output
+        assert f"campaign {campaign_id} finished: heard 2 · answered 0 · busy 1" in output
         assert lb.twilio is not None
         calls = {c.sid: c for c in lb.twilio.calls.values()}
         texts = [r.text for r in lb.hamsa.requests]
@@ -150,7 +150,7 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
         assert f"campaign {campaign_id} (clinic)" in status
         assert "state: finished" in status
         assert "runner: none" in status
-        assert "answered 2 · busy 1" in status
+        assert "heard 2 · answered 0 · busy 1" in status
         assert "invalid 1" in status
         assert "duplicate 1" in status
 
@@ -173,8 +173,8 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
     # the export: one row per input row, in order, with the row's variables
     summary = [(r["number"], r["attempts"], r["outcome"], r["name"]) for r in rows]
     assert summary == [
-        ("+966500000001", "1", "answered", "Ali"),
-        ("+966500000002", "1", "answered", "Sara"),
+        ("+966500000001", "1", "heard", "Ali"),
+        ("+966500000002", "1", "heard", "Sara"),
         ("not a number", "0", "invalid", "Omar"),
         ("+966500000001", "0", "duplicate", "Ali again"),
         ("+966500000005", "2", "busy", "Huda"),
@@ -234,4 +234,4 @@ async def test_ctrl_c_stops_dialling_and_resume_finishes_without_calling_twice(
             contacts = await store.contacts(campaign_id)
         per_number = [sum(1 for c in twilio.calls.values() if c.info.to == n) for n in numbers]
     assert per_number == [1] * len(numbers)
-    assert {(c.state, c.outcome) for c in contacts} == {(ContactState.DONE, "answered")}
+    assert {(c.state, c.outcome) for c in contacts} == {(ContactState.DONE, "heard")}

@@ -4,6 +4,7 @@ the store's schema migration that records "played, not confirmed heard"."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -196,6 +197,9 @@ def make_version_1(database_url: str) -> None:
 @pytest.mark.anyio
 async def test_a_version_1_database_is_migrated_on_open(database_url: str, tmp_path: Path) -> None:
     make_version_1(database_url)
+    # concurrent first opens: one migrates, the others find it done
+    for opened in await asyncio.gather(*(Store.open(database_url) for _ in range(3))):
+        await opened.close()
     async with await Store.open(database_url) as store:
         old = await store.get_announcement("an_old")
         assert old is not None
