@@ -329,6 +329,42 @@ async def test_busy_destination_is_busy_and_never_streams(tmp_path: Path) -> Non
     assert creates_made == 1
 
 
+async def test_a_stream_twilio_cannot_open_is_failed_stream_never_connected(
+    tmp_path: Path,
+) -> None:
+    # Twilio answers, then refuses the bridge's ws:// stream URL: no bridge ever sees the stream
+    config = TwilioEmulatorConfig(require_wss=True)
+    async with announcing(tmp_path, twilio=config) as (rig, http):
+        announcement_id = await announce(http)
+        body = await settled(rig, http, announcement_id)
+        assert rig.twilio is not None
+        [stream] = rig.twilio.streams
+        connections = len(rig.hamsa.connections)
+    assert stream.ended_by == "error"
+    assert body["status"] == "completed"  # answered, as far as Twilio's status goes
+    assert (body["outcome"], body["reason"]) == ("failed", "stream-never-connected")
+    assert body["error"].startswith("stream-never-connected: ")
+    assert "BRIDGE_PUBLIC_URL" in body["error"]
+    assert body["plays"] == 0
+    assert connections == 0
+
+
+async def test_a_final_mark_never_echoed_is_answered_played_not_confirmed_heard(
+    tmp_path: Path,
+) -> None:
+    async with announcing(tmp_path, {PERSON: Outcome(echo_marks=False)}) as (rig, http):
+        announcement_id = await announce(http)
+        body = await settled(rig, http, announcement_id)
+        record = await stored(rig, announcement_id)
+    assert (body["outcome"], body["reason"], body["error"]) == (
+        "answered",
+        "played-unconfirmed",
+        None,
+    )
+    assert (body["plays"], body["plays_unconfirmed"]) == (0, 1)
+    assert record.stream_ended_at is not None
+
+
 async def test_voicemail_gets_the_message_without_the_confirmation_prompt(
     tmp_path: Path,
 ) -> None:
