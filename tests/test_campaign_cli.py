@@ -9,6 +9,7 @@ import asyncio
 import csv
 import os
 import signal
+import socket
 import sys
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -184,6 +185,51 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
     assert rows[0]["duration"] == str(calls[rows[0]["call_sid"]].info.duration)
     assert calls[rows[4]["call_sid"]].info.to == "+966500000005"
     assert [r["day"] for r in rows] == ["Sunday", "Monday", "Monday", "Sunday", "Friday"]
+
+
+@pytest.mark.timeout(90)
+async def test_calls_whose_stream_never_connects_are_exported_with_the_error(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path, [["+966500000001", "Ali", "Sunday"], ["+966500000002", "Sara", "Monday"]]
+    )
+    database = f"sqlite:///{tmp_path}/bridge.db"
+    with socket.socket() as closed:  # bound, never listening: nothing answers there
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        async with rig(tmp_path, database) as (lb, env):
+            env = {**env, "BRIDGE_PUBLIC_URL": nowhere, "BRIDGE_OUTCOME_POLL_INTERVAL": "0.5"}
+            code, output = await run_cli(
+                "campaign",
+                "run",
+                str(path),
+                "--text",
+                TEXT,
+                "--retries",
+                "1",
+                "--retry-delay",
+                "0.2",
+                "--retry-on",
+                "busy,stream-never-connected",
+                env=env,
+            )
+            assert code == 0, output
+            out = tmp_path / "results.csv"
+            code, written = await run_cli("campaign", "export", str(out), env=env)
+            assert code == 0, written
+            assert lb.twilio is not None
+            streams = list(lb.twilio.streams)
+    assert "finished: heard 0 · answered 0 · busy 0 · no-answer 0 · failed 2" in output
+    assert len(streams) == 4  # each contact called twice: --retry-on named the reason
+    assert {s.ended_by for s in streams} == {"error"}
+    with out.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["attempts"], r["outcome"], r["reason"]) for r in rows] == [
+        ("2", "failed", "stream-never-connected")
+    ] * 2
+    assert all(r["error"].startswith("stream-never-connected: ") for r in rows)
+    assert all("BRIDGE_PUBLIC_URL" in r["error"] for r in rows)
 
 
 @pytest.mark.timeout(90)
