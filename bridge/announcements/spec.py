@@ -108,7 +108,7 @@ _REASON_TEXT: Final = {
     OutcomeReason.STREAM_NEVER_CONNECTED: (
         "stream-never-connected: Twilio answered the call, but its media stream never reached "
         "a bridge: BRIDGE_PUBLIC_URL is unreachable from Twilio (or its bridge does not share "
-        "BRIDGE_DATABASE_URL); the callee heard nothing"
+        "BRIDGE_DATABASE_URL, or refused the stream: its log says why); the callee heard nothing"
     ),
     OutcomeReason.PLAYED_UNCONFIRMED: "played, not confirmed heard",
 }
