@@ -223,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retry-on",
         default="busy,no-answer,failed",
-        help="outcomes worth another attempt (default busy,no-answer,failed)",
+        help=(
+            "outcomes worth another attempt: busy, no-answer, failed, stream-never-connected "
+            "(default busy,no-answer,failed)"
+        ),
     )
     run.add_argument("--window", help="local calling hours, e.g. 09:00-20:00 (end exclusive)")
     run.add_argument(

@@ -5,6 +5,7 @@ happened in the database the command shares."""
 from __future__ import annotations
 
 import json
+import socket
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -30,14 +31,14 @@ def lines(output: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
 
 
-async def test_answered_call_exits_0_and_prints_the_outcome(tmp_path: Path) -> None:
+async def test_a_heard_call_exits_0_and_prints_the_outcome(tmp_path: Path) -> None:
     async with rig(tmp_path) as (lb, env):
         code, output = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
         assert lb.twilio is not None
         [call] = lb.twilio.calls.values()
     assert code == 0, output
     printed = lines(output)
-    assert printed["outcome"] == "answered"
+    assert printed["outcome"] == "heard"
     assert printed["plays"] == "1"
     assert printed["confirmation"] == "not asked"
     assert printed["duration"] == f"{call.info.duration} s"
@@ -70,6 +71,66 @@ async def test_an_answering_machine_is_reported(tmp_path: Path) -> None:
     assert printed["answered by"] == "machine_end_beep"
     assert printed["plays"] == "1"
     assert call.machine_detection == "DetectMessageEnd"
+
+
+async def test_a_stream_that_never_reaches_a_bridge_fails_naming_bridge_public_url(
+    tmp_path: Path,
+) -> None:
+    # Twilio answers, but BRIDGE_PUBLIC_URL points at a port nothing listens on (bound, so no
+    # other process can take it meanwhile): the stream and the status callbacks go nowhere.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        async with rig(tmp_path) as (lb, env):
+            env = {
+                **env,
+                "BRIDGE_PUBLIC_URL": nowhere,
+                "BRIDGE_OUTCOME_POLL_INTERVAL": "0.5",
+                "BRIDGE_LOG_LEVEL": "error",
+            }
+            code, output = await run_cli(
+                "announce", "--to", PERSON, "--text", TEXT, "--json", env=env
+            )
+            again, text = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
+            assert lb.twilio is not None
+            streams = list(lb.twilio.streams)
+    assert [s.ended_by for s in streams] == ["error", "error"]  # Twilio could not connect
+    assert code == 1, output
+    body = json.loads(output[output.index("{") :])
+    assert (body["status"], body["outcome"], body["reason"]) == (
+        "completed",
+        "failed",
+        "stream-never-connected",
+    )
+    assert body["error"].startswith("stream-never-connected: ")
+    assert "BRIDGE_PUBLIC_URL" in body["error"]
+    assert body["plays"] == 0
+    assert again == 1, text
+    printed = lines(text)
+    assert printed["outcome"] == "failed"
+    assert printed["error"].startswith("stream-never-connected: ")
+    assert printed["error"].endswith(f"(BRIDGE_PUBLIC_URL={nowhere})")
+    assert "plays" not in printed
+
+
+async def test_a_final_mark_never_echoed_is_played_not_confirmed_heard(tmp_path: Path) -> None:
+    async with rig(tmp_path, {PERSON: Outcome(echo_marks=False)}) as (lb, env):
+        env = {**env, "BRIDGE_LOG_LEVEL": "error"}
+        code, output = await run_cli("announce", "--to", PERSON, "--text", TEXT, "--json", env=env)
+        again, text = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
+    assert code == 3, output
+    body = json.loads(output[output.index("{") :])
+    assert (body["outcome"], body["reason"], body["error"]) == (
+        "answered",
+        "played-unconfirmed",
+        None,
+    )
+    assert (body["plays"], body["plays_unconfirmed"]) == (0, 1)
+    assert again == 3, text
+    printed = lines(text)
+    assert printed["outcome"] == "answered (played, not confirmed heard)"
+    assert printed["plays"] == "0"
+    assert printed["played, not confirmed heard"] == "1"
 
 
 async def test_busy_exits_2(tmp_path: Path) -> None:

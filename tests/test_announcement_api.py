@@ -347,5 +347,5 @@ async def test_startup_settles_an_attempt_a_previous_process_left_planned(
         assert created == []
     else:
         assert shown["state"] == "ended"
-        assert shown["outcome"] == "answered"
+        assert shown["outcome"] == "heard"
         assert len(created) == 1

@@ -174,7 +174,9 @@ async def test_store_attempt_lifecycle_and_out_of_order_callbacks(database_url: 
             record.id, "completed", now=9.0, seq=3, duration=6, answered_by="human"
         )
         assert done is not None
-        assert (done.state, done.outcome, done.duration) == (AttemptState.ENDED, "answered", 6)
+        assert (done.state, done.duration) == (AttemptState.ENDED, 6)
+        # answered, but no bridge recorded its stream (yet): nobody heard anything
+        assert (done.outcome, done.reason) == (CallOutcome.FAILED, "stream-never-connected")
         late = await store.record_status(record.id, "in-progress", now=9.5, seq=2)
         assert late is not None
         assert late.status == "completed"
@@ -184,7 +186,8 @@ async def test_store_attempt_lifecycle_and_out_of_order_callbacks(database_url: 
         final = await store.get_announcement(record.id)
         assert final is not None
         assert (final.plays, final.confirmation) == (2, "confirmed")
-        assert final.to_json()["outcome"] == CallOutcome.ANSWERED
+        assert final.to_json()["outcome"] == CallOutcome.HEARD
+        assert (final.to_json()["reason"], final.to_json()["error"]) == (None, None)
         assert await store.call_sids() == {"CA1"}
 
 

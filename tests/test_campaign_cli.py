@@ -9,6 +9,7 @@ import asyncio
 import csv
 import os
 import signal
+import socket
 import sys
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -139,8 +140,8 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
         campaign_id = first.split()[1]
         assert first.endswith("3 number(s) to call, 1 invalid, 1 duplicate")
         # progress lines (not a terminal: one per change), then the summary
-        assert "] 5/5  answered 2 · busy 1 · no-answer 0" in output
-        assert f"campaign {campaign_id} finished: answered 2 · busy 1" in output
+        assert "] 5/5  heard 2 · answered 0 · busy 1 · no-answer 0" in output
+        assert f"campaign {campaign_id} finished: heard 2 · answered 0 · busy 1" in output
         assert lb.twilio is not None
         calls = {c.sid: c for c in lb.twilio.calls.values()}
         texts = [r.text for r in lb.hamsa.requests]
@@ -150,7 +151,7 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
         assert f"campaign {campaign_id} (clinic)" in status
         assert "state: finished" in status
         assert "runner: none" in status
-        assert "answered 2 · busy 1" in status
+        assert "heard 2 · answered 0 · busy 1" in status
         assert "invalid 1" in status
         assert "duplicate 1" in status
 
@@ -173,8 +174,8 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
     # the export: one row per input row, in order, with the row's variables
     summary = [(r["number"], r["attempts"], r["outcome"], r["name"]) for r in rows]
     assert summary == [
-        ("+966500000001", "1", "answered", "Ali"),
-        ("+966500000002", "1", "answered", "Sara"),
+        ("+966500000001", "1", "heard", "Ali"),
+        ("+966500000002", "1", "heard", "Sara"),
         ("not a number", "0", "invalid", "Omar"),
         ("+966500000001", "0", "duplicate", "Ali again"),
         ("+966500000005", "2", "busy", "Huda"),
@@ -184,6 +185,51 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
     assert rows[0]["duration"] == str(calls[rows[0]["call_sid"]].info.duration)
     assert calls[rows[4]["call_sid"]].info.to == "+966500000005"
     assert [r["day"] for r in rows] == ["Sunday", "Monday", "Monday", "Sunday", "Friday"]
+
+
+@pytest.mark.timeout(90)
+async def test_calls_whose_stream_never_connects_are_exported_with_the_error(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path, [["+966500000001", "Ali", "Sunday"], ["+966500000002", "Sara", "Monday"]]
+    )
+    database = f"sqlite:///{tmp_path}/bridge.db"
+    with socket.socket() as closed:  # bound, never listening: nothing answers there
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        async with rig(tmp_path, database) as (lb, env):
+            env = {**env, "BRIDGE_PUBLIC_URL": nowhere, "BRIDGE_OUTCOME_POLL_INTERVAL": "0.5"}
+            code, output = await run_cli(
+                "campaign",
+                "run",
+                str(path),
+                "--text",
+                TEXT,
+                "--retries",
+                "1",
+                "--retry-delay",
+                "0.2",
+                "--retry-on",
+                "busy,stream-never-connected",
+                env=env,
+            )
+            assert code == 0, output
+            out = tmp_path / "results.csv"
+            code, written = await run_cli("campaign", "export", str(out), env=env)
+            assert code == 0, written
+            assert lb.twilio is not None
+            streams = list(lb.twilio.streams)
+    assert "finished: heard 0 · answered 0 · busy 0 · no-answer 0 · failed 2" in output
+    assert len(streams) == 4  # each contact called twice: --retry-on named the reason
+    assert {s.ended_by for s in streams} == {"error"}
+    with out.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["attempts"], r["outcome"], r["reason"]) for r in rows] == [
+        ("2", "failed", "stream-never-connected")
+    ] * 2
+    assert all(r["error"].startswith("stream-never-connected: ") for r in rows)
+    assert all("BRIDGE_PUBLIC_URL" in r["error"] for r in rows)
 
 
 @pytest.mark.timeout(90)
@@ -234,4 +280,4 @@ async def test_ctrl_c_stops_dialling_and_resume_finishes_without_calling_twice(
             contacts = await store.contacts(campaign_id)
         per_number = [sum(1 for c in twilio.calls.values() if c.info.to == n) for n in numbers]
     assert per_number == [1] * len(numbers)
-    assert {(c.state, c.outcome) for c in contacts} == {(ContactState.DONE, "answered")}
+    assert {(c.state, c.outcome) for c in contacts} == {(ContactState.DONE, "heard")}

@@ -153,7 +153,7 @@ async def test_kill_minus_nine_at_random_moments_then_resume_until_finished(
     outcome = {c.number: c.outcome for c in contacts}
     for n in NUMBERS:
         expected = "busy" if n in BUSY else "no-answer" if n in NO_ANSWER else None
-        expected = expected or ("failed" if n in FAILED else "answered")
+        expected = expected or ("failed" if n in FAILED else "heard")
         assert outcome[n] == expected, n
     # no number called more often than 1 + retries; retried outcomes used every retry
     per_number: dict[str, list[str]] = {}

@@ -211,11 +211,11 @@ async def test_fifty_numbers_at_five_per_second_with_retries_and_export(tmp_path
     # answered once; the refused number never became a call
     for n in set(numbers) - set(busy + no_answer + failed) - {refused}:
         assert len(calls_to(lb, n)) == 1, n
-        assert by_number[n].outcome == "answered"
+        assert by_number[n].outcome == "heard"
     assert calls_to(lb, refused) == []
     assert by_number[refused].outcome == "not-placed"
     # progress reported along the way, ending with every contact done
-    assert progress[-1] == Counts(answered=39, busy=4, no_answer=3, failed=3, not_placed=1)
+    assert progress[-1] == Counts(heard=39, busy=4, no_answer=3, failed=3, not_placed=1)
     assert any(p.active for p in progress)
     assert any(p.retry for p in progress)
 
@@ -237,7 +237,7 @@ async def test_fifty_numbers_at_five_per_second_with_retries_and_export(tmp_path
             assert row["call_sid"] == tries[-1].sid
             assert row["duration"] == ""
         else:
-            assert row["outcome"] == "answered"
+            assert row["outcome"] == "heard"
             assert row["call_sid"] == tries[0].sid
             assert row["duration"] == str(sids[row["call_sid"]].info.duration)
             assert row["confirmation"] == "not asked"
@@ -278,7 +278,7 @@ async def test_a_planned_attempt_whose_call_exists_is_attributed_not_redialled(
         sent.sid,
         AttemptState.ENDED,
     )
-    assert (contact.state, contact.outcome) == (ContactState.DONE, "answered")
+    assert (contact.state, contact.outcome) == (ContactState.DONE, "heard")
 
 
 async def test_a_planned_attempt_without_a_call_is_redialled_without_consuming_a_retry(
@@ -347,7 +347,7 @@ async def test_a_create_without_an_answer_is_reconciled_before_anything_else(
             [contact] = await store.contacts(campaign.id)
         calls = calls_to(lb, number(3))
     assert len(calls) == 1  # never two calls, whichever way the lost request went
-    assert (contact.state, contact.outcome) == (ContactState.DONE, "answered")
+    assert (contact.state, contact.outcome) == (ContactState.DONE, "heard")
     expected = [AttemptState.ENDED] if reaches else [AttemptState.NOT_PLACED, AttemptState.ENDED]
     assert [a.state for a in attempts] == expected
     assert attempts[-1].call_sid == calls[0].sid
@@ -462,6 +462,6 @@ async def test_nobody_is_called_after_the_window_closes_and_stopping_releases_th
     assert created  # some calls went out before the window closed…
     assert all(at < close for at in created)  # …none after
     assert len(waiting) == len(numbers) - len(created) > 0
-    assert {c.outcome for c in done} == {"answered"}
+    assert {c.outcome for c in done} == {"heard"}
     assert after is not None
     assert after.lease_owner is None  # released on stop

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.announcements.limiter import CallRateLimiter
-from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome
+from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome, OutcomeReason
 from bridge.campaigns.export import export_rows
 from bridge.campaigns.lease import owner_is_dead
 from bridge.campaigns.progress import Counts, Progress
@@ -171,8 +171,14 @@ def test_attempts_that_never_reached_twilio_do_not_consume_retries() -> None:
 
 
 def test_answered_and_outcomes_not_retried_are_done() -> None:
-    answered = decide([attempt(1, "completed")], retries=2, retry_delay=1, retry_on=RETRY_ON, now=0)
-    assert (answered.state, answered.outcome) == (ContactState.DONE, CallOutcome.ANSWERED)
+    answered = decide(
+        [attempt(1, "completed", stream_started_at=95.0, plays=1)],
+        retries=2,
+        retry_delay=1,
+        retry_on=RETRY_ON,
+        now=0,
+    )
+    assert (answered.state, answered.outcome) == (ContactState.DONE, CallOutcome.HEARD)
     only_busy = frozenset({CallOutcome.BUSY})
     failed = decide([attempt(1, "failed")], retries=2, retry_delay=1, retry_on=only_busy, now=0)
     assert (failed.state, failed.outcome) == (ContactState.DONE, CallOutcome.FAILED)
@@ -227,6 +233,7 @@ def test_counts_put_each_contact_in_one_bucket() -> None:
     ]
     counts = Counts.of(contacts, {5: 1})
     assert (counts.answered, counts.no_answer, counts.not_placed, counts.invalid) == (1, 1, 1, 1)
+    assert counts.describe().startswith("heard 0 · answered 1 · busy 0")
     assert (counts.active, counts.retry, counts.waiting, counts.duplicate) == (1, 1, 1, 1)
     assert (counts.total, counts.finished) == (8, 5)
     text = counts.describe()
@@ -296,7 +303,7 @@ def test_export_has_one_row_per_input_row_with_its_variables() -> None:
             {"name": "Ali", "error": "x"},
             "t",
             ContactState.DONE,
-            outcome="answered",
+            outcome="heard",
         ),
         ContactRecord("cp", 1, "+966502", {"name": "Sara"}, "t", ContactState.DONE, outcome="busy"),
         ContactRecord(
@@ -318,30 +325,45 @@ def test_export_has_one_row_per_input_row_with_its_variables() -> None:
             outcome="not-placed",
             error="Twilio refused the call: …",
         ),
+        ContactRecord(
+            "cp", 4, "+966505", {"name": "Zaid"}, "t", ContactState.DONE, outcome="failed"
+        ),
     ]
     records = [
         attempt(1, None),  # a crash left it unplaced: not counted
-        attempt(2, "completed", duration=7, answered_by="human", confirmation="confirmed"),
+        attempt(
+            2,
+            "completed",
+            duration=7,
+            answered_by="human",
+            confirmation="confirmed",
+            stream_started_at=95.0,
+            plays=1,
+        ),
         attempt(3, "busy", sid="CAb1"),
         attempt(4, "busy", sid="CAb2"),
         attempt(5, None, error="Twilio refused the call: …"),
+        attempt(6, "completed", duration=3, sid="CAn"),  # answered, no bridge saw the stream
     ]
     records[1] = AnnouncementRecord(**{**_fields(records[1]), "spec": confirm})
     records = [
         AnnouncementRecord(**{**_fields(r), "contact_idx": idx})
-        for r, idx in zip(records, [0, 0, 1, 1, 3], strict=True)
+        for r, idx in zip(records, [0, 0, 1, 1, 3, 4], strict=True)
     ]
     header, rows = export_rows(contacts, records)
     assert header == [
-        "number", "attempts", "outcome", "duration", "confirmation", "answered_by", "call_sid",
-        "error", "name", "error (csv)",
+        "number", "attempts", "outcome", "reason", "duration", "confirmation", "answered_by",
+        "call_sid", "error", "name", "error (csv)",
     ]  # fmt: skip
+    never = OutcomeReason.STREAM_NEVER_CONNECTED
     assert rows == [
-        ["+966501", "1", "answered", "7", "confirmed", "human", "CA2", "", "Ali", "x"],
-        ["+966502", "2", "busy", "", "", "", "CAb2", "", "Sara", ""],
-        ["bad", "0", "invalid", "", "", "", "", "line 4: number 'bad' is not an E.164 number",
+        ["+966501", "1", "heard", "", "7", "confirmed", "human", "CA2", "", "Ali", "x"],
+        ["+966502", "2", "busy", "", "", "", "", "CAb2", "", "Sara", ""],
+        ["bad", "0", "invalid", "", "", "", "", "", "line 4: number 'bad' is not an E.164 number",
          "Omar", ""],
-        ["+966504", "0", "not-placed", "", "", "", "", "Twilio refused the call: …", "Huda", ""],
+        ["+966504", "0", "not-placed", "", "", "", "", "", "Twilio refused the call: …", "Huda",
+         ""],
+        ["+966505", "1", "failed", never.value, "", "", "", "CAn", never.description, "Zaid", ""],
     ]  # fmt: skip
 
 

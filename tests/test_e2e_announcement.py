@@ -191,7 +191,7 @@ async def test_announcement_is_placed_heard_whole_hung_up_after_its_mark_and_rep
     assert polls == 0
     # the outcome
     assert body["state"] == "ended"
-    assert body["outcome"] == "answered"
+    assert body["outcome"] == "heard"
     assert body["status"] == "completed"
     assert isinstance(body["duration"], int)
     assert body["plays"] == 1
@@ -217,7 +217,7 @@ async def test_repeat_two_plays_the_message_twice_and_counts_both(tmp_path: Path
     assert not kept  # released when the call ended
     assert marks(stream) == ["message", "message"]
     assert body["plays"] == 2
-    assert body["outcome"] == "answered"
+    assert body["outcome"] == "heard"
     assert len(hang_up) == 1
 
 
@@ -329,6 +329,42 @@ async def test_busy_destination_is_busy_and_never_streams(tmp_path: Path) -> Non
     assert creates_made == 1
 
 
+async def test_a_stream_twilio_cannot_open_is_failed_stream_never_connected(
+    tmp_path: Path,
+) -> None:
+    # Twilio answers, then refuses the bridge's ws:// stream URL: no bridge ever sees the stream
+    config = TwilioEmulatorConfig(require_wss=True)
+    async with announcing(tmp_path, twilio=config) as (rig, http):
+        announcement_id = await announce(http)
+        body = await settled(rig, http, announcement_id)
+        assert rig.twilio is not None
+        [stream] = rig.twilio.streams
+        connections = len(rig.hamsa.connections)
+    assert stream.ended_by == "error"
+    assert body["status"] == "completed"  # answered, as far as Twilio's status goes
+    assert (body["outcome"], body["reason"]) == ("failed", "stream-never-connected")
+    assert body["error"].startswith("stream-never-connected: ")
+    assert "BRIDGE_PUBLIC_URL" in body["error"]
+    assert body["plays"] == 0
+    assert connections == 0
+
+
+async def test_a_final_mark_never_echoed_is_answered_played_not_confirmed_heard(
+    tmp_path: Path,
+) -> None:
+    async with announcing(tmp_path, {PERSON: Outcome(echo_marks=False)}) as (rig, http):
+        announcement_id = await announce(http)
+        body = await settled(rig, http, announcement_id)
+        record = await stored(rig, announcement_id)
+    assert (body["outcome"], body["reason"], body["error"]) == (
+        "answered",
+        "played-unconfirmed",
+        None,
+    )
+    assert (body["plays"], body["plays_unconfirmed"]) == (0, 1)
+    assert record.stream_ended_at is not None
+
+
 async def test_voicemail_gets_the_message_without_the_confirmation_prompt(
     tmp_path: Path,
 ) -> None:
@@ -365,7 +401,7 @@ async def test_outcome_arrives_by_polling_when_callbacks_do_not_get_through(
     assert {c.status for c in callbacks} == {403}
     assert polls >= 1
     assert record.status_seq == -1  # nothing came from a callback
-    assert body["outcome"] == "answered"
+    assert body["outcome"] == "heard"
     assert isinstance(body["duration"], int)
     assert body["plays"] == 1
 

@@ -9,8 +9,12 @@ While the phone rings, this command synthesises the message (and the confirmatio
 the ``BRIDGE_PROMPT_CACHE_DIR`` it shares with the bridge, so the callee hears the first word at
 once (``bridge.announcements.presynth``); without a shared directory the bridge streams it.
 
-Exit status: 0 answered, 2 not answered (busy, no-answer, failed, canceled), 1 an error
-(invalid request, missing settings, the call could not be placed).
+Exit status (:func:`exit_status`), by what the callee experienced: 0 heard (the message's final
+mark came back); 3 answered but not confirmed heard (hung up before its end, or its mark never
+came back); 2 not reached (busy, no-answer, canceled, or failed by Twilio); 1 an error: invalid
+request, missing settings, the call could not be placed, no outcome in time, or
+``stream-never-connected`` (answered, but the stream never reached the bridge at
+``BRIDGE_PUBLIC_URL``: a broken setup, which calling again will not fix).
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from typing import Final, TextIO
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import place_call
 from bridge.announcements.presynth import command_presynthesizer, job_for
-from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome, Confirmation
+from bridge.announcements.spec import (
+    AnnouncementSpec,
+    CallOutcome,
+    Confirmation,
+    OutcomeReason,
+    Verdict,
+)
 from bridge.calls.presynth import Presynthesizer
 from bridge.errors import AnnouncementInvalid
 from bridge.settings import Settings
@@ -33,7 +43,14 @@ from bridge.store import AnnouncementRecord, Store
 from bridge.twilio_api import TwilioApi, TwilioApiError
 from twiml.announcement import TwimlTooLong
 
-__all__ = ["OPTION_NAMES", "announce", "describe_confirmation", "missing_settings"]
+__all__ = [
+    "EXIT_ERROR",
+    "OPTION_NAMES",
+    "announce",
+    "describe_confirmation",
+    "exit_status",
+    "missing_settings",
+]
 
 OPTION_NAMES: Final = {
     "to": "--to",
@@ -48,6 +65,19 @@ OPTION_NAMES: Final = {
     "language": "--language",
 }
 """The command-line option behind each ``AnnouncementInvalid.field``."""
+EXIT_HEARD: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_NOT_REACHED: Final = 2
+EXIT_NOT_CONFIRMED: Final = 3
+_EXIT_CODES: Final = {
+    CallOutcome.HEARD: EXIT_HEARD,
+    CallOutcome.ANSWERED: EXIT_NOT_CONFIRMED,
+    CallOutcome.BUSY: EXIT_NOT_REACHED,
+    CallOutcome.NO_ANSWER: EXIT_NOT_REACHED,
+    CallOutcome.CANCELED: EXIT_NOT_REACHED,
+    CallOutcome.FAILED: EXIT_NOT_REACHED,
+    CallOutcome.NOT_PLACED: EXIT_ERROR,
+}
 WAIT_MARGIN: Final = 120.0
 """Seconds allowed beyond ring timeout + time limit before giving up waiting."""
 
@@ -81,31 +111,39 @@ def describe_confirmation(record: AnnouncementRecord) -> str:
     return "no confirmation"
 
 
-def render(record: AnnouncementRecord) -> list[str]:
+def render(record: AnnouncementRecord, settings: Settings) -> list[str]:
     """The human-readable result lines."""
     outcome = record.outcome
-    lines = [f"outcome: {outcome.value if outcome else record.status or 'unknown'}"]
-    if outcome is CallOutcome.ANSWERED:
+    reason = record.reason
+    shown = outcome.value if outcome else record.status or "unknown"
+    if reason is OutcomeReason.PLAYED_UNCONFIRMED:
+        shown += f" ({reason.description})"
+    lines = [f"outcome: {shown}"]
+    if outcome in (CallOutcome.HEARD, CallOutcome.ANSWERED):
         lines.append(f"duration: {record.duration if record.duration is not None else '?'} s")
         if record.spec.machine_detection:
             lines.append(f"answered by: {record.answered_by or 'unknown'}")
         lines.append(f"plays: {record.plays}")
+        if record.plays_unconfirmed:
+            lines.append(f"played, not confirmed heard: {record.plays_unconfirmed}")
         lines.append(f"confirmation: {describe_confirmation(record)}")
     elif record.spec.machine_detection and record.answered_by:
         lines.append(f"answered by: {record.answered_by}")
-    if record.error:
-        lines.append(f"error: {record.error}")
+    error = record.outcome_error
+    if error:
+        if reason is OutcomeReason.STREAM_NEVER_CONNECTED and not record.error:
+            error += f" (BRIDGE_PUBLIC_URL={settings.bridge_public_url})"
+        lines.append(f"error: {error}")
     lines.append(f"call: {record.call_sid or '-'}")
     lines.append(f"announcement: {record.id}")
     return lines
 
 
-def exit_status(record: AnnouncementRecord) -> int:
-    if record.outcome is CallOutcome.ANSWERED:
-        return 0
-    if record.state is AttemptState.NOT_PLACED or record.outcome is None:
-        return 1
-    return 2
+def exit_status(verdict: Verdict | None) -> int:
+    """``announce``'s exit status for an outcome (``None``: none known)."""
+    if verdict is None or verdict.reason is OutcomeReason.STREAM_NEVER_CONNECTED:
+        return EXIT_ERROR
+    return _EXIT_CODES[verdict.outcome]
 
 
 async def announce(
@@ -222,5 +260,5 @@ async def _place_and_wait(
     if as_json:
         print(json.dumps(record.to_json(), ensure_ascii=False, indent=2), file=out)
     else:
-        print("\n".join(render(record)), file=out)
-    return exit_status(record)
+        print("\n".join(render(record, settings)), file=out)
+    return exit_status(record.verdict)

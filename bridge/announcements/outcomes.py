@@ -28,7 +28,8 @@ STORE_TICK: Final = 0.2
 """Seconds between reads of the store while waiting."""
 STREAM_END_WAIT: Final = 5.0
 """After the call's final status, how long to wait for the bridge to record the stream's end
-(the confirmation is written just before the bridge hangs up)."""
+(the confirmation is written just before the bridge hangs up), or, for an answered call whose
+stream no bridge recorded yet, its start (a call can end just after its stream started)."""
 RECONCILE_SETTLE: Final = 3.0
 """An uncertain attempt younger than this is left to settle before Twilio's Calls list is read:
 a request sent just before the process died may still be being processed."""
@@ -108,8 +109,8 @@ class OutcomeWatcher:
     async def _after_final(self, record: AnnouncementRecord) -> AnnouncementRecord:
         deadline = self._wall_clock() + STREAM_END_WAIT
         while (
-            record.stream_started_at is not None
-            and record.stream_ended_at is None
+            record.stream_ended_at is None
+            and (record.stream_started_at is not None or record.status == "completed")
             and self._wall_clock() < deadline
         ):
             await asyncio.sleep(STORE_TICK)

@@ -164,6 +164,8 @@ class _Run:
         self.ctx = ctx
         self.plays = 0
         """Complete plays of the message (its mark came back, nothing skipped)."""
+        self.plays_unconfirmed = 0
+        """Plays sent to their end whose final mark never came back."""
         self.restarts = 0
         self.replays_left = ctx.settings.bridge_confirm_max_repeats
         self.confirmation: Confirmation | None = None
@@ -202,6 +204,7 @@ class _Run:
     # --- speaking ---------------------------------------------------------------------------
 
     async def message(self, *, barge_in: bool, interrupt_keys: str | None = None) -> SpeechOutcome:
+        lost = self.ctx.marks_lost
         outcome = await self.ctx.say(
             self.a.text,
             self.a.voice,
@@ -211,7 +214,10 @@ class _Run:
             interrupt_keys=interrupt_keys,
         )
         if outcome is SpeechOutcome.PLAYED:
-            self.plays += 1
+            if self.ctx.marks_lost > lost:
+                self.plays_unconfirmed += 1  # played, not confirmed heard
+            else:
+                self.plays += 1
         return outcome
 
     async def confirming(self, confirm: str, amd: asyncio.Task[str | None] | None) -> None:
@@ -308,6 +314,7 @@ class _Run:
         started: bool = False,
         ended: bool = False,
         plays: int | None = None,
+        plays_unconfirmed: int | None = None,
         confirmation: str | None = None,
     ) -> None:
         try:
@@ -318,6 +325,7 @@ class _Run:
                 started=started,
                 ended=ended,
                 plays=plays,
+                plays_unconfirmed=plays_unconfirmed,
                 confirmation=confirmation,
             )
         except (StoreError, OSError) as exc:
@@ -332,11 +340,15 @@ class _Run:
         ctx.details.update(
             announcement=self.a.id,
             plays=self.plays,
+            plays_unconfirmed=self.plays_unconfirmed,
             restarts=self.restarts,
             confirmation=confirmation,
             answered_by=self.answered_by,
         )
-        played = f"message played {self.plays}x" + (f", {confirmation}" if confirmation else "")
+        played = f"message played {self.plays}x" + (
+            f" (+{self.plays_unconfirmed}x not confirmed heard)" if self.plays_unconfirmed else ""
+        )
+        played += f", {confirmation}" if confirmation else ""
         ctx.outcome = ending
         if ending == "completed":
             ctx.reason = played
@@ -350,7 +362,12 @@ class _Run:
     async def _final_record(self, confirmation: str | None) -> None:
         if self._started is not None:
             await self._started  # the stream's start is written first
-        await self.record(ended=True, plays=self.plays, confirmation=confirmation)
+        await self.record(
+            ended=True,
+            plays=self.plays,
+            plays_unconfirmed=self.plays_unconfirmed,
+            confirmation=confirmation,
+        )
 
     async def hang_up(self) -> None:
         """``Status=completed`` once; a failure leaves it to the TwiML's ``<Hangup/>``."""

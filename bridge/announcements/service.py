@@ -239,8 +239,10 @@ class AnnouncementService:
             announcement=final.id,
             call_sid=final.call_sid,
             outcome=final.outcome.value if final.outcome else None,
+            reason=final.reason.value if final.reason else None,
             answered_by=final.answered_by,
             plays=final.plays,
+            plays_unconfirmed=final.plays_unconfirmed,
             confirmation=final.confirmation,
             duration=final.duration,
         )

@@ -24,7 +24,11 @@ __all__ = [
     "AnnouncementSpec",
     "AttemptState",
     "CallOutcome",
+    "Evidence",
+    "OutcomeReason",
+    "Verdict",
     "call_time_limit",
+    "decide_outcome",
     "check_number",
     "normalise_text",
     "outcome_of_status",
@@ -66,15 +70,48 @@ def check_number(number: str, field: str, allowed_prefixes: tuple[str, ...]) -> 
 
 
 class CallOutcome(enum.StrEnum):
-    """How an announcement call ended, as users read it (from Twilio's final ``CallStatus``)."""
+    """How an announcement call ended, as the callee experienced it (:func:`decide_outcome`)."""
 
+    HEARD = "heard"
+    """The message's final mark came back (played to its end, at least once)."""
     ANSWERED = "answered"
+    """The stream started (a bridge served the call), but no play of the message was confirmed
+    heard: the callee hung up before its end, or its final mark never came back."""
     BUSY = "busy"
     NO_ANSWER = "no-answer"
     FAILED = "failed"
+    """Twilio failed the call, or it was answered but its stream never reached a bridge."""
     CANCELED = "canceled"
     NOT_PLACED = "not-placed"
     """Twilio refused to create the call (invalid number, permissions…), or it never reached it."""
+
+
+class OutcomeReason(enum.StrEnum):
+    """Why an outcome is what it is, where the outcome alone does not say (``reason`` in the
+    API; ``--retry-on`` may name it)."""
+
+    STREAM_NEVER_CONNECTED = "stream-never-connected"
+    """Twilio answered, but the call's media stream never reached a bridge."""
+    PLAYED_UNCONFIRMED = "played-unconfirmed"
+    """The message was played to its end, but its final mark never came back."""
+
+    @property
+    def is_error(self) -> bool:
+        return self is OutcomeReason.STREAM_NEVER_CONNECTED
+
+    @property
+    def description(self) -> str:
+        return _REASON_TEXT[self]
+
+
+_REASON_TEXT: Final = {
+    OutcomeReason.STREAM_NEVER_CONNECTED: (
+        "stream-never-connected: Twilio answered the call, but its media stream never reached "
+        "a bridge: BRIDGE_PUBLIC_URL is unreachable from Twilio (or its bridge does not share "
+        "BRIDGE_DATABASE_URL, or refused the stream: its log says why); the callee heard nothing"
+    ),
+    OutcomeReason.PLAYED_UNCONFIRMED: "played, not confirmed heard",
+}
 
 
 _FINAL_STATUSES: Final = {
@@ -87,8 +124,53 @@ _FINAL_STATUSES: Final = {
 
 
 def outcome_of_status(status: str) -> CallOutcome | None:
-    """The outcome for a final Twilio ``CallStatus``; ``None`` while the call is not over."""
+    """The outcome Twilio's final ``CallStatus`` alone suggests; ``None`` while the call is not
+    over. ``completed`` is only "answered": :func:`decide_outcome` says what was heard."""
     return _FINAL_STATUSES.get(status)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What is known about one attempt when its outcome is decided."""
+
+    not_placed: bool
+    """The attempt never became a call at Twilio."""
+    status: str | None
+    """Twilio's latest ``CallStatus``."""
+    stream_started: bool
+    """A bridge recorded the call's media stream starting."""
+    plays: int = 0
+    """Plays of the message whose final mark came back."""
+    plays_unconfirmed: int = 0
+    """Plays sent to their end whose final mark never came back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: CallOutcome
+    reason: OutcomeReason | None = None
+
+
+def decide_outcome(evidence: Evidence) -> Verdict | None:
+    """The attempt's outcome; ``None`` while its call is not over.
+
+    ``completed`` (Twilio answered) becomes ``heard`` when a play's final mark came back,
+    ``answered`` when the stream started (``played-unconfirmed`` if a play went out whole but
+    its mark never came back), and ``failed``/``stream-never-connected`` when no bridge ever
+    saw the stream: the callee heard nothing.
+    """
+    if evidence.not_placed:
+        return Verdict(CallOutcome.NOT_PLACED)
+    outcome = outcome_of_status(evidence.status) if evidence.status else None
+    if outcome is not CallOutcome.ANSWERED:
+        return Verdict(outcome) if outcome is not None else None
+    if not evidence.stream_started:
+        return Verdict(CallOutcome.FAILED, OutcomeReason.STREAM_NEVER_CONNECTED)
+    if evidence.plays > 0:
+        return Verdict(CallOutcome.HEARD)
+    if evidence.plays_unconfirmed > 0:
+        return Verdict(CallOutcome.ANSWERED, OutcomeReason.PLAYED_UNCONFIRMED)
+    return Verdict(CallOutcome.ANSWERED)
 
 
 class AttemptState(enum.StrEnum):

@@ -153,6 +153,13 @@ class CallContext:
             self.barge_in = True
             self.interrupt_keys = None
 
+    @property
+    def marks_lost(self) -> int:
+        """Utterances of this call played to their end whose mark Twilio never echoed (``say``
+        reports them played): a script compares it around a ``say`` to tell "played, not
+        confirmed heard" from heard."""
+        return self._speaker.stats.marks_lost
+
     def has_key(self) -> bool:
         """A key was pressed and not yet taken."""
         return bool(self._keys)

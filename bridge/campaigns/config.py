@@ -10,15 +10,32 @@ from dataclasses import asdict, dataclass, fields
 from datetime import tzinfo
 from typing import Any, Final
 
-from bridge.announcements.spec import AnnouncementSpec, CallOutcome
+from bridge.announcements.spec import AnnouncementSpec, CallOutcome, OutcomeReason
 from bridge.campaigns.window import CallingWindow, zone
 from bridge.errors import CampaignInvalid
 from bridge.settings import Settings
 
-__all__ = ["RETRYABLE", "CampaignConfig"]
+__all__ = ["RETRYABLE", "RETRY_DEFAULT", "CampaignConfig", "RetryKey"]
 
-RETRYABLE: Final = (CallOutcome.BUSY, CallOutcome.NO_ANSWER, CallOutcome.FAILED)
-"""Outcomes ``--retry-on`` may name (the default retries all three)."""
+RetryKey = CallOutcome | OutcomeReason
+"""What ``--retry-on`` names: an outcome, or an error reason (``stream-never-connected``)."""
+RETRY_DEFAULT: Final = (CallOutcome.BUSY, CallOutcome.NO_ANSWER, CallOutcome.FAILED)
+RETRYABLE: Final[tuple[RetryKey, ...]] = (
+    *RETRY_DEFAULT,
+    OutcomeReason.STREAM_NEVER_CONNECTED,
+)
+"""What ``--retry-on`` may name (the default: :data:`RETRY_DEFAULT`). ``failed`` is Twilio's
+failure; ``stream-never-connected`` (also ``failed``) is retried only when named."""
+
+
+def retry_key(value: str) -> RetryKey:
+    """The outcome or reason ``value`` names (``ValueError`` for neither)."""
+    try:
+        return CallOutcome(value)
+    except ValueError:
+        return OutcomeReason(value)
+
+
 MAX_RETRIES: Final = 10
 
 
@@ -39,7 +56,7 @@ class CampaignConfig:
     max_concurrent: int = 10
     retries: int = 2
     retry_delay: float = 300.0
-    retry_on: tuple[str, ...] = tuple(o.value for o in RETRYABLE)
+    retry_on: tuple[str, ...] = tuple(o.value for o in RETRY_DEFAULT)
     window: str | None = None
     timezone: str = "UTC"
     source: str = ""
@@ -77,8 +94,8 @@ class CampaignConfig:
         return zone(self.timezone)
 
     @property
-    def retry_outcomes(self) -> frozenset[CallOutcome]:
-        return frozenset(CallOutcome(o) for o in self.retry_on)
+    def retry_outcomes(self) -> frozenset[RetryKey]:
+        return frozenset(retry_key(o) for o in self.retry_on)
 
     def spec(self, settings: Settings, number: str, text: str) -> AnnouncementSpec:
         """The call for one contact. Raises ``AnnouncementInvalid``."""

@@ -22,6 +22,7 @@ COLUMNS: Final = (
     "number",
     "attempts",
     "outcome",
+    "reason",
     "duration",
     "confirmation",
     "answered_by",
@@ -34,6 +35,13 @@ def _outcome(contact: ContactRecord) -> str:
     if contact.state is ContactState.DONE:
         return contact.outcome or ""
     return contact.state.value  # invalid, or pending/active in an unfinished campaign
+
+
+def _reason(contact: ContactRecord, last: AnnouncementRecord | None) -> str:
+    """Why the outcome is what it is (``stream-never-connected``, ``played-unconfirmed``)."""
+    if contact.state is not ContactState.DONE or last is None or last.reason is None:
+        return ""
+    return last.reason.value
 
 
 def export_rows(
@@ -54,13 +62,14 @@ def export_rows(
         tried = history.get(contact.idx, [])
         calls = [a for a in tried if a.state is not AttemptState.NOT_PLACED]
         last = calls[-1] if calls else None
-        answered = last is not None and last.outcome is CallOutcome.ANSWERED
-        error = contact.error or (tried[-1].error if tried else None) or ""
+        answered = last is not None and last.outcome in (CallOutcome.HEARD, CallOutcome.ANSWERED)
+        error = contact.error or (tried[-1].outcome_error if tried else None) or ""
         rows.append(
             [
                 contact.number,
                 str(reached_twilio(tried)),
                 _outcome(contact),
+                _reason(contact, last),
                 str(last.duration) if answered and last and last.duration is not None else "",
                 describe_confirmation(last) if answered and last else "",
                 (last.answered_by or "") if last else "",

@@ -25,7 +25,9 @@ BAR_WIDTH: Final = 24
 class Counts:
     """Contacts by where they stand (each contact in exactly one bucket)."""
 
+    heard: int = 0
     answered: int = 0
+    """Answered, but not confirmed heard (see ``CallOutcome``)."""
     busy: int = 0
     no_answer: int = 0
     failed: int = 0
@@ -67,8 +69,10 @@ class Counts:
         return self.total - self.active - self.retry - self.waiting
 
     def describe(self) -> str:
-        """``answered 3 · busy 1 · …``: the outcomes always, the rarer buckets when non-zero."""
+        """``heard 3 · answered 0 · busy 1 · …``: the outcomes always, the rarer buckets when
+        non-zero."""
         always = [
+            ("heard", self.heard),
             ("answered", self.answered),
             ("busy", self.busy),
             ("no-answer", self.no_answer),

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.announcements.spec import AttemptState, CallOutcome
+from bridge.announcements.spec import AttemptState, CallOutcome, OutcomeReason, Verdict
 from bridge.store import AnnouncementRecord, ContactState
 
-__all__ = ["Decision", "decide", "reached_twilio"]
+__all__ = ["Decision", "decide", "reached_twilio", "retry_key_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,22 @@ def reached_twilio(attempts: Sequence[AnnouncementRecord]) -> int:
     return sum(1 for a in attempts if a.state is not AttemptState.NOT_PLACED)
 
 
+def retry_key_of(verdict: Verdict | None) -> CallOutcome | OutcomeReason:
+    """What ``--retry-on`` must name to retry an attempt with this verdict: its error reason
+    (``stream-never-connected``) if it has one, else its outcome (``None``: ``failed``)."""
+    if verdict is None:
+        return CallOutcome.FAILED
+    if verdict.reason is not None and verdict.reason.is_error:
+        return verdict.reason
+    return verdict.outcome
+
+
 def decide(
     attempts: Sequence[AnnouncementRecord],
     *,
     retries: int,
     retry_delay: float,
-    retry_on: frozenset[CallOutcome],
+    retry_on: frozenset[CallOutcome | OutcomeReason],
     now: float,
 ) -> Decision:
     """The contact's next state, its latest attempt (``attempts[-1]``) being final.
@@ -54,7 +64,7 @@ def decide(
     if last.state is AttemptState.NOT_PLACED:
         return Decision(ContactState.PENDING, now)
     outcome = last.outcome or CallOutcome.FAILED
-    if outcome in retry_on and reached_twilio(attempts) < 1 + retries:
+    if retry_key_of(last.verdict) in retry_on and reached_twilio(attempts) < 1 + retries:
         ended = last.ended_at if last.ended_at is not None else now
         return Decision(ContactState.PENDING, ended + retry_delay, outcome)
-    return Decision(ContactState.DONE, outcome=outcome, error=last.error)
+    return Decision(ContactState.DONE, outcome=outcome, error=last.outcome_error)

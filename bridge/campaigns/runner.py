@@ -390,6 +390,7 @@ class CampaignRunner:
             announcement=record.id,
             state=record.state.value,
             outcome=record.outcome.value if record.outcome else None,
+            reason=record.reason.value if record.reason else None,
         )
         await self._apply(record.contact_idx, decision or self._decide(record.contact_idx))
         self._active.discard(record.id)

@@ -181,8 +181,8 @@ class PostgresBackend:
             # one creator at a time (concurrent CREATE … IF NOT EXISTS can collide)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS bridge_schema (version INTEGER NOT NULL)")
-            self._schema_version(conn)  # refuses a newer one
-            for statement in schema_statements(POSTGRES):
+            version = self._schema_version(conn)  # refuses a newer one
+            for statement in schema_statements(POSTGRES, version):
                 conn.execute(statement)
             conn.execute("DELETE FROM bridge_schema")
             conn.execute("INSERT INTO bridge_schema (version) VALUES (%s)", (SCHEMA_VERSION,))

@@ -10,7 +10,10 @@ from bridge.announcements.spec import (
     AnnouncementSpec,
     AttemptState,
     CallOutcome,
-    outcome_of_status,
+    Evidence,
+    OutcomeReason,
+    Verdict,
+    decide_outcome,
 )
 
 
@@ -44,16 +47,44 @@ class AnnouncementRecord:
     """``confirmed`` / ``no-confirmation`` when a confirm digit was asked for."""
     plays: int = 0
     """Times the message was heard to its end (its final mark came back)."""
+    plays_unconfirmed: int = 0
+    """Times the message was played to its end but its final mark never came back."""
     stream_started_at: float | None = None
     stream_ended_at: float | None = None
     error: str | None = None
     idempotency_key: str | None = None
 
     @property
+    def evidence(self) -> Evidence:
+        return Evidence(
+            not_placed=self.state is AttemptState.NOT_PLACED,
+            status=self.status,
+            stream_started=self.stream_started_at is not None,
+            plays=self.plays,
+            plays_unconfirmed=self.plays_unconfirmed,
+        )
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return decide_outcome(self.evidence)
+
+    @property
     def outcome(self) -> CallOutcome | None:
-        if self.state is AttemptState.NOT_PLACED:
-            return CallOutcome.NOT_PLACED
-        return outcome_of_status(self.status) if self.status else None
+        verdict = self.verdict
+        return verdict.outcome if verdict is not None else None
+
+    @property
+    def reason(self) -> OutcomeReason | None:
+        verdict = self.verdict
+        return verdict.reason if verdict is not None else None
+
+    @property
+    def outcome_error(self) -> str | None:
+        """The recorded error, else the outcome's reason when it is an error."""
+        if self.error:
+            return self.error
+        reason = self.reason
+        return reason.description if reason is not None and reason.is_error else None
 
     @property
     def final(self) -> bool:
@@ -70,11 +101,13 @@ class AnnouncementRecord:
             "call_sid": self.call_sid,
             "status": self.status,
             "outcome": self.outcome.value if self.outcome else None,
+            "reason": self.reason.value if self.reason else None,
             "answered_by": self.answered_by,
             "duration": self.duration,
             "plays": self.plays,
+            "plays_unconfirmed": self.plays_unconfirmed,
             "confirmation": self.confirmation,
-            "error": self.error,
+            "error": self.outcome_error,
             "created_at": self.created_at,
             "ended_at": self.ended_at,
             "campaign_id": self.campaign_id,

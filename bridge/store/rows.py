@@ -113,6 +113,7 @@ def announcement_from_row(row: Row) -> AnnouncementRecord:
         duration=row["duration"],
         confirmation=row["confirmation"],
         plays=row["plays"],
+        plays_unconfirmed=row["plays_unconfirmed"],
         stream_started_at=row["stream_started_at"],
         stream_ended_at=row["stream_ended_at"],
         error=row["error"],

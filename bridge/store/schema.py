@@ -1,8 +1,10 @@
 """The store's tables, written once for both databases (types from the :class:`Dialect`).
 
-For SQLite the statements are exactly those of the first version (an existing file is opened
-as it is); PostgreSQL gets ``DOUBLE PRECISION`` times and a ``seq`` identity column standing in
-for SQLite's ``rowid`` (the insertion order that breaks ties between equal ``created_at``).
+The tables are created as in the first version, then each later version's migration is applied
+in order (:data:`MIGRATIONS`, ``ALTER TABLE`` both databases accept); a database at version
+``n`` gets only the migrations after ``n``. PostgreSQL gets ``DOUBLE PRECISION`` times and a
+``seq`` identity column standing in for SQLite's ``rowid`` (the insertion order that breaks
+ties between equal ``created_at``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from typing import Final
 
 from bridge.store.backend import Dialect
 
-__all__ = ["SCHEMA_VERSION", "schema_statements"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "schema_statements"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    2: ("ALTER TABLE announcements ADD COLUMN plays_unconfirmed INTEGER NOT NULL DEFAULT 0",),
+}
+"""Version → the statements that bring a database from the version before to it."""
 
 _TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS campaigns (
@@ -81,7 +88,15 @@ _TABLES: Final = (
 )
 
 
-def schema_statements(dialect: Dialect) -> list[str]:
-    """Idempotent DDL (``IF NOT EXISTS``), one statement per item, in order."""
-    sequence = f",\n    {dialect.sequence_column}" if dialect.sequence_column else ""
-    return [table.format(real=dialect.real, sequence=sequence) for table in _TABLES]
+def schema_statements(dialect: Dialect, version: int = 0) -> list[str]:
+    """DDL bringing a database at schema ``version`` (0: empty) to :data:`SCHEMA_VERSION`, one
+    statement per item, in order. Run in one transaction with the version's update."""
+    if version >= SCHEMA_VERSION:
+        return []
+    statements: list[str] = []
+    if version < 1:
+        sequence = f",\n    {dialect.sequence_column}" if dialect.sequence_column else ""
+        statements += [table.format(real=dialect.real, sequence=sequence) for table in _TABLES]
+    for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+        statements += MIGRATIONS[target]
+    return statements

@@ -54,6 +54,15 @@ class SqliteBackend:
     def connect(self) -> None:
         self._connection()
 
+    def _version(self, conn: sqlite3.Connection) -> int:
+        version: int = conn.execute("PRAGMA user_version").fetchone()["user_version"]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: database schema {version} is newer than this version "
+                f"understands ({SCHEMA_VERSION}): upgrade hamsa-bridge"
+            )
+        return version
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
@@ -66,15 +75,17 @@ class SqliteBackend:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
-                version = conn.execute("PRAGMA user_version").fetchone()["user_version"]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path}: database schema {version} is newer than this version "
-                        f"understands ({SCHEMA_VERSION}): upgrade hamsa-bridge"
-                    )
-                # idempotent (IF NOT EXISTS); executescript commits
-                conn.executescript(";\n".join(schema_statements(SQLITE)) + ";")
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                if self._version(conn) != SCHEMA_VERSION:
+                    # one creator/migrator at a time: the version is read again under the lock
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for statement in schema_statements(SQLITE, self._version(conn)):
+                            conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
             except BaseException:
                 conn.close()
                 raise

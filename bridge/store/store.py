@@ -249,6 +249,7 @@ class Store:
         started: bool = False,
         ended: bool = False,
         plays: int | None = None,
+        plays_unconfirmed: int | None = None,
         confirmation: str | None = None,
     ) -> None:
         """What the bridge saw on the call's media stream."""
@@ -261,6 +262,8 @@ class Store:
                 updates["stream_ended_at"] = now
             if plays is not None:
                 updates["plays"] = plays
+            if plays_unconfirmed is not None:
+                updates["plays_unconfirmed"] = plays_unconfirmed
             if confirmation is not None:
                 updates["confirmation"] = confirmation
             if updates:

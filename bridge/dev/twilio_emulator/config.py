@@ -96,6 +96,8 @@ class Outcome:
     :attr:`~bridge.dev.media_leg.CallerBehaviour.answers`): one string per prompt."""
     hangup_after: float | None = None
     """The callee hangs up this long after a stream's ``start``."""
+    echo_marks: bool = True
+    """False: the call's streams never echo marks (Twilio's echoes lost)."""
 
     def __post_init__(self) -> None:
         if self.status not in _OUTCOME_STATUSES:

@@ -82,6 +82,7 @@ class MediaStreams:
             keys=list(call.keys),
             answers=list(call.answers),
             hangup_after=call.hangup_after,
+            echo_marks=call.outcome.echo_marks,
             max_duration=config.max_call_seconds,
             sign_handshake=call.sign_handshake and config.sign_handshake,
         )
