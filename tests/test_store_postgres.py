@@ -24,6 +24,7 @@ from bridge.errors import StoreError
 from bridge.settings import Settings
 from bridge.store import ContactRecord, Store
 from bridge.store.backend import Tx
+from bridge.store.schema import SCHEMA_VERSION
 from tests.store_support import with_database
 
 pytestmark = pytest.mark.anyio
@@ -193,7 +194,7 @@ async def test_concurrent_first_opens_create_the_schema_once(postgres_url: str) 
             await store.close()
     async with await psycopg.AsyncConnection.connect(postgres_url) as check:
         cursor = await check.execute("SELECT version FROM bridge_schema")
-        assert await cursor.fetchall() == [(1,)]
+        assert await cursor.fetchall() == [(SCHEMA_VERSION,)]
 
 
 # --- a dropped connection ---------------------------------------------------------------------

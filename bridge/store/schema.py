@@ -3,6 +3,11 @@
 For SQLite the statements are exactly those of the first version (an existing file is opened
 as it is); PostgreSQL gets ``DOUBLE PRECISION`` times and a ``seq`` identity column standing in
 for SQLite's ``rowid`` (the insertion order that breaks ties between equal ``created_at``).
+
+Versions: 1, the first; 2 adds ``call_budget`` (the account's calls-per-second budget, shared by
+every process: ``bridge.announcements.limiter``). Every statement is ``IF NOT EXISTS``, so
+opening a version-1 database with this code migrates it (each backend runs them all and records
+the new version); a database of a newer version than this code knows is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from bridge.store.backend import Dialect
 
 __all__ = ["SCHEMA_VERSION", "schema_statements"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS campaigns (
@@ -78,6 +83,11 @@ _TABLES: Final = (
     ON announcements (campaign_id, contact_idx)""",
     "CREATE INDEX IF NOT EXISTS announcements_by_state ON announcements (state)",
     "CREATE INDEX IF NOT EXISTS announcements_by_created ON announcements (created_at)",
+    # version 2: one row per Twilio account, the instant its token bucket is full again
+    """CREATE TABLE IF NOT EXISTS call_budget (
+    account TEXT PRIMARY KEY,
+    full_at {real} NOT NULL
+)""",
 )
 
 
