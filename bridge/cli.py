@@ -209,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_call_options(run)
     run.add_argument(
-        "--cps", type=float, help="calls created per second (default BRIDGE_CALLS_PER_SECOND)"
+        "--cps",
+        type=float,
+        help="this campaign's calls created per second (default and most: "
+        "BRIDGE_CALLS_PER_SECOND, the account's budget shared with every process calling)",
     )
     run.add_argument(
         "--max-concurrent",

@@ -74,5 +74,7 @@ async def outbound_rig(
                 "BRIDGE_PUBLIC_URL": lb.public_url,
                 "BRIDGE_DATABASE_URL": database,
                 "BRIDGE_CALLBACK_GRACE": str(callback_grace),
+                # the account's budget above the campaigns' --cps: their own pace is tested
+                "BRIDGE_CALLS_PER_SECOND": "10",
             },
         )

@@ -47,6 +47,8 @@ FAST = {
     "bridge_confirm_wait": 0.6,
     "bridge_callback_grace": 0.5,
     "bridge_outcome_poll_interval": 0.25,
+    # the account's budget above every campaign's --cps here: their own pace is what is tested
+    "bridge_calls_per_second": 10.0,
 }
 TEXT = "مرحبا {name}، موعدك غدا."
 

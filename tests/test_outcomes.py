@@ -147,16 +147,27 @@ def test_the_error_names_the_broken_link() -> None:
 # --- the schema: version 1 databases gain plays_unconfirmed ---------------------------------
 
 
+def steps(dialect: Dialect, version: int) -> list[str]:
+    """The migration to ``version``, for ``dialect``."""
+    return [step.format(real=dialect.real) for step in MIGRATIONS[version]]
+
+
 def version_1(dialect: Dialect) -> list[str]:
-    return schema_statements(dialect)[: -len(MIGRATIONS[2])]
+    later = sum(len(MIGRATIONS[v]) for v in range(2, SCHEMA_VERSION + 1))
+    return schema_statements(dialect)[:-later]
 
 
 def test_migrations_apply_only_after_the_database_version() -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     for dialect in (SQLITE, POSTGRES):
-        assert schema_statements(dialect, 2) == []
-        assert schema_statements(dialect, 1) == list(MIGRATIONS[2])
-        assert schema_statements(dialect, 0) == [*version_1(dialect), *MIGRATIONS[2]]
+        assert schema_statements(dialect, 3) == []
+        assert schema_statements(dialect, 2) == steps(dialect, 3)
+        assert schema_statements(dialect, 1) == [*steps(dialect, 2), *steps(dialect, 3)]
+        assert schema_statements(dialect, 0) == [
+            *version_1(dialect),
+            *steps(dialect, 2),
+            *steps(dialect, 3),
+        ]
 
 
 SPEC = AnnouncementSpec(

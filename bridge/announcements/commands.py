@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
+from bridge.announcements.limiter import AccountRateLimiter
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import place_call
 from bridge.announcements.presynth import command_presynthesizer, job_for
@@ -223,6 +224,12 @@ async def _place_and_wait(
     async with await Store.open(settings.bridge_database_url) as store:
         record, _ = await store.create_announcement(spec, now=wall_clock())
         watcher = OutcomeWatcher(store, factory, settings, wall_clock=wall_clock)
+
+        async def the_store() -> Store:
+            return store
+
+        # the account's budget, shared with the bridges and campaigns placing calls meanwhile
+        await AccountRateLimiter(settings, the_store, clock=wall_clock).acquire()
         try:
             call = await asyncio.to_thread(
                 lambda: place_call(factory(), settings, record.id, spec, now=wall_clock())

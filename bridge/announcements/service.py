@@ -2,9 +2,10 @@
 it to its outcome; and, at startup, settle what a previous process left unfinished.
 
 Owned by the app (``create_app`` builds it, the lifespan starts and closes it); it holds no
-module-level state. Placing is paced by a ``CallRateLimiter`` (``BRIDGE_CALLS_PER_SECOND``)
-and bounded by a semaphore of ``BRIDGE_MAX_CONCURRENT_CALLS`` slots, each held from
-``calls.create`` until the call's outcome is known.
+module-level state. Placing is paced by an ``AccountRateLimiter`` (``BRIDGE_CALLS_PER_SECOND``,
+the account's budget, shared through the store with every process placing calls) and bounded by
+a semaphore of ``BRIDGE_MAX_CONCURRENT_CALLS`` slots, each held from ``calls.create`` until the
+call's outcome is known.
 
 The database is opened lazily (:class:`LazyStore`), so a bridge that never announces never
 creates the file.
@@ -19,7 +20,7 @@ from typing import Any, Final
 
 import structlog
 
-from bridge.announcements.limiter import CallRateLimiter
+from bridge.announcements.limiter import AccountRateLimiter
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import call_request, place_call
 from bridge.announcements.presynth import job_for
@@ -83,7 +84,7 @@ class AnnouncementService:
         self._store = store
         self._api = twilio_api
         self._wall_clock = wall_clock
-        self.limiter = CallRateLimiter(settings.bridge_calls_per_second, clock=time.time)
+        self.limiter = AccountRateLimiter(settings, store.get, clock=time.time)
         self._slots = asyncio.Semaphore(settings.bridge_max_concurrent_calls)
         self._tasks: set[asyncio.Task[None]] = set()
         self._following: dict[str, asyncio.Task[None]] = {}
@@ -145,8 +146,9 @@ class AnnouncementService:
         do not need it, and the API answers 503 until it can be opened."""
         try:
             store = await self._store.get()
-            # Calls an earlier process created in the last second count against the rate.
-            self.limiter.seed(await store.recent_attempt_times(self._wall_clock() - 1.0))
+            # Calls an earlier process created in the last second count against this process's
+            # own pace (what applies alone if the store's budget cannot be reached).
+            self.limiter.local.seed(await store.recent_attempt_times(self._wall_clock() - 1.0))
             unfinished = await store.unfinished_announcements(standalone=True)
         except StoreError as exc:
             log.error("announcements_resume_failed", error=str(exc))

@@ -8,7 +8,8 @@ The order of operations is the whole design::
               every ACTIVE contact  → settled from its attempt history (retry.decide)
     dispatch: a free concurrency slot → the next due contact inside its calling window
               (input order) → plan_attempt (committed: the attempt exists before the call)
-              → the CPS limiter → calls.create → PLACED → watched to its end → settled
+              → the CPS limiter (the campaign's --cps, then the account's budget shared by
+              every process) → calls.create → PLACED → watched to its end → settled
 
 Ready at answer: each contact's text (rendered from the template, with its row's values, when
 the campaign was created) becomes the attempt's spec just before dialling; once Twilio accepted
@@ -35,7 +36,7 @@ from typing import Final
 
 import structlog
 
-from bridge.announcements.limiter import CallRateLimiter
+from bridge.announcements.limiter import AccountRateLimiter
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import place_call
 from bridge.announcements.presynth import job_for
@@ -141,7 +142,9 @@ class CampaignRunner:
         self._on_lease_wait = on_lease_wait
         self._backoff = backoff
         self._watcher = OutcomeWatcher(store, api, settings, wall_clock=wall_clock)
-        self._limiter = CallRateLimiter(self.config.cps, clock=wall_clock)
+        self._limiter = AccountRateLimiter(
+            settings, self._the_store, pace=self.config.cps, clock=wall_clock
+        )
         self._window = self.config.calling_window()
         self._default_zone = self.config.zone()
         self._zones: dict[str, tzinfo] = {}
@@ -162,6 +165,9 @@ class CampaignRunner:
         """Threads for ``calls.create`` alone (one per concurrent attempt, so a creation never
         queues behind outcome polls: the CPS slots stay even on the wire)."""
 
+    async def _the_store(self) -> Store:
+        return self._store
+
     # --- the run ------------------------------------------------------------------------------
 
     async def run(self) -> CampaignRecord:
@@ -169,6 +175,13 @@ class CampaignRunner:
         when another runner is live, ``LeaseLost``, or a Twilio error no call can get past)."""
         await self.lease.take(self._on_lease_wait)
         log.info("campaign_started", campaign=self.campaign.id, owner=self.lease.owner)
+        if self.config.cps > self._settings.bridge_calls_per_second:
+            log.warning(
+                "campaign_cps_above_account_budget",
+                campaign=self.campaign.id,
+                cps=self.config.cps,
+                budget=self._settings.bridge_calls_per_second,
+            )
         self._creators = ThreadPoolExecutor(
             max_workers=min(32, self.config.max_concurrent), thread_name_prefix="calls-create"
         )
@@ -181,7 +194,8 @@ class CampaignRunner:
                 # campaign, another campaign) spend this second's budget. An attempt is
                 # recorded up to one slot before its request is sent: shift by one slot.
                 recent = await self._store.recent_attempt_times(self._wall() - RECENT)
-                self._limiter.seed(t + self._limiter.interval for t in recent)
+                local = self._limiter.local
+                local.seed(t + local.interval for t in recent)
                 await self._dispatch(tasks)
                 await self._store.finish_campaign(self.campaign.id, now=self._wall())
                 keeper.cancel()

@@ -1,10 +1,14 @@
 """The store's tables, written once for both databases (types from the :class:`Dialect`).
 
 The tables are created as in the first version, then each later version's migration is applied
-in order (:data:`MIGRATIONS`, ``ALTER TABLE`` both databases accept); a database at version
-``n`` gets only the migrations after ``n``. PostgreSQL gets ``DOUBLE PRECISION`` times and a
-``seq`` identity column standing in for SQLite's ``rowid`` (the insertion order that breaks
-ties between equal ``created_at``).
+in order (:data:`MIGRATIONS`, statements both databases accept); a database at version ``n``
+gets only the migrations after ``n``, and one of a newer version than this code knows is
+refused. PostgreSQL gets ``DOUBLE PRECISION`` times and a ``seq`` identity column standing in
+for SQLite's ``rowid`` (the insertion order that breaks ties between equal ``created_at``).
+
+Versions: 1, the first; 2 adds ``announcements.plays_unconfirmed`` (a play whose final mark
+never came back); 3 adds ``call_budget`` (the account's calls-per-second budget, shared by every
+process: ``bridge.announcements.limiter``).
 """
 
 from __future__ import annotations
@@ -15,12 +19,20 @@ from bridge.store.backend import Dialect
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "schema_statements"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     2: ("ALTER TABLE announcements ADD COLUMN plays_unconfirmed INTEGER NOT NULL DEFAULT 0",),
+    # one row per Twilio account: the instant its token bucket is full again
+    3: (
+        """CREATE TABLE IF NOT EXISTS call_budget (
+    account TEXT PRIMARY KEY,
+    full_at {real} NOT NULL
+)""",
+    ),
 }
-"""Version → the statements that bring a database from the version before to it."""
+"""Version → the statements that bring a database from the version before to it (``{real}``:
+the dialect's floating-point type)."""
 
 _TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS campaigns (
@@ -98,5 +110,5 @@ def schema_statements(dialect: Dialect, version: int = 0) -> list[str]:
         sequence = f",\n    {dialect.sequence_column}" if dialect.sequence_column else ""
         statements += [table.format(real=dialect.real, sequence=sequence) for table in _TABLES]
     for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-        statements += MIGRATIONS[target]
+        statements += [step.format(real=dialect.real) for step in MIGRATIONS[target]]
     return statements

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from bridge.announcements.limiter import take
 from bridge.announcements.spec import AnnouncementSpec, AttemptState, outcome_of_status
 from bridge.errors import StoreError
 from bridge.store.backend import Backend, Tx
@@ -342,6 +343,37 @@ class Store:
             return [float(r["created_at"]) for r in rows]
 
         return await self._read(work)
+
+    # --- the calls-per-second budget ---------------------------------------------------------
+
+    async def book_call_slot(
+        self, account: str, *, rate: float, burst: float, clock: Callable[[], float]
+    ) -> float:
+        """Book ``account``'s next ``calls.create`` slot (a wall-clock instant, maybe now) in
+        the token bucket every process shares (:func:`~bridge.announcements.limiter.take`).
+
+        One transaction, atomic between processes: SQLite's ``BEGIN IMMEDIATE`` serialises it,
+        PostgreSQL locks the row (``SELECT … FOR UPDATE``). ``clock`` is read once the row is
+        held, so a booking that queued behind another is timed from when it is made.
+        """
+
+        def work(tx: Tx) -> float:
+            tx.execute(
+                "INSERT INTO call_budget (account, full_at) VALUES (?, 0) "
+                "ON CONFLICT (account) DO NOTHING",
+                (account,),
+            )
+            row = tx.execute(
+                f"SELECT full_at FROM call_budget WHERE account = ?{tx.dialect.lock_row}",  # noqa: S608
+                (account,),
+            ).first()
+            assert row is not None
+            now = clock()
+            wait, full_at = take(float(row["full_at"]), now, rate, burst)
+            tx.execute("UPDATE call_budget SET full_at = ? WHERE account = ?", (full_at, account))
+            return now + wait
+
+        return await self._run(work)
 
     # --- campaigns ----------------------------------------------------------------------------
 
