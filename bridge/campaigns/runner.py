@@ -200,6 +200,9 @@ class CampaignRunner:
 
     async def _recover(self) -> None:
         """Settle what a previous run left in flight, before anything is (re)dialled."""
+        revived = await self._store.revive_evidenced(self.campaign.id)
+        if revived:
+            log.warning("attempts_revived", campaign=self.campaign.id, attempts=revived)
         unfinished = await self._store.unfinished_announcements(campaign_id=self.campaign.id)
         if unfinished:
             log.info("campaign_recovering", campaign=self.campaign.id, attempts=len(unfinished))
