@@ -3,7 +3,8 @@
 The order of operations is the whole design::
 
     take the lease (one runner per campaign; renewed by a heartbeat)
-    recover:  every PLANNED attempt → Twilio's Calls list decides PLACED or NOT_PLACED
+    recover:  every PLANNED attempt → the evidence decides PLACED or NOT_PLACED (its CallSid, its
+              stream, a call in Twilio's Calls list in its window: bridge.announcements.evidence)
               every PLACED attempt  → watched until its call ends
               every ACTIVE contact  → settled from its attempt history (retry.decide)
     dispatch: a free concurrency slot → the next due contact inside its calling window
