@@ -49,6 +49,8 @@ def environment(lb: Loopback, database: str) -> dict[str, str]:
         "BRIDGE_DATABASE_URL": database,
         "BRIDGE_CALLBACK_GRACE": "0.5",
         "BRIDGE_OUTCOME_POLL_INTERVAL": "0.25",
+        # the account's budget above the campaigns' --cps: they are paced by their own option
+        "BRIDGE_CALLS_PER_SECOND": "10",
         "BRIDGE_LOG_LEVEL": "info",
         "BRIDGE_LOG_FORMAT": "json",
     }

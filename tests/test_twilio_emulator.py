@@ -38,7 +38,7 @@ from bridge.dev.twilio_emulator import (
     TwilioEmulatorServer,
     TwilioEmulatorState,
 )
-from bridge.protocols.twilio_rest import basic_auth_header
+from bridge.protocols.twilio_rest import Form, basic_auth_header
 from bridge.signatures import TwilioSignatures
 
 pytestmark = pytest.mark.anyio
@@ -936,3 +936,45 @@ async def test_cancel_while_ringing() -> None:
         assert call.status == "canceled"
         again = await env.http.post(env.calls_path(f"/{sid}"), data={"Status": "completed"})
         assert (again.status_code, again.json()["code"]) == (400, 21220)
+
+
+# --- knobs for durability tests -----------------------------------------------------------------
+
+
+async def test_a_held_create_and_dropped_status_callbacks() -> None:
+    """``before_create`` holds a creation in flight (no call exists until it returns);
+    ``drop_status_callbacks`` loses every status callback of calls to those numbers; the Calls
+    list dates calls at whole seconds, as Twilio does."""
+    async with environment(drop_status_callbacks=frozenset({CALLEE})) as env:
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(form: Form) -> None:
+            assert form.get("To") == CALLEE
+            holding.set()
+            await release.wait()
+
+        env.state.before_create = hold
+        with twilio_client(env.twilio) as client:
+            creating = asyncio.ensure_future(
+                in_thread(
+                    client.calls.create,
+                    to=CALLEE,
+                    from_=NUMBER,
+                    twiml="<Response><Say>hello</Say></Response>",
+                    status_callback=f"{env.bridge.base}/status",
+                    status_callback_event=["initiated", "ringing", "answered", "completed"],
+                )
+            )
+            async with asyncio.timeout(TIMEOUT):
+                await holding.wait()
+            assert env.state.calls == {}
+            release.set()
+            async with asyncio.timeout(TIMEOUT):
+                call = await creating
+                record = await env.state.wait_for_call(call.sid)
+            [listed] = await in_thread(client.calls.list, to=CALLEE)
+        assert record.status == "completed"
+        assert env.bridge.callbacks == []
+        assert env.state.callbacks_for(call.sid) == []
+        assert listed.sid == call.sid
+        assert listed.date_created.microsecond == 0

@@ -15,12 +15,14 @@ from typing import Final
 
 import structlog
 
+from bridge.announcements import evidence
+from bridge.announcements.evidence import RECONCILE_SETTLE, VerdictKind
 from bridge.announcements.spec import AttemptState, outcome_of_status
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
 from bridge.twilio_api import CallSnapshot, TwilioApi, TwilioApiError
 
-__all__ = ["OutcomeWatcher", "STREAM_END_WAIT"]
+__all__ = ["OutcomeWatcher", "STREAM_END_WAIT", "facts_of"]
 
 log = structlog.get_logger("bridge.outcomes")
 
@@ -30,11 +32,6 @@ STREAM_END_WAIT: Final = 5.0
 """After the call's final status, how long to wait for the bridge to record the stream's end
 (the confirmation is written just before the bridge hangs up), or, for an answered call whose
 stream no bridge recorded yet, its start (a call can end just after its stream started)."""
-RECONCILE_SETTLE: Final = 3.0
-"""An uncertain attempt younger than this is left to settle before Twilio's Calls list is read:
-a request sent just before the process died may still be being processed."""
-CLOCK_SKEW: Final = 120.0
-"""Seconds of disagreement allowed between our clock and Twilio's ``date_created``."""
 
 
 class OutcomeWatcher:
@@ -122,30 +119,78 @@ class OutcomeWatcher:
     async def reconcile(self, record: AnnouncementRecord) -> AnnouncementRecord:
         """Settle an attempt a previous process left ``PLANNED`` (recorded, maybe placed).
 
-        Twilio's Calls list (To and From) is read; a call created after the attempt was
-        recorded and not attributed to another attempt is this attempt's call. Without one, the
-        attempt is ``NOT_PLACED`` (it never reached Twilio) and may be made again.
+        The rule is :func:`bridge.announcements.evidence.reconcile`: a CallSid in the row, a
+        stream the bridge saw, or a call in Twilio's Calls list (To and From) created in the
+        attempt's window and not attributed to another attempt means the call exists, and its
+        outcome is learnt; only without any evidence is the attempt ``NOT_PLACED`` (it never
+        reached Twilio) and may be made again.
         """
         if record.state is not AttemptState.PLANNED:
             return record
         wait = record.created_at + RECONCILE_SETTLE - self._wall_clock()
-        if wait > 0:
+        if wait > 0 and not record.call_sid:
             await asyncio.sleep(wait)
-        spec = record.spec
-        calls = await asyncio.to_thread(self._api().list_calls, to=spec.to, from_=spec.from_)
-        taken = await self._store.call_sids()
-        for call in sorted(
-            calls, key=lambda c: c.date_created.timestamp() if c.date_created else 0
-        ):
-            created = call.date_created.timestamp() if call.date_created else None
-            if call.sid in taken or created is None or created < record.created_at - CLOCK_SKEW:
+        while True:
+            record = await self._store.get_announcement(record.id) or record  # fresh evidence
+            if record.state is not AttemptState.PLANNED:
+                return record
+            calls: list[CallSnapshot] = []
+            taken: frozenset[str] = frozenset()
+            if not record.call_sid:
+                spec = record.spec
+                calls = await asyncio.to_thread(
+                    self._api().list_calls, to=spec.to, from_=spec.from_
+                )
+                taken = frozenset(await self._store.call_sids())
+            verdict = evidence.reconcile(
+                facts_of(record),
+                [evidence.ListedCall(c.sid, _timestamp(c)) for c in calls],
+                taken=taken,
+                now=self._wall_clock(),
+            )
+            log.info(
+                "attempt_reconciled",
+                announcement=record.id,
+                verdict=verdict.kind.value,
+                reason=verdict.reason,
+                call_sid=verdict.call_sid,
+            )
+            if verdict.kind is VerdictKind.WAIT:
+                assert verdict.until is not None
+                await asyncio.sleep(max(0.0, verdict.until - self._wall_clock()))
                 continue
-            log.info("attempt_reconciled", announcement=record.id, call_sid=call.sid)
-            placed = await self._store.mark_placed(record.id, call.sid, now=self._wall_clock())
-            return await self._record(placed, call)
-        log.info("attempt_not_placed", announcement=record.id)
-        return await self._store.mark_not_placed(
-            record.id,
-            "not placed: the process stopped before Twilio created the call",
-            now=self._wall_clock(),
-        )
+            if verdict.kind is VerdictKind.NOT_PLACED:
+                updated = await self._store.mark_not_placed(
+                    record.id,
+                    "not placed: the process stopped before Twilio created the call",
+                    now=self._wall_clock(),
+                )
+                if updated.state is AttemptState.PLANNED:
+                    continue  # evidence arrived meanwhile (the store refused): judge again
+                return updated
+            if verdict.call_sid is None:
+                return await self._store.mark_lost(
+                    record.id,
+                    "the call reached Twilio (the bridge saw its stream) but its CallSid is "
+                    "unknown",
+                    now=self._wall_clock(),
+                )
+            placed = await self._store.mark_placed(
+                record.id, verdict.call_sid, now=self._wall_clock()
+            )
+            listed = next((c for c in calls if c.sid == placed.call_sid), None)
+            return await self._record(placed, listed) if listed is not None else placed
+
+
+def facts_of(record: AnnouncementRecord) -> evidence.AttemptFacts:
+    """The evidence the store holds that the attempt's call exists."""
+    return evidence.AttemptFacts(
+        created_at=record.created_at,
+        call_sid=record.call_sid,
+        stream_started=record.stream_started_at is not None,
+        plays=record.plays,
+    )
+
+
+def _timestamp(call: CallSnapshot) -> float | None:
+    return call.date_created.timestamp() if call.date_created else None

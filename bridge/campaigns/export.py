@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Final
 
 from bridge.announcements.commands import describe_confirmation
-from bridge.announcements.spec import AttemptState, CallOutcome
-from bridge.campaigns.retry import reached_twilio
+from bridge.announcements.spec import CallOutcome
+from bridge.campaigns.retry import reached, reached_twilio
 from bridge.store import AnnouncementRecord, ContactRecord, ContactState
 
 __all__ = ["COLUMNS", "export_rows", "write_export"]
@@ -60,7 +60,7 @@ def export_rows(
     rows: list[list[str]] = []
     for contact in sorted(contacts, key=lambda c: c.idx):
         tried = history.get(contact.idx, [])
-        calls = [a for a in tried if a.state is not AttemptState.NOT_PLACED]
+        calls = [a for a in tried if reached(a)]
         last = calls[-1] if calls else None
         answered = last is not None and last.outcome in (CallOutcome.HEARD, CallOutcome.ANSWERED)
         error = contact.error or (tried[-1].outcome_error if tried else None) or ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from bridge.announcements.spec import AttemptState, CallOutcome, OutcomeReason, Verdict
 from bridge.store import AnnouncementRecord, ContactState
 
-__all__ = ["Decision", "decide", "reached_twilio", "retry_key_of"]
+__all__ = ["Decision", "decide", "reached", "reached_twilio", "retry_key_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +27,20 @@ class Decision:
     error: str | None = None
 
 
+def reached(attempt: AnnouncementRecord) -> bool:
+    """Is, or may be, a call at Twilio: anything but ``NOT_PLACED``, and any attempt whose row
+    holds evidence of a call (a CallSid, a stream start, plays) whatever its state says."""
+    return (
+        attempt.state is not AttemptState.NOT_PLACED
+        or attempt.call_sid is not None
+        or attempt.stream_started_at is not None
+        or attempt.plays > 0
+    )
+
+
 def reached_twilio(attempts: Sequence[AnnouncementRecord]) -> int:
-    """Attempts that are, or may be, calls at Twilio (everything but ``NOT_PLACED``)."""
-    return sum(1 for a in attempts if a.state is not AttemptState.NOT_PLACED)
+    """Attempts that are, or may be, calls at Twilio (:func:`reached`)."""
+    return sum(1 for a in attempts if reached(a))
 
 
 def retry_key_of(verdict: Verdict | None) -> CallOutcome | OutcomeReason:

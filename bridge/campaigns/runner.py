@@ -3,7 +3,8 @@
 The order of operations is the whole design::
 
     take the lease (one runner per campaign; renewed by a heartbeat)
-    recover:  every PLANNED attempt → Twilio's Calls list decides PLACED or NOT_PLACED
+    recover:  every PLANNED attempt → the evidence decides PLACED or NOT_PLACED (its CallSid, its
+              stream, a call in Twilio's Calls list in its window: bridge.announcements.evidence)
               every PLACED attempt  → watched until its call ends
               every ACTIVE contact  → settled from its attempt history (retry.decide)
     dispatch: a free concurrency slot → the next due contact inside its calling window
@@ -214,6 +215,9 @@ class CampaignRunner:
 
     async def _recover(self) -> None:
         """Settle what a previous run left in flight, before anything is (re)dialled."""
+        revived = await self._store.revive_evidenced(self.campaign.id)
+        if revived:
+            log.warning("attempts_revived", campaign=self.campaign.id, attempts=revived)
         unfinished = await self._store.unfinished_announcements(campaign_id=self.campaign.id)
         if unfinished:
             log.info("campaign_recovering", campaign=self.campaign.id, attempts=len(unfinished))

@@ -171,15 +171,54 @@ class Store:
     async def mark_not_placed(
         self, announcement_id: str, error: str, *, now: float
     ) -> AnnouncementRecord:
-        """No call exists for this attempt (Twilio refused it, or none was found on resume)."""
+        """No call exists for this attempt (Twilio refused it, or none was found on resume).
+
+        Refused (the record returned unchanged, still ``PLANNED``) when the row holds evidence
+        that the call exists: a CallSid, a stream start, plays. A row never says "not placed"
+        while holding any of them."""
 
         def work(tx: Tx) -> AnnouncementRecord:
             tx.execute(
                 "UPDATE announcements SET state = 'not_placed', error = ?, ended_at = ? "
-                "WHERE id = ? AND state = 'planned'",
+                "WHERE id = ? AND state = 'planned' AND call_sid IS NULL "
+                "AND stream_started_at IS NULL AND plays = 0",
                 (error, now, announcement_id),
             )
             return get_announcement(tx, announcement_id)
+
+        return await self._run(work)
+
+    async def mark_lost(
+        self, announcement_id: str, error: str, *, now: float
+    ) -> AnnouncementRecord:
+        """The call exists (the bridge saw its stream) but its CallSid is unknown, so nothing
+        can tell how it ended: ``ENDED`` without a status."""
+
+        def work(tx: Tx) -> AnnouncementRecord:
+            tx.execute(
+                "UPDATE announcements SET state = 'ended', error = ?, ended_at = ?, "
+                "placed_at = COALESCE(placed_at, ?) "
+                "WHERE id = ? AND state IN ('planned', 'not_placed')",
+                (error, now, now, announcement_id),
+            )
+            return get_announcement(tx, announcement_id)
+
+        return await self._run(work)
+
+    async def revive_evidenced(self, campaign_id: str) -> int:
+        """Attempts an earlier version marked ``NOT_PLACED`` although their row holds evidence
+        of the call (a CallSid, a stream start, plays) become ``PLACED`` again, so recovery
+        learns their outcome. The number revived."""
+
+        def work(tx: Tx) -> int:
+            result = tx.execute(
+                "UPDATE announcements SET state = 'placed', error = NULL, "
+                "placed_at = COALESCE(placed_at, ended_at), ended_at = NULL "
+                "WHERE campaign_id = ? AND state = 'not_placed' AND (call_sid IS NOT NULL "
+                "OR stream_started_at IS NOT NULL OR plays > 0)",
+                (campaign_id,),
+            )
+            return int(result.rowcount)
 
         return await self._run(work)
 
@@ -294,12 +333,17 @@ class Store:
         database is shared, and refuses a replayed token for an announcement already heard."""
 
         def work(tx: Tx) -> bool:
+            # the stream proves the call exists: a PLANNED (or wrongly NOT_PLACED) attempt
+            # becomes PLACED with it
             result = tx.execute(
                 "UPDATE announcements SET stream_started_at = ?, "
-                "call_sid = COALESCE(call_sid, ?) WHERE id = ? AND stream_started_at IS NULL "
+                "call_sid = COALESCE(call_sid, ?), placed_at = COALESCE(placed_at, ?), "
+                "error = CASE WHEN state = 'not_placed' THEN NULL ELSE error END, "
+                "ended_at = CASE WHEN state = 'not_placed' THEN NULL ELSE ended_at END, "
+                "state = 'placed' WHERE id = ? AND stream_started_at IS NULL "
                 "AND state IN ('planned', 'placed', 'not_placed') "
                 "AND (call_sid IS NULL OR call_sid = ?)",
-                (now, call_sid, announcement_id, call_sid),
+                (now, call_sid, now, announcement_id, call_sid),
             )
             return result.rowcount == 1
 

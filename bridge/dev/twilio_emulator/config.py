@@ -136,6 +136,9 @@ class TwilioEmulatorConfig:
     outcomes: Mapping[str, Outcome | str] = field(default_factory=dict)
     """Per destination (``To``) of outbound calls: an :class:`Outcome` or a word for one."""
     default_outcome: Outcome | str = field(default_factory=Outcome)
+    drop_status_callbacks: frozenset[str] = frozenset()
+    """Destinations (``To``) of outbound calls whose call-progress status callbacks are never
+    delivered (a bridge Twilio cannot reach): their outcome is learnt by polling alone."""
     max_call_seconds: float = 4 * 60 * 60
     """Hard limit on any call (Twilio's default ``TimeLimit`` is 4 hours)."""
     seed: int | None = None

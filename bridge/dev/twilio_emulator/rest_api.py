@@ -79,6 +79,8 @@ class RestApi:
         except ValueError:
             answer = _error(rest.invalid_parameter("body", "", "too many fields"))
         else:
+            if ok and state.before_create is not None and self._is_create(method, path):
+                await state.before_create(form)
             answer = self._route(method, path, query, form) if ok else _error(rest.authenticate())
         status, payload = answer
         state.requests.append(
@@ -100,6 +102,9 @@ class RestApi:
         if status == 204:
             return Response(status_code=204, headers=headers)
         return JSONResponse(payload, status_code=status, headers=headers)
+
+    def _is_create(self, method: str, path: str) -> bool:
+        return method == "POST" and self._routes[1][0].fullmatch(path) is not None
 
     def _authorized(self, header: str | None) -> tuple[bool, str | None]:
         credentials = rest.parse_basic_auth(header)

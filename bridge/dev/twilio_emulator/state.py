@@ -20,7 +20,7 @@ from bridge.dev.twilio_emulator.records import (
 )
 from bridge.dev.twilio_emulator.voice import VoicePlatform
 from bridge.protocols import twilio_rest as rest
-from bridge.protocols.twilio_rest import AccountInfo, IncomingNumber
+from bridge.protocols.twilio_rest import AccountInfo, Form, IncomingNumber
 
 __all__ = ["TwilioEmulatorState"]
 
@@ -84,6 +84,11 @@ class TwilioEmulatorState:
         """Awaited (if set) once an outbound call has rung its ``ring_seconds``, before it is
         answered: a test holds the ringing until something happened (e.g. audio prepared while
         the phone rings), instead of guessing how long that takes."""
+        self.before_create: Callable[[Form], Awaitable[None]] | None = None
+        """Awaited (if set) with the form of each authenticated ``calls.create`` request before
+        the call is created: a test holds a creation in flight (the client waiting for the
+        answer) until something happened, e.g. the client was killed. The call is created once
+        it returns, whether or not anyone still waits for the answer, as on Twilio."""
         self.voice = VoicePlatform(self)
 
     # --- waiting ----------------------------------------------------------------------------

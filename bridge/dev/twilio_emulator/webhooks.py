@@ -184,6 +184,8 @@ class Webhooks:
         """Queue the status callback for ``event`` if the call asked for it."""
         if call.status_callback is None or event not in call.events:
             return
+        if call.info.to in self._state.config.drop_status_callbacks:
+            return
         info = call.info
         params = self._call_params(call, rest.callback_status(event, info.status))
         params |= {
