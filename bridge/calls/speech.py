@@ -499,6 +499,9 @@ class Speaker:
                 observer=gate,
             )
             gate.finish()
+        except HamsaError:
+            gate.finish()  # a final error: what already arrived is valid and plays first
+            raise
         finally:
             gate.close()
             self.holds.extend(gate.policy.holds)
