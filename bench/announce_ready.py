@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import random
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx2
+from figures import quantile
 
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
@@ -52,14 +52,6 @@ NAMES: Final = ("أحمد", "سارة", "محمد", "نورة", "خالد", "ر�
 def message(i: int) -> str:
     name = NAMES[i % len(NAMES)]
     return f"مرحبا {name}، نذكرك بموعدك غدا الساعة {8 + i % 9} صباحا في عيادة الأسنان. شكرا لك."
-
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank quantile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def ms(value: float | None) -> str:

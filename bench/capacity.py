@@ -98,6 +98,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 import httpx2
+from figures import quantile
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.dev.caller import parse_connect_stream
@@ -253,14 +254,6 @@ def histogram_max_bucket(buckets: Sequence[tuple[float, float]]) -> float | None
             top = upper
         previous = count
     return top
-
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank quantile of exact values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 # --- the bridge under test ---------------------------------------------------------------------

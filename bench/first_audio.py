@@ -114,6 +114,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx2
+from figures import quantile
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -576,14 +577,6 @@ class VariantResult:
     @property
     def failed(self) -> int:
         return sum(c.problem is not None for c in self.calls)
-
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank quantile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def machine_busy_seconds() -> float:

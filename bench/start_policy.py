@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from figures import quantile
 
-from bridge.calls.start_policy import HamsaPace  # noqa: E402
-from bridge.dev.start_sim import Schedule, simulate  # noqa: E402
-from bridge.sentences import split_text  # noqa: E402
+from bridge.calls.start_policy import HamsaPace
+from bridge.dev.start_sim import Schedule, simulate
+from bridge.sentences import split_text
 
 ANNOUNCEMENT = (
     "نود إعلامكم بأن مواعيد العيادة ستتغير ابتداء من الأسبوع القادم. "
@@ -144,8 +142,9 @@ def whole_reply(replies: list[Schedule]) -> tuple[float, list[float]]:
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+    found = quantile(values, q)
+    assert found is not None
+    return found
 
 
 def main() -> int:
