@@ -29,7 +29,7 @@ FRAME_SECONDS = 0.020
 class PacingClock:
     """When may the next 20 ms frame be sent? Pure arithmetic on times passed in."""
 
-    __slots__ = ("frame", "lead", "refill", "_play_end")
+    __slots__ = ("frame", "lead", "refill", "gap", "_play_end")
 
     def __init__(self, *, lead: float, refill: float = 0.060, frame: float = FRAME_SECONDS) -> None:
         if not frame <= lead:
@@ -37,6 +37,8 @@ class PacingClock:
         self.lead = lead
         self.frame = frame
         self.refill = min(refill, lead - frame)
+        self.gap = 0.0
+        """How long Twilio's buffer had been dry when the last underrun ended (see ``sent``)."""
         self._play_end: float | None = None
 
     @property
@@ -58,18 +60,16 @@ class PacingClock:
             return 0.0
         return ahead - (self.lead - self.frame - self.refill)
 
-    def dry_for(self, now: float) -> float:
-        """How long Twilio's buffer has been empty at ``now`` (0 if it is not, or never played)."""
-        if self._play_end is None:
-            return 0.0
-        return max(0.0, now - self._play_end)
-
     def sent(self, now: float) -> bool:
-        """Account one frame sent at ``now``; True if Twilio's buffer had run dry (an underrun)."""
-        dry = self._play_end is None or self._play_end < now
-        start = now if dry or self._play_end is None else self._play_end
-        self._play_end = start + self.frame
-        return dry
+        """Account one frame sent at ``now``; True if Twilio's buffer had run dry (an underrun),
+        and then ``gap`` says for how long (0 if nothing had ever played)."""
+        end = self._play_end
+        if end is None or end < now:
+            self.gap = 0.0 if end is None else now - end
+            self._play_end = now + self.frame
+            return True
+        self._play_end = end + self.frame
+        return False
 
     def reset(self) -> None:
         """Twilio's buffer is empty (after ``clear``)."""
@@ -90,8 +90,6 @@ class PlaybackStats:
     underruns: int = 0
     frames_dropped: int = 0
     first_frame_at: float | None = None
-    gaps: list[float] = field(default_factory=list)
-    """Seconds Twilio's playout had been dry inside an utterance, per underrun."""
     mark_round_trips: list[float] = field(default_factory=list)
 
 
@@ -304,12 +302,10 @@ class Playback:
             if paced is not None:
                 lateness.observe(now - paced)
                 paced = None
-            if self._in_utterance and (gap := pacer.dry_for(now)) > 0:
+            if pacer.sent(now) and self._in_utterance:
                 stats.underruns += 1
-                stats.gaps.append(gap)
                 metrics.underruns.inc()
-                metrics.gap.observe(gap)
-            pacer.sent(now)
+                metrics.gap.observe(pacer.gap)
             self._in_utterance = True
             if stats.first_frame_at is None:
                 stats.first_frame_at = now

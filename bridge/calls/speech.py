@@ -47,7 +47,6 @@ from bridge.calls.start_policy import (
     HoldRecord,
     ReplyRecord,
     StartPolicy,
-    StartState,
 )
 from bridge.calls.truncation import TruncationGuard
 from bridge.errors import (
@@ -113,8 +112,6 @@ class _Progress:
 
 Sink = Callable[[bytes], None]
 """Where synthesised 8 kHz μ-law goes, in order, as it becomes playable."""
-
-MULAW_BYTES_PER_SECOND = 8000
 
 
 class ReplyObserver(Protocol):
@@ -333,13 +330,13 @@ class Synthesizer:
                             metrics.hamsa_first_byte.observe(now - sent_at)
                         decoded = decoder.feed(chunk)
                         if decoded:
-                            arrivals.append((now, len(decoded) / MULAW_BYTES_PER_SECOND))
+                            arrivals.append((now, len(decoded) / MULAW_8K.bytes_per_second))
                         audio = guard.feed(decoded, decoder.audio_ms)
                         if audio:
                             emit(audio)
                     tail = decoder.finish()
                     if tail:
-                        arrivals.append((clock(), len(tail) / MULAW_BYTES_PER_SECOND))
+                        arrivals.append((clock(), len(tail) / MULAW_8K.bytes_per_second))
                     audio = guard.finish(tail, decoder.audio_ms)
                     if audio:
                         emit(audio)
@@ -395,7 +392,7 @@ class Speaker:
         pace = self._synth.pace
         return StartPolicy(
             pace.estimate(),
-            typical=pace.for_later_sentences(),
+            typical=pace.typical(),
             max_hold=settings.bridge_start_hold_max_ms / 1000,
             margin=settings.bridge_start_margin_ms / 1000,
         )
@@ -568,7 +565,7 @@ class StartGate:
             return
         now = self._clock()
         decision = self.policy.arrived(
-            now, len(audio) / MULAW_BYTES_PER_SECOND, self._playback.playout_end()
+            now, len(audio) / MULAW_8K.bytes_per_second, self._playback.playout_end()
         )
         self._held.append(audio)
         self._act(decision)
@@ -637,10 +634,6 @@ class StartGate:
                 reason=hold.reason,
                 rebuffer=hold.rebuffer,
             )
-
-    @property
-    def holding(self) -> bool:
-        return self.policy.state is StartState.HOLDING
 
 
 def _current_task_cancelling() -> bool:

@@ -165,19 +165,12 @@ class HamsaPace:
             )
         return self._cached
 
-    def for_later_sentences(self) -> PaceEstimate | None:
-        """How sentences not yet requested are predicted: ``typical()``, the prior included.
-
-        Before any reply the prior (real time) holds a many-sentence utterance back a little,
-        even when Hamsa turns out fast: measured, that costs a fast Hamsa's first call of a
-        process ~0.7 s, while ignoring later sentences until a reply was seen cost a slow
-        Hamsa's first calls a longer pause before every later sentence (BENCHMARKS.md). The
-        caller would rather wait a little for the first word."""
-        return self.typical()
-
     def typical(self) -> PaceEstimate:
         """The median picture, for sentences not yet requested: a sum of worst cases would hold
-        every sentence for the worst of all of them (their own start is held when they come)."""
+        every sentence for the worst of all of them (their own start is held when they come).
+        The prior counts too: before any reply it holds a many-sentence utterance back a little
+        even when Hamsa turns out fast (~0.7 s on a process's first call), which costs less than
+        a slow Hamsa's first calls pausing before every later sentence (BENCHMARKS.md)."""
         if self._typical is None:
             self._typical = self._quantiles(
                 pace=0.35, spacing=0.65, first_spacing=0.65, first_byte=0.65, first_chunk=0.35

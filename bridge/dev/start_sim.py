@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bridge.calls.start_policy import HamsaPace, HoldRecord, ReplyRecord, StartPolicy
+from bridge.calls.start_policy import (
+    Decision,
+    HamsaPace,
+    HoldRecord,
+    ReplyRecord,
+    StartPolicy,
+)
 
 Schedule = Sequence[tuple[float, float]]
 """One reply: (seconds after the request, seconds of audio) per frame, in order."""
@@ -46,9 +52,7 @@ def simulate(
     learn: bool = True,
 ) -> SimResult:
     """One utterance of ``len(replies)`` sentences, from time 0 (the first request)."""
-    policy = StartPolicy(
-        pace.estimate(), typical=pace.for_later_sentences(), max_hold=max_hold, margin=margin
-    )
+    policy = StartPolicy(pace.estimate(), typical=pace.typical(), max_hold=max_hold, margin=margin)
     playout_end: float | None = None
     first_audio: float | None = None
     gaps: list[float] = []
@@ -78,16 +82,20 @@ def simulate(
     wake: float | None = None
     last = 0.0
 
-    def run_until(at: float) -> None:
+    def act(now: float, decision: Decision) -> None:
+        """What ``StartGate`` does with a decision: push what is held, or wait."""
         nonlocal wake, held
+        if decision.release:
+            push(now, held)
+            held = 0.0
+            wake = None
+        else:
+            wake = decision.wake
+
+    def run_until(at: float) -> None:
         while wake is not None and wake <= at:
-            now, wake = wake, None
-            decision = policy.due(now, ahead(now))
-            if decision.release:
-                push(now, held)
-                held = 0.0
-            else:
-                wake = decision.wake
+            now = wake
+            act(now, policy.due(now, ahead(now)))
 
     for index, schedule in enumerate(replies):
         policy.begin_sentence(chars[index], chars[index + 1 :], request_at)
@@ -100,20 +108,9 @@ def simulate(
             record.arrivals.append((at, seconds))
             decision = policy.arrived(at, seconds, ahead(at))
             held += seconds
-            if decision.release:
-                push(at, held)
-                held = 0.0
-                wake = None
-            else:
-                wake = decision.wake
+            act(at, decision)
             last = at
-        decision = policy.ended(last, ahead(last))
-        if decision.release:
-            push(last, held)
-            held = 0.0
-            wake = None
-        else:
-            wake = decision.wake
+        act(last, policy.ended(last, ahead(last)))
         if learn:
             pace.observe(record)
         request_at = last
