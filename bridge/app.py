@@ -170,12 +170,7 @@ def create_app(
     check_serving_settings(settings)
     if settings.bridge_ivr_flow and script is greeting_script:
         script = load_ivr_script(settings)
-    cache = PromptCache(
-        max_bytes=settings.bridge_prompt_cache_mb * 1024 * 1024,
-        directory=Path(settings.bridge_prompt_cache_dir)
-        if settings.bridge_prompt_cache_dir
-        else None,
-    )
+    cache = PromptCache.from_settings(settings)
     registry = CallRegistry()
     streams = OpenStreams()
     metrics = Metrics(process=True)

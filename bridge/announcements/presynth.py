@@ -18,8 +18,6 @@ Retention of the message's audio: ``bridge.announcements.retention``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import structlog
 from websockets.asyncio.client import connect
 
@@ -73,8 +71,5 @@ def command_presynthesizer(
             detail="set HAMSA_API_KEY for this command (or BRIDGE_PRESYNTH_CONNECTIONS=0)",
         )
         return None
-    cache = PromptCache(
-        max_bytes=settings.bridge_prompt_cache_mb * 1024 * 1024,
-        directory=Path(settings.bridge_prompt_cache_dir),
-    )
+    cache = PromptCache.from_settings(settings)
     return Presynthesizer(settings, cache, connector=connector, metrics=metrics)

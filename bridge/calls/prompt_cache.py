@@ -33,6 +33,7 @@ from typing import Final
 
 import structlog
 
+from bridge.settings import Settings
 from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.prompt_cache")
@@ -71,6 +72,16 @@ class PromptCache:
         self.misses = 0
         if self._held_dir is not None:
             self._held_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PromptCache:
+        """The cache ``BRIDGE_PROMPT_CACHE_MB`` and ``BRIDGE_PROMPT_CACHE_DIR`` describe (one per
+        process: the bridge's, or a command's that shares the directory with it)."""
+        directory = settings.bridge_prompt_cache_dir
+        return cls(
+            max_bytes=settings.bridge_prompt_cache_mb * 1024 * 1024,
+            directory=Path(directory) if directory else None,
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
