@@ -281,7 +281,7 @@ HAMSA_BALANCE_FIX = "top up the Hamsa project wallet"
 def hamsa_refusal(code: int | None) -> tuple[str, str] | None:
     """``(what happened, how to fix it)`` when Hamsa refused us for the key or the balance:
     close 4001 or HTTP 401/403 at the upgrade (the key), close 4003 (the balance); ``None`` for
-    any other code (``hamsa-api.md`` §2). Shared by doctor and ``hamsa probe``."""
+    any other code (``docs/hamsa-api.md`` §2). Shared by doctor and ``hamsa probe``."""
     if code == 4001:
         return "closed 4001: invalid API key", HAMSA_KEY_FIX
     if code in (401, 403):

@@ -1,7 +1,7 @@
 """Graceful drain: a deploy or a restart never cuts a call in progress.
 
 uvicorn on its own closes every WebSocket with 1012 the moment it gets SIGTERM
-(python-conventions.md §6). ``DrainingServer`` takes the first SIGTERM/SIGINT instead and hands it
+(docs/design-notes.md §3). ``DrainingServer`` takes the first SIGTERM/SIGINT instead and hands it
 to the ``DrainController``:
 
 1. the phase turns ``DRAINING``: ``/readyz`` answers 503 (the load balancer stops sending new

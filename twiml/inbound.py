@@ -1,7 +1,7 @@
 """TwiML for the inbound Voice webhook, built with twilio's ``VoiceResponse``.
 
 The document ends right after ``</Connect>``: when the bridge closes the stream the call hangs
-up instead of leaving the caller on a silent line (twilio-media-streams.md §6).
+up instead of leaving the caller on a silent line (docs/twilio-media-streams.md §6).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Streaming RIFF/WAVE header detection and parsing (sans-I/O).
 
 A Hamsa reply may or may not start with a WAV header, and a header may be split across any
-number of WebSocket frames (hamsa-api.md §5.3–5.4). ``WavHeaderParser`` is fed the first bytes of
-a reply until it can say, once, either "no header: these bytes are audio" or "header: this is
-the format, this many audio bytes follow, and here are the first of them".
+number of WebSocket frames (docs/hamsa-api.md §5.3–5.4). ``WavHeaderParser`` is fed the first
+bytes of a reply until it can say, once, either "no header: these bytes are audio" or "header:
+this is the format, this many audio bytes follow, and here are the first of them".
 
 Detection. A header starts with ``RIFF`` (bytes 0–3) and ``WAVE`` (bytes 8–11). A μ-law reply
 may legitimately start with 0x52 (``R``), so the parser buffers at most 12 bytes, and only while

@@ -3,7 +3,7 @@
 ``PacingClock`` is the sans-I/O rule: it models Twilio's playout buffer (8000 bytes/s) and
 lets a frame go only while the audio already sent is at most ``lead`` ahead of real time. After an
 underrun the clock restarts from "now", so there is never a catch-up burst
-(lessons-from-peers.md §4.1). To wake the event loop less often, frames go in small batches:
+(docs/design-notes.md §1). To wake the event loop less often, frames go in small batches:
 once full, the writer sleeps until the lead has drained by ``refill`` and then tops it up.
 
 ``Playback`` is the I/O side: a local queue of frames and marks, a writer task that paces

@@ -1,7 +1,7 @@
 """A faithful local Hamsa: the realtime TTS WebSocket and the custom-voice preload endpoint.
 
 Behind ``hamsa-bridge emulate-hamsa`` (for users without a Hamsa account) and the peer the test
-suite runs against. It reproduces the wire format of ``hamsa-api.md`` §11 byte for byte
+suite runs against. It reproduces the wire format of ``docs/hamsa-api.md`` §11 byte for byte
 (misspellings included), Hamsa's observed timing (§3.5), and, on request, every failure the
 bridge must survive (§2, §3.4, §4, §5.3): all deterministic, so a test can say "the third request
 gets the 640-byte reply" and a rerun does the same.
@@ -97,7 +97,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# --- wire constants (hamsa-api.md §2, §3.2, §7; verbatim, misspellings included) ----------------
+# --- wire constants (docs/hamsa-api.md §2, §3.2, §7; verbatim, misspellings included) -----------
 
 INFO_FRAME: Final = (
     '{"type": "info", "payload": {"message": "Connected to realtime WebSocket server"}}'
@@ -255,7 +255,7 @@ class EmulatorConfig:
     """If set (instead of :attr:`synthesis_speed`): the whole reply, first byte included, takes
     (its audio / this) seconds after ``ack``. The first-byte delay is capped at half of that and
     the later frames share the rest at a steady pace (each interval still jittered): how the
-    third-party logs of hamsa-api.md §3.5 read ("2.3–5 s for a sentence of ~4 s of audio").
+    third-party logs of docs/hamsa-api.md §3.5 read ("2.3–5 s for a sentence of ~4 s of audio").
     Drawn once per request."""
     interval_jitter: float = 0.0
     """Each interval after the first frame is multiplied by U(1 - j, 1 + j): ``0.3`` → ×0.7–1.3
@@ -378,7 +378,7 @@ class EmulatorConfig:
 
     @classmethod
     def realistic(cls, **overrides: Any) -> EmulatorConfig:
-        """Hamsa's observed timing (hamsa-api.md §3.5), read generously: connect 1.2 s, first
+        """Hamsa's observed timing (docs/hamsa-api.md §3.5), read generously: connect 1.2 s, first
         audio 0.3–1.7 s after the request, first frame 0.2–0.5 s of audio, the rest in 3–6
         pieces of random weight (4–7 frames in all), synthesis 2–4× faster than real time (a
         51-character sentence ends after ≈ 2.3–4 s). Faster than real time: audio on hand
@@ -390,11 +390,11 @@ class EmulatorConfig:
 
     @classmethod
     def observed(cls, **overrides: Any) -> EmulatorConfig:
-        """The third-party observations of hamsa-api.md §3.5 (demo-hamsa-2 logs): connect 1.2 s,
-        first audio 0.3–1.7 s after the request, a whole sentence in 0.8–1.8× real time counted
-        from the request (the logged sentences took 2.3–5 s for ~4 s of audio), a small first
-        frame (0.1–0.3 s of audio; the logged 7,398 B and 16,018 B first frames are 0.23 s and
-        0.5 s of 16 kHz PCM16), then 3–6 pieces of irregular size (4–7 frames in all) at a
+        """The third-party observations of docs/hamsa-api.md §3.5 (demo-hamsa-2 logs): connect
+        1.2 s, first audio 0.3–1.7 s after the request, a whole sentence in 0.8–1.8× real time
+        counted from the request (the logged sentences took 2.3–5 s for ~4 s of audio), a small
+        first frame (0.1–0.3 s of audio; the logged 7,398 B and 16,018 B first frames are 0.23 s
+        and 0.5 s of 16 kHz PCM16), then 3–6 pieces of irregular size (4–7 frames in all) at a
         steady pace, each interval ×U(0.8, 1.2). At the slow end a sentence and the request of
         the next one take longer than the audio lasts."""
         return cls._with(

@@ -6,7 +6,7 @@ the socket delivered (:meth:`HamsaProtocol.receive_text`, :meth:`~HamsaProtocol.
 request (:meth:`~HamsaProtocol.request`) and writes that string itself. Timeouts, retries and
 truncation checks belong to the caller: the core only says what happened, in order.
 
-Wire protocol (``hamsa-api.md`` §2–§3)
+Wire protocol (``docs/hamsa-api.md`` §2–§3)
 --------------------------------------
 
 Every server text frame is a JSON envelope ``{"type": …, "payload": {"message": …}}``; audio comes
@@ -146,8 +146,8 @@ class Audio:
 class End:
     """The reply in flight finished normally. The socket is ready for the next request.
 
-    Completeness is *not* implied: the 640-byte failure (``hamsa-api.md`` §4) ends with a normal
-    ``end``. Check :attr:`HamsaProtocol.bytes_received` against the text length.
+    Completeness is *not* implied: the 640-byte failure (``docs/hamsa-api.md`` §4) ends with a
+    normal ``end``. Check :attr:`HamsaProtocol.bytes_received` against the text length.
     """
 
     message: str
@@ -241,7 +241,8 @@ class HamsaProtocol:
         self._frames_received = 0
         self._requests_sent = 0
         # True between an ``error`` frame and the first sign of the next reply: an ``end`` seen
-        # then is the errored request's trailing ``end`` (hamsa-api.md §3.4), not the next one's.
+        # then is the errored request's trailing ``end`` (docs/hamsa-api.md §3.4), not the next
+        # one's.
         self._after_error = False
 
     # --- read-only view ----------------------------------------------------------------------
@@ -444,8 +445,8 @@ def classify_close(
       ``audio_received``), else a :class:`~bridge.errors.HamsaConnectError`. The message names the
       code and, when known, its meaning and the server's reason.
 
-    Close codes beyond 1000 are **uncertain** for Hamsa (``hamsa-api.md`` §2): the two auth codes
-    are the ones two independent clients agree on.
+    Close codes beyond 1000 are **uncertain** for Hamsa (``docs/hamsa-api.md`` §2): the two auth
+    codes are the ones two independent clients agree on.
     """
     suffix = f": {reason}" if reason else ""
     if code == 4001:

@@ -1,7 +1,8 @@
 """The bridge's side of one Twilio bidirectional Media Stream, as a sans-I/O core.
 
-References are to ``twilio-media-streams.md`` (§1 wire rules, §2 messages Twilio sends, §3 messages
-the app may send, §4 playback model, §5 error codes) and ``python-conventions.md`` §2.
+References are to ``docs/twilio-media-streams.md`` (§1 wire rules, §2 messages Twilio sends,
+§3 messages the app may send, §4 playback model, §5 error codes) and ``docs/design-notes.md`` §4
+(sans-I/O style).
 
 Theory of operation
 ===================
@@ -9,9 +10,9 @@ Theory of operation
 :class:`TwilioMediaStream` owns no socket and no clock. The I/O layer feeds it every WebSocket
 message from Twilio through :meth:`~TwilioMediaStream.receive`, which returns a list of events, and
 sends the JSON strings returned by :meth:`~TwilioMediaStream.media`, :meth:`~TwilioMediaStream.mark`
-and :meth:`~TwilioMediaStream.clear` (python-conventions §2.1).
+and :meth:`~TwilioMediaStream.clear` (docs/design-notes.md §4.1).
 
-States (python-conventions §2.2)::
+States (docs/design-notes.md §4.2)::
 
     NEW ──connected──▶ CONNECTED ──start──▶ STARTED ──stop──▶ STOPPED
      └──────────────────start──────────────────┘
@@ -23,8 +24,8 @@ the ``streamSid`` that every app message must carry (§3) is unknown, and after 
 is closing. Calling them in another state is a bug in our code and raises
 :class:`~bridge.errors.InvalidState`.
 
-Peer input never raises (python-conventions §2.3, ``bridge/errors.py``). Anything Twilio sends that
-we cannot use becomes a :class:`Violation` event with a stable ``kind``, is counted in
+Peer input never raises (docs/design-notes.md §4.3, ``bridge/errors.py``). Anything Twilio sends
+that we cannot use becomes a :class:`Violation` event with a stable ``kind``, is counted in
 :attr:`TwilioMediaStream.violations`, and the stream carries on in the state it was in:
 
 =======================  ==========================================================================
@@ -100,7 +101,7 @@ FRAME_BYTES: Final = 160
 """One outbound frame: 20 ms of 8 kHz μ-law (§1, §2 [OBS]: 160 bytes, 216 base64 characters)."""
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
-"""Twilio's messages are ~400 bytes (python-conventions §6); 64 KiB leaves ample room."""
+"""Twilio's messages are ~400 bytes (docs/design-notes.md §3); 64 KiB leaves ample room."""
 
 VIOLATION_KINDS: Final = frozenset(
     {
@@ -150,7 +151,7 @@ class StreamState(enum.Enum):
     STOPPED = "stopped"
 
 
-# --- events (python-conventions §2.5: frozen, slotted, converted at the edge) --------------------
+# --- events (docs/design-notes.md §4.4: frozen, slotted, converted at the edge) -------------------
 
 
 @dataclass(frozen=True, slots=True)
