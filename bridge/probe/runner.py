@@ -162,7 +162,8 @@ async def _reply(sock: _Socket, recorder: ProbeRecorder, settings: Settings, clo
 
 def _closed_unanswered(record: RequestTrace) -> bool:
     """The socket closed before any answer: most likely a close that was on its way when the
-    request left (Hamsa closes sockets between utterances, §3.4). Worth one more try."""
+    request left (an idle close, or a server going away: close codes in docs/hamsa-api.md §2).
+    Worth one more try."""
     return record.close is not None and record.ack_s is None and not record.frames
 
 
