@@ -1,0 +1,43 @@
+"""How every ``hamsa-bridge`` command's ``--help`` looks: one formatter and one way to add a
+subcommand, so the conventions (a description, help on every option, defaults shown, an example
+epilog) hold for all of them. ``tests/test_cli_help.py`` walks the parser and checks them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and epilogs printed as written; ``(default: …)`` after every option that has
+    a default. An option whose default comes from a setting says so in its help text instead
+    (``default: TWILIO_PHONE_NUMBER``), and its Python default stays ``None``."""
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    *,
+    summary: str,
+    description: str = "",
+    examples: str = "",
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """Add subcommand ``name``: ``summary`` is the one line in the parent's list and the first
+    line of its own ``--help``; ``description`` follows it; ``examples`` (shell lines) end it."""
+    epilog = kwargs.pop("epilog", "")
+    if examples:
+        epilog = (
+            "examples:\n"
+            + "\n".join(f"  {line}" for line in examples.strip().splitlines())
+            + ("\n\n" + epilog if epilog else "")
+        )
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary + ("\n\n" + description.strip() if description else ""),
+        epilog=epilog or None,
+        formatter_class=HelpFormatter,
+        **kwargs,
+    )
+    return parser
