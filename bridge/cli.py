@@ -29,9 +29,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError
+from bridge.exit_codes import ExitCode
 from bridge.logs import configure_logging
-from bridge.settings import Settings
+from bridge.settings import Settings, environment
 
 
 def _key_press(value: str) -> tuple[float, str]:
@@ -75,6 +76,12 @@ a test keeps the two equal)."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hamsa-bridge", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        help="read settings from this file instead of ./.env (the environment still wins)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the bridge")
@@ -337,18 +344,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """The console script. ``environ`` defaults to the process environment and then ``./.env``
+    is read too; a caller passing ``environ`` (a test) passes the whole environment, and a
+    ``.env`` is then read only from an explicit ``cwd``: no stray ``.env`` reaches a test."""
     args = build_parser().parse_args(argv)
-    env = os.environ if environ is None else environ
+    if cwd is None and environ is None:
+        cwd = Path.cwd()
     try:
+        env = environment(os.environ if environ is None else environ, args.env_file, cwd)
         settings = Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"hamsa-bridge: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     except ValidationError as exc:
-        # Name the variable and the problem, never the value (it may be a secret).
+        # The variable and the problem; a value only where the message shows it on purpose
+        # (BRIDGE_PUBLIC_URL), never a secret's.
         print("hamsa-bridge: invalid configuration:", file=sys.stderr)
         for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
-            print(f"  {name}: {error['msg']}", file=sys.stderr)
-        return 2
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"  {name}: {message}" if name else f"  {message}", file=sys.stderr)
+        return ExitCode.USAGE
     quiet = args.command in (
         "demo",
         "call",
@@ -360,7 +381,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "announce",
         "campaign",
     )
-    quiet = quiet and "BRIDGE_LOG_LEVEL" not in env
+    quiet = quiet and "bridge_log_level" not in settings.model_fields_set
     configure_logging(
         level="warning" if quiet else settings.bridge_log_level,
         fmt=settings.bridge_log_format,

@@ -1,19 +1,24 @@
 """The one typed configuration object.
 
-Built once at the entry point (``Settings.from_env()`` or ``Settings(...)`` in tests) and passed
-down. Nothing below the entry point reads ``os.environ``.
+Built once at the entry point (``Settings.from_env(environment(...))``, or ``Settings(...)`` in
+tests) and passed down. Nothing below the entry point reads ``os.environ`` or an env file.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bridge.errors import ConfigError
 from bridge.voice import Voice
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -116,7 +121,7 @@ class Settings(BaseSettings):
     def _check_api_token(cls, value: SecretStr) -> SecretStr:
         token = value.get_secret_value()
         if token and len(token) < 16:
-            raise ValueError("BRIDGE_API_TOKEN must be at least 16 characters (a random secret)")
+            raise ValueError("must be at least 16 characters (a random secret)")
         return value
 
     @field_validator("hamsa_preload_voices", mode="before")
@@ -237,3 +242,57 @@ class Settings(BaseSettings):
     def webhook_url(self, path: str) -> str:
         """The public URL Twilio signs for a webhook path."""
         return self.bridge_public_url + path
+
+
+DOTENV = ".env"
+"""The env file read from the working directory when present (``--env-file`` chooses another)."""
+
+
+def environment(
+    os_environ: Mapping[str, str], env_file: Path | None = None, cwd: Path | None = None
+) -> dict[str, str]:
+    """The variables settings are built from: an env file overlaid by ``os_environ`` (a variable
+    of the process environment wins over the file's, whatever the case of its name).
+
+    The file is ``env_file`` (``--env-file``; relative to ``cwd`` when given; it must exist), else
+    ``cwd/.env`` when ``cwd`` is given and that file exists, else none. ``ConfigError`` names the
+    file when it is missing, unreadable or has a line that is not ``NAME=value``.
+    """
+    if env_file is not None:
+        path = cwd / env_file if cwd is not None else env_file
+        if not path.is_file():
+            where = "" if env_file.is_absolute() else f" ({path.absolute()})"
+            what = "is not a file" if path.exists() else "no such file"
+            raise ConfigError(f"--env-file {env_file}: {what}{where}")
+    elif cwd is not None and (cwd / DOTENV).is_file():
+        path = cwd / DOTENV
+    else:
+        return dict(os_environ)
+    overridden = {name.upper() for name in os_environ}
+    from_file = {
+        name: value for name, value in read_env_file(path).items() if name.upper() not in overridden
+    }
+    return from_file | dict(os_environ)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``NAME=value`` lines of an env file, read as python-dotenv does, without expanding
+    ``${VAR}`` (as systemd's ``EnvironmentFile=`` and ``docker --env-file`` read them too).
+    A bare ``NAME`` line sets nothing. ``ConfigError`` for an unreadable file or a line that
+    cannot be parsed (the line itself is not shown: it may hold a secret)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    bad = [binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error]
+    if bad:
+        lines = ", ".join(str(line) for line in bad)
+        raise ConfigError(
+            f"{path}: line {lines} is not NAME=value"
+            if len(bad) == 1
+            else f"{path}: lines {lines} are not NAME=value"
+        )
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {name: value for name, value in values.items() if value is not None}
