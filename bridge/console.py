@@ -10,7 +10,6 @@ changes nothing) and shows them before and after; ``--dry-run`` makes no changin
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 from twilio.twiml.voice_response import VoiceResponse
 
-from bridge.settings import E164, Settings
+from bridge.settings import E164, EXAMPLE_PUBLIC_URL, Settings, is_loopback
 from bridge.twilio_api import PhoneNumber, TwilioApi, TwilioApiError
 
 Print = Callable[[str], None]
@@ -113,42 +112,34 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def public_url_problem(settings: Settings) -> str | None:
-    """Why ``BRIDGE_PUBLIC_URL`` can't be given to Twilio, or None.
+def public_url_check(settings: Settings) -> tuple[str, str] | None:
+    """``(what is wrong, how to fix it)`` when ``BRIDGE_PUBLIC_URL`` can't be given to Twilio.
 
-    Twilio needs ``https://`` on port 443 (it streams only to ``wss://`` there). The one
-    exception is the emulators on this machine: a loopback ``http://`` URL is accepted while
-    ``TWILIO_API_URL`` is a loopback URL too.
+    Its form is ``Settings``' business (scheme and host only: ``https://`` on 443, or ``http://``
+    on a loopback host), so an invalid one never gets here. Left to check: it is set, and a
+    loopback URL (this machine) goes only to a Twilio on this machine — the emulator, at a
+    loopback ``TWILIO_API_URL``: the real Twilio cannot reach it. Every fix given is valid.
     """
     url = settings.bridge_public_url
     if not url:
-        return "BRIDGE_PUBLIC_URL is not set (e.g. https://bridge.example.com)"
-    parts = urlsplit(url)
-    local = _is_loopback(parts.hostname or "") and _is_loopback(
-        urlsplit(settings.twilio_api_url).hostname or ""
-    )
-    if local:
-        return None
-    if parts.scheme != "https":
         return (
-            f"BRIDGE_PUBLIC_URL must be https:// (Twilio only streams to wss:// on port 443), "
-            f"not {redact_url(url)}"
+            "not set",
+            f"set it to the https:// URL Twilio reaches this bridge at, e.g. {EXAMPLE_PUBLIC_URL}",
         )
-    if parts.port not in (None, 443):
+    api = settings.twilio_api_url
+    if is_loopback(urlsplit(url).hostname or "") and not is_loopback(urlsplit(api).hostname or ""):
         return (
-            f"BRIDGE_PUBLIC_URL must use port 443 (Twilio streams only to wss:// on 443), "
-            f"not {parts.port}"
+            f"{url} is this machine, which Twilio at {api} cannot reach",
+            "give the public https:// URL Twilio reaches this bridge at, or point "
+            "TWILIO_API_URL at `hamsa-bridge emulate-twilio`",
         )
     return None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def public_url_problem(settings: Settings) -> str | None:
+    """``public_url_check`` as one sentence (``None``: Twilio can be given the URL)."""
+    check = public_url_check(settings)
+    return None if check is None else f"BRIDGE_PUBLIC_URL {check[0]}: {check[1]}"
 
 
 def configure(settings: Settings, number: str, *, dry_run: bool, out: Print = print) -> int:

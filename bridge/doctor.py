@@ -20,7 +20,7 @@ import httpx2
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from bridge.console import how_it_points, public_url_problem
+from bridge.console import how_it_points, public_url_check
 from bridge.errors import PreloadError
 from bridge.preload import preload_voices, voices_to_preload
 from bridge.protocols.hamsa import Audio, End, HamsaProtocol, Info, ReplyError
@@ -82,13 +82,9 @@ def check_settings(settings: Settings, number: str | None) -> list[Check]:
             checks.append(ok(name, "set"))
         else:
             checks.append(failed(name, "missing", f"set it from {where}"))
-    problem = public_url_problem(settings)
+    problem = public_url_check(settings)
     if problem:
-        checks.append(
-            failed(
-                "BRIDGE_PUBLIC_URL", problem, "set the https:// URL Twilio reaches the bridge at"
-            )
-        )
+        checks.append(failed("BRIDGE_PUBLIC_URL", *problem))
     else:
         checks.append(ok("BRIDGE_PUBLIC_URL", settings.bridge_public_url))
     if not number:
@@ -139,6 +135,8 @@ async def check_twilio(settings: Settings, number: str | None) -> list[Check]:
             skipped(names[2], "needs the number"),
         ]
     checks.append(ok(names[1], found.sid))
+    if public_url_check(settings):
+        return [*checks, skipped(names[2], "needs a BRIDGE_PUBLIC_URL Twilio can reach")]
     pointing = how_it_points(found, settings)
     if pointing.endswith("✓"):
         checks.append(ok(names[2], f"POST {found.voice_url}"))
@@ -156,7 +154,7 @@ async def check_twilio(settings: Settings, number: str | None) -> list[Check]:
 
 async def check_bridge(settings: Settings) -> list[Check]:
     names = ("public URL answers /livez", "signed stream handshake accepted")
-    if public_url_problem(settings):
+    if not settings.bridge_public_url:
         return [skipped(n, "needs BRIDGE_PUBLIC_URL") for n in names]
     url = settings.bridge_public_url + "/livez"
     try:

@@ -7,6 +7,7 @@ tests) and passed down. Nothing below the entry point reads ``os.environ`` or an
 from __future__ import annotations
 
 import io
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
 
     # --- Bridge ------------------------------------------------------------------------------
     bridge_public_url: str = ""
+    """Scheme and host only, normalised (``public_base_url``); empty: not set."""
     bridge_greeting: str = "مرحبا بك في خدمة همسة. شكرا لاتصالك."
     bridge_stream_path: str = "/twilio/stream"
     bridge_stream_token_ttl: float = Field(default=300.0, gt=0)
@@ -165,16 +167,7 @@ class Settings(BaseSettings):
     @field_validator("bridge_public_url")
     @classmethod
     def _check_public_url(cls, value: str) -> str:
-        value = value.rstrip("/")
-        if value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(
-                    "must be an absolute http(s) URL such as https://bridge.example.com"
-                )
-            if parts.query or parts.fragment:
-                raise ValueError("must not carry a query string or fragment")
-        return value
+        return public_base_url(value) if value else value
 
     @field_validator("twilio_phone_number")
     @classmethod
@@ -242,6 +235,111 @@ class Settings(BaseSettings):
     def webhook_url(self, path: str) -> str:
         """The public URL Twilio signs for a webhook path."""
         return self.bridge_public_url + path
+
+
+EXAMPLE_PUBLIC_URL = "https://bridge.example.com"
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def public_base_url(value: str) -> str:
+    """``BRIDGE_PUBLIC_URL`` as the bridge uses it, or ``ValueError`` naming the bad part and the
+    fix. Scheme and host only: ``https://`` (port 443, written or not) or ``http://`` on a
+    loopback host (the emulators; any port). A lone trailing ``/`` and an explicit ``:443`` are
+    dropped: the result is the one form Twilio signs (no port for https)."""
+    fix = EXAMPLE_PUBLIC_URL
+    if any(c.isspace() for c in value):
+        what = "a space" if " " in value else "whitespace"
+        raise ValueError(f"{value!r} contains {what}: give scheme and host only, e.g. {fix}")
+    _, sep, rest = value.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:
+        host = authority.rpartition("@")[2].partition(":")[0] or "bridge.example.com"
+        raise ValueError(
+            "has a user name or password before the host (the value is not shown): give scheme "
+            f"and host only, e.g. https://{host}"
+        )
+    if not sep:
+        host = value.split("/", 1)[0]
+        if _HOST_NAME.fullmatch(host):
+            raise ValueError(f"{value!r} has no scheme: give scheme and host, e.g. https://{host}")
+        raise ValueError(f"{value!r} is not scheme://host: give scheme and host, e.g. {fix}")
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        raise ValueError(
+            f"{value!r} has an invalid host: give scheme and host, e.g. {fix}"
+        ) from None
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    fix = f"https://{shown}" if host else fix
+    if parts.scheme in ("ws", "wss"):
+        raise ValueError(
+            f"{value!r} is a WebSocket URL: give the https:// base URL (the bridge derives its "
+            f"wss:// stream URL from it), e.g. {fix}"
+        )
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} is not an https:// URL: give scheme and host, e.g. {fix}")
+    if not host:
+        raise ValueError(f"{value!r} has no host: give scheme and host, e.g. {fix}")
+    if not (is_loopback(host) or _is_ip(host) or _HOST_NAME.fullmatch(host)):
+        raise ValueError(
+            f'{value!r} has an invalid host name ("{host}"): give scheme and host, e.g. '
+            f"{EXAMPLE_PUBLIC_URL} (an internationalised name in its xn-- form)"
+        )
+    # the host as written (Twilio signs the URL as configured, case included), without the port
+    if authority.startswith("["):
+        written = authority[: authority.index("]") + 1]
+    else:
+        written = authority.partition(":")[0]
+    try:
+        port = parts.port
+    except ValueError:
+        port_text = authority.rpartition(":")[2]
+        raise ValueError(
+            f'{value!r} has an invalid port ("{port_text}"): give scheme and host only, e.g. {fix}'
+        ) from None
+    for what, present, part in (
+        ("a path", parts.path not in ("", "/"), parts.path),
+        ("a query", "?" in value, "?" + parts.query),
+        ("a fragment", "#" in value, "#" + parts.fragment),
+    ):
+        if present:
+            raise ValueError(
+                f'{value!r} has {what} ("{part}"): give scheme and host only, e.g. {fix}'
+            )
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ValueError(
+            f"{value!r} uses http:// on a host that is not this machine (http:// is only for "
+            f"localhost, 127.0.0.0/8 and [::1]: the emulators): give https://, e.g. {fix}"
+        )
+    if parts.scheme == "https" and port not in (None, 443):
+        raise ValueError(
+            f"{value!r} has port {port}, but Twilio reaches https:// only on port 443: drop the "
+            f"port (a TLS proxy on 443 forwards to the bridge), e.g. {fix}"
+        )
+    keep_port = parts.scheme == "http" and port is not None
+    return f"{parts.scheme}://{written}" + (f":{port}" if keep_port else "")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 DOTENV = ".env"

@@ -153,7 +153,7 @@ def test_settings_from_env_parses_lists_and_ignores_unrelated() -> None:
 
 
 def test_settings_reject_bad_public_url() -> None:
-    with pytest.raises(ValueError, match="absolute"):
+    with pytest.raises(ValueError, match="has no scheme"):
         Settings.from_env({"BRIDGE_PUBLIC_URL": "bridge.example.com"})
 
 

@@ -129,7 +129,12 @@ async def test_dry_run_makes_no_changing_request() -> None:
     [
         ({}, "+966500000000", "is not a number of account", 1),
         ({"twilio_auth_token": "wrong"}, NUMBER, "TWILIO_AUTH_TOKEN", 1),
-        ({"bridge_public_url": "http://bridge.example.com"}, NUMBER, "must be https://", 2),
+        (
+            {"bridge_public_url": "http://127.0.0.1:9", "twilio_api_url": "https://api.twilio.com"},
+            NUMBER,
+            "is this machine, which Twilio at https://api.twilio.com cannot reach",
+            2,
+        ),
         ({}, "0501234567", "not an E.164 number", 2),
     ],
 )
@@ -202,6 +207,18 @@ async def test_doctor_reports_missing_settings() -> None:
     for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "HAMSA_API_KEY", "BRIDGE_PUBLIC_URL"):
         assert f"✗ {name}" in output
     assert "✗ phone number — none given" in output
+
+
+async def test_doctor_without_a_public_url_suggests_only_valid_urls() -> None:
+    async with stack() as s:
+        code, output = await run_doctor(s.with_(bridge_public_url=""))
+    assert code == 1
+    assert "✗ BRIDGE_PUBLIC_URL — not set" in output
+    assert "fix: set it to the https:// URL Twilio reaches this bridge at" in output
+    assert "✓ number in the account" in output
+    assert "– number points at this bridge — needs a BRIDGE_PUBLIC_URL Twilio can reach" in output
+    assert "– public URL answers /livez — needs BRIDGE_PUBLIC_URL" in output
+    assert "/twiml/inbound" not in output  # no webhook built from a missing base URL
 
 
 async def test_configure_fixes_the_method_and_clears_a_twiml_app_that_would_win() -> None:
