@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -127,16 +126,10 @@ def check_serving_settings(settings: Settings) -> None:
 def load_ivr_script(settings: Settings) -> CallScript:
     """The flow in ``BRIDGE_IVR_FLOW`` as a call script; ``ConfigError`` listing every problem."""
     from bridge.ivr.flow import Transfer
-    from bridge.ivr.load import FlowInvalid, load_flow
+    from bridge.ivr.load import load_named_flow
     from bridge.ivr.runner import FlowRunner
 
-    try:
-        flow = load_flow(Path(settings.bridge_ivr_flow))
-    except FlowInvalid as exc:
-        problems = "\n".join(f"  {e.location}: {e.message}" for e in exc.errors)
-        raise ConfigError(
-            f"BRIDGE_IVR_FLOW {settings.bridge_ivr_flow} is invalid:\n{problems}"
-        ) from None
+    flow = load_named_flow(settings.bridge_ivr_flow, source="BRIDGE_IVR_FLOW")
     transfers = any(isinstance(node, Transfer) for node in flow.nodes.values())
     if transfers and not settings.twilio_account_sid:
         raise ConfigError(

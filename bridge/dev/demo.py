@@ -33,9 +33,10 @@ async def run_demo(
     emulator = EmulatorConfig() if fast else EmulatorConfig.model(model)
     overrides: dict[str, Any] = {"bridge_greeting": text} if text else {}
     if flow:
-        from bridge.ivr.commands import flow_path
+        from bridge.ivr.load import load_named_flow
 
-        overrides["bridge_ivr_flow"] = str(flow_path(flow))
+        load_named_flow(flow, source="--flow")  # its errors name the option the user typed
+        overrides["bridge_ivr_flow"] = flow
     lines: list[str] = []
     result: StreamResult | None
     async with loopback(

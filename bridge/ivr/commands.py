@@ -6,26 +6,20 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import bridge.ivr
 from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.speech import Synthesizer, cache_worthy
 from bridge.errors import HamsaError
 from bridge.ivr.flow import Flow
 from bridge.ivr.graph import render_png, to_mermaid
-from bridge.ivr.load import FlowInvalid, load_flow
+from bridge.ivr.load import EXAMPLES, FlowInvalid, flow_path, load_flow
 from bridge.settings import Settings
 
+__all__ = ["EXAMPLES", "flow_path", "graph", "validate", "warm"]
+"""With ``EXAMPLES`` and ``flow_path`` from ``bridge.ivr.load``: a flow's name resolves as the
+bridge resolves ``BRIDGE_IVR_FLOW``."""
+
 Print = Callable[[str], None]
-EXAMPLES = Path(bridge.ivr.__file__).parent / "examples"
-
-
-def flow_path(name: str) -> Path:
-    """A flow file, or the name of a shipped example (``clinic``)."""
-    path = Path(name)
-    if not path.exists() and (EXAMPLES / f"{name}.toml").exists():
-        return EXAMPLES / f"{name}.toml"
-    return path
 
 
 def validate(path: Path, *, out: Print = print) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError
 from bridge.ivr.flow import (
     DIGITS,
     Flow,
@@ -45,11 +45,14 @@ from bridge.settings import E164
 
 __all__ = [
     "BUILTIN_VARIABLES",
+    "EXAMPLES",
     "MAX_TEXT_CHARS",
     "NODE_TYPES",
     "FlowError",
     "FlowInvalid",
+    "flow_path",
     "load_flow",
+    "load_named_flow",
     "parse_flow",
     "validate_flow",
 ]
@@ -93,6 +96,38 @@ class FlowInvalid(BridgeError):
         count = len(self.errors)
         lines = "".join(f"\n  {error}" for error in self.errors)
         super().__init__(f"invalid IVR flow ({count} error{'s' if count != 1 else ''}):{lines}")
+
+
+EXAMPLES = Path(__file__).parent / "examples"
+"""The shipped example flows: ``clinic`` names ``examples/clinic.toml``."""
+
+
+def flow_path(name: str) -> Path:
+    """A flow file, or the name of a shipped example (``clinic``)."""
+    path = Path(name)
+    if not path.exists() and (EXAMPLES / f"{name}.toml").exists():
+        return EXAMPLES / f"{name}.toml"
+    return path
+
+
+def load_named_flow(name: str, *, source: str) -> Flow:
+    """The flow ``name`` names (a file, or a shipped example: ``flow_path``), loaded and valid.
+
+    ``source`` is where the user wrote the name (``--flow``, ``BRIDGE_IVR_FLOW``): a
+    ``ConfigError`` starts with it, then says what is wrong (every problem of an invalid flow).
+    """
+    path = flow_path(name)
+    if not path.exists():
+        examples = ", ".join(sorted(p.stem for p in EXAMPLES.glob("*.toml")))
+        raise ConfigError(
+            f"{source} {name}: no such flow file ({path.absolute()}) and no shipped example of "
+            f"that name (the examples: {examples})"
+        )
+    try:
+        return load_flow(path)
+    except FlowInvalid as exc:
+        problems = "\n".join(f"  {e.location}: {e.message}" for e in exc.errors)
+        raise ConfigError(f"{source} {name} is invalid:\n{problems}") from None
 
 
 def load_flow(path: Path) -> Flow:
