@@ -24,9 +24,9 @@ from bridge.console import how_it_points, public_url_check
 from bridge.errors import PreloadError
 from bridge.preload import preload_voices, voices_to_preload
 from bridge.protocols.hamsa import Audio, End, HamsaProtocol, Info, ReplyError
-from bridge.settings import E164, Settings
+from bridge.settings import API_KEY_SID, E164, Settings
 from bridge.signatures import TwilioSignatures
-from bridge.twilio_api import TwilioApi, TwilioApiError
+from bridge.twilio_api import TwilioApi, TwilioApiError, credentials_hint
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 
@@ -67,11 +67,14 @@ def check_settings(settings: Settings, number: str | None) -> list[Check]:
     if _ACCOUNT_SID.match(sid):
         checks.append(ok("TWILIO_ACCOUNT_SID", sid))
     else:
+        fix = "copy the Account SID from the Twilio console (Account info)"
+        if API_KEY_SID.fullmatch(sid):
+            fix += "; an SK… SID is an API key's: it goes in TWILIO_API_KEY"
         checks.append(
             failed(
                 "TWILIO_ACCOUNT_SID",
                 "missing" if not sid else f"{sid!r} is not AC followed by 32 hex digits",
-                "copy the Account SID from the Twilio console (Account info)",
+                fix,
             )
         )
     for name, value, where in (
@@ -82,6 +85,8 @@ def check_settings(settings: Settings, number: str | None) -> list[Check]:
             checks.append(ok(name, "set"))
         else:
             checks.append(failed(name, "missing", f"set it from {where}"))
+    if settings.twilio_api_key:  # its form and its secret are checked by Settings
+        checks.append(ok("TWILIO_API_KEY", f"{settings.twilio_api_key} (REST requests)"))
     problem = public_url_check(settings)
     if problem:
         checks.append(failed("BRIDGE_PUBLIC_URL", *problem))
@@ -107,7 +112,7 @@ async def check_twilio(settings: Settings, number: str | None) -> list[Check]:
         account = await asyncio.to_thread(api.account_name)
     except TwilioApiError as exc:
         if exc.status == 401 or (exc.status is None and "TWILIO_ACCOUNT_SID" in exc.message):
-            fix = "check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (the primary auth token)"
+            fix = "check " + credentials_hint(settings)
         elif exc.status is None:
             fix = "check TWILIO_API_URL and this machine's network access to it"
         else:

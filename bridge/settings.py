@@ -23,6 +23,8 @@ from bridge.errors import ConfigError
 from bridge.voice import Voice
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+API_KEY_SID = re.compile(r"SK[0-9a-fA-F]{32}")
+"""A Twilio API key's SID (https://www.twilio.com/docs/iam/api-keys)."""
 
 
 class Settings(BaseSettings):
@@ -68,6 +70,11 @@ class Settings(BaseSettings):
     # --- Twilio ------------------------------------------------------------------------------
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr = SecretStr("")
+    """Validates Twilio's signatures and keys the stream tokens; authenticates REST requests too
+    unless an API key is set."""
+    twilio_api_key: str = ""
+    """An API key SID (SK…): with ``twilio_api_secret``, REST requests authenticate with it."""
+    twilio_api_secret: SecretStr = SecretStr("")
     twilio_api_url: str = "https://api.twilio.com"
     twilio_phone_number: str = ""
 
@@ -125,6 +132,27 @@ class Settings(BaseSettings):
         if token and len(token) < 16:
             raise ValueError("must be at least 16 characters (a random secret)")
         return value
+
+    @field_validator("twilio_api_key")
+    @classmethod
+    def _check_api_key(cls, value: str) -> str:
+        # The value is never shown: a secret pasted into the wrong variable must not be printed.
+        if value and not API_KEY_SID.fullmatch(value):
+            raise ValueError(
+                "is not an API key SID (SK followed by 32 hex digits: the key's SID in the Twilio "
+                "console, API keys & tokens); the key's secret goes in TWILIO_API_SECRET"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_api_key_pair(self) -> Settings:
+        if bool(self.twilio_api_key) != bool(self.twilio_api_secret.get_secret_value()):
+            missing = "TWILIO_API_SECRET" if self.twilio_api_key else "TWILIO_API_KEY"
+            raise ValueError(
+                f"TWILIO_API_KEY and TWILIO_API_SECRET go together: set {missing} too, or "
+                "neither (REST requests then use TWILIO_AUTH_TOKEN)"
+            )
+        return self
 
     @field_validator("hamsa_preload_voices", mode="before")
     @classmethod
@@ -201,12 +229,26 @@ class Settings(BaseSettings):
         """Every secret this configuration holds (the log redactor removes them from output)."""
         values = [
             secret.get_secret_value()
-            for secret in (self.twilio_auth_token, self.hamsa_api_key, self.bridge_api_token)
+            for secret in (
+                self.twilio_auth_token,
+                self.twilio_api_secret,
+                self.hamsa_api_key,
+                self.bridge_api_token,
+            )
         ]
         password = urlsplit(self.bridge_database_url).password
         if password:
             values.append(password)
         return tuple(value for value in values if value)
+
+    @property
+    def twilio_rest_auth(self) -> tuple[str, str]:
+        """HTTP Basic ``(user, password)`` of Twilio REST requests: the API key SID and its
+        secret when set, else the account SID and auth token. The account SID stays in the
+        URL path either way; signatures are always the auth token's."""
+        if self.twilio_api_key:
+            return self.twilio_api_key, self.twilio_api_secret.get_secret_value()
+        return self.twilio_account_sid, self.twilio_auth_token.get_secret_value()
 
     @property
     def voice(self) -> Voice:

@@ -79,13 +79,23 @@ def _status_of(exc: Exception) -> tuple[int | None, int | None, str]:
     return status, code if isinstance(code, int) else None, str(message)
 
 
+def credentials_hint(settings: Settings) -> str:
+    """Which settings authenticate REST requests (what to check after a 401)."""
+    if settings.twilio_api_key:
+        return (
+            "TWILIO_API_KEY and TWILIO_API_SECRET (a Standard or Main key of account "
+            "TWILIO_ACCOUNT_SID, not revoked)"
+        )
+    return "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (the account's primary auth token)"
+
+
 def _explain(exc: Exception, settings: Settings) -> TwilioApiError:
     status, code, message = _status_of(exc)
     if status is not None:
         if status == 401:
             return TwilioApiError(
                 f"Twilio rejected the credentials (HTTP 401, code {code}): check "
-                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (the account's primary auth token)",
+                + credentials_hint(settings),
                 status=status,
                 code=code,
             )
@@ -129,12 +139,19 @@ class TwilioApi:
     """A few typed Twilio REST operations (sync: used by the command-line tools)."""
 
     def __init__(self, settings: Settings) -> None:
-        if not settings.twilio_account_sid or not settings.twilio_auth_token.get_secret_value():
-            raise TwilioApiError("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        user, password = settings.twilio_rest_auth
+        if not settings.twilio_account_sid or not password:
+            raise TwilioApiError(
+                "set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and "
+                "TWILIO_API_SECRET)"
+            )
         self._settings = settings
+        # HTTP Basic with the API key and its secret when set (else the account SID and auth
+        # token); the account SID is always the one in the URL path.
         self._client = Client(
-            settings.twilio_account_sid,
-            settings.twilio_auth_token.get_secret_value(),
+            user,
+            password,
+            account_sid=settings.twilio_account_sid,
             http_client=TwilioHttpClient(timeout=REQUEST_TIMEOUT),
         )
         self._client.api.base_url = settings.twilio_api_url.rstrip("/")
@@ -150,7 +167,15 @@ class TwilioApi:
             raise
 
     def account_name(self) -> str:
-        """Fetch the account (proves the credentials); its friendly name."""
+        """Prove the credentials; what they are: the account's friendly name, or ``API key SK…``.
+
+        With an API key the Account resource is not read: a Standard key may not (Twilio
+        answers 401/20003 there), so one page of the account's numbers proves the key instead.
+        """
+        key = self._settings.twilio_api_key
+        if key:
+            self._call(lambda: self._client.incoming_phone_numbers.list(limit=1, page_size=1))
+            return f"API key {key}"
         sid = self._settings.twilio_account_sid
         account = self._call(lambda: self._client.api.v2010.accounts(sid).fetch())
         return str(account.friendly_name or sid)

@@ -13,8 +13,12 @@ routes), :mod:`.voice` (each call's lifecycle and TwiML), :mod:`.webhooks` (sign
 requests and status callbacks), :mod:`.media` (``<Connect><Stream>``), :mod:`.server` (the app,
 the in-process server, ``emulate-twilio``).
 
-REST (HTTP Basic ``AccountSid:AuthToken``; form bodies; JSON answers)
-=====================================================================
+REST (HTTP Basic ``AccountSid:AuthToken`` or ``ApiKeySid:Secret``; form bodies; JSON answers)
+=============================================================================================
+
+API keys (``TwilioEmulatorConfig.api_keys``, :class:`ApiKey`) authenticate as on Twilio: the
+key's SID and secret as the Basic user and password, the account's SID in the path; a Standard
+key gets 401/20003 on the Account resource itself, a Main key may use it.
 
 * ``GET|POST /2010-04-01/Accounts/{AccountSid}.json`` — fetch; update ``FriendlyName``.
 * ``POST /2010-04-01/Accounts/{AccountSid}/Calls.json`` — create (201, ``queued``): ``To``,
@@ -89,6 +93,7 @@ from bridge.dev.twilio_emulator.config import (
     ANSWERED_BY,
     DEFAULT_ACCOUNT_SID,
     DEFAULT_AUTH_TOKEN,
+    ApiKey,
     NumberConfig,
     Outcome,
     OutcomeStatus,
@@ -118,6 +123,7 @@ __all__ = [
     "DEFAULT_ACCOUNT_SID",
     "DEFAULT_AUTH_TOKEN",
     "DEFAULT_PORT",
+    "ApiKey",
     "CallRecord",
     "CallbackRecord",
     "NumberConfig",

@@ -13,6 +13,7 @@ __all__ = [
     "ANSWERED_BY",
     "DEFAULT_ACCOUNT_SID",
     "DEFAULT_AUTH_TOKEN",
+    "ApiKey",
     "NumberConfig",
     "Outcome",
     "OutcomeStatus",
@@ -123,11 +124,27 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """An API key of the emulated account (https://www.twilio.com/docs/iam/api-keys): its SID
+    (``SK…``, the key of :attr:`TwilioEmulatorConfig.api_keys`) and :attr:`secret` authenticate
+    REST requests as the HTTP Basic user and password, the account's SID staying in the path."""
+
+    secret: str
+    main: bool = False
+    """A Main key may use every resource. A Standard key (the default, and the only kind the Keys
+    API creates) may use all but the Account resource (``/Accounts/{Sid}.json``) and the Keys
+    (which the emulator does not serve): there it gets 401/20003, as on Twilio."""
+
+
+@dataclass(frozen=True)
 class TwilioEmulatorConfig:
     """Everything the emulator can be told. Defaults: fast (tests), signed, checked."""
 
     account_sid: str = DEFAULT_ACCOUNT_SID
     auth_token: str = DEFAULT_AUTH_TOKEN
+    api_keys: Mapping[str, ApiKey | str] = field(default_factory=dict)
+    """The account's API keys: SID (``SK…``) → :class:`ApiKey`, or its secret for a Standard
+    key. REST requests authenticate with the account SID and auth token, or with one of these."""
     friendly_name: str = "Hamsa bridge Twilio emulator"
     numbers: Mapping[str, NumberConfig | Mapping[str, Any]] = field(default_factory=dict)
     """The account's phone numbers: E.164 → :class:`NumberConfig` (or a mapping of its fields)."""
@@ -161,6 +178,11 @@ class TwilioEmulatorConfig:
             raise ValueError("account_sid must be 'AC' followed by 32 hex digits")
         if not self.auth_token:
             raise ValueError("auth_token must not be empty")
+        for sid, key in self.api_keys.items():
+            if not rest.is_sid(sid, "SK"):
+                raise ValueError(f"API key SID {sid!r} is not 'SK' followed by 32 hex digits")
+            if not (key.secret if isinstance(key, ApiKey) else key):
+                raise ValueError(f"API key {sid}: the secret must not be empty")
         for number, value in self.numbers.items():
             if not rest.is_e164(number):
                 raise ValueError(f"phone number {number!r} is not E.164 (+ and 7-15 digits)")
@@ -176,6 +198,10 @@ class TwilioEmulatorConfig:
         values: dict[str, Any] = {"ring_seconds": 2.0}
         values.update(overrides)
         return cls(**values)
+
+    def api_key(self, sid: str) -> ApiKey | None:
+        key = self.api_keys.get(sid)
+        return ApiKey(key) if isinstance(key, str) else key
 
     def number_settings(self) -> dict[str, NumberConfig]:
         return {number: _number_config(value) for number, value in self.numbers.items()}

@@ -72,7 +72,7 @@ class RestApi:
         body = await request.body() if method in ("POST", "PUT") else b""
         query = Form.parse(request.url.query)
         form = Form()
-        ok, user = self._authorized(request.headers.get("authorization"))
+        ok, user = self._authorized(request.headers.get("authorization"), path)
         answer: Answer
         try:
             form = Form.parse(body)
@@ -106,12 +106,20 @@ class RestApi:
     def _is_create(self, method: str, path: str) -> bool:
         return method == "POST" and self._routes[1][0].fullmatch(path) is not None
 
-    def _authorized(self, header: str | None) -> tuple[bool, str | None]:
+    def _authorized(self, header: str | None, path: str) -> tuple[bool, str | None]:
+        """The account SID and auth token, or an API key SID and its secret (a Standard key
+        not on the Account resource); ``(ok, the Basic user sent)``."""
         credentials = rest.parse_basic_auth(header)
         if credentials is None:
             return False, None
         user, password = credentials
         config = self._state.config
+        if rest.is_sid(user, "SK"):
+            key = config.api_key(user)
+            if key is None or not hmac.compare_digest(password.encode(), key.secret.encode()):
+                return False, user
+            on_account = self._routes[0][0].fullmatch(path) is not None
+            return key.main or not on_account, user
         ok = hmac.compare_digest(user.encode(), config.account_sid.encode()) and (
             hmac.compare_digest(password.encode(), config.auth_token.encode())
         )

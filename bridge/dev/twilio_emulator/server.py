@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from bridge.dev.media_leg import mulaw_to_wav
 from bridge.dev.servers import AppServer, port_problem, serve_until_stopped
-from bridge.dev.twilio_emulator.config import NumberConfig, TwilioEmulatorConfig
+from bridge.dev.twilio_emulator.config import ApiKey, NumberConfig, TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.rest_api import RestApi
 from bridge.dev.twilio_emulator.state import TwilioEmulatorState
 from bridge.protocols import twilio_rest as rest
@@ -203,7 +203,8 @@ def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) ->
     Expected arguments: ``--host``, ``--port``, ``--number E164[=VOICE_URL]`` (repeatable),
     ``--status-callback URL``, ``--ring-seconds``, ``--outcome E164=OUTCOME`` (repeatable),
     ``--max-call-seconds``, ``--seed``. Credentials come from ``TWILIO_ACCOUNT_SID`` /
-    ``TWILIO_AUTH_TOKEN`` or are generated and printed.
+    ``TWILIO_AUTH_TOKEN`` or are generated and printed; ``TWILIO_API_KEY`` /
+    ``TWILIO_API_SECRET``, when set, are a Standard API key of the account.
     """
     account_sid = settings.twilio_account_sid or "AC" + secrets.token_hex(16)
     auth_token = settings.twilio_auth_token.get_secret_value() or secrets.token_hex(16)
@@ -221,6 +222,9 @@ def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) ->
     if not numbers:
         number = settings.twilio_phone_number or "+15005550006"
         numbers[number] = NumberConfig(voice_url=default_voice, status_callback=status_callback)
+    api_keys: dict[str, ApiKey | str] = {}
+    if settings.twilio_api_key:
+        api_keys[settings.twilio_api_key] = settings.twilio_api_secret.get_secret_value()
     outcomes: dict[str, str] = {}
     for item in getattr(args, "outcome", None) or []:
         destination, _, outcome = item.partition("=")
@@ -229,6 +233,7 @@ def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) ->
         config = TwilioEmulatorConfig(
             account_sid=account_sid,
             auth_token=auth_token,
+            api_keys=api_keys,
             numbers=numbers,
             ring_seconds=args.ring_seconds,
             outcomes=outcomes,
@@ -248,6 +253,8 @@ def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) ->
     if not settings.twilio_account_sid or not settings.twilio_auth_token.get_secret_value():
         print(f"TWILIO_ACCOUNT_SID={account_sid}")
         print(f"TWILIO_AUTH_TOKEN={auth_token}")
+    for key in api_keys:
+        print(f"API key {key} (Standard): REST requests may authenticate with it")
     for number, settings_ in numbers.items():
         print(f"number {number}: VoiceUrl={settings_.voice_url or '(unset)'}")
     print(
