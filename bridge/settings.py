@@ -220,7 +220,8 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Settings from an explicit environment mapping (the entry point passes os.environ)."""
+        """Settings from an explicit environment mapping (the entry point passes
+        ``environment(os.environ, ...)``: the process environment over ``.env``)."""
         names = {name.upper() for name in cls.model_fields}
         values = {k.lower(): v for k, v in environ.items() if k.upper() in names}
         return cls.model_validate(values)
