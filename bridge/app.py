@@ -6,9 +6,12 @@ WebSocket (signature-checked when Twilio signs the handshake, token-checked alwa
 token). Internal: ``GET /livez``, ``GET /readyz``, ``GET /metrics`` (unless
 ``BRIDGE_METRICS_PORT`` moves it to its own port).
 
-Capacity and drain: a stream handshake is refused with 503 (before ``accept``, so no Hamsa socket
-and Twilio moves on to the TwiML after ``</Connect>``) while starting, while draining, and when
-``BRIDGE_MAX_CALLS`` streams are open; ``/readyz`` is 503 in the same cases.
+Capacity and drain (docs/operations.md, Capacity): a stream handshake is refused with 503 (before
+``accept``, so no Hamsa socket; Twilio logs 31920 and moves on to the TwiML after ``</Connect>``)
+while starting, while draining, when ``BRIDGE_MAX_CALLS`` calls are in progress, and when
+``BRIDGE_MAX_PENDING_STREAMS`` streams are awaiting their ``start``; ``/readyz`` is 503 in the first
+three cases. A stream awaiting its ``start`` is not a call: if its ``start`` would make call
+``BRIDGE_MAX_CALLS`` + 1, the stream is closed with 1008 (``Call._authenticate``).
 
 The announcements database is opened on first need (an announcement's stream or status
 callback, or the API), so a bridge that only answers calls never creates it.
@@ -460,25 +463,35 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
 
 
 def _refusal(state: BridgeState, signature: str | None) -> tuple[str, int, str] | None:
-    """Why a stream handshake must be refused (metric reason, HTTP status, body), or None."""
-    if signature is not None and not state.signatures.handshake_ok(
-        state.settings.stream_url, signature
-    ):
-        log.warning("stream_handshake_signature_invalid")
+    """Why a stream handshake must be refused (metric reason, HTTP status, body), or None.
+
+    Each refusal is logged once, as ``stream_refused`` with its ``reason`` and ``status``
+    (uvicorn's own lines for the denied handshake are dropped: ``bridge.logs``)."""
+    settings = state.settings
+    if signature is not None and not state.signatures.handshake_ok(settings.stream_url, signature):
+        log.warning("stream_refused", reason="signature", status=403)
         return "signature", 403, "invalid Twilio signature"
     phase = state.drain.phase
     if phase is not Phase.SERVING:
         reason = "starting" if phase is Phase.STARTING else "draining"
-        log.info("stream_refused", reason=reason)
+        log.info("stream_refused", reason=reason, status=503)
         return reason, 503, f"bridge {phase.value}"
     if state.at_capacity:
-        log.warning("stream_refused", reason="capacity", max_calls=state.settings.bridge_max_calls)
+        log.warning(
+            "stream_refused", reason="capacity", status=503, max_calls=settings.bridge_max_calls
+        )
         return "capacity", 503, "bridge at capacity"
     unauthenticated = len(state.streams) - len(state.registry)
-    if unauthenticated >= state.settings.bridge_max_pending_streams:
+    if unauthenticated >= settings.bridge_max_pending_streams:
         # Streams that have not yet proven a token hold a socket for up to the start timeout:
         # bound how many strangers can do that at once.
-        log.warning("stream_refused", reason="pending_limit", pending=unauthenticated)
+        log.warning(
+            "stream_refused",
+            reason="pending_limit",
+            status=503,
+            pending=unauthenticated,
+            max_pending_streams=settings.bridge_max_pending_streams,
+        )
         return "pending_limit", 503, "busy"
     return None
 

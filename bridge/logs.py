@@ -8,8 +8,14 @@ Secrets never reach the output: every rendered line is scrubbed of the configure
 (auth token, Hamsa key, API token), stream tokens (``v1.…``/``v2.…``) and passwords in URLs,
 whatever logger produced it and wherever in the line they appear (an exception's text included).
 
-uvicorn's per-connection lines ("connection open", the WebSocket access line) are dropped: they
-carry no call id, and ``call_started``/``call_summary`` say the same with it.
+uvicorn's per-connection lines are dropped: they carry no call id, and the bridge's own events say
+the same with it. For an accepted stream: "connection open"/"connection closed" and the
+``"WebSocket /path" [accepted]`` line (``call_started``/``call_summary`` say it). For a handshake
+the bridge refuses on purpose (403 signature, 503 starting/draining/capacity/pending limit): the
+``"WebSocket /path" 503`` line, websockets' ``connection rejected (503 Service Unavailable)`` and
+uvicorn's complaint that follows a denial (``stream_refused`` says it, with the reason). A
+handshake uvicorn or Starlette refuses by itself (a path the bridge does not serve) keeps
+uvicorn's lines: nothing else would report it.
 """
 
 from __future__ import annotations
@@ -29,16 +35,23 @@ HANDLER_NAME = "hamsa-bridge"
 _STREAM_TOKEN = re.compile(r"\bv[12]\.[0-9]{1,12}\.[A-Za-z0-9_-]{12}\.[A-Za-z0-9_-]{43}")
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\"]+:)[^@\s\"]+@")
 _UVICORN_NOISE = frozenset({"connection open", "connection closed"})
-# uvicorn's websockets-sansio protocol logs this after every send_denial_response (a 403/503
-# refusal, which does complete the handshake): noise, dropped only for a connection the app
-# denied on purpose (uvicorn logs it from the task that ran the app, so the ContextVar is seen);
-# anywhere else it would be a real bug and is kept.
-_UVICORN_DENIAL_QUIRK = "ASGI callable returned without completing handshake."
+_ACCEPTED_LINE = re.compile(r'"WebSocket [^"]*" \[accepted\]$')
+# What uvicorn (and websockets, through uvicorn's logger) logs for a denied handshake: the access
+# line ``"WebSocket /path" 503``, websockets' ``connection rejected (503 Service Unavailable)`` (or
+# ``HTTP response sent (…)``), and, after some denials, the complaint below. Dropped only for a
+# connection the app denied on purpose (uvicorn logs them from the task that ran the app, so the
+# ContextVar is seen); anywhere else they are kept (the complaint would be a real bug).
+_DENIAL_LINES = re.compile(
+    r'"WebSocket [^"]*" \d{3}$'
+    r"|^(connection rejected|HTTP response sent) \(\d{3} [^)]*\)$"
+    r"|^ASGI callable returned without completing handshake\.$"
+)
 _handshake_denied: ContextVar[bool] = ContextVar("handshake_denied", default=False)
 
 
 def note_handshake_denied() -> None:
-    """Call before ``send_denial_response``: uvicorn's complaint that follows is expected."""
+    """Call before ``send_denial_response``, once the refusal is logged (``stream_refused``):
+    uvicorn's lines about the denied handshake are then dropped."""
     _handshake_denied.set(True)
 
 
@@ -101,11 +114,9 @@ class _DropUvicornNoise(logging.Filter):
         if not record.name.startswith("uvicorn"):
             return True
         message = record.getMessage()
-        if message in _UVICORN_NOISE:
+        if message in _UVICORN_NOISE or _ACCEPTED_LINE.search(message):
             return False
-        if message == _UVICORN_DENIAL_QUIRK:
-            return not _handshake_denied.get()
-        return not (message.endswith('" [accepted]') and '"WebSocket ' in message)
+        return not (_handshake_denied.get() and _DENIAL_LINES.search(message))
 
 
 def configure_logging(

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
 
     # --- Operations --------------------------------------------------------------------------
     bridge_max_calls: int = Field(default=100, ge=1)
-    """Concurrent streams this process accepts; over it the handshake gets 503."""
+    """Concurrent calls (streams whose `start` was accepted); at it new handshakes get 503."""
     bridge_drain_timeout: float = Field(default=600.0, ge=0)
     """On SIGTERM, how long calls in progress may continue before they are ended."""
     bridge_metrics_port: int = Field(default=0, ge=0, le=65535)

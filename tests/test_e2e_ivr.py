@@ -423,15 +423,21 @@ async def test_a_short_reply_that_passed_the_guard_is_played_but_never_cached(
 
     # request 1 (the welcome) gets three 640-byte chunks: above the hold, below a real prompt
     emulator = EmulatorConfig(ms_per_char=45, faults={1: Fault.TRUNCATE_3X640})
+    from tests.test_faults_hamsa import log_tap
+
     overrides = {"bridge_prompt_cache_min_ms_per_char": 40.0, "hamsa_retry_delays": (0.05,)}
-    async with ivr(tmp_path, emulator=emulator, **overrides) as rig:
-        for _ in range(3):
-            await rig.call(answers=["2"])
-        welcome = [r for r in rig.hamsa.requests if r.text == "مرحبا بكم في العيادة."]
+    with log_tap() as tap:
+        async with ivr(tmp_path, emulator=emulator, **overrides) as rig:
+            for _ in range(3):
+                await rig.call(answers=["2"])
+            welcome = [r for r in rig.hamsa.requests if r.text == "مرحبا بكم في العيادة."]
     # call 1 got the short reply (it passed the loose guard and was played) but it was too short
     # to cache; call 2 asked Hamsa again and cached the full reply; call 3 used the cache
     assert [r.fault for r in welcome] == [Fault.TRUNCATE_3X640, None]
     assert len(welcome[1].audio) > 3 * len(welcome[0].audio)
+    [not_cached] = tap.named("prompt_not_cached_short")
+    rule = "is shorter than BRIDGE_PROMPT_CACHE_MIN_MS_PER_CHAR=40 ms/char allows"
+    assert rule in not_cached["reason"]
 
 
 async def test_a_transfer_to_a_number_the_caller_typed_is_refused_at_run_time(

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import structlog
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from bridge.announcements import parameters
+from bridge.dev.loopback import loopback
 from bridge.logs import HANDLER_NAME, Redactor, configure_logging, note_handshake_denied
 from bridge.stream_token import issue_token
 from tests.log_audit import _Audit
@@ -56,20 +59,80 @@ def test_uvicorn_connection_noise_is_dropped(output: io.StringIO) -> None:
     uvicorn.info("connection open")
     uvicorn.info("connection closed")
     uvicorn.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", "/twilio/stream")
-    uvicorn.info('%s - "WebSocket %s" %d', "127.0.0.1:5000", "/twilio/stream", 503)
-    # uvicorn's complaint after a deliberate denial is noise; anywhere else it is a real bug
+    # a handshake the app denied on purpose (it logged ``stream_refused``): all of uvicorn's
+    # lines about it are noise; a denial the app did not make (a wrong path) is kept
     quirk = "ASGI callable returned without completing handshake."
 
-    def denied_then_uvicorn_complains() -> None:
-        note_handshake_denied()
+    def denial(status: int, phrase: str, path: str) -> None:
+        uvicorn.info('%s - "WebSocket %s" %d', "127.0.0.1:5000", path, status)
+        uvicorn.info("connection rejected (%d %s)", status, phrase)
         uvicorn.error(quirk)
 
-    contextvars.copy_context().run(denied_then_uvicorn_complains)
-    uvicorn.error(quirk)
+    def denied_by_the_app() -> None:
+        note_handshake_denied()
+        denial(503, "Service Unavailable", "/twilio/stream")
+
+    contextvars.copy_context().run(denied_by_the_app)
+    denial(403, "Forbidden", "/wrong")
     assert [line["event"] for line in lines(output)] == [
-        '127.0.0.1:5000 - "WebSocket /twilio/stream" 503',
+        '127.0.0.1:5000 - "WebSocket /wrong" 403',
+        "connection rejected (403 Forbidden)",
         quirk,
     ]
+
+
+@pytest.fixture
+def served_output() -> Iterator[io.StringIO]:
+    """configure_logging into a buffer, as ``serve`` does; the suite's audit handler stays."""
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handler = configure_logging(level="info", fmt="json", stream=stream)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+async def refused_status(url: str, headers: dict[str, str] | None = None) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, additional_headers=headers or {}):
+            pass
+    return refused.value.response.status_code
+
+
+@pytest.mark.anyio
+async def test_a_refused_handshake_logs_one_line_of_ours_and_none_of_uvicorns(
+    served_output: io.StringIO,
+) -> None:
+    async with loopback(bridge_max_pending_streams=1) as lb:
+        url = lb.settings.stream_url
+        async with connect(url):  # awaiting its start: the one pending stream allowed
+            over_pending = await refused_status(url)
+        forged = await refused_status(url, {"X-Twilio-Signature": "forged"})
+        # a path the bridge does not serve: only uvicorn's lines report it, so they stay
+        wrong_path = await refused_status(url.replace("/twilio/stream", "/nowhere"))
+    # the servers stopped: every connection's lines are written
+    logged = lines(served_output)
+    assert (over_pending, forged, wrong_path) == (503, 403, 403)
+    refused = [line for line in logged if line["event"] == "stream_refused"]
+    assert [(line["reason"], line["status"], line["level"]) for line in refused] == [
+        ("pending_limit", 503, "warning"),
+        ("signature", 403, "warning"),
+    ]
+    assert refused[0]["pending"] == 1
+    assert refused[0]["max_pending_streams"] == 1
+    uvicorn = [str(line["event"]) for line in logged if str(line["logger"]).startswith("uvicorn")]
+    assert [event for event in uvicorn if "/twilio/stream" in event] == []
+    assert [event for event in uvicorn if "/nowhere" in event] == [
+        event for event in uvicorn if event.endswith('"WebSocket /nowhere" 403')
+    ]
+    assert len([event for event in uvicorn if "/nowhere" in event]) == 1
+    assert [event for event in uvicorn if event.startswith("connection ")] == [
+        "connection rejected (403 Forbidden)"  # the wrong path's
+    ]
+    assert not any("completing handshake" in event for event in uvicorn)
 
 
 def test_secrets_tokens_and_url_passwords_are_redacted_wherever_they_appear(

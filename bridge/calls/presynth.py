@@ -38,7 +38,7 @@ from websockets.asyncio.client import connect
 
 from bridge.calls.hamsa_session import Connector, HamsaSession
 from bridge.calls.prompt_cache import PromptCache, prompt_key
-from bridge.calls.speech import Synthesizer, cache_worthy
+from bridge.calls.speech import Synthesizer, cache_refusal
 from bridge.errors import HamsaError
 from bridge.metrics import Metrics
 from bridge.settings import Settings
@@ -250,8 +250,9 @@ class Presynthesizer:
         stats = synth.stats
         if not complete or stats.truncated or stats.retries or stats.resumed:
             return "reply incomplete or not clean"
-        if not cache_worthy(text, len(audio), self._settings):
-            return "reply too short to be stored"
+        refusal = cache_refusal(text, len(audio), self._settings)
+        if refusal is not None:
+            return refusal
         if held:
             if not self.cache.put_held(text, voice, job.holder, bytes(audio)):
                 return "released before the audio was ready"

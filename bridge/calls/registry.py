@@ -63,7 +63,9 @@ class CallRegistry:
 
 class OpenStreams:
     """The stream WebSockets this process accepted and has not closed yet (calls, and streams
-    still awaiting their ``start``): what capacity counts and what a drain waits for."""
+    still awaiting their ``start``): what a drain waits for. Capacity counts calls (the
+    ``CallRegistry``); the streams that are not calls yet are bounded by
+    ``BRIDGE_MAX_PENDING_STREAMS``."""
 
     def __init__(self) -> None:
         self._streams: set[Endable] = set()

@@ -69,14 +69,36 @@ _SPOKEN_SECONDS_PER_CHAR = 0.08
 this much per character of its text (slow synthesis of a long sentence), and no longer."""
 
 
-def cache_worthy(text: str, audio_bytes: int, settings: Settings) -> bool:
-    """Long enough to be a whole prompt (8 kHz μ-law: 8 bytes per ms).
+def cache_refusal(text: str, audio_bytes: int, settings: Settings) -> str | None:
+    """Why a clean reply's audio is too short to be cached as a whole prompt, or None if it may
+    be (8 kHz μ-law: 8 bytes per ms). The reason names the setting and the numbers.
 
-    ``BRIDGE_PROMPT_CACHE_MIN_MS_PER_CHAR`` (40; real speech has 80–100) is stricter than the
-    truncation guard: a reply that merely passed the guard must not be replayed to every caller.
+    Two rules decide whether a reply is "too short to be whole", on purpose:
+
+    - ``HAMSA_TRUNCATION_MS_PER_CHAR`` (12, every character counted; ``TruncationGuard``) is the
+      live path's: a reply under it is never played and is retried. It is loose so that a fast
+      voice is never silenced; its target is the 640-byte failure (a fraction of the audio).
+    - ``BRIDGE_PROMPT_CACHE_MIN_MS_PER_CHAR`` (40, spaces not counted; real speech has 80–100)
+      is the cache's: a cached prompt is replayed to every caller until the cache is cleared, so
+      a reply cut short that merely passed the guard costs far more there. A voice faster than
+      it is played but never cached (lower the setting for such a voice, not to zero).
     """
     chars = len(text.replace(" ", ""))
-    return audio_bytes / 8 >= chars * settings.bridge_prompt_cache_min_ms_per_char
+    minimum = settings.bridge_prompt_cache_min_ms_per_char
+    audio_ms = audio_bytes / 8
+    if audio_ms >= chars * minimum:
+        return None
+    return (
+        f"reply {audio_ms / 1000:.1f} s for {chars} characters "
+        f"({audio_ms / chars:.0f} ms/char, spaces not counted) is shorter than "
+        f"BRIDGE_PROMPT_CACHE_MIN_MS_PER_CHAR={minimum:g} ms/char allows; "
+        "possibly truncated, not cached"
+    )
+
+
+def cache_worthy(text: str, audio_bytes: int, settings: Settings) -> bool:
+    """Long enough to be cached as a whole prompt (see :func:`cache_refusal`)."""
+    return cache_refusal(text, audio_bytes, settings) is None
 
 
 """Seconds past the audio still buffered to wait for a mark echo before giving up on it."""
@@ -235,6 +257,7 @@ class Synthesizer:
                     "hamsa_reply_truncated",
                     audio_ms=round(exc.audio_ms, 1),
                     threshold_ms=round(exc.threshold_ms, 1),
+                    rule="HAMSA_TRUNCATION_MS_PER_CHAR, HAMSA_TRUNCATION_MIN_MS",
                     played_bytes=progress.played,
                     attempt=attempt + 1,
                     chars=len(text),
@@ -504,10 +527,16 @@ class Speaker:
             self.holds.extend(gate.policy.holds)
         clean = troubles == (stats.truncated, stats.retries, stats.resumed)
         if cache is not None and captured is not None and complete and clean:
-            if cache_worthy(text, len(captured), self._settings):
+            refusal = cache_refusal(text, len(captured), self._settings)
+            if refusal is None:
                 cache.put(text, voice, bytes(captured))
             else:
-                log.warning("prompt_not_cached_short", chars=len(text), audio_bytes=len(captured))
+                log.warning(
+                    "prompt_not_cached_short",
+                    reason=refusal,
+                    chars=len(text),
+                    audio_bytes=len(captured),
+                )
         return complete
 
 

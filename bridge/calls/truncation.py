@@ -52,7 +52,8 @@ class TruncationGuard:
             self._held.clear()
             raise TruncatedReply(
                 f"Hamsa reply too short for its text: {audio_ms:.0f} ms of audio, "
-                f"expected at least {self.threshold_ms:.0f} ms",
+                f"expected at least {self.threshold_ms:.0f} ms "
+                "(HAMSA_TRUNCATION_MS_PER_CHAR per character, HAMSA_TRUNCATION_MIN_MS in all)",
                 audio_ms=audio_ms,
                 threshold_ms=self.threshold_ms,
             )

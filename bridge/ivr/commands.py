@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.prompt_cache import PromptCache
-from bridge.calls.speech import Synthesizer, cache_worthy
+from bridge.calls.speech import Synthesizer, cache_refusal
 from bridge.errors import HamsaError
 from bridge.ivr.flow import Flow
 from bridge.ivr.graph import render_png, to_mermaid
@@ -64,33 +64,76 @@ async def warm(settings: Settings, path: Path, *, out: Print = print) -> int:
 
 
 async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) -> int:
-    failures = 0
+    """Synthesise each static prompt not cached yet; one line per prompt, saying why when it
+    was not cached, and a summary that says what to do; 1 if any prompt was not cached."""
+    short: list[float] = []  # ms/char of the replies too short to cache
+    unclean = 0
+    aborted = False
     async with asyncio.TaskGroup() as tasks:
         hamsa = HamsaSession(settings, tasks)
         synth = Synthesizer(settings, hamsa)
         try:
-            for text, voice in flow.static_prompts(settings.voice):
+            for where, text, voice in flow.static_prompt_sources(settings.voice):
                 if cache.get(text, voice) is not None:
-                    out(f"  cached   {text[:50]}")
+                    out(f"  cached   {where}")
                     continue
                 audio = bytearray()
-                retries = synth.stats.retries
-                if await synth.text(text, voice, audio.extend) and cache_worthy(
-                    text, len(audio), settings
-                ):
-                    if synth.stats.retries != retries:
-                        out(f"  ✗ retried {text[:50]} (not cached: run warm again)")
-                        failures += 1
-                        continue
-                    cache.put(text, voice, bytes(audio))
-                    out(f"  warmed   {text[:50]} ({len(audio) / 8000:.1f} s)")
-                else:
-                    failures += 1
-                    out(f"  ✗ failed {text[:50]}")
+                troubles = (synth.stats.truncated, synth.stats.retries, synth.stats.resumed)
+                complete = await synth.text(text, voice, audio.extend)
+                stats = synth.stats
+                if not complete:
+                    unclean += 1
+                    out(
+                        f"  ✗ {where}: a part could not be synthesised (Hamsa failed or kept "
+                        "truncating it: see hamsa_gave_up in the log), not cached"
+                    )
+                    continue
+                if troubles != (stats.truncated, stats.retries, stats.resumed):
+                    unclean += 1
+                    out(f"  ✗ {where}: Hamsa's reply needed a retry, not cached (clean ones only)")
+                    continue
+                refusal = cache_refusal(text, len(audio), settings)
+                if refusal is not None:
+                    short.append(len(audio) / 8 / max(1, len(text.replace(" ", ""))))
+                    out(f"  ✗ {where}: {refusal}")
+                    continue
+                cache.put(text, voice, bytes(audio))
+                out(f"  warmed   {where} ({len(audio) / 8000:.1f} s)")
         except HamsaError as exc:
             out(f"✗ {exc}")
-            failures += 1
+            aborted = True
         finally:
             await hamsa.close()
-    out(f"{len(cache)} prompt(s) in {settings.bridge_prompt_cache_dir}; {failures} failed")
+    failures = len(short) + unclean + aborted
+    out(
+        f"{len(cache)} prompt(s) in {settings.bridge_prompt_cache_dir}; "
+        f"{len(short) + unclean} not cached" + ("; stopped early" if aborted else "")
+    )
+    for line in _warm_advice(settings, short, unclean, aborted):
+        out(line)
     return 1 if failures else 0
+
+
+def _warm_advice(settings: Settings, short: list[float], unclean: int, aborted: bool) -> list[str]:
+    """What to do about the prompts ``warm`` did not cache."""
+    advice: list[str] = []
+    if short:
+        minimum = settings.bridge_prompt_cache_min_ms_per_char
+        fastest = int(min(short))
+        truncation = settings.hamsa_truncation_ms_per_char
+        advice += [
+            f"{len(short)} prompt(s) had less audio than BRIDGE_PROMPT_CACHE_MIN_MS_PER_CHAR="
+            f"{minimum:g} ms per character (spaces not counted).",
+            "  A cached prompt is replayed to every caller, so one possibly cut short is not "
+            "cached (calls still play it, synthesised each time).",
+            "  If the voice really speaks that fast (listen to a call; `hamsa-bridge hamsa probe` "
+            "measures it),",
+            f"  set BRIDGE_PROMPT_CACHE_MIN_MS_PER_CHAR={fastest} or less (above "
+            f"HAMSA_TRUNCATION_MS_PER_CHAR={truncation:g}) for warm and serve, and warm again.",
+            "  Otherwise Hamsa cut them short: warm again.",
+        ]
+    if unclean:
+        advice.append(f"{unclean} prompt(s) failed or needed a retry: run warm again.")
+    if aborted:
+        advice.append("Hamsa failed (above): fix it and run warm again.")
+    return advice

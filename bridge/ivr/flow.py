@@ -142,28 +142,35 @@ class Flow:
 
     def static_prompts(self, base: Voice) -> list[tuple[str, Voice]]:
         """Every static text the flow can speak, with its voice (for warming the cache)."""
-        out: list[tuple[str, Voice]] = []
-        for node in self.nodes.values():
+        return [(text, voice) for _, text, voice in self.static_prompt_sources(base)]
+
+    def static_prompt_sources(self, base: Voice) -> list[tuple[str, str, Voice]]:
+        """``static_prompts`` with where each text is first used (``main_menu.prompt``)."""
+        out: list[tuple[str, str, Voice]] = []
+        seen: set[tuple[str, Voice]] = set()
+        for name, node in self.nodes.items():
             if isinstance(node, Webhook):
                 continue
             voice = node.voice.apply(self.voice.apply(base))
-            for text in _texts(node):
-                if text and is_static(text) and (text, voice) not in out:
-                    out.append((text, voice))
+            for field_name, text in _texts(node):
+                if text and is_static(text) and (text, voice) not in seen:
+                    seen.add((text, voice))
+                    out.append((f"{name}.{field_name}", text, voice))
         return out
 
 
-def _texts(node: Node) -> list[str]:
+def _texts(node: Node) -> list[tuple[str, str]]:
+    """A node's spoken texts, each with its field name."""
     match node:
         case Say(text=text):
-            return [text]
+            return [("text", text)]
         case Menu(prompt=prompt, invalid=invalid, no_input=no_input):
-            return [prompt, invalid, no_input]
+            return [("prompt", prompt), ("invalid", invalid), ("no_input", no_input)]
         case Gather(prompt=prompt, invalid=invalid):
-            return [prompt, invalid]
+            return [("prompt", prompt), ("invalid", invalid)]
         case Transfer(message=message):
-            return [message]
+            return [("message", message)]
         case Hangup(text=text):
-            return [text]
+            return [("text", text)]
         case Webhook():
             return []

@@ -1,0 +1,115 @@
+"""The README as a newcomer meets it.
+
+- Its exit-status table is ``bridge/exit_codes.py``'s, word for word.
+- Every relative link in the README and in ``docs/`` leads to a file of the repository.
+- The code blocks of the offline path (marked ``<!-- readme-test: NAME -->``) run exactly as
+  written, in this order, in a copy of the repository with a fresh virtual environment: the
+  quick start's demo, then the whole product offline (``examples/offline.sh``, ``.env``,
+  configure, doctor, an inbound call, an announcement). This is the slow test of the suite
+  (a ``pip install`` and two simulated calls): about a minute and a half.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import pytest
+
+from bridge.exit_codes import MEANING
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+MARKED_BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```sh\n(.*?)\n```", re.DOTALL)
+
+
+def readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def test_the_exit_status_table_is_the_code_table() -> None:
+    text = readme()
+    table = text.split("<!-- exit-codes:", 1)[1].split("<!-- /exit-codes -->", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|$", table, re.MULTILINE)
+    assert [(int(code), meaning) for code, meaning in rows] == [
+        (code.value, meaning) for code, meaning in MEANING.items()
+    ]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [README, *sorted((ROOT / "docs").glob("*.md"))],
+    ids=lambda path: path.name,
+)
+def test_every_relative_link_leads_to_a_file(document: Path) -> None:
+    text = document.read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0]
+        if not (document.parent / path).exists():
+            broken.append(target)
+    assert broken == []
+
+
+def test_the_offline_blocks_are_marked_in_reading_order() -> None:
+    assert [name for name, _ in MARKED_BLOCK.findall(readme())] == ["quick-start", "offline"]
+
+
+def _copy_of_the_repository(destination: Path) -> None:
+    """What a fresh clone holds: the tracked files and the new ones git would not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if not source.is_file():
+            continue  # deleted in the work tree
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+@pytest.mark.timeout(900)
+def test_the_offline_path_runs_as_written(tmp_path: Path) -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs the git checkout to copy")
+    checkout = tmp_path / "hamsa-bridge"
+    _copy_of_the_repository(checkout)
+    blocks = dict(MARKED_BLOCK.findall(readme()))
+    # A newcomer's shell: no settings of ours, no venv active, python3 on PATH.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("HAMSA_", "TWILIO_", "BRIDGE_", "VIRTUAL_ENV", "PYTHON"))
+    }
+    outputs = {}
+    try:
+        for name in ("quick-start", "offline"):
+            done = subprocess.run(
+                ["bash", "-e", "-c", blocks[name]],
+                cwd=checkout,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            outputs[name] = done.stdout + done.stderr
+            assert done.returncode == 0, f"README block {name!r} failed:\n{outputs[name]}"
+    finally:
+        subprocess.run(["bash", "examples/offline.sh", "stop"], cwd=checkout, env=env, check=False)
+    with wave.open(str(checkout / "hamsa-demo.wav")) as demo:
+        assert demo.getnframes() > 8000  # more than a second of what the caller heard
+    with wave.open(str(checkout / "heard.wav")) as heard:
+        assert heard.getnframes() > 8000
+    assert "all checks passed" in outputs["offline"]
+    assert "outcome: heard" in outputs["offline"]
