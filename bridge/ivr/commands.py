@@ -1,8 +1,15 @@
-"""``hamsa-bridge ivr validate|graph|warm FLOW``."""
+"""``hamsa-bridge ivr validate|graph|warm FLOW``.
+
+Results go to ``out`` (stdout; ``validate``'s findings are its result), failures to ``err``
+(stderr). Exit status (codes of :mod:`bridge.exit_codes`): 0 done; 1 an invalid flow, a prompt
+that could not be synthesised, or ``graph --png`` without graphviz; 2 ``warm`` without
+``BRIDGE_PROMPT_CACHE_DIR`` or ``HAMSA_API_KEY``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +18,7 @@ from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.speech import Synthesizer, cache_worthy
 from bridge.errors import HamsaError
+from bridge.exit_codes import ExitCode
 from bridge.ivr.flow import Flow
 from bridge.ivr.graph import render_png, to_mermaid
 from bridge.ivr.load import FlowInvalid, load_flow
@@ -18,6 +26,11 @@ from bridge.settings import Settings
 
 Print = Callable[[str], None]
 EXAMPLES = Path(bridge.ivr.__file__).parent / "examples"
+
+
+def print_error(line: str) -> None:
+    """The commands' default ``err``: a line on stderr."""
+    print(line, file=sys.stderr)
 
 
 def flow_path(name: str) -> Path:
@@ -35,42 +48,53 @@ def validate(path: Path, *, out: Print = print) -> int:
         for error in exc.errors:
             out(f"✗ {error.location}: {error.message}")
         out(f"{len(exc.errors)} error(s) in {path}")
-        return 1
+        return ExitCode.FAILURE
     out(f"✓ {path}: flow {flow.name!r}, {len(flow.nodes)} nodes, start {flow.start!r}")
-    return 0
+    return ExitCode.OK
 
 
-def graph(path: Path, *, png: Path | None, out: Print = print) -> int:
+def graph(path: Path, *, png: Path | None, out: Print = print, err: Print = print_error) -> int:
+    """Print the flow as Mermaid; with ``png`` also draw it with graphviz (1 without it)."""
     try:
         flow = load_flow(path)
     except FlowInvalid as exc:
-        out(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
-        return 1
+        err(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
+        return ExitCode.FAILURE
     out(to_mermaid(flow))
     if png is not None:
-        if render_png(flow, png):
-            out(f"png: {png}")
-        else:
-            out("png: not written (install graphviz for `dot`)")
-    return 0
+        if not render_png(flow, png):
+            err(
+                f"✗ {png} not written: the PNG needs graphviz's `dot`; install graphviz "
+                "(e.g. apt install graphviz, brew install graphviz)"
+            )
+            return ExitCode.FAILURE
+        out(f"png: {png}")
+    return ExitCode.OK
 
 
-async def warm(settings: Settings, path: Path, *, out: Print = print) -> int:
+async def warm(
+    settings: Settings, path: Path, *, out: Print = print, err: Print = print_error
+) -> int:
     """Synthesise every static prompt of the flow into ``BRIDGE_PROMPT_CACHE_DIR``."""
     if not settings.bridge_prompt_cache_dir:
-        out("✗ set BRIDGE_PROMPT_CACHE_DIR: warming fills the on-disk prompt cache")
-        return 2
+        err("✗ set BRIDGE_PROMPT_CACHE_DIR: warming fills the on-disk prompt cache")
+        return ExitCode.USAGE
+    if not settings.hamsa_api_key.get_secret_value():
+        err("✗ set HAMSA_API_KEY: warming synthesises the prompts with Hamsa")
+        return ExitCode.USAGE
     try:
         flow = load_flow(path)
     except FlowInvalid as exc:
-        out(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
-        return 1
+        err(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
+        return ExitCode.FAILURE
     cache = PromptCache(directory=Path(settings.bridge_prompt_cache_dir))
-    return await _warm(settings, flow, cache, out)
+    return await _warm(settings, flow, cache, out, err)
 
 
-async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) -> int:
-    failures = 0
+async def _warm(
+    settings: Settings, flow: Flow, cache: PromptCache, out: Print, err: Print = print_error
+) -> int:
+    failures = warmed = 0
     async with asyncio.TaskGroup() as tasks:
         hamsa = HamsaSession(settings, tasks)
         synth = Synthesizer(settings, hamsa)
@@ -89,14 +113,23 @@ async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) 
                         failures += 1
                         continue
                     cache.put(text, voice, bytes(audio))
+                    warmed += 1
                     out(f"  warmed   {text[:50]} ({len(audio) / 8000:.1f} s)")
                 else:
                     failures += 1
                     out(f"  ✗ failed {text[:50]}")
+                    if not warmed:
+                        # Not one reply yet, retries spent: the next prompts would wait as long
+                        # for the same failure (an unreachable HAMSA_WS_URL, a refused key).
+                        err(
+                            "✗ Hamsa gave no usable reply: check HAMSA_WS_URL, HAMSA_API_KEY and "
+                            "the log above, then run warm again"
+                        )
+                        break
         except HamsaError as exc:
-            out(f"✗ {exc}")
+            err(f"✗ {exc}")
             failures += 1
         finally:
             await hamsa.close()
     out(f"{len(cache)} prompt(s) in {settings.bridge_prompt_cache_dir}; {failures} failed")
-    return 1 if failures else 0
+    return ExitCode.FAILURE if failures else ExitCode.OK
