@@ -91,7 +91,7 @@ class BridgeState:
     startup: asyncio.Task[None] | None = None
     """Voice preload and the rest of startup, when it runs behind a listening server."""
     on_startup_failure: Callable[[], None] | None = None
-    """Called if startup fails in the background (``serve`` then exits with status 3)."""
+    """Called if startup fails in the background (``serve`` then exits with status 1)."""
 
     async def wait_started(self) -> None:
         """Return once the bridge accepts calls; raises ``PreloadError`` if startup failed."""

@@ -5,23 +5,38 @@ Wiring a number to the bridge means exactly four fields of its IncomingPhoneNumb
 call-status callback ``StatusCallback`` = ``{BRIDGE_PUBLIC_URL}/twilio/status`` with
 ``StatusCallbackMethod`` = ``POST``. ``configure`` changes only those that differ (a second run
 changes nothing) and shows them before and after; ``--dry-run`` makes no changing request.
+
+Results go to ``out`` (stdout), failures to ``err`` (stderr). Exit status (codes of
+:mod:`bridge.exit_codes`): 0 done; 2 refused before anything is sent to Twilio (a missing or
+malformed setting or number: credentials, ``TWILIO_ACCOUNT_SID`` that is not ``AC`` and 32 hex
+digits, a number that is not E.164, ``BRIDGE_PUBLIC_URL``); 1 Twilio refused or could not be
+reached, or the call did not complete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 from twilio.twiml.voice_response import VoiceResponse
 
+from bridge.exit_codes import ExitCode
 from bridge.settings import E164, EXAMPLE_PUBLIC_URL, Settings, is_loopback
-from bridge.twilio_api import PhoneNumber, TwilioApi, TwilioApiError
+from bridge.twilio_api import PhoneNumber, TwilioApi, TwilioApiError, credentials_problem
 
 Print = Callable[[str], None]
+
+
+def print_error(line: str) -> None:
+    """The commands' default ``err``: a line on stderr."""
+    print(line, file=sys.stderr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,53 +157,60 @@ def public_url_problem(settings: Settings) -> str | None:
     return None if check is None else f"BRIDGE_PUBLIC_URL {check[0]}: {check[1]}"
 
 
-def configure(settings: Settings, number: str, *, dry_run: bool, out: Print = print) -> int:
+def configure(
+    settings: Settings,
+    number: str,
+    *,
+    dry_run: bool,
+    out: Print = print,
+    err: Print = print_error,
+) -> int:
     """Point ``number``'s Voice webhook and status callback at this bridge. Exit status."""
-    problem = public_url_problem(settings)
-    if problem:
-        out(f"✗ {problem}")
-        return 2
     if not E164.match(number):
-        out(f"✗ {number!r} is not an E.164 number (e.g. +966501234567)")
-        return 2
+        err(f"✗ {number!r} is not an E.164 number (e.g. +966501234567)")
+        return ExitCode.USAGE
+    problem = credentials_problem(settings) or public_url_problem(settings)
+    if problem:
+        err(f"✗ {problem}")
+        return ExitCode.USAGE
     try:
         api = TwilioApi(settings)
         current = api.find_number(number)
         if current is None:
-            out(
+            err(
                 f"✗ {number} is not a number of account {settings.twilio_account_sid}; "
                 "`hamsa-bridge twilio show` lists the account's numbers"
             )
-            return 1
+            return ExitCode.FAILURE
         blocked = blocked_by_trunk(current)
         if blocked:
-            out(f"✗ {blocked}")
-            return 1
+            err(f"✗ {blocked}")
+            return ExitCode.FAILURE
         todo = changes_needed(current, settings)
         out(f"{current.phone_number} ({current.sid}) {current.friendly_name}")
         _print_wiring(current, out)
         if not todo:
             out("already points at this bridge: nothing to change")
-            return 0
+            return ExitCode.OK
         verb = "would change" if dry_run else "changing"
         for change in todo:
             before, after = redact_url(change.before) or "-", change.after or "(cleared)"
             out(f"  {verb}: {change.api_name}: {before} → {after}")
         if dry_run:
             out("dry run: nothing was changed")
-            return 0
+            return ExitCode.OK
         updated = api.update_number(current.sid, **{c.field: c.after for c in todo})
     except TwilioApiError as exc:
-        out(f"✗ {exc}")
-        return 1
+        err(f"✗ {exc}")
+        return ExitCode.FAILURE
     out("after:")
     _print_wiring(updated, out)
     left = changes_needed(updated, settings)
     if left:
-        out(f"✗ Twilio did not apply: {', '.join(c.api_name for c in left)}")
-        return 1
+        err(f"✗ Twilio did not apply: {', '.join(c.api_name for c in left)}")
+        return ExitCode.FAILURE
     out("✓ configured: calls to this number now reach the bridge")
-    return 0
+    return ExitCode.OK
 
 
 def _print_wiring(number: PhoneNumber, out: Print) -> None:
@@ -198,21 +220,60 @@ def _print_wiring(number: PhoneNumber, out: Print) -> None:
         out(f"  {api_name:22} {redact_url(getattr(number, field)) or '-'}")
 
 
-def show(settings: Settings, *, out: Print = print) -> int:
-    """List the account's numbers and whether they point at this bridge."""
+def show(
+    settings: Settings, *, as_json: bool = False, out: Print = print, err: Print = print_error
+) -> int:
+    """List the account's numbers and whether they point at this bridge (``as_json``: as one
+    JSON object)."""
+    problem = credentials_problem(settings)
+    if problem:
+        err(f"✗ {problem}")
+        return ExitCode.USAGE
     try:
         api = TwilioApi(settings)
         name = api.account_name()
         numbers = api.numbers()
     except TwilioApiError as exc:
-        out(f"✗ {exc}")
-        return 1
+        err(f"✗ {exc}")
+        return ExitCode.FAILURE
+    if as_json:
+        out(json.dumps(_show_json(settings, name, numbers), ensure_ascii=False, indent=2))
+        return ExitCode.OK
     out(f"account {settings.twilio_account_sid} ({name}): {len(numbers)} number(s)")
     if settings.bridge_public_url:
         out(f"this bridge: {settings.inbound_webhook_url}")
     for number in numbers:
         out(f"  {number.phone_number:16} {number.sid}  {how_it_points(number, settings)}")
-    return 0
+    return ExitCode.OK
+
+
+def _show_json(settings: Settings, name: str, numbers: list[PhoneNumber]) -> dict[str, Any]:
+    """``twilio show --json``: the account, this bridge's webhook and each number's wiring
+    (URLs without credentials; ``points_here``: calls to it reach this bridge)."""
+    here = bool(settings.bridge_public_url)
+    return {
+        "account_sid": settings.twilio_account_sid,
+        "account_name": name,
+        "bridge_webhook": settings.inbound_webhook_url if here else None,
+        "numbers": [
+            {
+                "phone_number": number.phone_number,
+                "sid": number.sid,
+                "friendly_name": number.friendly_name,
+                "points_here": here
+                and not number.trunk_sid
+                and not changes_needed(number, settings),
+                "how": how_it_points(number, settings),
+                "voice_url": redact_url(number.voice_url) or None,
+                "voice_method": number.voice_method or None,
+                "status_callback": redact_url(number.status_callback) or None,
+                "status_callback_method": number.status_callback_method or None,
+                "voice_application_sid": number.voice_application_sid or None,
+                "trunk_sid": number.trunk_sid or None,
+            }
+            for number in numbers
+        ],
+    }
 
 
 def twiml_for_bin(settings: Settings) -> str:
@@ -238,6 +299,7 @@ async def call_in(
     answers: list[str] | None = None,
     max_seconds: float = 600.0,
     out: Print = print,
+    err: Print = print_error,
 ) -> int:
     """Someone dials ``number`` — on the Twilio emulator at ``TWILIO_API_URL`` only.
 
@@ -245,6 +307,9 @@ async def call_in(
     stream, sends the status callbacks (signed); this writes what the caller heard to a WAV and
     prints what happened on each hop.
     """
+    if not E164.match(number):
+        err(f"✗ {number!r} is not an E.164 number (e.g. +966501234567)")
+        return ExitCode.USAGE
     base = settings.twilio_api_url.rstrip("/")
     body = {
         "to": number,
@@ -257,22 +322,22 @@ async def call_in(
         try:
             started = await http.post(base + "/_emulator/inbound", json=body)
         except httpx2.HTTPError as exc:
-            out(f"✗ cannot reach {base}: {type(exc).__name__}")
-            return 1
+            err(f"✗ cannot reach {base}: {type(exc).__name__}; check TWILIO_API_URL")
+            return ExitCode.FAILURE
         if started.status_code != 201:
             try:
                 reason = str(started.json()["error"])
             except (ValueError, KeyError, TypeError):
                 reason = "`twilio call-in` needs TWILIO_API_URL to be `hamsa-bridge emulate-twilio`"
-            out(f"✗ {base} did not start a call (HTTP {started.status_code}): {reason}")
-            return 1
+            err(f"✗ {base} did not start a call (HTTP {started.status_code}): {reason}")
+            return ExitCode.FAILURE
         call_sid = started.json()["call_sid"]
         out(f"calling {number} from {from_number}: {call_sid}")
         heard = await http.get(f"{base}/_emulator/calls/{call_sid}/heard.wav?wait={max_seconds}")
         log = (await http.get(base + "/_emulator/log")).json()
     if heard.status_code != 200:
-        out(f"✗ the call did not end within {max_seconds:g} s")
-        return 1
+        err(f"✗ the call did not end within {max_seconds:g} s")
+        return ExitCode.FAILURE
     for webhook in log.get("webhooks", []):
         if webhook.get("call_sid") == call_sid:
             out(f"  webhook {webhook['method']} {webhook['url']}: HTTP {webhook.get('status')}")
@@ -294,7 +359,7 @@ async def call_in(
     status = heard.headers.get("x-call-status", "?")
     written = await asyncio.to_thread(_write, out_path, heard.content)
     out(f"call {status}; wav: {written}")
-    return 0 if status == "completed" else 1
+    return ExitCode.OK if status == "completed" else ExitCode.FAILURE
 
 
 def _write(path: Path, data: bytes) -> Path:

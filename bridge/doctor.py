@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import re
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 from websockets.asyncio.client import ClientConnection, connect
@@ -22,13 +23,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from bridge.console import how_it_points, public_url_check
 from bridge.errors import PreloadError
+from bridge.exit_codes import ExitCode
 from bridge.preload import preload_voices, voices_to_preload
 from bridge.protocols.hamsa import Audio, End, HamsaProtocol, Info, ReplyError
 from bridge.settings import API_KEY_SID, E164, Settings
 from bridge.signatures import TwilioSignatures
-from bridge.twilio_api import TwilioApi, TwilioApiError, credentials_hint
-
-_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+from bridge.twilio_api import ACCOUNT_SID, TwilioApi, TwilioApiError, credentials_hint
 
 
 class Verdict(enum.Enum):
@@ -48,6 +48,14 @@ class Check:
         head = f"{self.verdict.value} {self.name}" + (f" — {self.detail}" if self.detail else "")
         return [head, f"    fix: {self.fix}"] if self.fix else [head]
 
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "name": self.name,
+            "verdict": self.verdict.name.lower(),
+            "detail": self.detail or None,
+            "fix": self.fix or None,
+        }
+
 
 def ok(name: str, detail: str = "") -> Check:
     return Check(name, Verdict.OK, detail)
@@ -64,7 +72,7 @@ def skipped(name: str, why: str) -> Check:
 def check_settings(settings: Settings, number: str | None) -> list[Check]:
     checks = []
     sid = settings.twilio_account_sid
-    if _ACCOUNT_SID.match(sid):
+    if ACCOUNT_SID.match(sid):
         checks.append(ok("TWILIO_ACCOUNT_SID", sid))
     else:
         fix = "copy the Account SID from the Twilio console (Account info)"
@@ -346,13 +354,31 @@ async def run_checks(settings: Settings, number: str | None) -> list[Check]:
 
 
 async def doctor(
-    settings: Settings, number: str | None, *, out: Callable[[str], None] = print
+    settings: Settings,
+    number: str | None,
+    *,
+    as_json: bool = False,
+    out: Callable[[str], None] = print,
 ) -> int:
+    """Run every check and print them (``as_json``: one JSON object); 0 when all passed, else 1.
+
+    A missing or invalid setting is a failed check here (doctor's job is to report it), not a
+    refusal to start."""
     checks = await run_checks(settings, number or settings.twilio_phone_number or None)
-    for check in checks:
-        for line in check.lines():
-            out(line)
     bad = [c for c in checks if c.verdict is Verdict.FAILED]
     passed = sum(c.verdict is Verdict.OK for c in checks)
-    out(f"{passed} of {len(checks)} checks passed" if bad else "all checks passed")
-    return 1 if bad else 0
+    if as_json:
+        report: dict[str, Any] = {
+            "ok": not bad,
+            "passed": passed,
+            "failed": len(bad),
+            "skipped": len(checks) - passed - len(bad),
+            "checks": [check.to_json() for check in checks],
+        }
+        out(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        for check in checks:
+            for line in check.lines():
+                out(line)
+        out(f"{passed} of {len(checks)} checks passed" if bad else "all checks passed")
+    return ExitCode.FAILURE if bad else ExitCode.OK

@@ -27,10 +27,11 @@ class ExitCode(IntEnum):
 
 MEANING: Final[dict[ExitCode, str]] = {
     ExitCode.OK: "success (announce: the callee heard the message, playback confirmed)",
-    ExitCode.FAILURE: "runtime failure: a link down, a peer refused, a check failed",
+    ExitCode.FAILURE: "runtime failure: a link down, a peer refused, a check failed, a call's "
+    "stream never came",
     ExitCode.USAGE: "usage or configuration error (bad option, invalid or missing setting)",
     ExitCode.NOT_CONFIRMED: "announce: answered and played, end of playback not confirmed",
-    ExitCode.NOT_REACHED: "announce: not reached (busy, no answer, failed, stream never came)",
+    ExitCode.NOT_REACHED: "announce: not reached (busy, no answer, canceled, failed by Twilio)",
     ExitCode.HAMSA_KEY_REJECTED: "Hamsa rejected the API key (close 4001, HTTP 401/403)",
     ExitCode.HAMSA_NO_BALANCE: "Hamsa says the balance is empty (close 4003)",
     ExitCode.DECLINED: "declined at a confirmation question: nothing was sent",

@@ -15,13 +15,15 @@ from prometheus_client import start_http_server
 from bridge.app import BridgeState, create_app
 from bridge.dev.servers import uvicorn_config
 from bridge.drain import DrainingServer
+from bridge.exit_codes import ExitCode
 from bridge.settings import Settings
 
 log = structlog.get_logger("bridge.server")
 
 
 def serve(settings: Settings, *, host: str, port: int) -> int:
-    """Run until stopped; exit status 3 when startup fails (for example a voice preload)."""
+    """Run until stopped (0); 1 when startup fails (for example a voice preload). Missing
+    settings raise ``ConfigError`` before anything listens (the CLI exits 2)."""
     app = create_app(settings)
     state: BridgeState = app.state.bridge_state
     config = uvicorn_config(app, host=host, port=port)
@@ -41,5 +43,5 @@ def serve(settings: Settings, *, host: str, port: int) -> int:
     server.run()
     if not server.started or server.failed:
         log.error("startup_failed", hint="see the error above")
-        return 3
-    return 0
+        return ExitCode.FAILURE
+    return ExitCode.OK

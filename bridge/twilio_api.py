@@ -8,9 +8,10 @@ message that says which setting to check.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -21,6 +22,28 @@ from bridge.settings import Settings
 
 REQUEST_TIMEOUT = 15.0
 """Seconds for one Twilio REST request (twilio-python's default is to wait forever)."""
+ACCOUNT_SID: Final = re.compile(r"^AC[0-9a-fA-F]{32}$")
+"""An Account SID: ``AC`` and 32 hex digits."""
+
+
+def credentials_problem(settings: Settings) -> str | None:
+    """Why the Twilio credentials cannot work, found without asking Twilio (None: they may)."""
+    missing = [
+        name
+        for name, value in (
+            ("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+            ("TWILIO_AUTH_TOKEN", settings.twilio_auth_token.get_secret_value()),
+        )
+        if not value
+    ]
+    if missing:
+        return f"set {' and '.join(missing)} (the Twilio console, Account info)"
+    if not ACCOUNT_SID.match(settings.twilio_account_sid):
+        return (
+            "TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits (the Account SID in the "
+            "Twilio console, Account info)"
+        )
+    return None
 
 
 class TwilioApiError(BridgeError):

@@ -17,6 +17,51 @@ from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
 from tests.log_audit import record_output
 
 
+async def run_cli_streams(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``hamsa-bridge ARGS`` to its end (60 s at most): exit status, stdout and stderr apart."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        *args,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        output, errors = await process.communicate()
+    assert process.returncode is not None
+    out, err = output.decode(), errors.decode()
+    record_output(out + err)
+    return process.returncode, out, err
+
+
+async def run_cli_on_a_terminal(*args: str, env: dict[str, str], typed: str) -> tuple[int, str]:
+    """``hamsa-bridge ARGS`` with a pseudo-terminal for stdin, on which ``typed`` is typed."""
+    controller, terminal = os.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            *args,
+            env={**os.environ, **env},
+            stdin=terminal,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        os.write(controller, typed.encode())  # the terminal holds the line until it is read
+        async with asyncio.timeout(60):
+            output, _ = await process.communicate()
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert process.returncode is not None
+    text = output.decode()
+    record_output(text)
+    return process.returncode, text
+
+
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """``hamsa-bridge ARGS`` to its end (60 s at most): exit status and merged output."""
     process = await asyncio.create_subprocess_exec(

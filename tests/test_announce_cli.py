@@ -133,12 +133,12 @@ async def test_a_final_mark_never_echoed_is_played_not_confirmed_heard(tmp_path:
     assert printed["played, not confirmed heard"] == "1"
 
 
-async def test_busy_exits_2(tmp_path: Path) -> None:
+async def test_busy_exits_4_not_reached(tmp_path: Path) -> None:
     async with rig(tmp_path, {PERSON: "busy"}) as (lb, env):
         code, output = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
         assert lb.twilio is not None
         [call] = lb.twilio.calls.values()
-    assert code == 2, output
+    assert code == 4, output
     printed = lines(output)
     assert printed["outcome"] == "busy"
     assert printed["call"] == call.sid
@@ -158,7 +158,7 @@ async def test_json_prints_the_record(tmp_path: Path) -> None:
         )
         assert lb.twilio is not None
         [call] = lb.twilio.calls.values()
-    assert code == 2, output
+    assert code == 4, output
     body = json.loads(output[output.index("{") :])
     assert body["outcome"] == "no-answer"
     assert body["state"] == "ended"
@@ -176,21 +176,21 @@ async def test_json_prints_the_record(tmp_path: Path) -> None:
         (["--to", PERSON, "--confirm-digit", "2"], "--confirm-digit"),
     ],
 )
-async def test_invalid_requests_exit_1_naming_the_option(
+async def test_invalid_requests_exit_2_naming_the_option(
     tmp_path: Path, args: list[str], option: str
 ) -> None:
     async with rig(tmp_path) as (lb, env):
         code, output = await run_cli("announce", *args, "--text", TEXT, env=env)
         assert lb.twilio is not None
         assert not lb.twilio.calls
-    assert code == 1
+    assert code == 2
     assert f"announce: {option}:" in output
 
 
 async def test_numbers_outside_the_allowed_prefixes_are_refused(tmp_path: Path) -> None:
     env = {"BRIDGE_ALLOWED_PREFIXES": "+9665", "TWILIO_PHONE_NUMBER": LOOPBACK_NUMBER}
     code, output = await run_cli("announce", "--to", "+14155550100", "--text", TEXT, env=env)
-    assert code == 1
+    assert code == 2
     assert "--to: to +14155550100 is outside BRIDGE_ALLOWED_PREFIXES (+9665)" in output
 
 
@@ -203,6 +203,6 @@ async def test_missing_settings_are_named(tmp_path: Path) -> None:
         "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
     }
     code, output = await run_cli("announce", "--to", PERSON, "--text", TEXT, env=env)
-    assert code == 1
+    assert code == 2
     assert "set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, BRIDGE_PUBLIC_URL" in output
     assert "BRIDGE_DATABASE_URL" in output

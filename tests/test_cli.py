@@ -103,7 +103,7 @@ async def test_emulate_hamsa_serves_the_realtime_protocol() -> None:
 async def test_bad_invocations_fail_with_a_message(argv: list[str]) -> None:
     env = {"TWILIO_AUTH_TOKEN": "", "BRIDGE_PUBLIC_URL": "", "HAMSA_API_KEY": ""}
     code, output = await run_cli(*argv, env=env)
-    assert code != 0
+    assert code == 2  # a missing setting and a malformed option are both usage errors
     assert "missing required settings" in output or "SECONDS:DIGIT" in output
 
 

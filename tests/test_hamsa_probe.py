@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,7 @@ from bridge.probe import (
 from bridge.probe.phrases import PHRASES, phrases
 from bridge.probe.runner import run_probe, write_trace
 from bridge.settings import Settings
-from tests.cli_support import free_port, run_cli
-from tests.log_audit import record_output
+from tests.cli_support import free_port, run_cli, run_cli_on_a_terminal
 
 pytestmark = pytest.mark.anyio
 
@@ -308,32 +305,6 @@ async def test_the_console_script_probes_and_keeps_the_key_out(tmp_path: Path) -
     assert "μ-law 8 kHz" in output
     assert KEY not in output
     assert KEY not in out.read_text(encoding="utf-8")
-
-
-async def run_cli_on_a_terminal(*args: str, env: dict[str, str], typed: str) -> tuple[int, str]:
-    """``hamsa-bridge ARGS`` with a pseudo-terminal for stdin, on which ``typed`` is typed."""
-    controller, terminal = os.openpty()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bridge.cli",
-            *args,
-            env={**os.environ, **env},
-            stdin=terminal,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        os.write(controller, typed.encode())  # the terminal holds the line until it is read
-        async with asyncio.timeout(60):
-            output, _ = await process.communicate()
-    finally:
-        os.close(terminal)
-        os.close(controller)
-    assert process.returncode is not None
-    text = output.decode()
-    record_output(text)
-    return process.returncode, text
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ async def test_serve_refuses_an_invalid_flow(tmp_path: Path) -> None:
         "BRIDGE_PUBLIC_URL": "https://bridge.example.com",
     }
     code, output = await run_cli("serve", "--port", "0", env=env)
-    assert code == 1
+    assert code == 2  # a configuration error: refused before listening
     assert "BRIDGE_IVR_FLOW" in output
     assert "is invalid" in output
 

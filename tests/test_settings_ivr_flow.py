@@ -63,7 +63,7 @@ def test_an_unknown_name_in_bridge_ivr_flow_names_the_variable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, err = run(capsys, ["serve", "--port", "0"], {**SERVING, "BRIDGE_IVR_FLOW": "clinc"})
-    assert code == 1
+    assert code == 2
     assert err.startswith("hamsa-bridge: BRIDGE_IVR_FLOW clinc: no such flow file (")
     assert "no shipped example of that name (the examples: clinic)" in err
     assert "--flow" not in err
@@ -75,7 +75,7 @@ def test_an_invalid_flow_in_bridge_ivr_flow_names_the_variable(
     path = tmp_path / "broken.toml"
     path.write_text(BROKEN, encoding="utf-8")
     code, err = run(capsys, ["serve", "--port", "0"], {**SERVING, "BRIDGE_IVR_FLOW": str(path)})
-    assert code == 1
+    assert code == 2
     assert err.startswith(f"hamsa-bridge: BRIDGE_IVR_FLOW {path} is invalid:\n  {path}")
     assert "missing [nodes]" in err
 
@@ -85,12 +85,12 @@ def test_demo_flow_errors_name_the_option_even_with_bridge_ivr_flow_set(
 ) -> None:
     env = {"BRIDGE_IVR_FLOW": "clinic"}  # valid, and not what the user asked the demo for
     code, err = run(capsys, ["demo", "--fast", "--flow", "clinc"], env)
-    assert code == 1
+    assert code == 2
     assert err.startswith("hamsa-bridge: --flow clinc: no such flow file (")
     assert "BRIDGE_IVR_FLOW" not in err
     path = tmp_path / "broken.toml"
     path.write_text(BROKEN, encoding="utf-8")
     code, err = run(capsys, ["demo", "--fast", "--flow", str(path)], env)
-    assert code == 1
+    assert code == 2
     assert err.startswith(f"hamsa-bridge: --flow {path} is invalid:\n  {path}")
     assert "BRIDGE_IVR_FLOW" not in err

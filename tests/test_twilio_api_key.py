@@ -154,8 +154,9 @@ async def stack(secret: str = SECRET) -> AsyncIterator[tuple[TwilioEmulatorServe
 
 
 async def run(function: Any, *args: Any, **kwargs: Any) -> tuple[int, str]:
+    """``function``'s exit status and everything it printed, results and errors alike."""
     lines: list[str] = []
-    code = await asyncio.to_thread(function, *args, out=lines.append, **kwargs)
+    code = await asyncio.to_thread(function, *args, out=lines.append, err=lines.append, **kwargs)
     return code, "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,9 +73,17 @@ async def stack(hamsa: EmulatorConfig | None = None, **overrides: Any) -> AsyncI
 
 
 async def run(function: Any, *args: Any, **kwargs: Any) -> tuple[int, str]:
+    """``function``'s exit status and its output, stdout and stderr merged."""
+    code, output, errors = await run_split(function, *args, **kwargs)
+    return code, "\n".join(filter(None, (output, errors)))
+
+
+async def run_split(function: Any, *args: Any, **kwargs: Any) -> tuple[int, str, str]:
+    """``function``'s exit status, what it wrote to stdout and what it wrote to stderr."""
     lines: list[str] = []
-    code = await asyncio.to_thread(function, *args, out=lines.append, **kwargs)
-    return code, "\n".join(lines)
+    errors: list[str] = []
+    code = await asyncio.to_thread(function, *args, out=lines.append, err=errors.append, **kwargs)
+    return code, "\n".join(lines), "\n".join(errors)
 
 
 async def run_doctor(settings: Settings, number: str | None = None) -> tuple[int, str]:
@@ -125,27 +134,62 @@ async def test_dry_run_makes_no_changing_request() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "number", "message", "exit_code"),
+    ("overrides", "number", "message", "exit_code", "requests"),
     [
-        ({}, "+966500000000", "is not a number of account", 1),
-        ({"twilio_auth_token": "wrong"}, NUMBER, "TWILIO_AUTH_TOKEN", 1),
+        ({}, "+966500000000", "is not a number of account", 1, 1),
+        ({"twilio_auth_token": "wrong"}, NUMBER, "TWILIO_AUTH_TOKEN", 1, 1),
         (
             {"bridge_public_url": "http://127.0.0.1:9", "twilio_api_url": "https://api.twilio.com"},
             NUMBER,
             "is this machine, which Twilio at https://api.twilio.com cannot reach",
             2,
+            0,
         ),
-        ({}, "0501234567", "not an E.164 number", 2),
+        ({}, "0501234567", "not an E.164 number", 2, 0),
+        ({"twilio_account_sid": "AC123"}, NUMBER, "AC followed by 32 hex digits", 2, 0),
+        ({"twilio_account_sid": "XY" + "c" * 32}, NUMBER, "AC followed by 32 hex digits", 2, 0),
+        ({"twilio_auth_token": ""}, NUMBER, "set TWILIO_AUTH_TOKEN", 2, 0),
     ],
 )
 async def test_configure_failures_are_specific(
-    overrides: dict[str, str], number: str, message: str, exit_code: int
+    overrides: dict[str, str], number: str, message: str, exit_code: int, requests: int
 ) -> None:
     async with stack() as s:
-        code, output = await run(configure, s.with_(**overrides), number, dry_run=False)
+        code, output, errors = await run_split(
+            configure, s.with_(**overrides), number, dry_run=False
+        )
         assert code == exit_code
-        assert message in output
+        assert message in errors  # on stderr, not stdout
+        assert message not in output
         assert s.changing_requests() == []
+        # a malformed setting or number is refused before anything is sent to Twilio
+        assert len(s.twilio.state.requests) == requests
+
+
+async def test_show_refuses_a_malformed_account_sid_before_asking_twilio() -> None:
+    async with stack() as s:
+        code, output, errors = await run_split(show, s.with_(twilio_account_sid="AC" + "g" * 32))
+        assert code == 2
+        assert output == ""
+        assert "TWILIO_ACCOUNT_SID must be AC followed by 32 hex digits" in errors
+        assert s.twilio.state.requests == []
+
+
+async def test_show_json_has_every_number_and_where_it_points() -> None:
+    async with stack() as s:
+        await run(configure, s.settings, NUMBER, dry_run=False)
+        code, output, errors = await run_split(show, s.settings, as_json=True)
+    assert code == 0, errors
+    body = json.loads(output)
+    assert body["account_sid"] == ACCOUNT
+    assert body["bridge_webhook"] == s.settings.bridge_public_url + "/twiml/inbound"
+    numbers = {n["phone_number"]: n for n in body["numbers"]}
+    assert numbers[NUMBER]["points_here"] is True
+    assert numbers[NUMBER]["voice_url"] == s.settings.bridge_public_url + "/twiml/inbound"
+    assert numbers[OTHER]["points_here"] is False
+    assert numbers[OTHER]["voice_url"] == ELSEWHERE
+    assert numbers[OTHER]["how"] == f"points elsewhere: POST {ELSEWHERE}"
+    assert numbers[OTHER]["friendly_name"] == "other line"
 
 
 async def test_show_lists_numbers_and_where_they_point() -> None:
@@ -219,6 +263,26 @@ async def test_doctor_without_a_public_url_suggests_only_valid_urls() -> None:
     assert "– number points at this bridge — needs a BRIDGE_PUBLIC_URL Twilio can reach" in output
     assert "– public URL answers /livez — needs BRIDGE_PUBLIC_URL" in output
     assert "/twiml/inbound" not in output  # no webhook built from a missing base URL
+
+
+async def test_doctor_json_has_every_check_with_its_verdict_and_fix() -> None:
+    lines: list[str] = []
+    code = await doctor(Settings(), None, as_json=True, out=lines.append)
+    assert code == 1
+    [printed] = lines  # one JSON document, nothing else
+    body = json.loads(printed)
+    assert body["ok"] is False
+    checks = {c["name"]: c for c in body["checks"]}
+    assert len(checks) == len(body["checks"])
+    assert body["passed"] + body["failed"] + body["skipped"] == len(checks)
+    assert checks["TWILIO_ACCOUNT_SID"] == {
+        "name": "TWILIO_ACCOUNT_SID",
+        "verdict": "failed",
+        "detail": "missing",
+        "fix": "copy the Account SID from the Twilio console (Account info)",
+    }
+    assert checks["Hamsa key accepted"]["verdict"] == "skipped"
+    assert checks["Hamsa key accepted"]["fix"] is None
 
 
 async def test_configure_fixes_the_method_and_clears_a_twiml_app_that_would_win() -> None:

@@ -9,12 +9,13 @@ While the phone rings, this command synthesises the message (and the confirmatio
 the ``BRIDGE_PROMPT_CACHE_DIR`` it shares with the bridge, so the callee hears the first word at
 once (``bridge.announcements.presynth``); without a shared directory the bridge streams it.
 
-Exit status (:func:`exit_status`), by what the callee experienced: 0 heard (the message's final
-mark came back); 3 answered but not confirmed heard (hung up before its end, or its mark never
-came back); 2 not reached (busy, no-answer, canceled, or failed by Twilio); 1 an error: invalid
-request, missing settings, the call could not be placed, no outcome in time, or
+Exit status (:func:`exit_status`, codes of :mod:`bridge.exit_codes`), by what the callee
+experienced: 0 heard (the message's final mark came back); 3 answered but not confirmed heard
+(hung up before its end, or its mark never came back); 4 not reached (busy, no-answer, canceled,
+or failed by Twilio); 1 an error: the call could not be placed, no outcome in time, or
 ``stream-never-connected`` (answered, but the stream never reached the bridge at
-``BRIDGE_PUBLIC_URL``: a broken setup, which calling again will not fix).
+``BRIDGE_PUBLIC_URL``: a broken setup, which calling again will not fix). An invalid request
+(``--to``, ``--text`` …) or a missing setting is refused before anything is sent: 2.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bridge.announcements.spec import (
 )
 from bridge.calls.presynth import Presynthesizer
 from bridge.errors import AnnouncementInvalid
+from bridge.exit_codes import ExitCode
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
 from bridge.twilio_api import TwilioApi, TwilioApiError
@@ -66,10 +68,11 @@ OPTION_NAMES: Final = {
     "language": "--language",
 }
 """The command-line option behind each ``AnnouncementInvalid.field``."""
-EXIT_HEARD: Final = 0
-EXIT_ERROR: Final = 1
-EXIT_NOT_REACHED: Final = 2
-EXIT_NOT_CONFIRMED: Final = 3
+EXIT_HEARD: Final = ExitCode.OK
+EXIT_ERROR: Final = ExitCode.FAILURE
+EXIT_USAGE: Final = ExitCode.USAGE
+EXIT_NOT_REACHED: Final = ExitCode.NOT_REACHED
+EXIT_NOT_CONFIRMED: Final = ExitCode.NOT_CONFIRMED
 _EXIT_CODES: Final = {
     CallOutcome.HEARD: EXIT_HEARD,
     CallOutcome.ANSWERED: EXIT_NOT_CONFIRMED,
@@ -140,7 +143,7 @@ def render(record: AnnouncementRecord, settings: Settings) -> list[str]:
     return lines
 
 
-def exit_status(verdict: Verdict | None) -> int:
+def exit_status(verdict: Verdict | None) -> ExitCode:
     """``announce``'s exit status for an outcome (``None``: none known)."""
     if verdict is None or verdict.reason is OutcomeReason.STREAM_NEVER_CONNECTED:
         return EXIT_ERROR
@@ -187,11 +190,11 @@ async def announce(
         )
     except AnnouncementInvalid as exc:
         print(f"hamsa-bridge announce: {OPTION_NAMES.get(exc.field, exc.field)}: {exc}", file=err)
-        return 1
+        return EXIT_USAGE
     missing = missing_settings(settings)
     if missing:
         print(f"hamsa-bridge announce: {explain_missing(missing)}", file=err)
-        return 1
+        return EXIT_USAGE
     factory = api or (lambda: TwilioApi(settings))
     presynth = command_presynthesizer(settings)
     try:
@@ -263,7 +266,7 @@ async def _place_and_wait(
                     f"{limit + WAIT_MARGIN:.0f} s",
                     file=err,
                 )
-                return 1
+                return EXIT_ERROR
     if as_json:
         print(json.dumps(record.to_json(), ensure_ascii=False, indent=2), file=out)
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import sys
 import time
 import xml.etree.ElementTree as ET  # noqa: S405 - parsing TwiML from the server under test
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 import httpx2
 
 from bridge.dev.media_leg import CallerBehaviour, StreamResult, run_media_stream
+from bridge.exit_codes import ExitCode
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
 
@@ -114,13 +116,15 @@ async def place_call(
 
 
 async def run_call_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``hamsa-bridge call``: one simulated call against the bridge at ``--url``."""
+    """``hamsa-bridge call``: one simulated call against the bridge at ``--url``. Exit status:
+    0 the call reached the stream, 1 it did not, 2 no ``TWILIO_AUTH_TOKEN`` to sign with."""
     token = settings.twilio_auth_token.get_secret_value()
     if not token:
         print(
-            "hamsa-bridge call: set TWILIO_AUTH_TOKEN to the bridge's auth token to sign requests"
+            "hamsa-bridge call: set TWILIO_AUTH_TOKEN to the bridge's auth token to sign requests",
+            file=sys.stderr,
         )
-        return 2
+        return ExitCode.USAGE
     plan = CallPlan(
         webhook_url=args.url,
         auth_token=token,
@@ -135,10 +139,14 @@ async def run_call_command(settings: Settings, args: argparse.Namespace) -> int:
     )
     if settings.twilio_account_sid:
         plan.account_sid = settings.twilio_account_sid
-    result = await place_call(plan)
+    try:
+        result = await place_call(plan)
+    except (httpx2.HTTPError, OSError) as exc:
+        print(f"hamsa-bridge call: cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
+        return ExitCode.FAILURE
     for line in result.timeline():
         print(line)
     if result.leg is None:
-        return 1
+        return ExitCode.FAILURE
     print(f"wav: {result.write_wav(args.out)}")
-    return 0
+    return ExitCode.OK

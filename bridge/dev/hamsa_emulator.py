@@ -52,6 +52,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -1320,12 +1321,12 @@ async def serve_emulator(
 
 
 def run_emulator(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Blocking entry point for ``hamsa-bridge emulate-hamsa``; Ctrl-C stops it quietly.
+    """Blocking entry point for ``hamsa-bridge emulate-hamsa``.
 
-    SIGTERM is re-raised after the graceful stop (uvicorn's behaviour), so the exit status is 143.
+    SIGTERM and Ctrl-C are re-raised after the graceful stop (uvicorn's behaviour), so the exit
+    status is 143, or 130 (Ctrl-C: ``KeyboardInterrupt``, which the command line turns into 130).
     """
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG))
+    asyncio.run(serve_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG))
 
 
 def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -1338,7 +1339,8 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
         except (KeyError, ValueError):
             choices = ", ".join(f.name for f in Fault)
             print(
-                f"emulate-hamsa: bad --fault {item!r}; expected N=NAME with NAME one of {choices}"
+                f"emulate-hamsa: bad --fault {item!r}; expected N=NAME with NAME one of {choices}",
+                file=sys.stderr,
             )
             return 2
     key = settings.hamsa_api_key.get_secret_value()
@@ -1352,23 +1354,24 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
     name = "realistic" if args.realistic else (args.model or "instant")
     if args.realistic and args.model not in (None, "realistic"):
         print(
-            f"emulate-hamsa: --realistic is --model realistic; it contradicts --model {args.model}"
+            f"emulate-hamsa: --realistic is --model realistic; it contradicts --model {args.model}",
+            file=sys.stderr,
         )
         return 2
     if args.replay is not None:
         try:
             overrides["replay"] = read_trace(args.replay)
         except TraceError as exc:
-            print(f"emulate-hamsa: {exc}")
+            print(f"emulate-hamsa: {exc}", file=sys.stderr)
             return 2
     try:
         config = EmulatorConfig.model(name, **overrides)
     except ValueError as exc:
-        print(f"emulate-hamsa: {exc}")
+        print(f"emulate-hamsa: {exc}", file=sys.stderr)
         return 2
     problem = port_problem(args.host, args.port)
     if problem:
-        print(f"emulate-hamsa: {problem}")
+        print(f"emulate-hamsa: {problem}", file=sys.stderr)
         return 2
     run_emulator(config, args.host, args.port)
     return 0

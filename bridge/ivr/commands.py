@@ -1,8 +1,15 @@
-"""``hamsa-bridge ivr validate|graph|warm FLOW``."""
+"""``hamsa-bridge ivr validate|graph|warm FLOW``.
+
+Results go to ``out`` (stdout; ``validate``'s findings are its result), failures to ``err``
+(stderr). Exit status (codes of :mod:`bridge.exit_codes`): 0 done; 1 an invalid flow, a prompt
+that could not be synthesised, or ``graph --png`` without graphviz; 2 ``warm`` without
+``BRIDGE_PROMPT_CACHE_DIR`` or ``HAMSA_API_KEY``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +17,7 @@ from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.speech import Synthesizer, cache_refusal
 from bridge.errors import HamsaError
+from bridge.exit_codes import ExitCode
 from bridge.ivr.flow import Flow
 from bridge.ivr.graph import render_png, to_mermaid
 from bridge.ivr.load import EXAMPLES, FlowInvalid, flow_path, load_flow
@@ -22,6 +30,11 @@ bridge resolves ``BRIDGE_IVR_FLOW``."""
 Print = Callable[[str], None]
 
 
+def print_error(line: str) -> None:
+    """The commands' default ``err``: a line on stderr."""
+    print(line, file=sys.stderr)
+
+
 def validate(path: Path, *, out: Print = print) -> int:
     try:
         flow = load_flow(path)
@@ -29,46 +42,58 @@ def validate(path: Path, *, out: Print = print) -> int:
         for error in exc.errors:
             out(f"✗ {error.location}: {error.message}")
         out(f"{len(exc.errors)} error(s) in {path}")
-        return 1
+        return ExitCode.FAILURE
     out(f"✓ {path}: flow {flow.name!r}, {len(flow.nodes)} nodes, start {flow.start!r}")
-    return 0
+    return ExitCode.OK
 
 
-def graph(path: Path, *, png: Path | None, out: Print = print) -> int:
+def graph(path: Path, *, png: Path | None, out: Print = print, err: Print = print_error) -> int:
+    """Print the flow as Mermaid; with ``png`` also draw it with graphviz (1 without it)."""
     try:
         flow = load_flow(path)
     except FlowInvalid as exc:
-        out(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
-        return 1
+        err(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
+        return ExitCode.FAILURE
     out(to_mermaid(flow))
     if png is not None:
-        if render_png(flow, png):
-            out(f"png: {png}")
-        else:
-            out("png: not written (install graphviz for `dot`)")
-    return 0
+        if not render_png(flow, png):
+            err(
+                f"✗ {png} not written: the PNG needs graphviz's `dot`; install graphviz "
+                "(e.g. apt install graphviz, brew install graphviz)"
+            )
+            return ExitCode.FAILURE
+        out(f"png: {png}")
+    return ExitCode.OK
 
 
-async def warm(settings: Settings, path: Path, *, out: Print = print) -> int:
+async def warm(
+    settings: Settings, path: Path, *, out: Print = print, err: Print = print_error
+) -> int:
     """Synthesise every static prompt of the flow into ``BRIDGE_PROMPT_CACHE_DIR``."""
     if not settings.bridge_prompt_cache_dir:
-        out("✗ set BRIDGE_PROMPT_CACHE_DIR: warming fills the on-disk prompt cache")
-        return 2
+        err("✗ set BRIDGE_PROMPT_CACHE_DIR: warming fills the on-disk prompt cache")
+        return ExitCode.USAGE
+    if not settings.hamsa_api_key.get_secret_value():
+        err("✗ set HAMSA_API_KEY: warming synthesises the prompts with Hamsa")
+        return ExitCode.USAGE
     try:
         flow = load_flow(path)
     except FlowInvalid as exc:
-        out(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
-        return 1
+        err(f"✗ {path} is invalid ({len(exc.errors)} errors): run `hamsa-bridge ivr validate`")
+        return ExitCode.FAILURE
     cache = PromptCache(directory=Path(settings.bridge_prompt_cache_dir))
-    return await _warm(settings, flow, cache, out)
+    return await _warm(settings, flow, cache, out, err)
 
 
-async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) -> int:
+async def _warm(
+    settings: Settings, flow: Flow, cache: PromptCache, out: Print, err: Print = print_error
+) -> int:
     """Synthesise each static prompt not cached yet; one line per prompt, saying why when it
     was not cached, and a summary that says what to do; 1 if any prompt was not cached."""
     short: list[float] = []  # ms/char of the replies too short to cache
     unclean = 0
     aborted = False
+    warmed = 0
     async with asyncio.TaskGroup() as tasks:
         hamsa = HamsaSession(settings, tasks)
         synth = Synthesizer(settings, hamsa)
@@ -87,6 +112,15 @@ async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) 
                         f"  ✗ {where}: a part could not be synthesised (Hamsa failed or kept "
                         "truncating it: see hamsa_gave_up in the log), not cached"
                     )
+                    if not warmed:
+                        # Not one reply yet, retries spent: the next prompts would wait as long
+                        # for the same failure (an unreachable HAMSA_WS_URL, a refused key).
+                        err(
+                            "✗ Hamsa gave no usable reply: check HAMSA_WS_URL, HAMSA_API_KEY and "
+                            "the log above, then run warm again"
+                        )
+                        aborted = True
+                        break
                     continue
                 if troubles != (stats.truncated, stats.retries, stats.resumed):
                     unclean += 1
@@ -98,9 +132,10 @@ async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) 
                     out(f"  ✗ {where}: {refusal}")
                     continue
                 cache.put(text, voice, bytes(audio))
+                warmed += 1
                 out(f"  warmed   {where} ({len(audio) / 8000:.1f} s)")
         except HamsaError as exc:
-            out(f"✗ {exc}")
+            err(f"✗ {exc}")
             aborted = True
         finally:
             await hamsa.close()
@@ -111,7 +146,7 @@ async def _warm(settings: Settings, flow: Flow, cache: PromptCache, out: Print) 
     )
     for line in _warm_advice(settings, short, unclean, aborted):
         out(line)
-    return 1 if failures else 0
+    return ExitCode.FAILURE if failures else ExitCode.OK
 
 
 def _warm_advice(settings: Settings, short: list[float], unclean: int, aborted: bool) -> list[str]:

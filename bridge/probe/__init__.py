@@ -11,19 +11,29 @@ from __future__ import annotations
 
 from typing import Final
 
-EXIT_OK: Final = 0
-EXIT_NO_TRACE: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_DECLINED: Final = 3
-EXIT_KEY_REJECTED: Final = 4
-EXIT_NO_BALANCE: Final = 5
+from bridge.exit_codes import ExitCode
 
-EXIT_CODES_HELP: Final = """\
-exit status:
-  0  the trace was written
-  1  nothing written: no successful reply, or Hamsa unreachable
-  2  refused to start: no terminal and no --yes, HAMSA_API_KEY unset, bad --phrases or --out
-  3  declined at the question: nothing sent
-  4  Hamsa rejected the key (close 4001 or HTTP 401/403): check HAMSA_API_KEY; nothing written
-  5  Hamsa says the balance is empty (close 4003): top up the wallet; nothing written
-"""
+EXIT_OK: Final = ExitCode.OK
+EXIT_NO_TRACE: Final = ExitCode.FAILURE
+EXIT_USAGE: Final = ExitCode.USAGE
+EXIT_DECLINED: Final = ExitCode.DECLINED
+EXIT_KEY_REJECTED: Final = ExitCode.HAMSA_KEY_REJECTED
+EXIT_NO_BALANCE: Final = ExitCode.HAMSA_NO_BALANCE
+
+PROBE_MEANING: Final[dict[ExitCode, str]] = {
+    EXIT_OK: "the trace was written",
+    EXIT_NO_TRACE: "nothing written: no successful reply, or Hamsa unreachable",
+    EXIT_USAGE: "refused to start: no terminal and no --yes, HAMSA_API_KEY unset, bad --phrases "
+    "or --out",
+    EXIT_DECLINED: "declined at the question: nothing sent",
+    EXIT_KEY_REJECTED: "Hamsa rejected the key (close 4001 or HTTP 401/403): check HAMSA_API_KEY; "
+    "nothing written",
+    EXIT_NO_BALANCE: "Hamsa says the balance is empty (close 4003): top up the wallet; "
+    "nothing written",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C): nothing written",
+}
+"""What each of the command line's codes (:mod:`bridge.exit_codes`) means for a probe."""
+
+EXIT_CODES_HELP: Final = "exit status:\n" + "\n".join(
+    f"  {code.value:<3}  {meaning}" for code, meaning in sorted(PROBE_MEANING.items())
+)

@@ -14,10 +14,11 @@ Nothing is spent without consent: the command prints what it will send and asks 
 ``--yes`` skips the question; no terminal and no ``--yes`` is a refusal. The trace is written only
 at the end, through a temporary file renamed over ``--out``, and only if some reply succeeded.
 
-Exit status: 0 trace written · 1 nothing written (no successful reply, or Hamsa unreachable) ·
-2 refused to start (no terminal and no ``--yes``, no ``HAMSA_API_KEY``, bad ``--phrases`` or
-``--out``) · 3 declined at the question · 4 the key was rejected (close 4001, HTTP 401/403) ·
-5 no balance (close 4003). Exits 4 and 5 write nothing.
+Exit status (:data:`bridge.probe.PROBE_MEANING`, codes of :mod:`bridge.exit_codes`): 0 trace
+written · 1 nothing written (no successful reply, or Hamsa unreachable) · 2 refused to start (no
+terminal and no ``--yes``, no ``HAMSA_API_KEY``, bad ``--phrases`` or ``--out``) · 5 the key was
+rejected (close 4001, HTTP 401/403) · 6 no balance (close 4003) · 7 declined at the question ·
+130 interrupted. Exits 5 and 6 write nothing.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, Final
@@ -185,11 +186,9 @@ async def serve_twilio_emulator(
 def run_twilio_emulator(
     config: TwilioEmulatorConfig, host: str = "127.0.0.1", port: int = DEFAULT_PORT
 ) -> None:
-    """Blocking entry point for ``hamsa-bridge emulate-twilio``; Ctrl-C stops it quietly."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            serve_twilio_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG)
-        )
+    """Blocking entry point for ``hamsa-bridge emulate-twilio``. Ctrl-C stops it gracefully, then
+    raises ``KeyboardInterrupt`` (the command line exits 130, as on any Ctrl-C)."""
+    asyncio.run(serve_twilio_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG))
 
 
 def _number_option(value: str) -> tuple[str, str | None]:
@@ -241,12 +240,12 @@ def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) ->
             seed=getattr(args, "seed", None),
         )
     except ValueError as exc:
-        print(f"emulate-twilio: {exc}")
+        print(f"emulate-twilio: {exc}", file=sys.stderr)
         return 2
     host, port = args.host, args.port
     problem = port_problem(host, port)
     if problem:
-        print(f"emulate-twilio: {problem}")
+        print(f"emulate-twilio: {problem}", file=sys.stderr)
         return 2
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     print(f"Twilio emulator: http://{shown}:{port}  (set TWILIO_API_URL to this)")
