@@ -13,6 +13,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     a default. An option whose default comes from a setting says so in its help text instead
     (``default: TWILIO_PHONE_NUMBER``), and its Python default stays ``None``."""
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # no "(default: None)" or "(default: False)" (an unset option, a flag), and nothing
+        # added to a help that already names its default
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
 
 def add_command(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
