@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bridge.campaigns.cli_args import add_campaign_command
 from bridge.cli_format import HelpFormatter, add_command
 from bridge.errors import BridgeError, ConfigError
 from bridge.exit_codes import EXIT_CODES_HELP, ExitCode
@@ -443,65 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_call_options(announce)
     announce.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
-    campaign = commands.add_parser("campaign", help="announce to every number of a CSV file")
-    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
-    run = campaign_commands.add_parser(
-        "run", help="create a campaign from a CSV file and run it to the end"
-    )
-    run.add_argument("file", type=Path, help="CSV with a number column (number/phone/to)")
-    text = run.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text", help="the message; {column} inserts a CSV column")
-    text.add_argument("--text-file", type=Path, help="read the message from a UTF-8 file")
-    run.add_argument("--name", help="a name to find the campaign by (default: file and time)")
-    run.add_argument(
-        "--from",
-        dest="from_number",
-        metavar="E164",
-        help="caller ID (default: TWILIO_PHONE_NUMBER)",
-    )
-    _add_call_options(run)
-    run.add_argument(
-        "--cps",
-        type=float,
-        help="this campaign's calls created per second (default and most: "
-        "BRIDGE_CALLS_PER_SECOND, the account's budget shared with every process calling)",
-    )
-    run.add_argument(
-        "--max-concurrent",
-        type=int,
-        help="calls in progress at once (default BRIDGE_MAX_CONCURRENT_CALLS)",
-    )
-    run.add_argument("--retries", type=int, default=2, help="further attempts (default 2)")
-    run.add_argument(
-        "--retry-delay", type=float, default=300.0, help="seconds between attempts (300)"
-    )
-    run.add_argument(
-        "--retry-on",
-        default="busy,no-answer,failed",
-        help=(
-            "outcomes worth another attempt: busy, no-answer, failed, stream-never-connected "
-            "(default busy,no-answer,failed)"
-        ),
-    )
-    run.add_argument("--window", help="local calling hours, e.g. 09:00-20:00 (end exclusive)")
-    run.add_argument(
-        "--timezone", default="UTC", help="time zone of --window (a CSV timezone column wins)"
-    )
-    run.add_argument(
-        "--skip-invalid",
-        action="store_true",
-        help="record invalid rows as invalid and call the others (default: refuse to start)",
-    )
-    resume = campaign_commands.add_parser(
-        "resume", help="go on with a stopped campaign (default: the newest unfinished)"
-    )
-    resume.add_argument("campaign", nargs="?", metavar="ID|NAME")
-    status = campaign_commands.add_parser("status", help="counts, state and runner")
-    status.add_argument("campaign", nargs="?", metavar="ID|NAME")
-    export = campaign_commands.add_parser("export", help="write the results as CSV")
-    export.add_argument("out", type=Path, metavar="OUT.csv")
-    export.add_argument("--campaign", metavar="ID|NAME", help="default: the newest campaign")
-    campaign_commands.add_parser("list", help="every campaign")
+    add_campaign_command(commands, call_options=_add_call_options)
 
     doctor = add_command(
         commands,
@@ -805,20 +748,9 @@ def main(
                 )
             )
         if args.command == "campaign":
-            from bridge.campaigns import commands as campaign_commands
+            from bridge.campaigns.commands import main as campaign_main
 
-            streams = {"out": sys.stdout, "err": sys.stderr}
-            if args.campaign_command == "run":
-                return asyncio.run(campaign_commands.run(settings, args, **streams))
-            if args.campaign_command == "resume":
-                return asyncio.run(campaign_commands.resume(settings, args.campaign, **streams))
-            if args.campaign_command == "status":
-                return asyncio.run(campaign_commands.status(settings, args.campaign, **streams))
-            if args.campaign_command == "export":
-                return asyncio.run(
-                    campaign_commands.export(settings, args.out, args.campaign, **streams)
-                )
-            return asyncio.run(campaign_commands.list_campaigns(settings, **streams))
+            return campaign_main(settings, args, out=sys.stdout, err=sys.stderr)
         if args.command == "doctor":
             from bridge.doctor import doctor
 

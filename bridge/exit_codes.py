@@ -35,7 +35,7 @@ MEANING: Final[dict[ExitCode, str]] = {
     ExitCode.HAMSA_KEY_REJECTED: "Hamsa rejected the API key (close 4001, HTTP 401/403)",
     ExitCode.HAMSA_NO_BALANCE: "Hamsa says the balance is empty (close 4003)",
     ExitCode.DECLINED: "declined at a confirmation question: nothing was sent",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C; campaign run/resume: stopped by pause or cancel)",
 }
 """One line per code: the README's table and ``--help`` print these."""
 

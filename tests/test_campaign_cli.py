@@ -5,8 +5,11 @@ the store with the rig on SQLite and on PostgreSQL (``database_url``)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
+import io
+import json
 import os
 import signal
 import socket
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.campaigns.commands import _export_target
+from bridge.cli import build_parser
 from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback
 from bridge.dev.twilio_emulator import Outcome
 from bridge.store import ContactState, Store
@@ -58,7 +63,7 @@ async def test_a_file_with_invalid_rows_is_refused_whole(tmp_path: Path) -> None
     )
     env = {**OFFLINE, "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/bridge.db"}
     code, output = await run_cli("campaign", "run", str(path), "--text", TEXT, env=env)
-    assert code == 1
+    assert code == 2  # a usage error: nothing was created
     assert "invalid: line 3: number '0500000002' is not an E.164 number" in output
     assert "invalid: line 5: empty {name}" in output
     assert "duplicate: line 4: +966500000001 is also on line 2" in output
@@ -90,7 +95,7 @@ async def test_text_and_option_problems_are_named(
     path = write(tmp_path, [["+966500000001", "Ali", "Sunday"]])
     env = {**OFFLINE, "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/bridge.db"}
     code, output = await run_cli("campaign", "run", str(path), *args, env=env)
-    assert code == 1
+    assert code == 2
     assert message in output
 
 
@@ -98,7 +103,7 @@ async def test_missing_settings_are_named(tmp_path: Path) -> None:
     path = write(tmp_path, [["+966500000001", "Ali", "Sunday"]])
     env = {**OFFLINE, "BRIDGE_PUBLIC_URL": "", "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
     code, output = await run_cli("campaign", "run", str(path), "--text", TEXT, env=env)
-    assert code == 1
+    assert code == 2
     assert "set BRIDGE_PUBLIC_URL" in output
 
 
@@ -139,9 +144,18 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
         first = next(line for line in output.splitlines() if line.startswith("campaign cp_"))
         campaign_id = first.split()[1]
         assert first.endswith("3 number(s) to call, 1 invalid, 1 duplicate")
-        # progress lines (not a terminal: one per change), then the summary
-        assert "] 5/5  heard 2 · answered 0 · busy 1 · no-answer 0" in output
-        assert f"campaign {campaign_id} finished: heard 2 · answered 0 · busy 1" in output
+        # progress (not a terminal: plain lines), then the summary: the same 3 numbers
+        progress = [line for line in output.splitlines() if line.startswith("progress: ")]
+        assert progress[0].startswith("progress: 0/3 done · heard 0 · answered 0 · busy 0")
+        assert progress[-1].startswith("progress: 3/3 done · ")
+        assert "heard 2 · answered 0 · busy 1 · no-answer 0" in progress[-1]
+        assert all("/3 done" in line for line in progress)
+        assert "\x1b" not in output
+        assert (
+            f"campaign {campaign_id} finished: 3/3 number(s) done · heard 2 · answered 0 · busy 1"
+            in output
+        )
+        assert f"results: hamsa-bridge campaign export {campaign_id} --out results.csv" in output
         assert lb.twilio is not None
         calls = {c.sid: c for c in lb.twilio.calls.values()}
         texts = [r.text for r in lb.hamsa.requests]
@@ -151,23 +165,64 @@ async def test_run_then_status_export_and_list(tmp_path: Path, database_url: str
         assert f"campaign {campaign_id} (clinic)" in status
         assert "state: finished" in status
         assert "runner: none" in status
-        assert "heard 2 · answered 0 · busy 1" in status
-        assert "invalid 1" in status
-        assert "duplicate 1" in status
+        assert "numbers: 3 to call, 1 invalid, 1 duplicate" in status
+        assert "progress: 3/3 number(s) done · heard 2 · answered 0 · busy 1" in status
+        code, as_json = await run_cli("campaign", "status", campaign_id, "--json", env=env)
+        assert code == 0, as_json
+        described = json.loads(as_json)
+        assert (described["id"], described["name"], described["state"]) == (
+            campaign_id,
+            "clinic",
+            "finished",
+        )
+        assert described["numbers"] == {
+            "to_call": 3, "done": 3, "left": 0, "invalid": 1, "duplicate": 1
+        }  # fmt: skip
+        assert (described["counts"]["heard"], described["counts"]["busy"]) == (2, 1)
+        assert described["runner"] is None
 
         out = tmp_path / "results.csv"
-        code, written = await run_cli("campaign", "export", str(out), env=env)
+        code, written = await run_cli("campaign", "export", "clinic", "--out", str(out), env=env)
         assert code == 0, written
-        assert f"wrote 5 row(s) of campaign {campaign_id} (clinic)" in written
+        assert written == f"wrote 5 row(s) of campaign {campaign_id} (clinic) to {out}\n"
+        assert out.read_bytes().startswith(b"\xef\xbb\xbfnumber,")  # the BOM, for Excel
         with out.open(encoding="utf-8-sig", newline="") as f:
             rows = list(csv.DictReader(f))
+        # the form of the previous release still works, with a note on stderr
+        old = tmp_path / "old.csv"
+        code, written = await run_cli(
+            "campaign", "export", str(old), "--campaign", campaign_id, env=env
+        )
+        assert code == 0, written
+        assert "deprecated: `campaign export OUT.csv [--campaign ID|NAME]`" in written
+        assert old.read_bytes() == out.read_bytes()
+        code, written = await run_cli("campaign", "export", "-o", str(old), "--no-bom", env=env)
+        assert code == 0, written
+        assert old.read_bytes() == out.read_bytes()[3:]  # the newest campaign, without the BOM
+        code, written = await run_cli("campaign", "export", env=env)
+        assert (code, written.strip()) == (
+            2,
+            "hamsa-bridge campaign: export: where to? pass --out OUT.csv",
+        )
 
         code, listing = await run_cli("campaign", "list", env=env)
         assert code == 0
         assert f"{campaign_id}" in listing
-        assert "finished  5/5  clinic" in listing
+        assert "finished   3/3  clinic" in listing
+        code, listed = await run_cli("campaign", "list", "--json", env=env)
+        assert code == 0, listed
+        [entry] = json.loads(listed)
+        assert (entry["id"], entry["state"], entry["to_call"], entry["done"]) == (
+            campaign_id,
+            "finished",
+            3,
+            3,
+        )
         code, resumed = await run_cli("campaign", "resume", env=env)
-        assert (code, resumed.strip()) == (0, "no unfinished campaign to resume")
+        assert (code, resumed.strip()) == (
+            0,
+            "no campaign to resume (every one is finished or cancelled)",
+        )
 
     # the rendered text was spoken
     assert "مرحبا Ali، موعدك يوم Sunday." in texts
@@ -216,11 +271,14 @@ async def test_calls_whose_stream_never_connects_are_exported_with_the_error(
             )
             assert code == 0, output
             out = tmp_path / "results.csv"
-            code, written = await run_cli("campaign", "export", str(out), env=env)
+            code, written = await run_cli("campaign", "export", "--out", str(out), env=env)
             assert code == 0, written
             assert lb.twilio is not None
             streams = list(lb.twilio.streams)
-    assert "finished: heard 0 · answered 0 · busy 0 · no-answer 0 · failed 2" in output
+    assert (
+        "finished: 2/2 number(s) done · heard 0 · answered 0 · busy 0 · no-answer 0 · failed 2"
+        in output
+    )
     assert len(streams) == 4  # each contact called twice: --retry-on named the reason
     assert {s.ended_by for s in streams} == {"error"}
     with out.open(encoding="utf-8-sig", newline="") as f:
@@ -272,12 +330,82 @@ async def test_ctrl_c_stops_dialling_and_resume_finishes_without_calling_twice(
         assert stopped is not None
         assert stopped.lease_owner is None  # released: resume need not wait
         assert stopped.state == "running"
+        done_before = sum(
+            n for key, n in stopped.counts.items() if key not in ("pending", "active")
+        )
 
         code, resumed = await run_cli("campaign", "resume", env=env)
         assert code == 0, resumed
         assert resumed.startswith(f"campaign {campaign_id} (numbers ")
+        header = resumed.splitlines()[0]
+        left = len(numbers) - done_before
+        assert header.endswith(
+            f": resuming, {left} number(s) to call ({done_before} of {len(numbers)} done before)"
+        )
+        # the bar and the summary count the same numbers as the header
+        progress = [line for line in resumed.splitlines() if line.startswith("progress: ")]
+        assert progress
+        assert all(f"/{left} done" in line for line in progress)
+        assert f"finished: {left}/{left} number(s) done · " in resumed
+        whole = f"the whole campaign: {len(numbers)}/{len(numbers)} number(s) done · "
+        assert (whole in resumed) == (done_before > 0)  # said when it differs from the run
         async with await Store.open(env["BRIDGE_DATABASE_URL"]) as store:
             contacts = await store.contacts(campaign_id)
         per_number = [sum(1 for c in twilio.calls.values() if c.info.to == n) for n in numbers]
     assert per_number == [1] * len(numbers)
     assert {(c.state, c.outcome) for c in contacts} == {(ContactState.DONE, "heard")}
+
+
+def test_every_campaign_parser_follows_the_help_conventions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A description, help on every argument, defaults shown, examples (bridge.cli_format),
+    and nothing wider than an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps the options' help to it
+    root = build_parser()
+    [commands] = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    campaign = commands.choices["campaign"]
+    [sub] = [a for a in campaign._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = {"campaign": campaign} | {f"campaign {n}": p for n, p in sub.choices.items()}
+    assert set(sub.choices) == {"run", "resume", "pause", "cancel", "status", "export", "list"}
+    for name, parser in parsers.items():
+        assert parser.description, name
+        assert "examples:" in (parser.epilog or ""), name
+        rendered = parser.format_help()
+        assert max(len(line) for line in rendered.splitlines()) <= 80, name
+        for action in parser._actions:
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False, argparse.SUPPRESS):
+                help_line = parser._get_formatter()._expand_help(action)  # type: ignore[attr-defined]
+                assert "default" in help_line, (name, action.dest)
+    # every subcommand that names a campaign takes the same optional or required positional
+    for name in ("resume", "pause", "cancel", "status", "export"):
+        [positional] = [a for a in sub.choices[name]._actions if not a.option_strings]
+        assert (positional.dest, positional.metavar) == ("campaign", "ID|NAME"), name
+
+
+@pytest.mark.parametrize(
+    ("argv", "target", "deprecated"),
+    [
+        (["cp_1", "--out", "r.csv"], ("cp_1", Path("r.csv")), False),
+        (["clinic", "-o", "r.csv"], ("clinic", Path("r.csv")), False),
+        (["-o", "r.csv"], (None, Path("r.csv")), False),
+        (["r.csv"], (None, Path("r.csv")), True),  # the previous release's form
+        (["out/results", "--campaign", "cp_1"], ("cp_1", Path("out/results")), True),
+        (["--campaign", "cp_1", "-o", "r.csv"], ("cp_1", Path("r.csv")), True),
+        (["cp_1"], "where to? pass --out OUT.csv", False),  # never a file named cp_1
+        (["cp_1", "--campaign", "cp_2", "-o", "r.csv"], "two campaigns given", False),
+    ],
+)
+def test_export_names_its_campaign_like_the_other_subcommands(
+    argv: list[str], target: tuple[str | None, Path] | str, deprecated: bool
+) -> None:
+    args = build_parser().parse_args(["campaign", "export", *argv])
+    err = io.StringIO()
+    found = _export_target(args, err)
+    if isinstance(target, str):
+        assert isinstance(found, str)
+        assert found.startswith(target)
+    else:
+        assert found == target
+    assert ("deprecated: `campaign export OUT.csv" in err.getvalue()) == deprecated

@@ -5,20 +5,33 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from bridge.announcements.limiter import CallRateLimiter
 from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome, OutcomeReason
-from bridge.campaigns.export import export_rows
+from bridge.campaigns.export import NOT_CALLED, export_rows, write_export
 from bridge.campaigns.lease import owner_is_dead
-from bridge.campaigns.progress import Counts, Progress
+from bridge.campaigns.progress import (
+    PLAIN_INTERVAL,
+    Counts,
+    LiveProgress,
+    PlainProgress,
+    ProgressFields,
+    ProgressView,
+    fit,
+    plain_line,
+    progress_for,
+)
 from bridge.campaigns.retry import decide
 from bridge.campaigns.runner import classify
 from bridge.store import AnnouncementRecord, ContactRecord, ContactState
@@ -233,13 +246,13 @@ def test_counts_put_each_contact_in_one_bucket() -> None:
     ]
     counts = Counts.of(contacts, {5: 1})
     assert (counts.answered, counts.no_answer, counts.not_placed, counts.invalid) == (1, 1, 1, 1)
-    assert counts.describe().startswith("heard 0 · answered 1 · busy 0")
     assert (counts.active, counts.retry, counts.waiting, counts.duplicate) == (1, 1, 1, 1)
     assert (counts.total, counts.finished) == (8, 5)
+    # the numbers to call leave out the invalid row and the duplicate: 6, 3 of them done
+    assert (counts.to_call, counts.done, counts.left) == (6, 3, 3)
     text = counts.describe()
-    assert "answered 1 · busy 0 · no-answer 1" in text
-    assert "waiting for retry 1" in text
-    assert "duplicate 1" in text
+    assert text.startswith("heard 0 · answered 1 · busy 0 · no-answer 1")
+    assert "calling 1 · waiting for retry 1 · not called yet 1" in text
     assert "canceled" not in text
 
 
@@ -251,37 +264,137 @@ class Clock:
         return self.now
 
 
-def test_on_a_terminal_one_line_is_redrawn_at_most_four_times_a_second() -> None:
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def busy_counts(i: int) -> Counts:
+    """Numbers big enough that everything would not fit in 80 columns."""
+    return Counts(
+        heard=100 * i,
+        answered=7 * i,
+        busy=3 * i,
+        no_answer=2 * i,
+        failed=i,
+        not_placed=i,
+        active=20,
+        retry=30,
+        waiting=10_000 - 114 * i,
+    )
+
+
+def test_on_a_terminal_the_line_fits_80_columns_and_is_redrawn_in_place() -> None:
     stream, clock = io.StringIO(), Clock()
-    progress = Progress(stream, tty=True, clock=clock)
+    console = Console(width=80, file=stream, force_terminal=True)
+    progress = LiveProgress(console, clock=clock)
+    updates = 12
+    for i in range(updates):
+        clock.now = float(i)
+        progress.update(busy_counts(i))
+    progress.close()
+    output = stream.getvalue()
+    # one line break in all: the one ending the line at close (no stacked lines), and the
+    # cursor never goes up (a line that wrapped would be redrawn from the line above)
+    assert output.count("\n") == 1
+    assert "\x1b[1A" not in output
+    assert output.endswith("\n") or output.endswith("\x1b[?25h")
+    # every redraw goes back to the start of the line and erases it before writing
+    redraws = output.split("\r\x1b[2K")
+    assert len(redraws) >= updates  # one frame per update (and the last one again at close)
+    frames = [ANSI.sub("", frame).rstrip("\n") for frame in redraws]
+    assert all("\r" not in frame for frame in frames)
+    assert all(0 < len(frame) <= 80 for frame in frames), [len(f) for f in frames]
+    for i, frame in enumerate(frames[:updates]):  # the counts of each update, done/total first
+        counts = busy_counts(i)
+        assert f"{counts.done}/{counts.to_call} done" in frame
+        assert f"heard {counts.heard}" in frame
+    assert "/min" in frames[-1]  # the rate, once measurable
+    assert "ETA " in frames[-1]
+    # the whole line would not have fitted: the least useful counts were left out
+    assert "not called yet" not in frames[-1]
+    assert "not called yet" in plain_line(ProgressView().fields(busy_counts(11), 0.0))
+
+
+def test_on_a_terminal_the_line_is_redrawn_at_most_four_times_a_second() -> None:
+    stream, clock = io.StringIO(), Clock()
+    progress = LiveProgress(Console(width=120, file=stream, force_terminal=True), clock=clock)
     for i in range(40):  # 40 changes in one second
         clock.now = i * 0.025
         progress.update(Counts(answered=i, waiting=40 - i))
-    draws = stream.getvalue().count("\r")
-    assert 4 <= draws <= 5
+    assert 4 <= stream.getvalue().count("\r\x1b[2K") + 1 <= 5
     progress.close()
-    output = stream.getvalue()
-    assert output.endswith("\n")
-    assert output.count("\n") == 1
-    assert "[" + "#" * 24 + "] 39/40" not in output  # 39 answered of 40: bar not full
-    assert "answered 39" in output.rsplit("\r", 1)[-1]  # the last counts are shown at close
+    last = ANSI.sub("", stream.getvalue().split("\r\x1b[2K")[-1])
+    assert "39/40 done" in last  # the last counts are shown at close
+    assert "answered 39" in last
 
 
-def test_without_a_terminal_a_line_per_change_at_most_once_a_second() -> None:
+@settings(max_examples=300, deadline=None)
+@given(
+    width=st.integers(min_value=1, max_value=300),
+    done=st.integers(min_value=0, max_value=10**6),
+    left=st.integers(min_value=0, max_value=10**6),
+    rate=st.none() | st.floats(min_value=0, max_value=1e5),
+    eta=st.none() | st.floats(min_value=0, max_value=1e8),
+    counts=st.lists(st.integers(min_value=0, max_value=10**6), min_size=6, max_size=6),
+)
+def test_the_live_line_never_exceeds_the_width(
+    width: int, done: int, left: int, rate: float | None, eta: float | None, counts: list[int]
+) -> None:
+    names = ["heard", "answered", "busy", "no-answer", "failed", "calling"]
+    view = ProgressFields(done, done + left, rate, eta, tuple(zip(names, counts, strict=True)))
+    layout = fit(view, width)
+    assert layout.width <= width
+    if width >= 40:
+        assert layout.parts[0] == f"{done}/{done + left} done"
+    if width >= 60:
+        assert layout.bar >= 10
+
+
+def test_the_rate_and_eta_come_from_the_run_so_far() -> None:
+    view = ProgressView()
+    start = view.fields(Counts(heard=10, waiting=90), now=100.0)  # 10 settled at recovery
+    assert (start.done, start.total, start.rate, start.eta) == (10, 100, None, None)
+    later = view.fields(Counts(heard=40, busy=5, active=5, waiting=50), now=160.0)
+    assert (later.done, later.total) == (45, 100)
+    assert later.rate == pytest.approx(35.0)  # 35 numbers done in the minute since the start
+    assert later.eta == pytest.approx(55 / 35 * 60)
+    assert plain_line(later).startswith("45/100 done · 35/min · ETA 1m34s · heard 40")
+
+
+def test_without_a_terminal_a_plain_line_every_five_seconds_and_one_at_the_end() -> None:
     stream, clock = io.StringIO(), Clock()
-    progress = Progress(stream, tty=False, clock=clock)
-    for i in range(30):  # a change every 0.1 s for 3 s
-        clock.now = i * 0.1
-        progress.update(Counts(answered=i // 2, waiting=20))
-    for _ in range(5):  # no change: nothing printed
-        clock.now += 2
-        progress.update(Counts(answered=14, waiting=20))
+    progress = PlainProgress(stream, clock=clock)
+    for i in range(41):  # a change every 0.5 s for 20 s
+        clock.now = i * 0.5
+        progress.update(Counts(heard=i, waiting=60 - i))
+    for _ in range(3):  # no change for 30 s: nothing printed
+        clock.now += 10
+        progress.update(Counts(heard=40, waiting=20))
     lines = stream.getvalue().splitlines()
+    # at 0 s, 5 s, 10 s, 15 s and 20 s: the interval, never more often
+    assert [line.split(" done")[0] for line in lines] == [
+        "progress: 0/60",
+        "progress: 10/60",
+        "progress: 20/60",
+        "progress: 30/60",
+        "progress: 40/60",
+    ]
+    assert PLAIN_INTERVAL == 5.0
+    clock.now += 1  # 51 s: a change after a quiet spell is written at once
+    progress.update(Counts(heard=41, waiting=19))
+    clock.now += 1  # 52 s: within 5 s of the last line: held…
+    progress.update(Counts(heard=42, waiting=18))
+    assert len(stream.getvalue().splitlines()) == 6
+    progress.close()  # …and written at the end
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 7
+    assert lines[-2].startswith("progress: 41/60 done · ")
+    assert lines[-1].startswith("progress: 42/60 done · ")
+    assert "\x1b" not in stream.getvalue()
     assert "\r" not in stream.getvalue()
-    assert 3 <= len(lines) <= 4
-    assert lines[-1].endswith(Counts(answered=14, waiting=20).describe())
-    progress.close()
-    assert len(stream.getvalue().splitlines()) == len(lines)
+
+
+def test_a_stream_that_is_not_a_terminal_gets_plain_lines() -> None:
+    assert isinstance(progress_for(io.StringIO()), PlainProgress)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -365,6 +478,39 @@ def test_export_has_one_row_per_input_row_with_its_variables() -> None:
          ""],
         ["+966505", "1", "failed", never.value, "", "", "", "CAn", never.description, "Zaid", ""],
     ]  # fmt: skip
+
+
+def test_a_cancelled_campaigns_numbers_never_called_are_exported_as_such() -> None:
+    contacts = [
+        ContactRecord("cp", 0, "+966501", {}, "t", ContactState.DONE, outcome="heard"),
+        ContactRecord("cp", 1, "+966502", {}, "t", ContactState.PENDING),  # its retry cancelled
+        ContactRecord("cp", 2, "+966503", {}, "t", ContactState.PENDING),  # never called
+    ]
+    records = [
+        AnnouncementRecord(**{**_fields(attempt(1, "completed", plays=1, stream_started_at=95.0)),
+                              "contact_idx": 0}),
+        AnnouncementRecord(**{**_fields(attempt(2, "busy")), "contact_idx": 1}),
+    ]  # fmt: skip
+    _, running = export_rows(contacts, records)
+    assert [row[2] for row in running] == ["heard", "pending", "pending"]
+    _, cancelled = export_rows(contacts, records, cancelled=True)
+    assert [(row[1], row[2], row[8]) for row in cancelled] == [
+        ("1", "heard", ""),
+        ("1", "busy", "the campaign was cancelled before the next attempt"),
+        ("0", NOT_CALLED, "the campaign was cancelled before this number was called"),
+    ]
+
+
+@pytest.mark.parametrize(("bom", "first"), [(True, b"\xef\xbb\xbfnumber,"), (False, b"number,")])
+def test_the_export_starts_with_a_bom_unless_told_not_to(
+    tmp_path: Path, bom: bool, first: bytes
+) -> None:
+    contacts = [ContactRecord("cp", 0, "+966501", {"name": "أحمد"}, "t", ContactState.PENDING)]
+    path = tmp_path / "out.csv"
+    assert write_export(path, contacts, [], bom=bom) == 1
+    data = path.read_bytes()
+    assert data.startswith(first)
+    assert "أحمد".encode() in data
 
 
 def _fields(record: AnnouncementRecord) -> dict[str, object]:

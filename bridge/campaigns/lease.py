@@ -4,6 +4,10 @@ The owner is ``host:pid:random``. A lease outlives a killed runner by at most it
 ``resume`` waits for it to lapse; when the holder is a process of this host that no longer
 exists (``kill -9``), there is nothing to wait for and the lease is taken over at once. A lease
 that keeps being renewed belongs to a live runner: ``resume`` gives up with ``CampaignBusy``.
+
+Each renewal reads the campaign back: that is how ``campaign pause``/``cancel`` (which only
+change its state in the store, from any process or machine) reach its runner, within a
+heartbeat.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Final
 import structlog
 
 from bridge.errors import CampaignBusy, LeaseLost
-from bridge.store import Store
+from bridge.store import CampaignRecord, Store
 
 __all__ = ["HEARTBEAT", "TTL", "Lease", "new_owner", "owner_is_dead"]
 
@@ -74,8 +78,9 @@ class Lease:
         self.patience = patience if patience is not None else ttl + heartbeat + 1.0
         """How long to wait for a held lease before deciding its holder is alive."""
 
-    async def take(self, on_wait: Callable[[str, float], None] | None = None) -> None:
-        """Acquire the lease, waiting for a lapsed runner's lease to expire.
+    async def take(self, on_wait: Callable[[str, float], None] | None = None) -> CampaignRecord:
+        """Acquire the lease, waiting for a lapsed runner's lease to expire; the campaign as it
+        was when taken.
 
         ``on_wait(holder, until)`` is told once when waiting starts. Raises ``CampaignBusy``
         when the holder keeps renewing it for longer than ``patience``.
@@ -91,7 +96,7 @@ class Lease:
             if holder == self.owner:
                 if taken_from:
                     log.info("lease_taken_over", campaign=self.campaign_id, dead_owner=taken_from)
-                return
+                return record
             assert holder is not None
             if owner_is_dead(holder):
                 taken_from = holder
@@ -107,8 +112,9 @@ class Lease:
                 )
             await asyncio.sleep(min(POLL, max(0.05, record.lease_until - now)))
 
-    async def keep(self) -> None:
-        """Renew every ``heartbeat`` seconds until cancelled; ``LeaseLost`` if taken over."""
+    async def keep(self, on_renewed: Callable[[CampaignRecord], None] | None = None) -> None:
+        """Renew every ``heartbeat`` seconds until cancelled; ``LeaseLost`` if taken over.
+        ``on_renewed`` is given the campaign as each renewal read it (its state included)."""
         while True:
             await asyncio.sleep(self.heartbeat)
             record = await self.store.acquire_lease(
@@ -120,6 +126,8 @@ class Lease:
                     f"{record.lease_owner} (this runner stalled longer than {self.ttl:g} s); "
                     "stopping so that no number is dialled by two runners"
                 )
+            if on_renewed is not None:
+                on_renewed(record)
 
     async def release(self) -> None:
         await self.store.release_lease(self.campaign_id, self.owner)

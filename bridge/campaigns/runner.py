@@ -21,6 +21,13 @@ attempt ends.
 A process killed anywhere leaves at worst PLANNED or PLACED attempts, which the next run's
 recovery settles before it dials anything. Concurrency counts attempts from plan to end, so the
 number of calls live at Twilio never exceeds it.
+
+Paused or cancelled (``campaign pause``/``cancel``, from any process: the campaign's state in
+the store, read at every lease renewal, so within a heartbeat): nothing more is dialled (an
+attempt planned but not yet sent is recorded not placed, which costs no retry), the calls in
+progress are watched to their end and settled, then the run returns the campaign, unfinished.
+A runner that takes the lease of a paused campaign (``campaign resume``) sets it running again;
+one that finds it cancelled only settles what a previous run left in flight.
 """
 
 from __future__ import annotations
@@ -50,7 +57,14 @@ from bridge.campaigns.retry import Decision, decide, reached_twilio
 from bridge.campaigns.window import is_open, next_opening, zone
 from bridge.errors import AnnouncementInvalid, CampaignError
 from bridge.settings import Settings
-from bridge.store import AnnouncementRecord, CampaignRecord, ContactRecord, ContactState, Store
+from bridge.store import (
+    AnnouncementRecord,
+    CampaignRecord,
+    CampaignState,
+    ContactRecord,
+    ContactState,
+    Store,
+)
 from bridge.twilio_api import CallSnapshot, TwilioApi, TwilioApiError
 from twiml.announcement import TwimlTooLong
 
@@ -67,6 +81,8 @@ RECENT: Final = 2.0
 """Seconds of earlier creations (any process) the CPS limiter is seeded with."""
 FATAL_CODES: Final = frozenset({20003, 21210, 21212})
 """Twilio codes that no contact can get past (credentials, the caller ID): stop the campaign."""
+STOPPED: Final = frozenset({CampaignState.PAUSED, CampaignState.CANCELLED})
+"""States in which a runner dials nothing more."""
 
 
 def classify(exc: TwilioApiError) -> str:
@@ -111,7 +127,8 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class CampaignRunner:
-    """Runs one campaign (``run``) until every contact is done or invalid.
+    """Runs one campaign (``run``) until every contact is done or invalid, or until it is
+    paused or cancelled in the store (then the calls in progress are settled first).
 
     Cancel the task running :meth:`run` to stop (Ctrl-C): dialling stops, the lease is
     released, and calls in flight are settled by the next run's recovery.
@@ -160,6 +177,11 @@ class CampaignRunner:
         """Attempts from plan to end (the concurrency count)."""
         self._open = 0
         """Contacts PENDING or ACTIVE (the campaign ends at 0)."""
+        self._in_run: set[int] = set()
+        """Contacts PENDING or ACTIVE when this run started: what it has to call (its
+        progress counts these)."""
+        self.stop: CampaignState | None = None
+        """``paused`` or ``cancelled`` once the store said so: nothing more is dialled."""
         self._changed = asyncio.Event()
         self._reported = float("-inf")
         self._creators: ThreadPoolExecutor | None = None
@@ -172,9 +194,21 @@ class CampaignRunner:
     # --- the run ------------------------------------------------------------------------------
 
     async def run(self) -> CampaignRecord:
-        """Run to the end; the finished campaign. Raises ``CampaignError`` (``CampaignBusy``
-        when another runner is live, ``LeaseLost``, or a Twilio error no call can get past)."""
-        await self.lease.take(self._on_lease_wait)
+        """Run to the end; the finished campaign, or the paused or cancelled one (see
+        :attr:`stop`). Raises ``CampaignError`` (``CampaignBusy`` when another runner is live,
+        ``LeaseLost``, or a Twilio error no call can get past)."""
+        taken = await self.lease.take(self._on_lease_wait)
+        if taken.state is CampaignState.PAUSED:  # `campaign resume`: it runs again
+            taken = (
+                await self._store.set_campaign_state(
+                    self.campaign.id,
+                    CampaignState.RUNNING,
+                    allowed_from=(CampaignState.PAUSED,),
+                    now=self._wall(),
+                )
+                or taken
+            )
+        self._watch(taken)
         log.info("campaign_started", campaign=self.campaign.id, owner=self.lease.owner)
         if self.config.cps > self._settings.bridge_calls_per_second:
             log.warning(
@@ -188,7 +222,7 @@ class CampaignRunner:
         )
         try:
             async with asyncio.TaskGroup() as tasks:
-                keeper = tasks.create_task(self.lease.keep())
+                keeper = tasks.create_task(self.lease.keep(self._watch))
                 await self._recover()
                 await self._load()
                 # Creations by any process in the last seconds (an earlier run of this
@@ -198,7 +232,8 @@ class CampaignRunner:
                 local = self._limiter.local
                 local.seed(t + local.interval for t in recent)
                 await self._dispatch(tasks)
-                await self._store.finish_campaign(self.campaign.id, now=self._wall())
+                if not self._open:  # every contact done, even if it was paused meanwhile
+                    await self._store.finish_campaign(self.campaign.id, now=self._wall())
                 keeper.cancel()
         except BaseExceptionGroup as group:
             raise _sole(group) from None
@@ -206,10 +241,21 @@ class CampaignRunner:
             self._creators.shutdown(wait=False)
             self._report(force=True)
             await self.lease.release()
-        log.info("campaign_finished", campaign=self.campaign.id)
         finished = await self._store.get_campaign(self.campaign.id)
         assert finished is not None
+        if self._open:
+            log.info("campaign_stopped", campaign=self.campaign.id, state=finished.state.value)
+        else:
+            log.info("campaign_finished", campaign=self.campaign.id)
         return finished
+
+    def _watch(self, campaign: CampaignRecord) -> None:
+        """The campaign as the store has it now (at the lease's take and each renewal)."""
+        if campaign.state in STOPPED and campaign.state != self.stop:
+            if self.stop is None:
+                log.info("campaign_stopping", campaign=self.campaign.id, state=campaign.state.value)
+            self.stop = campaign.state  # paused, then cancelled: it says cancelled
+            self._notify()
 
     # --- recovery -----------------------------------------------------------------------------
 
@@ -252,6 +298,7 @@ class CampaignRunner:
             self._contacts[contact.idx] = contact
             if contact.state in (ContactState.PENDING, ContactState.ACTIVE):
                 self._open += 1
+                self._in_run.add(contact.idx)
             if contact.state is ContactState.PENDING:
                 heapq.heappush(self._later, (contact.next_at, contact.idx))
         for contact in contacts:
@@ -265,6 +312,11 @@ class CampaignRunner:
         while self._open or self._active:
             changed = self._changed
             self._report()
+            if self.stop is not None:  # paused or cancelled: the calls in progress end
+                if not self._active:
+                    return
+                await self._wait(changed, TICK)
+                continue
             if len(self._active) >= self.config.max_concurrent:
                 await self._wait(changed, TICK)
                 continue
@@ -332,10 +384,10 @@ class CampaignRunner:
         # thread hand-off separates a CPS slot from the request (the slots stay even).
         await self._limiter.acquire()
         now = self._wall()
-        if not is_open(self._window, now, self._zone(contact)):
-            record = await self._store.mark_not_placed(
-                record.id, "not placed: the calling window closed", now=now
-            )
+        closed = not is_open(self._window, now, self._zone(contact))
+        if closed or self.stop is not None:  # not placed: costs no retry
+            why = "the calling window closed" if closed else f"the campaign was {self.stop}"
+            record = await self._store.mark_not_placed(record.id, f"not placed: {why}", now=now)
             await self._ended(record, None)
             return
         # Handed to a creator thread at once, not at the attempt task's first step.
@@ -464,8 +516,15 @@ class CampaignRunner:
     # --- progress -----------------------------------------------------------------------------
 
     def counts(self) -> Counts:
+        """The whole campaign's contacts."""
         reached = {idx: reached_twilio(h) for idx, h in self._history.items()}
         return Counts.of(self._contacts.values(), reached)
+
+    def run_counts(self) -> Counts:
+        """This run's contacts (pending or in progress when it started): what its progress
+        shows; its ``to_call`` is the number the run set out to call."""
+        reached = {idx: reached_twilio(self._history.get(idx, [])) for idx in self._in_run}
+        return Counts.of((self._contacts[idx] for idx in self._in_run), reached)
 
     def _report(self, *, force: bool = False) -> None:
         if self._on_progress is None or not self._contacts:
@@ -473,4 +532,4 @@ class CampaignRunner:
         now = time.monotonic()
         if force or now - self._reported >= 0.2:
             self._reported = now
-            self._on_progress(self.counts())
+            self._on_progress(self.run_counts())

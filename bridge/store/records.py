@@ -141,15 +141,32 @@ class ContactRecord:
     timezone: str | None = None
 
 
+class CampaignState(enum.StrEnum):
+    """Where a campaign stands (the ``campaigns.state`` column: free text, so these values need
+    no migration)."""
+
+    RUNNING = "running"
+    """Created, or resumed: a runner calls its contacts (or will, at ``campaign resume``)."""
+    PAUSED = "paused"
+    """``campaign pause``: its runner placed no further call and stopped once the calls in
+    progress ended; ``campaign resume`` goes on where it stopped."""
+    CANCELLED = "cancelled"
+    """``campaign cancel``: no further call is ever placed; ``resume`` refuses it."""
+    FINISHED = "finished"
+    """Every contact is done (or invalid, or a duplicate)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CampaignRecord:
     id: str
     name: str
     config: dict[str, Any]
     created_at: float
-    state: str = "running"
-    """``running`` until every contact is done, then ``finished``."""
+    state: CampaignState = CampaignState.RUNNING
+    """``running`` until every contact is done, then ``finished``; or ``paused``/``cancelled``
+    on request (:class:`CampaignState`)."""
     finished_at: float | None = None
+    """When it finished, or was cancelled."""
     lease_owner: str | None = None
     lease_until: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)

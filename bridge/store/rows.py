@@ -9,7 +9,13 @@ from typing import Any
 from bridge.announcements.spec import AnnouncementSpec, AttemptState
 from bridge.errors import StoreError
 from bridge.store.backend import Row, Tx
-from bridge.store.records import AnnouncementRecord, CampaignRecord, ContactRecord, ContactState
+from bridge.store.records import (
+    AnnouncementRecord,
+    CampaignRecord,
+    CampaignState,
+    ContactRecord,
+    ContactState,
+)
 from bridge.voice import Voice
 
 __all__ = [
@@ -172,7 +178,7 @@ def get_campaign(tx: Tx, campaign_id: str) -> CampaignRecord:
         name=row["name"],
         config=json.loads(row["config"]),
         created_at=row["created_at"],
-        state=row["state"],
+        state=CampaignState(row["state"]),
         finished_at=row["finished_at"],
         lease_owner=row["lease_owner"],
         lease_until=row["lease_until"],

@@ -27,7 +27,13 @@ from bridge.announcements.limiter import take
 from bridge.announcements.spec import AnnouncementSpec, AttemptState, outcome_of_status
 from bridge.errors import StoreError
 from bridge.store.backend import Backend, Tx
-from bridge.store.records import AnnouncementRecord, CampaignRecord, ContactRecord, ContactState
+from bridge.store.records import (
+    AnnouncementRecord,
+    CampaignRecord,
+    CampaignState,
+    ContactRecord,
+    ContactState,
+)
 from bridge.store.rows import (
     announcement_from_row,
     contact_from_row,
@@ -514,6 +520,35 @@ class Store:
             )
 
         await self._run(work)
+
+    async def set_campaign_state(
+        self,
+        campaign_id: str,
+        state: CampaignState,
+        *,
+        allowed_from: Iterable[CampaignState],
+        now: float,
+    ) -> CampaignRecord | None:
+        """Move the campaign to ``state`` if it is in one of ``allowed_from`` (atomically: a
+        runner finishing it at the same instant wins or loses whole). The campaign as it is
+        after; ``None`` if there is no such campaign. ``cancelled`` records ``now`` as its end.
+        A runner reads the state at every lease renewal (``pause``/``cancel`` reach it there)."""
+        sources = [s.value for s in allowed_from]
+
+        def work(tx: Tx) -> CampaignRecord | None:
+            if tx.execute("SELECT id FROM campaigns WHERE id = ?", (campaign_id,)).first() is None:
+                return None
+            if sources:
+                ended = now if state is CampaignState.CANCELLED else None
+                marks = ", ".join("?" for _ in sources)
+                tx.execute(
+                    "UPDATE campaigns SET state = ?, finished_at = ? "  # noqa: S608
+                    f"WHERE id = ? AND state IN ({marks})",
+                    (state.value, ended, campaign_id, *sources),
+                )
+            return get_campaign(tx, campaign_id)
+
+        return await self._run(work)
 
     async def finish_campaign(self, campaign_id: str, *, now: float) -> None:
         def work(tx: Tx) -> None:
