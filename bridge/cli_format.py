@@ -27,13 +27,6 @@ def says_nothing(default: object) -> bool:
     """A default not worth showing: ``None``, ``False``, ``[]`` or ``SUPPRESS`` (``0`` is shown)."""
     return default is None or default is False or default == [] or default == argparse.SUPPRESS
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        # no "(default: None)" or "(default: False)" (an unset option, a flag), and nothing
-        # added to a help that already names its default
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
 
 def add_command(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
