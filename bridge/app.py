@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.applications import Starlette
@@ -57,6 +57,9 @@ from bridge.store import check_database_url
 from bridge.stream_token import issue_token
 from bridge.twilio_api import TwilioApi
 from twiml.inbound import connect_stream
+
+if TYPE_CHECKING:
+    from bridge.ivr.flow import Flow
 
 log = structlog.get_logger("bridge.app")
 
@@ -126,9 +129,7 @@ def check_serving_settings(settings: Settings) -> None:
 
 def load_ivr_script(settings: Settings) -> CallScript:
     """The flow in ``BRIDGE_IVR_FLOW`` as a call script; ``ConfigError`` listing every problem."""
-    from bridge.ivr.flow import Transfer
     from bridge.ivr.load import FlowInvalid, load_flow
-    from bridge.ivr.runner import FlowRunner
 
     try:
         flow = load_flow(Path(settings.bridge_ivr_flow))
@@ -137,6 +138,14 @@ def load_ivr_script(settings: Settings) -> CallScript:
         raise ConfigError(
             f"BRIDGE_IVR_FLOW {settings.bridge_ivr_flow} is invalid:\n{problems}"
         ) from None
+    return flow_script(settings, flow)
+
+
+def flow_script(settings: Settings, flow: Flow) -> CallScript:
+    """A loaded flow as a call script, its transfers through ``settings``' Twilio account."""
+    from bridge.ivr.flow import Transfer
+    from bridge.ivr.runner import FlowRunner
+
     transfers = any(isinstance(node, Transfer) for node in flow.nodes.values())
     if transfers and not settings.twilio_account_sid:
         raise ConfigError(

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--flow", help="run an IVR flow (a file, or `clinic`, the shipped example)")
     demo.add_argument(
+        "--speech",
+        choices=("auto", "espeak", "tones"),
+        default="auto",
+        help="what the emulated Hamsa says: Arabic from espeak-ng, or one tone per character "
+        "(default auto: espeak-ng when it is installed)",
+    )
+    demo.add_argument(
         "--answer",
         action="append",
         default=[],
@@ -321,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the timing of a trace recorded by 'hamsa-bridge hamsa probe'",
     )
     emulate.add_argument(
+        "--speech",
+        choices=("auto", "espeak", "tones"),
+        default="auto",
+        help="what the audio says: Arabic from espeak-ng, or one tone per character "
+        "(default auto: espeak-ng when it is installed)",
+    )
+    emulate.add_argument(
         "--truncate-rate", type=float, default=0.0, help="share of replies cut to 640 bytes"
     )
     emulate.add_argument(
@@ -384,6 +398,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     model=args.model,
                     flow=args.flow,
                     answers=args.answer,
+                    speech=args.speech,
                 )
             )
         if args.command == "call":
