@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.applications import Starlette
@@ -59,6 +59,9 @@ from bridge.store import check_database_url
 from bridge.stream_token import issue_token
 from bridge.twilio_api import TwilioApi
 from twiml.inbound import connect_stream
+
+if TYPE_CHECKING:
+    from bridge.ivr.flow import Flow
 
 log = structlog.get_logger("bridge.app")
 
@@ -128,11 +131,17 @@ def check_serving_settings(settings: Settings) -> None:
 
 def load_ivr_script(settings: Settings) -> CallScript:
     """The flow in ``BRIDGE_IVR_FLOW`` as a call script; ``ConfigError`` listing every problem."""
-    from bridge.ivr.flow import Transfer
     from bridge.ivr.load import load_named_flow
-    from bridge.ivr.runner import FlowRunner
 
     flow = load_named_flow(settings.bridge_ivr_flow, source="BRIDGE_IVR_FLOW")
+    return flow_script(settings, flow)
+
+
+def flow_script(settings: Settings, flow: Flow) -> CallScript:
+    """A loaded flow as a call script, its transfers through ``settings``' Twilio account."""
+    from bridge.ivr.flow import Transfer
+    from bridge.ivr.runner import FlowRunner
+
     transfers = any(isinstance(node, Transfer) for node in flow.nodes.values())
     if transfers and not settings.twilio_account_sid:
         raise ConfigError(

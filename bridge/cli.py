@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--flow", help="run an IVR flow instead: a flow file, or `clinic` (the shipped example)"
     )
+    demo.add_argument(
+        "--speech",
+        choices=("auto", "espeak", "tones"),
+        default="auto",
+        help="what the emulated Hamsa says: Arabic from espeak-ng, or one tone per character "
+        "(auto: espeak-ng when it is installed)",
+    )
     _add_press_and_answer(
         demo, out="hamsa-demo.wav", press="; it skips the greeting", answer="; with --flow"
     )
@@ -590,6 +597,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the timing of a trace recorded by `hamsa-bridge hamsa probe`",
     )
     emulate.add_argument(
+        "--speech",
+        choices=("auto", "espeak", "tones"),
+        default="auto",
+        help="what the audio says: Arabic from espeak-ng, or one tone per character "
+        "(auto: espeak-ng when it is installed)",
+    )
+    emulate.add_argument(
         "--truncate-rate",
         type=float,
         default=0.0,
@@ -681,6 +695,7 @@ def main(
                     model=args.model,
                     flow=args.flow,
                     answers=args.answer,
+                    speech=args.speech,
                 )
             )
         if args.command == "call":

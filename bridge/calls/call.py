@@ -334,6 +334,7 @@ class Call:
                     self._deps.registry.remove(started.call_sid, self)
                     self._finish_summary()
                     log.info("call_summary", **_public(self.summary))
+                    self._log_underruns()
         finally:
             if self.phase is CallPhase.ACTIVE:
                 self.phase = CallPhase.ENDED
@@ -600,6 +601,20 @@ class Call:
             with contextlib.suppress(Exception):
                 await self._ws.close(code)
 
+    def _log_underruns(self) -> None:
+        """One warning per call that had underruns, saying what they mean and where to read on
+        (the start policy exists to prevent them)."""
+        if self._playback is None or not self._playback.stats.underruns:
+            return
+        stats = self._playback.stats
+        log.warning(
+            "playback_underruns",
+            underruns=stats.underruns,
+            gaps_ms=[round(gap * 1000) for gap in stats.gaps],
+            meaning=UNDERRUN_MEANING,
+            see=UNDERRUN_DOC,
+        )
+
     def _finish_summary(self) -> None:
         s = self.summary
         context = self._context
@@ -635,6 +650,14 @@ class Call:
                 self._deps.metrics.first_audio.observe(first_audio)
         if self._started_clock is not None:
             self._deps.metrics.call_duration.observe(self._deps.clock() - self._started_clock)
+
+
+UNDERRUN_MEANING = (
+    "the caller heard silence inside speech: Hamsa's audio arrived later than playback needed "
+    "it, and Twilio's buffer ran dry mid-utterance (silence between prompts, such as a wait for "
+    "a key, is not counted)"
+)
+UNDERRUN_DOC = "docs/start-policy.md"
 
 
 def _too_big(message: Any) -> str | None:

@@ -88,6 +88,10 @@ class PlaybackStats:
     marks_sent: int = 0
     clears_sent: int = 0
     underruns: int = 0
+    """Gaps inside an utterance: Twilio's buffer ran dry before the utterance's next frame went
+    (never counted between utterances, where the silence is the script's: a wait for a key)."""
+    gaps: list[float] = field(default_factory=list)
+    """How long each underrun's silence lasted, in seconds (0 if nothing had played yet)."""
     frames_dropped: int = 0
     first_frame_at: float | None = None
     mark_round_trips: list[float] = field(default_factory=list)
@@ -304,6 +308,7 @@ class Playback:
                 paced = None
             if pacer.sent(now) and self._in_utterance:
                 stats.underruns += 1
+                stats.gaps.append(pacer.gap)
                 metrics.underruns.inc()
                 metrics.gap.observe(pacer.gap)
             self._in_utterance = True

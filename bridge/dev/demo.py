@@ -5,18 +5,41 @@ run on loopback with throwaway credentials; the caller's webhook and stream hand
 and checked exactly as in production. Prints the call's timeline and writes what the caller heard
 to a WAV file. With ``--flow`` the call goes through the Twilio emulator too (an inbound call to
 a number wired to the bridge), so IVR transfers are real REST updates.
+
+The emulated Hamsa speaks the text with espeak-ng's Arabic voice when espeak-ng is installed,
+else one tone per character (``--speech``); the demo says which.
+
+Offline means loopback only: the flow's webhooks to other hosts (the clinic example's booking
+system, ``https://clinic.example.com/…``) are neither resolved nor called; a stand-in on
+loopback answers them 503, so the flow takes their fallback, as it would with the real system
+down. BRIDGE_IVR_FLOW is ignored: only ``--flow`` runs a flow.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from bridge.calls.call import CallSummary
+from bridge.dev.espeak import resolve_speech
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
 from bridge.dev.media_leg import StreamResult
+from bridge.dev.servers import serving
+from bridge.ivr.flow import Flow, Webhook
 from bridge.settings import Settings
+
+OFFLINE_STATUS = 503
+"""What the loopback stand-in answers for a flow's webhook to another host."""
 
 
 async def run_demo(
@@ -29,26 +52,41 @@ async def run_demo(
     model: str = "realistic",
     flow: str | None = None,
     answers: list[str] | None = None,
+    speech: str = "auto",
 ) -> int:
+    try:
+        mode, speech_line = resolve_speech(speech)
+    except ValueError as exc:
+        print(f"hamsa-bridge demo: --speech {speech}: {exc}", file=sys.stderr)
+        return 2
     emulator = EmulatorConfig() if fast else EmulatorConfig.model(model)
-    overrides: dict[str, Any] = {"bridge_greeting": text} if text else {}
+    emulator = dataclasses.replace(emulator, speech=mode)
+    # Only --flow runs a flow: one in the environment might call anything.
+    overrides: dict[str, Any] = {"bridge_ivr_flow": ""}
+    if text:
+        overrides["bridge_greeting"] = text
+    ivr_flow: Flow | None = None
     if flow:
         from bridge.ivr.load import load_named_flow
 
-        load_named_flow(flow, source="--flow")  # its errors name the option the user typed
-        overrides["bridge_ivr_flow"] = flow
+        ivr_flow = load_named_flow(flow, source="--flow")  # its errors name the option typed
     lines: list[str] = []
     result: StreamResult | None
-    async with loopback(
-        emulator,
-        settings=settings,
-        hamsa_preload_voices=(),
-        twilio=bool(flow),
-        # The production pool (HAMSA_WARM_CONNECTIONS, default 2): the call's first request goes
-        # over a socket opened before the call, as in a running bridge.
-        hamsa_warm_connections=settings.hamsa_warm_connections,
-        **overrides,
-    ) as rig:
+    stand_in = _OfflineWebhooks()
+    async with (
+        serving(stand_in.app) as stand_in_url,
+        loopback(
+            emulator,
+            settings=settings,
+            hamsa_preload_voices=(),
+            twilio=bool(flow),
+            # The production pool (HAMSA_WARM_CONNECTIONS, default 2): the call's first request goes
+            # over a socket opened before the call, as in a running bridge.
+            hamsa_warm_connections=settings.hamsa_warm_connections,
+            ivr_flow=stand_in.offline(ivr_flow, stand_in_url) if ivr_flow is not None else None,
+            **overrides,
+        ) as rig,
+    ):
         if rig.twilio is not None:
             sid = await rig.call_in(keys=keys or [], answers=answers or [])
             streams = rig.twilio.streams_for(sid)
@@ -71,10 +109,13 @@ async def run_demo(
         pool = rig.bridge.warm_pool
         summaries = list(rig.bridge.recent_calls)
     print("hamsa-bridge demo: Hamsa emulator + bridge + simulated Twilio caller on loopback")
+    print(f"  {speech_line}")
     if result is None:
         print("demo failed: the call never reached the stream")
         return 1
     for line in [*lines, *result.timeline()]:
+        print("  " + line)
+    for line in stand_in.report():
         print("  " + line)
     print(f"  hamsa: {connections} connection(s), {requests} request(s)")
     if pool is None:
@@ -100,6 +141,55 @@ async def run_demo(
         return 1
     print(f"wav: {result.write_wav(out).resolve()}")
     return 0
+
+
+class _OfflineWebhooks:
+    """The loopback stand-in for a flow's webhooks to other hosts: answers each POST 503."""
+
+    def __init__(self) -> None:
+        self.urls: dict[str, Webhook] = {}
+        """Node name → the node as the flow wrote it."""
+        self.called: list[str] = []
+        """The nodes whose webhook ran, in order."""
+
+        async def answer(request: Request) -> Response:
+            self.called.append(request.path_params["node"])
+            return JSONResponse(
+                {"error": "offline demo: this webhook's host is not called"},
+                status_code=OFFLINE_STATUS,
+            )
+
+        self.app = Starlette(routes=[Route("/webhook/{node}", answer, methods=["POST"])])
+
+    def offline(self, flow: Flow, base_url: str) -> Flow:
+        """``flow`` with every webhook to a host other than loopback pointed at the stand-in."""
+        nodes = dict(flow.nodes)
+        for name, node in flow.nodes.items():
+            if isinstance(node, Webhook) and not _loopback(node.url):
+                self.urls[name] = node
+                nodes[name] = dataclasses.replace(node, url=f"{base_url}/webhook/{name}")
+        return dataclasses.replace(flow, nodes=nodes)
+
+    def report(self) -> list[str]:
+        """What became of the flow's webhooks to other hosts, one line per call of one."""
+        lines: list[str] = []
+        for name in self.called:
+            node = self.urls[name]
+            lines.append(
+                f"webhook {name}: {node.url} not called (offline); the demo answered "
+                f"{OFFLINE_STATUS}, so the flow took its fallback, {node.fallback}"
+            )
+        return lines
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _REASONS = {

@@ -11,8 +11,10 @@ Routes
 
 * ``WS /v1/realtime/ws`` — auth by ``X-Api-Key`` header, ``api_key`` query or
   ``Authorization: Token KEY`` (``Bearer`` too). Sends ``info`` at once; for each ``tts`` frame,
-  strictly FIFO: ``ack``, the audio of :func:`bridge.dev.tone.synthesize` in irregular binary
-  frames, ``end``.
+  strictly FIFO: ``ack``, the text's audio in irregular binary frames, ``end``. The audio is
+  :func:`bridge.dev.tone.synthesize`'s one tone per character (the default: deterministic), or
+  with :attr:`EmulatorConfig.speech` ``"espeak"`` the text spoken by espeak-ng's Arabic voice
+  (:mod:`bridge.dev.espeak`).
 * ``POST /v2/tts/voices/custom/preload`` — ``{"voiceId": UUID}`` with Token/Bearer auth.
 * ``GET /_emulator/log`` — everything recorded, as JSON (``?audio=base64`` adds the audio).
 
@@ -54,18 +56,31 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from bridge.dev.servers import AppServer, port_problem, serve_until_stopped
+from bridge.dev.espeak import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_VOICE,
+    EspeakError,
+    Speech,
+    render,
+    resolve_speech,
+)
+from bridge.dev.servers import (
+    AppServer,
+    port_problem,
+    quiet_uvicorn,
+    reachable_url,
+    serve_until_stopped,
+)
 from bridge.dev.tone import MULAW_RATE, PCM_RATE, synthesize
 from bridge.errors import TraceError
 from bridge.hamsa_trace import Trace, TraceRequest, detect_format, read_trace
@@ -77,6 +92,7 @@ __all__ = [
     "DELIVERY_MODELS",
     "END_FRAME",
     "INFO_FRAME",
+    "MODEL_SUMMARIES",
     "PRELOAD_OK_BODY",
     "ConnectionRecord",
     "EmulatorConfig",
@@ -93,6 +109,7 @@ __all__ = [
     "run_emulator",
     "run_emulator_command",
     "serve_emulator",
+    "startup_lines",
     "streaming_mulaw_header",
 ]
 
@@ -118,6 +135,8 @@ MAX_TEXT_CHARS: Final = 2000
 ABORTED_MESSAGE: Final = "TTS stream error: aborted"
 TRUNCATED_BYTES: Final = 640
 
+_SPEECH_CACHE_ENTRIES: Final = 1024
+"""espeak-ng renderings kept per emulator (the oldest go first)."""
 _UUID_RE: Final = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
 )
@@ -278,7 +297,18 @@ class EmulatorConfig:
     emulators given the same calls side by side stay comparable (``bench/first_audio.py``)."""
 
     # --- audio
+    speech: Speech = "tones"
+    """What the audio says. ``"tones"``: :func:`bridge.dev.tone.synthesize`, one tone per
+    character, :attr:`ms_per_char` each (deterministic: the tests' default). ``"espeak"``: the
+    text spoken by espeak-ng (:mod:`bridge.dev.espeak`; voice :attr:`espeak_voice`), at its real
+    length, rendered once per text and format and cached for the emulator's lifetime; a text
+    espeak-ng fails on (or takes longer than :attr:`espeak_timeout` for) gets the tones, with a
+    warning. The same frame cuts, delivery models, replay and faults apply to either."""
+    espeak_voice: str = DEFAULT_VOICE
+    espeak_timeout: float = DEFAULT_TIMEOUT
+    """Seconds one espeak-ng rendering may take."""
     ms_per_char: float = 80.0
+    """Length of each character's tone (:attr:`speech` ``"tones"`` only)."""
     max_chunk_bytes: int = 65536
     """Largest binary frame (real frames were seen up to ~64 KB); long texts get more frames."""
     first_chunk_seconds: float | Range | None = None
@@ -294,8 +324,9 @@ class EmulatorConfig:
     the trace's successful request ((k - 1) mod N): ``ack`` at its ``ack_s``, a binary frame of
     exactly each recorded size at each recorded time and ``end`` at ``end_s``, all measured from
     the moment the request arrived (absolute deadlines, not accumulated sleeps). The audio is
-    this emulator's tone for the text, cut or extended (the tone again) to the recorded total;
-    a recorded μ-law RIFF header (from ``head_hex``) is sent first as recorded. Connection j
+    this emulator's audio for the text (:attr:`speech`), cut or extended (repeated) to the
+    recorded total; a recorded μ-law RIFF header (from ``head_hex``) is sent first as recorded.
+    Connection j
     (in upgrade order) waits the j-th non-null ``connect_s`` of the trace (cycling), else
     :attr:`connect_delay`. The draw fields (first byte, chunking, speed, jitter, stalls) are
     ignored; of the faults, those that only change the audio (``TRUNCATE_*``, ``RIFF_*``) are
@@ -354,6 +385,10 @@ class EmulatorConfig:
             raise ValueError("fault keys are 1-based request numbers")
         if self.max_chunk_bytes < 1 or self.ms_per_char <= 0:
             raise ValueError("max_chunk_bytes and ms_per_char must be positive")
+        if self.speech not in ("tones", "espeak"):
+            raise ValueError(f"speech must be 'tones' or 'espeak', not {self.speech!r}")
+        if not self.espeak_timeout > 0:
+            raise ValueError("espeak_timeout must be positive")
 
     # --- named delivery models (DELIVERY_MODELS); every one takes field overrides
 
@@ -560,6 +595,7 @@ class EmulatorState:
         self.connects_started = 0
         """Upgrades that began their connect delay (replay: the j-th takes the j-th delay)."""
         self._changed = asyncio.Event()
+        self._speech: dict[tuple[str, bool, str], asyncio.Future[bytes | None]] = {}
 
     # --- used by the handlers
 
@@ -598,6 +634,39 @@ class EmulatorState:
         """Forget the per-text request counts (:attr:`EmulatorConfig.draws_per_text`): the next
         request for any text draws as the first did."""
         self._text_requests.clear()
+
+    async def audio_for(self, text: str, mulaw: bool) -> bytes:
+        """The whole audio of ``text`` (8 kHz μ-law, or 16 kHz PCM16), as
+        :attr:`EmulatorConfig.speech` says. Tones return without yielding to the event loop;
+        espeak-ng renders each (text, format, voice) once, concurrent requests sharing it. A
+        failed rendering gives the tones, with a warning, and is not cached: the next request
+        for the text tries espeak-ng again."""
+        cfg = self.config
+        tones = cfg.speech == "tones"
+        if not tones:
+            key = (text, mulaw, cfg.espeak_voice)
+            future = self._speech.get(key)
+            if future is None:
+                while len(self._speech) >= _SPEECH_CACHE_ENTRIES:
+                    del self._speech[next(iter(self._speech))]
+                future = asyncio.ensure_future(self._espeak(text, mulaw, cfg))
+                self._speech[key] = future
+            audio = await asyncio.shield(future)
+            if audio is not None:
+                return audio
+            if self._speech.get(key) is future:
+                del self._speech[key]
+        return synthesize(text, mulaw=mulaw, ms_per_char=cfg.ms_per_char)
+
+    @staticmethod
+    async def _espeak(text: str, mulaw: bool, cfg: EmulatorConfig) -> bytes | None:
+        try:
+            return await render(
+                text, mulaw=mulaw, voice=cfg.espeak_voice, time_limit=cfg.espeak_timeout
+            )
+        except EspeakError as exc:
+            logger.warning("Hamsa emulator: %s; tones instead for %r", exc, text[:60])
+            return None
 
     def connect_delay(self) -> float:
         """The delay of the next upgrade (see :attr:`EmulatorConfig.replay`)."""
@@ -796,6 +865,15 @@ def _apply_fault(chunks: list[bytes], fault: Fault | None) -> list[bytes]:
     return chunks
 
 
+def _audio_mulaw(mulaw: bool, fault: Fault | None) -> bool:
+    """Whether a reply's audio is μ-law: as requested, unless a header fault says otherwise."""
+    if fault is Fault.RIFF_PCM16:
+        return False
+    if fault in (Fault.RIFF_MULAW, Fault.RIFF_MULAW_SPLIT):
+        return True
+    return mulaw
+
+
 def _plan_reply(
     text: str,
     mulaw: bool,
@@ -803,15 +881,14 @@ def _plan_reply(
     cfg: EmulatorConfig,
     rng: random.Random,
     timing: random.Random,
+    audio: bytes | None = None,
 ) -> _Plan:
+    """The frames and times of one drawn reply; ``audio``: the reply's whole audio in the format
+    :func:`_audio_mulaw` says (default: the tones of ``text``)."""
     header = b""
-    if fault is Fault.RIFF_PCM16:
-        audio_mulaw = False
-    elif fault in (Fault.RIFF_MULAW, Fault.RIFF_MULAW_SPLIT):
-        audio_mulaw = True
-    else:
-        audio_mulaw = mulaw
-    audio = synthesize(text, mulaw=audio_mulaw, ms_per_char=cfg.ms_per_char)
+    audio_mulaw = _audio_mulaw(mulaw, fault)
+    if audio is None:
+        audio = synthesize(text, mulaw=audio_mulaw, ms_per_char=cfg.ms_per_char)
     bps = MULAW_RATE if audio_mulaw else PCM_RATE * 2
     chunks = _apply_fault(_cut(audio, rng, bps, cfg), fault)
     first_byte = (
@@ -844,19 +921,24 @@ def _plan_reply(
 
 
 def _replay_plan(
-    text: str, mulaw: bool, fault: Fault | None, request: TraceRequest, ms_per_char: float
+    text: str,
+    mulaw: bool,
+    fault: Fault | None,
+    request: TraceRequest,
+    ms_per_char: float,
+    audio: bytes | None = None,
 ) -> _Plan:
+    """The replay of one recorded request; ``audio``: the text's whole audio in the requested
+    format (default: its tones), cut or repeated to the recorded size."""
     total = request.total_bytes
     found = detect_format(request.head, total, None)
     header = b""
     if found.riff and found.mulaw and found.header_bytes is not None:
         header = request.head[: found.header_bytes]
     bps = MULAW_RATE if mulaw else PCM_RATE * 2
-    audio = _fit(
-        synthesize(text, mulaw=mulaw, ms_per_char=ms_per_char),
-        max(0, total - len(header)),
-        0xFF if mulaw else 0x00,
-    )
+    if audio is None:
+        audio = synthesize(text, mulaw=mulaw, ms_per_char=ms_per_char)
+    audio = _fit(audio, max(0, total - len(header)), 0xFF if mulaw else 0x00)
     content = (header + audio)[:total]
     frames: list[bytes] = []
     parts: list[bytes] = []
@@ -1085,12 +1167,17 @@ class _Connection:
             return
 
         replay = cfg.replay
+        # Tones come at once; an espeak-ng rendering (the first time a text is asked for) delays
+        # the ack by its time (milliseconds), or is absorbed by a replay's recorded ack time.
+        audio_mulaw = rec.mulaw if replay is not None else _audio_mulaw(rec.mulaw, fault)
+        audio = await state.audio_for(text, audio_mulaw)
         if replay is not None:
             recorded = replay.successful[(number - 1) % len(replay.successful)]
-            plan = _replay_plan(text, rec.mulaw, fault, recorded, cfg.ms_per_char)
+            plan = _replay_plan(text, rec.mulaw, fault, recorded, cfg.ms_per_char, audio)
             await _until(rec.received_at + (plan.ack_at or 0.0))
         else:
-            plan = _plan_reply(text, rec.mulaw, fault, cfg, *state.reply_rngs(number, text))
+            rngs = state.reply_rngs(number, text)
+            plan = _plan_reply(text, rec.mulaw, fault, cfg, *rngs, audio=audio)
         rec.acked_at = time.monotonic()
         base = rec.received_at if replay is not None else rec.acked_at
         if not await self.send_text(ACK_FRAME):
@@ -1301,11 +1388,13 @@ async def serve_emulator(
     ready: asyncio.Event | None = None,
     handle_signals: bool = True,
     log_config: dict[str, Any] | None = None,
+    banner: Callable[[EmulatorServer], Iterable[str]] | None = None,
 ) -> None:
     """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening.
 
-    For an ephemeral port whose number you need, pass an already-bound ``sock`` or use
-    :class:`EmulatorServer` directly.
+    Once listening, ``banner(server)``'s lines are printed on stdout (default: the one line
+    ``Hamsa emulator listening on ws://…``). For an ephemeral port whose number you need, pass
+    an already-bound ``sock`` or use :class:`EmulatorServer` directly.
     """
     server = EmulatorServer(
         config,
@@ -1315,18 +1404,80 @@ async def serve_emulator(
         handle_signals=handle_signals,
         log_config=log_config,
     )
-    await serve_until_stopped(
-        server, banner=lambda _: f"Hamsa emulator listening on {server.ws_url}", ready=ready
-    )
+    lines = banner or (lambda s: [f"Hamsa emulator listening on {_shown_ws_url(s)}"])
+    await serve_until_stopped(server, banner=lambda _: lines(server), ready=ready)
 
 
-def run_emulator(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
+def _shown_ws_url(server: EmulatorServer) -> str:
+    return "ws" + reachable_url(server).removeprefix("http") + _WS_PATH
+
+
+def run_emulator(
+    config: EmulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    banner: Callable[[EmulatorServer], Iterable[str]] | None = None,
+) -> None:
     """Blocking entry point for ``hamsa-bridge emulate-hamsa``.
 
-    SIGTERM and Ctrl-C are re-raised after the graceful stop (uvicorn's behaviour), so the exit
-    status is 143, or 130 (Ctrl-C: ``KeyboardInterrupt``, which the command line turns into 130).
+    uvicorn's own lines are kept quiet (:func:`~bridge.dev.servers.quiet_uvicorn`): what the
+    user reads is ``banner``'s. SIGTERM and Ctrl-C are re-raised after the graceful stop
+    (uvicorn's behaviour), so the exit status is 143, or 130 (Ctrl-C: ``KeyboardInterrupt``,
+    which the command line turns into 130).
     """
-    asyncio.run(serve_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG))
+    quiet_uvicorn()
+    asyncio.run(serve_emulator(config, host, port, banner=banner))
+
+
+MODEL_SUMMARIES: Final[Mapping[str, str]] = {
+    "instant": "no delays at all",
+    "realistic": "connect 1.2 s, first audio 0.3-1.7 s, then 2-4x faster than real time",
+    "observed": "connect 1.2 s, first audio 0.3-1.7 s, a sentence in 0.8-1.8x real time",
+    "slow": "connect 1.2 s, first audio 0.3-1.7 s, then 0.9x real time (slower than playback)",
+    "bursty": "connect 1.2 s, first audio 0.3-1.7 s, 4-8x real time with stalls of 0.4-1.0 s",
+    "fast": "connect 1.2 s, first audio 0.2-0.4 s, a large first frame, then 3x real time",
+}
+"""One line per delivery model (:data:`DELIVERY_MODELS`) for ``emulate-hamsa``'s banner; the
+numbers are those of the model's classmethod."""
+
+
+def startup_lines(
+    config: EmulatorConfig,
+    server: EmulatorServer,
+    *,
+    model: str,
+    speech: str,
+    replay: str | None = None,
+    key_source: str | None = None,
+) -> list[str]:
+    """``emulate-hamsa``'s banner, in plain words: where it listens (the first line, which says
+    "listening"), the delivery model or the replayed trace, the speech, the API key (its
+    source, never its value), faults and where the records are."""
+    http = reachable_url(server)
+    lines = [
+        f"Hamsa emulator listening on {_shown_ws_url(server)}",
+        f"  set HAMSA_WS_URL to that, and HAMSA_API_URL to {http} (voice preload)",
+    ]
+    if config.replay is not None:
+        count = len(config.replay.successful)
+        lines.append(f"  delivery: the timing of {replay} replayed ({count} recorded replies)")
+    else:
+        lines.append(f"  delivery: {model} ({MODEL_SUMMARIES.get(model, 'see EmulatorConfig')})")
+    lines.append(f"  {speech}")
+    if key_source:
+        lines.append(f"  API key: the value of {key_source}")
+    else:
+        lines.append("  API key: any non-empty key (HAMSA_API_KEY is unset)")
+    faults = [f"request {n} {f.name}" for n, f in sorted(config.faults.items())]
+    if config.truncate_rate:
+        faults.append(f"{config.truncate_rate:.0%} of replies cut to {TRUNCATED_BYTES} bytes")
+    if faults:
+        lines.append(f"  faults: {', '.join(faults)}")
+    if config.custom_voices:
+        lines.append(f"  custom voices: {', '.join(sorted(config.custom_voices))}")
+    lines.append(f"  records: GET {http}/_emulator/log; Ctrl-C stops it")
+    return lines
 
 
 def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -1344,12 +1495,18 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 2
     key = settings.hamsa_api_key.get_secret_value()
+    try:
+        speech, speech_line = resolve_speech(getattr(args, "speech", "auto"))
+    except ValueError as exc:
+        print(f"emulate-hamsa: --speech espeak: {exc}")
+        return 2
     overrides: dict[str, Any] = {
         "api_keys": frozenset({key}) if key else None,
         "faults": faults,
         "truncate_rate": args.truncate_rate,
         "custom_voices": frozenset(args.custom_voice),
         "seed": args.seed,
+        "speech": speech,
     }
     name = "realistic" if args.realistic else (args.model or "instant")
     if args.realistic and args.model not in (None, "realistic"):
@@ -1373,5 +1530,16 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
     if problem:
         print(f"emulate-hamsa: {problem}", file=sys.stderr)
         return 2
-    run_emulator(config, args.host, args.port)
+
+    def banner(server: EmulatorServer) -> list[str]:
+        return startup_lines(
+            config,
+            server,
+            model=name,
+            speech=speech_line,
+            replay=args.replay,
+            key_source="HAMSA_API_KEY" if key else None,
+        )
+
+    run_emulator(config, args.host, args.port, banner=banner)
     return 0

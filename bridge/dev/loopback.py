@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from bridge.app import BridgeState, create_app
+from bridge.app import BridgeState, create_app, flow_script
 from bridge.calls.call import CallScript, greeting_script
 from bridge.dev.caller import CallPlan, CallResult, place_call
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
@@ -28,6 +28,7 @@ from bridge.dev.twilio_emulator import (
     TwilioEmulatorServer,
     TwilioEmulatorState,
 )
+from bridge.ivr.flow import Flow
 from bridge.settings import Settings
 
 LOOPBACK_NUMBER = "+966501230000"
@@ -81,6 +82,7 @@ async def loopback(
     auth_token: str | None = None,
     twilio: bool | TwilioEmulatorConfig = False,
     hamsa_warm_connections: int = 0,
+    ivr_flow: Flow | None = None,
     **setting_overrides: Any,
 ) -> AsyncIterator[Loopback]:
     """Start the emulator(s) and the bridge; yield a ``Loopback`` to place calls through.
@@ -91,6 +93,8 @@ async def loopback(
     ``hamsa_warm_connections``: the bridge's warm Hamsa pool; off (0) unless asked for, so the
     emulator's records hold only the calls' own connections. With a pool, the loopback is yielded
     once its first connects finished (the pool is full if Hamsa accepted them).
+    ``ivr_flow``: calls run this flow, already loaded (instead of ``script``; a flow that
+    transfers needs ``twilio``).
     """
     api_key = "loopback-" + secrets.token_hex(8)
     auth_token = auth_token or secrets.token_hex(16)
@@ -138,6 +142,8 @@ async def loopback(
                 | twilio_settings
                 | setting_overrides
             )
+            if ivr_flow is not None:
+                script = flow_script(bridge_settings, ivr_flow)
             app = create_app(bridge_settings, script=script)
         except BaseException:
             sock.close()

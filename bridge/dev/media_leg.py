@@ -85,6 +85,24 @@ class CallerBehaviour:
     """Called once, when the first audio frame arrives (the call is authenticated and playing)."""
 
 
+_INPUT_MARKS: Final = ("menu:", "gather:")
+"""Marks of IVR prompts after which the bridge waits for the caller's keys."""
+_SAME_INSTANT: Final = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """A stretch of silence the caller heard between audio (see :meth:`StreamResult.silences`)."""
+
+    at: float
+    duration: float
+    kind: Literal["underrun", "waiting", "between"]
+    """``underrun``: inside speech, the audio came later than playback needed it;
+    ``waiting``: the IVR waited for the caller's keys; ``between``: between two prompts."""
+    keyed: bool = False
+    """``waiting``: the wait ended with a key (else it lasted until the next prompt)."""
+
+
 @dataclass(slots=True, kw_only=True)
 class StreamResult:
     """What happened on one media stream."""
@@ -124,13 +142,49 @@ class StreamResult:
         return [n for i, n in enumerate(nodes) if i == 0 or nodes[i - 1] != n]
 
     def gaps(self) -> list[tuple[float, float]]:
-        """Underruns the caller heard as gaps: playout ran dry and audio came again later.
+        """Underruns the caller heard as gaps inside speech: playout ran dry in the middle of an
+        utterance and its audio came again later, ``(at, duration)``.
 
-        The buffer running dry after the last audio (the end of the call) is not a gap.
+        Silence after an utterance ended (its mark echoed) is not a gap: the IVR waiting for a
+        key, or the pause before the next prompt (:meth:`silences` tells them apart); nor is
+        the buffer running dry after the last audio (the end of the call).
+        """
+        return [(s.at, s.duration) for s in self.silences() if s.kind == "underrun"]
+
+    def silences(self) -> list[Silence]:
+        """Every stretch of silence between audio the caller heard, in order, and why.
+
+        A stretch that began when an utterance ended (Twilio echoed its mark as played, at the
+        instant the playout ran dry or during the silence) is ``waiting`` after a prompt that
+        asks for keys (mark ``menu:…`` or ``gather:…``) — until the last key pressed in it, or
+        all of it if none was —, and ``between`` otherwise (and after that last key): the next
+        prompt was being prepared. Any other stretch is an ``underrun``: a gap inside speech.
         """
         if self.leg is None:
             return []
-        return [(u.at, u.duration) for u in self.leg.timeline.underruns if u.duration is not None]
+        marks = [
+            (m.echoed_at, m.name)
+            for m in self.leg.timeline.marks
+            if m.echoed_at is not None and not m.cleared
+        ]
+        keys = [at for at, _ in self.keys_sent]
+        out: list[Silence] = []
+        for underrun in self.leg.timeline.underruns:
+            if underrun.duration is None:
+                continue
+            at, end = underrun.at, underrun.at + underrun.duration
+            ended = [name for echoed, name in marks if at - _SAME_INSTANT <= echoed <= end]
+            if not ended:
+                out.append(Silence(at, underrun.duration, "underrun"))
+            elif ended[-1].startswith(_INPUT_MARKS):
+                pressed = [t for t in keys if at < t <= end]
+                waited = (pressed[-1] if pressed else end) - at
+                out.append(Silence(at, waited, "waiting", keyed=bool(pressed)))
+                if end - at - waited > 0:
+                    out.append(Silence(at + waited, end - at - waited, "between"))
+            else:
+                out.append(Silence(at, underrun.duration, "between"))
+        return out
 
     def timeline(self) -> list[str]:
         """Human-readable report of the stream, times in ms from ``start``."""
@@ -159,12 +213,28 @@ class StreamResult:
             )
         for clear in tl.clears:
             lines.append(f"clear:              {ms(clear.at)} dropped {clear.dropped_bytes} bytes")
-        gaps = self.gaps()
-        for at, duration in gaps:
-            lines.append(f"underrun:           {ms(at)} for {duration * 1000:.1f} ms")
+        silences = self.silences()
+        for silence in silences:
+            if silence.kind == "underrun":
+                lines.append(
+                    f"underrun:           {ms(silence.at)} for {silence.duration * 1000:.1f} ms "
+                    "(silence inside speech: the audio came later than playback needed it)"
+                )
+            elif silence.kind == "waiting":
+                lines.append(
+                    f"waiting for a key:  {ms(silence.at)} for {silence.duration:.1f} s"
+                    + ("" if silence.keyed else " (no key came: the flow moved on)")
+                )
+            else:
+                lines.append(
+                    f"between prompts:    {ms(silence.at)} for {silence.duration * 1000:.1f} ms"
+                )
+        underruns = sum(1 for s in silences if s.kind == "underrun")
+        waited = sum(s.duration for s in silences if s.kind == "waiting")
         lines.append(
             f"frames received: {tl.frames_received}  audio heard: {len(leg.played) / 8000:.2f} s  "
-            f"max lead: {tl.max_lead_ms:.0f} ms  underruns: {len(gaps)}"
+            f"max lead: {tl.max_lead_ms:.0f} ms  underruns: {underruns}"
+            + (f"  waiting for keys: {waited:.1f} s" if waited else "")
         )
         if leg.warnings:
             lines.append(

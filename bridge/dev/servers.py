@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import Any
 
 import uvicorn
@@ -218,13 +218,33 @@ async def serving(
         yield server.http_url
 
 
+def reachable_url(server: AppServer) -> str:
+    """``server.http_url`` as a client on this machine reaches it: a wildcard bind address
+    (``0.0.0.0``, ``::``) is shown as loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)  # noqa: S104
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{server.port}"
+
+
+def quiet_uvicorn() -> None:
+    """Keep uvicorn's own lines (started, waiting for startup, running on, shutting down) out of
+    a command's output; its warnings and errors still go to the log."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 async def serve_until_stopped(
-    server: AppServer, *, banner: Callable[[AppServer], str], ready: asyncio.Event | None = None
+    server: AppServer,
+    *,
+    banner: Callable[[AppServer], Iterable[str]],
+    ready: asyncio.Event | None = None,
 ) -> None:
-    """Serve until a signal (or cancellation); log ``banner(server)`` and set ``ready`` once
-    listening. The command-line runner of the emulators."""
+    """Serve until a signal (or cancellation). Once listening, print ``banner(server)``'s lines
+    on stdout (plain words, flushed: the first says where it listens, so a script reading it can
+    connect at once) and set ``ready``. The command-line runner of the emulators."""
     async with server:
-        logging.getLogger(__name__).warning("%s", banner(server))
+        for line in banner(server):
+            print(line, flush=True)
         if ready is not None:
             ready.set()
         await server.wait_closed()

@@ -8,18 +8,23 @@ import contextlib
 import secrets
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.dev.media_leg import mulaw_to_wav
-from bridge.dev.servers import AppServer, port_problem, serve_until_stopped
+from bridge.dev.servers import (
+    AppServer,
+    port_problem,
+    quiet_uvicorn,
+    reachable_url,
+    serve_until_stopped,
+)
 from bridge.dev.twilio_emulator.config import ApiKey, NumberConfig, TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.rest_api import RestApi
 from bridge.dev.twilio_emulator.state import TwilioEmulatorState
@@ -173,22 +178,34 @@ async def serve_twilio_emulator(
     ready: asyncio.Event | None = None,
     handle_signals: bool = True,
     log_config: dict[str, Any] | None = None,
+    banner: Callable[[AppServer], Iterable[str]] | None = None,
 ) -> None:
-    """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening."""
+    """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening.
+
+    Once listening, ``banner(server)``'s lines are printed on stdout (default: the one line
+    ``Twilio emulator listening on http://…``).
+    """
     server = TwilioEmulatorServer(
         config, host=host, port=port, handle_signals=handle_signals, log_config=log_config
     )
-    await serve_until_stopped(
-        server, banner=lambda s: f"Twilio emulator listening on {s.http_url}", ready=ready
-    )
+    lines = banner or (lambda s: [f"Twilio emulator listening on {reachable_url(s)}"])
+    await serve_until_stopped(server, banner=lines, ready=ready)
 
 
 def run_twilio_emulator(
-    config: TwilioEmulatorConfig, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+    config: TwilioEmulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    banner: Callable[[AppServer], Iterable[str]] | None = None,
 ) -> None:
     """Blocking entry point for ``hamsa-bridge emulate-twilio``. Ctrl-C stops it gracefully, then
-    raises ``KeyboardInterrupt`` (the command line exits 130, as on any Ctrl-C)."""
-    asyncio.run(serve_twilio_emulator(config, host, port, log_config=uvicorn.config.LOGGING_CONFIG))
+    raises ``KeyboardInterrupt`` (the command line exits 130, as on any Ctrl-C).
+
+    uvicorn's own lines are kept quiet (:func:`~bridge.dev.servers.quiet_uvicorn`): what the
+    user reads is ``banner``'s."""
+    quiet_uvicorn()
+    asyncio.run(serve_twilio_emulator(config, host, port, banner=banner))
 
 
 def _number_option(value: str) -> tuple[str, str | None]:
@@ -247,18 +264,30 @@ def run_twilio_emulator_command(settings: Settings, args: argparse.Namespace) ->
     if problem:
         print(f"emulate-twilio: {problem}", file=sys.stderr)
         return 2
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    print(f"Twilio emulator: http://{shown}:{port}  (set TWILIO_API_URL to this)")
-    if not settings.twilio_account_sid or not settings.twilio_auth_token.get_secret_value():
-        print(f"TWILIO_ACCOUNT_SID={account_sid}")
-        print(f"TWILIO_AUTH_TOKEN={auth_token}")
-    for key in api_keys:
-        print(f"API key {key} (Standard): REST requests may authenticate with it")
-    for number, settings_ in numbers.items():
-        print(f"number {number}: VoiceUrl={settings_.voice_url or '(unset)'}")
-    print(
-        f"inbound call: curl -X POST http://{shown}:{port}/_emulator/inbound "
-        f'-d \'{{"to": "{next(iter(numbers))}", "from": "+15005550001"}}\''
-    )
-    run_twilio_emulator(config, host, port)
+    generated = not settings.twilio_account_sid or not settings.twilio_auth_token.get_secret_value()
+
+    def banner(server: AppServer) -> list[str]:
+        url = reachable_url(server)
+        lines = [
+            f"Twilio emulator listening on {url}",
+            "  set TWILIO_API_URL to that",
+        ]
+        if generated:
+            lines.append("  credentials (generated; export them for the other commands):")
+            lines.append(f"  TWILIO_ACCOUNT_SID={account_sid}")
+            lines.append(f"  TWILIO_AUTH_TOKEN={auth_token}")
+        else:
+            lines.append("  credentials: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        for key in api_keys:
+            lines.append(f"  API key {key} (Standard): REST requests may authenticate with it")
+        for number, settings_ in numbers.items():
+            lines.append(f"  number {number}: VoiceUrl={settings_.voice_url or '(unset)'}")
+        lines.append(
+            f"  inbound call: curl -X POST {url}/_emulator/inbound "
+            f'-d \'{{"to": "{next(iter(numbers))}", "from": "+15005550001"}}\''
+        )
+        lines.append(f"  records: GET {url}/_emulator/log; Ctrl-C stops it")
+        return lines
+
+    run_twilio_emulator(config, host, port, banner=banner)
     return 0
