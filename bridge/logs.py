@@ -151,7 +151,10 @@ def configure_logging(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: a module's logger then follows a later configure() (``main()`` may run
+        # more than once in a process, as the CLI tests do, and structlog's capture_logs must
+        # see every event). The cost is a dictionary read per log line, none per audio frame.
+        cache_logger_on_first_use=False,
     )
     redactor = Redactor(secrets, enabled=redact)
     formatter = _RedactingFormatter(
