@@ -105,7 +105,7 @@ from bridge.dev.caller import parse_connect_stream
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
 from bridge.dev.media_leg import STREAM_USER_AGENT
 from bridge.dev.servers import bind, serving
-from bridge.protocols.twilio_leg import TwilioMediaLeg
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.sentences import split_text
 from bridge.signatures import TwilioSignatures
 

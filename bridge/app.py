@@ -57,7 +57,7 @@ from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
 from bridge.store import check_database_url
 from bridge.stream_token import issue_token
-from bridge.twilio_api import TwilioApi
+from bridge.twilio_rest_client import TwilioApi
 from twiml.inbound import connect_stream
 
 if TYPE_CHECKING:

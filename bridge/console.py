@@ -29,7 +29,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from bridge.exit_codes import ExitCode
 from bridge.settings import E164, EXAMPLE_PUBLIC_URL, Settings, is_loopback
-from bridge.twilio_api import PhoneNumber, TwilioApi, TwilioApiError, credentials_problem
+from bridge.twilio_rest_client import PhoneNumber, TwilioApi, TwilioApiError, credentials_problem
 
 Print = Callable[[str], None]
 

@@ -13,10 +13,10 @@ import structlog
 from prometheus_client import start_http_server
 
 from bridge.app import BridgeState, create_app
-from bridge.dev.servers import uvicorn_config
 from bridge.drain import DrainingServer
 from bridge.exit_codes import ExitCode
 from bridge.settings import Settings
+from bridge.uvicorn_setup import uvicorn_config
 
 log = structlog.get_logger("bridge.server")
 

@@ -25,7 +25,7 @@ from bridge.campaigns.export import COLUMNS, export_rows
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
 from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
-from bridge.protocols.twilio_rest import Form
+from bridge.dev.twilio_emulator.rest_model import Form
 from bridge.store import ContactState, Store
 from tests.test_campaign_durability import environment, start
 

@@ -35,7 +35,7 @@ from bridge.dev.twilio_emulator import CallRecord, Outcome, TwilioEmulatorConfig
 from bridge.errors import CampaignBusy
 from bridge.settings import Settings
 from bridge.store import CampaignRecord, ContactState, Store
-from bridge.twilio_api import CallSnapshot, TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import CallSnapshot, TwilioApi, TwilioApiError
 from tests.store_support import sqlite_only
 
 pytestmark = pytest.mark.anyio

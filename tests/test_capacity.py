@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from bridge.dev.caller import parse_connect_stream
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import Loopback, loopback
-from bridge.protocols.twilio_leg import TwilioMediaLeg
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.signatures import TwilioSignatures
 from tests.test_operations_app import LONG_GREETING, get_metrics
 

@@ -12,7 +12,7 @@ from bridge.console import (
     twiml_for_bin,
 )
 from bridge.settings import Settings
-from bridge.twilio_api import PhoneNumber
+from bridge.twilio_rest_client import PhoneNumber
 
 PUBLIC = "https://bridge.example.com"
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from bridge.dev.media_leg import StreamResult
-from bridge.protocols.twilio_leg import TwilioMediaLeg
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
 
 MZ = "MZ" + "0" * 32
 T0 = 100.0

@@ -32,7 +32,7 @@ from bridge.campaigns.template import Template
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, Fault, RequestRecord
 from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
 from bridge.dev.twilio_emulator import CallRecord, Outcome, StreamRecord, TwilioEmulatorConfig
-from bridge.twilio_api import TwilioApi
+from bridge.twilio_rest_client import TwilioApi
 from tests.cli_support import outbound_rig, run_cli
 
 pytestmark = pytest.mark.anyio

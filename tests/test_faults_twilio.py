@@ -35,8 +35,8 @@ from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallPlan, CallResult, place_call
 from bridge.dev.hamsa_emulator import ConnectionRecord, EmulatorConfig
 from bridge.dev.loopback import Loopback, loopback
-from bridge.protocols.twilio_leg import TwilioMediaLeg
-from bridge.protocols.twilio_media import (
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
+from bridge.protocols.twilio_stream_server import (
     FRAME_BYTES,
     VIOLATION_KINDS,
     DtmfReceived,

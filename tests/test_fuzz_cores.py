@@ -49,6 +49,7 @@ from bridge.audio.decoder import ReplyDecoder
 from bridge.audio.formats import FRAME_BYTES, MULAW_8K, PCM16_16K, AudioFormat, Encoding
 from bridge.audio.framer import Framer
 from bridge.calls.truncation import TruncationGuard
+from bridge.dev.twilio_stream_client import MAX_BUFFER_BYTES, TwilioMediaLeg
 from bridge.errors import (
     AudioFormatError,
     BridgeError,
@@ -57,7 +58,7 @@ from bridge.errors import (
     InvalidState,
     TruncatedReply,
 )
-from bridge.protocols.hamsa import (
+from bridge.protocols.hamsa_client import (
     MAX_TEXT_CHARS,
     UNEXPECTED_AFTER_CLOSE,
     UNEXPECTED_BAD_ENVELOPE,
@@ -77,9 +78,8 @@ from bridge.protocols.hamsa import (
     Unexpected,
     classify_close,
 )
-from bridge.protocols.hamsa import Event as HamsaEvent
-from bridge.protocols.twilio_leg import MAX_BUFFER_BYTES, TwilioMediaLeg
-from bridge.protocols.twilio_media import (
+from bridge.protocols.hamsa_client import Event as HamsaEvent
+from bridge.protocols.twilio_stream_server import (
     VIOLATION_KINDS,
     Connected,
     DtmfReceived,
@@ -91,7 +91,7 @@ from bridge.protocols.twilio_media import (
     TwilioMediaStream,
     Violation,
 )
-from bridge.protocols.twilio_media import Event as StreamEvent
+from bridge.protocols.twilio_stream_server import Event as StreamEvent
 from bridge.settings import Settings
 from bridge.voice import Voice
 

@@ -43,7 +43,7 @@ from bridge.dev.hamsa_emulator import (
     streaming_mulaw_header,
 )
 from bridge.errors import HamsaAuthError, HamsaConnectError, HamsaReplyError
-from bridge.protocols.hamsa import (
+from bridge.protocols.hamsa_client import (
     UNEXPECTED_TRAILING_END,
     Ack,
     Audio,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import HamsaAuthError, HamsaConnectError, HamsaReplyError, InvalidState
-from bridge.protocols.hamsa import (
+from bridge.protocols.hamsa_client import (
     MAX_TEXT_CHARS,
     UNEXPECTED_AFTER_CLOSE,
     UNEXPECTED_BAD_ENVELOPE,

@@ -26,7 +26,7 @@ from bridge.probe.recorder import (
     public_url,
 )
 from bridge.probe.report import report_lines
-from bridge.protocols.hamsa import (
+from bridge.protocols.hamsa_client import (
     UNEXPECTED_TRAILING_END,
     Ack,
     Audio,

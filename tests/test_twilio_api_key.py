@@ -17,8 +17,8 @@ from bridge.cli import main
 from bridge.console import configure, show
 from bridge.dev.loopback import Loopback, loopback
 from bridge.dev.twilio_emulator import ApiKey, TwilioEmulatorConfig, TwilioEmulatorServer
+from bridge.dev.twilio_emulator.rest_model import basic_auth_header
 from bridge.doctor import doctor
-from bridge.protocols.twilio_rest import basic_auth_header
 from bridge.settings import Settings
 
 pytestmark = pytest.mark.anyio

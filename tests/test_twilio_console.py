@@ -286,7 +286,7 @@ async def test_doctor_json_has_every_check_with_its_verdict_and_fix() -> None:
 
 
 async def test_configure_fixes_the_method_and_clears_a_twiml_app_that_would_win() -> None:
-    from bridge.twilio_api import TwilioApi
+    from bridge.twilio_rest_client import TwilioApi
 
     async with stack() as s:
         api = TwilioApi(s.settings)
@@ -313,7 +313,7 @@ async def test_configure_fixes_the_method_and_clears_a_twiml_app_that_would_win(
 
 
 async def test_configure_refuses_a_number_on_a_sip_trunk() -> None:
-    from bridge.twilio_api import TwilioApi
+    from bridge.twilio_rest_client import TwilioApi
 
     async with stack() as s:
         api = TwilioApi(s.settings)
@@ -328,7 +328,7 @@ async def test_configure_refuses_a_number_on_a_sip_trunk() -> None:
 
 
 async def test_doctor_catches_a_status_callback_with_the_wrong_method() -> None:
-    from bridge.twilio_api import TwilioApi
+    from bridge.twilio_rest_client import TwilioApi
 
     async with stack() as s:
         await run(configure, s.settings, NUMBER, dry_run=False)

@@ -38,7 +38,7 @@ from bridge.dev.twilio_emulator import (
     TwilioEmulatorServer,
     TwilioEmulatorState,
 )
-from bridge.protocols.twilio_rest import Form, basic_auth_header
+from bridge.dev.twilio_emulator.rest_model import Form, basic_auth_header
 from bridge.signatures import TwilioSignatures
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""Sans-I/O tests of ``bridge.protocols.twilio_leg``: Twilio's side of a Media Stream.
+"""Sans-I/O tests of ``bridge.dev.twilio_stream_client``: Twilio's side of a Media Stream.
 
 Shapes are compared with the examples of ``docs/twilio-media-streams.md`` §2; playout rules are §4;
 warning codes §5. No sleeps: time is the ``now`` argument.
@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import InvalidState
-from bridge.protocols.twilio_leg import (
+from bridge.dev.twilio_stream_client import (
     MAX_BUFFER_BYTES,
     ONCE_PER_STREAM,
     ClearRecord,
@@ -23,7 +22,8 @@ from bridge.protocols.twilio_leg import (
     TwilioMediaLeg,
     UnderrunRecord,
 )
-from bridge.protocols.twilio_media import StreamState, TwilioMediaStream
+from bridge.errors import InvalidState
+from bridge.protocols.twilio_stream_server import StreamState, TwilioMediaStream
 
 MZ = "MZXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
 CA = "CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"

@@ -1,4 +1,4 @@
-"""Sans-I/O tests of ``bridge.protocols.twilio_media``: strings in, events/strings out.
+"""Sans-I/O tests of ``bridge.protocols.twilio_stream_server``: strings in, events/strings out.
 
 Message literals are the examples of ``docs/twilio-media-streams.md`` §2/§3 (SIDs as printed there).
 """
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.errors import InvalidState
-from bridge.protocols.twilio_leg import TwilioMediaLeg
-from bridge.protocols.twilio_media import (
+from bridge.protocols.twilio_stream_server import (
     FRAME_BYTES,
     Connected,
     DtmfReceived,

@@ -35,7 +35,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from bridge.dev.twilio_emulator import NumberConfig, TwilioEmulatorConfig, TwilioEmulatorServer
-from bridge.protocols.twilio_rest import basic_auth_header, is_e164
+from bridge.dev.twilio_emulator.rest_model import basic_auth_header, is_e164
 
 openapi_core = pytest.importorskip("openapi_core", reason="openapi-core is not installed")
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (openapi-core's) is missing")

@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from bridge.errors import InvalidState
-from bridge.protocols import twilio_rest as rest
-from bridge.protocols.twilio_rest import (
+from bridge.dev.twilio_emulator import rest_model as rest
+from bridge.dev.twilio_emulator.rest_model import (
     AccountInfo,
     CallEvent,
     CallInfo,
@@ -21,6 +20,7 @@ from bridge.protocols.twilio_rest import (
     IncomingNumber,
     UpdateAction,
 )
+from bridge.errors import InvalidState
 
 AC = "AC" + "a" * 32
 CA = "CA" + "b" * 32

@@ -43,7 +43,7 @@ from bridge.errors import AnnouncementInvalid
 from bridge.exit_codes import ExitCode
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
-from bridge.twilio_api import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi, TwilioApiError
 from twiml.announcement import TwimlTooLong
 
 __all__ = [

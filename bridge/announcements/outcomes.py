@@ -20,7 +20,7 @@ from bridge.announcements.evidence import RECONCILE_SETTLE, VerdictKind
 from bridge.announcements.spec import AttemptState, outcome_of_status
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
-from bridge.twilio_api import CallSnapshot, TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import CallSnapshot, TwilioApi, TwilioApiError
 
 __all__ = ["OutcomeWatcher", "STREAM_END_WAIT", "facts_of"]
 

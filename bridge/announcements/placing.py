@@ -7,7 +7,7 @@ from typing import Any
 from bridge.announcements import parameters
 from bridge.announcements.spec import AnnouncementSpec
 from bridge.settings import Settings
-from bridge.twilio_api import CallSnapshot, TwilioApi
+from bridge.twilio_rest_client import CallSnapshot, TwilioApi
 from twiml.announcement import announcement_twiml
 
 __all__ = ["STATUS_EVENTS", "call_request", "place_call", "status_callback_url"]

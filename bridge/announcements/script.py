@@ -45,7 +45,7 @@ from bridge.calls.speech import SpeechOutcome
 from bridge.errors import StoreError
 from bridge.metrics import Metrics
 from bridge.store import Store
-from bridge.twilio_api import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi, TwilioApiError
 from bridge.voice import Voice
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from bridge.calls.presynth import Presynthesizer
 from bridge.errors import StoreError
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
-from bridge.twilio_api import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi, TwilioApiError
 
 __all__ = ["AnnouncementService", "LazyStore"]
 

@@ -46,7 +46,7 @@ from bridge.calls.speech import Speaker, SpeechOutcome
 from bridge.calls.start_policy import HamsaPace
 from bridge.errors import HamsaError, InvalidState, SignatureError, StoreError
 from bridge.metrics import Metrics
-from bridge.protocols.twilio_media import (
+from bridge.protocols.twilio_stream_server import (
     DtmfReceived,
     MarkReceived,
     Started,
@@ -57,7 +57,7 @@ from bridge.protocols.twilio_media import (
 from bridge.settings import Settings
 from bridge.store import Store
 from bridge.stream_token import verify_token
-from bridge.twilio_api import TwilioApi
+from bridge.twilio_rest_client import TwilioApi
 from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.call")

@@ -34,7 +34,7 @@ from bridge.errors import (
     HamsaTimeout,
 )
 from bridge.metrics import Metrics
-from bridge.protocols.hamsa import (
+from bridge.protocols.hamsa_client import (
     Ack,
     Audio,
     Closed,

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from bridge.metrics import Metrics
-from bridge.protocols.twilio_media import TwilioMediaStream
+from bridge.protocols.twilio_stream_server import TwilioMediaStream
 
 FRAME_SECONDS = 0.020
 

@@ -65,7 +65,7 @@ from bridge.store import (
     ContactState,
     Store,
 )
-from bridge.twilio_api import CallSnapshot, TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import CallSnapshot, TwilioApi, TwilioApiError
 from twiml.announcement import TwimlTooLong
 
 __all__ = ["CampaignRunner", "ThreadLocalApi", "classify"]

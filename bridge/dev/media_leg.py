@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.audio.codec import ulaw_to_lin16
-from bridge.protocols.twilio_leg import TwilioMediaLeg
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.signatures import TwilioSignatures
 
 SILENCE_FRAME = b"\xff" * 160

@@ -17,6 +17,8 @@ from typing import Any
 
 import uvicorn
 
+from bridge.uvicorn_setup import uvicorn_config
+
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening-ready TCP socket (pass it to ``AppServer`` when the app must know its port)."""
@@ -40,30 +42,6 @@ def port_problem(host: str, port: int) -> str | None:
     except OSError as exc:
         return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return None
-
-
-def uvicorn_config(
-    app: Any,
-    *,
-    host: str,
-    port: int,
-    log_config: Any = None,
-    ws_ping_interval: float | None = 20.0,
-) -> uvicorn.Config:
-    """The uvicorn settings the bridge and the emulators share."""
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        ws="websockets-sansio",
-        ws_max_size=1024 * 1024,
-        ws_ping_interval=ws_ping_interval,
-        ws_per_message_deflate=False,
-        lifespan="on",
-        log_config=log_config,
-        access_log=False,
-        proxy_headers=False,
-    )
 
 
 class _PromptServer(uvicorn.Server):

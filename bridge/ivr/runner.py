@@ -27,7 +27,7 @@ from twilio.twiml.voice_response import Dial, VoiceResponse
 from bridge.calls.call import CallContext
 from bridge.calls.speech import SpeechOutcome
 from bridge.ivr.flow import Flow, Gather, Hangup, Menu, Node, Say, Transfer, Webhook, is_static
-from bridge.twilio_api import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi, TwilioApiError
 from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.ivr")

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from bridge.errors import InvalidState
 from bridge.hamsa_trace import HEAD_BYTES, TRACE_VERSION, replayable
-from bridge.protocols.hamsa import (
+from bridge.protocols.hamsa_client import (
     UNEXPECTED_TRAILING_END,
     Ack,
     Audio,

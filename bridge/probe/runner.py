@@ -53,7 +53,7 @@ from bridge.probe import (
 from bridge.probe.phrases import MAX_PHRASES, estimate, phrases
 from bridge.probe.recorder import ProbeHeader, ProbeRecorder, RequestTrace, public_url
 from bridge.probe.report import report_lines
-from bridge.protocols.hamsa import HamsaProtocol, classify_close
+from bridge.protocols.hamsa_client import HamsaProtocol, classify_close
 from bridge.settings import Settings
 
 TRAILING_END_WAIT: Final = 1.0

@@ -2,7 +2,7 @@
 
 Behind ``hamsa-bridge emulate-twilio`` (for users without a Twilio account) and the Twilio peer
 the test suite runs against. Shapes and errors come from the sans-I/O core
-:mod:`bridge.protocols.twilio_rest` (checked against the official OpenAPI spec by
+:mod:`bridge.dev.twilio_emulator.rest_model` (checked against the official OpenAPI spec by
 ``tests/test_twilio_openapi.py``); the media side of every call is
 :func:`bridge.dev.media_leg.run_media_stream`, the one implementation of Twilio's side of a
 Media Stream. References are to docs/twilio-media-streams.md.

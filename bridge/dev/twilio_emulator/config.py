@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from bridge.protocols import twilio_rest as rest
+from bridge.dev.twilio_emulator import rest_model as rest
 
 __all__ = [
     "ANSWERED_BY",

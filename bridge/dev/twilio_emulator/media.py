@@ -18,8 +18,8 @@ from urllib.parse import urljoin, urlsplit
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from bridge.dev.media_leg import CallerBehaviour, StreamResult, run_media_stream
+from bridge.dev.twilio_emulator import rest_model as rest
 from bridge.dev.twilio_emulator.records import CallRecord, StreamEnd, StreamRecord
-from bridge.protocols import twilio_rest as rest
 
 if TYPE_CHECKING:
     from bridge.dev.twilio_emulator.state import TwilioEmulatorState

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from bridge.dev.media_leg import StreamResult
+from bridge.dev.twilio_emulator import rest_model as rest
 from bridge.dev.twilio_emulator.config import Outcome
-from bridge.protocols import twilio_rest as rest
-from bridge.protocols.twilio_rest import CallEvent, CallInfo, CallStatus
+from bridge.dev.twilio_emulator.rest_model import CallEvent, CallInfo, CallStatus
 
 __all__ = [
     "HANG_UP",

@@ -1,5 +1,5 @@
 """The REST API (``/2010-04-01/…``): authentication, routing, resources, and a record of each
-exchange. Shapes and errors come from :mod:`bridge.protocols.twilio_rest`."""
+exchange. Shapes and errors come from :mod:`bridge.dev.twilio_emulator.rest_model`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from bridge.dev.twilio_emulator import rest_model as rest
 from bridge.dev.twilio_emulator.records import RestRecord
-from bridge.protocols import twilio_rest as rest
-from bridge.protocols.twilio_rest import ApiError, Form
+from bridge.dev.twilio_emulator.rest_model import ApiError, Form
 
 if TYPE_CHECKING:
     from bridge.dev.twilio_emulator.state import TwilioEmulatorState

@@ -25,10 +25,10 @@ from bridge.dev.servers import (
     reachable_url,
     serve_until_stopped,
 )
+from bridge.dev.twilio_emulator import rest_model as rest
 from bridge.dev.twilio_emulator.config import ApiKey, NumberConfig, TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.rest_api import RestApi
 from bridge.dev.twilio_emulator.state import TwilioEmulatorState
-from bridge.protocols import twilio_rest as rest
 from bridge.settings import Settings
 
 __all__ = [

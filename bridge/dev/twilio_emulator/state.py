@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.dev.twilio_emulator import rest_model as rest
 from bridge.dev.twilio_emulator.config import TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.records import (
     CallbackRecord,
@@ -18,9 +19,8 @@ from bridge.dev.twilio_emulator.records import (
     TransferRecord,
     WebhookRecord,
 )
+from bridge.dev.twilio_emulator.rest_model import AccountInfo, Form, IncomingNumber
 from bridge.dev.twilio_emulator.voice import VoicePlatform
-from bridge.protocols import twilio_rest as rest
-from bridge.protocols.twilio_rest import AccountInfo, Form, IncomingNumber
 
 __all__ = ["TwilioEmulatorState"]
 

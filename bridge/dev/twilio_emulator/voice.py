@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urljoin, urlsplit
 
+from bridge.dev.twilio_emulator import rest_model as rest
 from bridge.dev.twilio_emulator.media import MediaStreams
 from bridge.dev.twilio_emulator.records import (
     HANG_UP,
@@ -25,9 +26,14 @@ from bridge.dev.twilio_emulator.records import (
     TransferRecord,
     VerbRecord,
 )
+from bridge.dev.twilio_emulator.rest_model import (
+    CallEvent,
+    CallInfo,
+    CallStatus,
+    Direction,
+    UpdateAction,
+)
 from bridge.dev.twilio_emulator.webhooks import Webhooks, parse_twiml
-from bridge.protocols import twilio_rest as rest
-from bridge.protocols.twilio_rest import CallEvent, CallInfo, CallStatus, Direction, UpdateAction
 
 if TYPE_CHECKING:
     from bridge.dev.twilio_emulator.state import TwilioEmulatorState

@@ -10,14 +10,14 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx2
 
+from bridge.dev.twilio_emulator import rest_model as rest
 from bridge.dev.twilio_emulator.records import (
     CallbackRecord,
     CallRecord,
     StreamRecord,
     WebhookRecord,
 )
-from bridge.protocols import twilio_rest as rest
-from bridge.protocols.twilio_rest import CallEvent, CallStatus
+from bridge.dev.twilio_emulator.rest_model import CallEvent, CallStatus
 from bridge.signatures import TwilioSignatures
 
 if TYPE_CHECKING:

@@ -82,7 +82,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from bridge.errors import InvalidState
-from bridge.protocols.twilio_media import FRAME_BYTES, StreamState
+from bridge.protocols.twilio_stream_server import FRAME_BYTES, StreamState
 
 __all__ = [
     "BYTES_PER_SECOND",

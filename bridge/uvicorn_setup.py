@@ -1,0 +1,31 @@
+"""The uvicorn settings the bridge runs with (the emulators in ``bridge/dev`` share them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import uvicorn
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    log_config: Any = None,
+    ws_ping_interval: float | None = 20.0,
+) -> uvicorn.Config:
+    """The uvicorn settings the bridge and the emulators share."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        ws_max_size=1024 * 1024,
+        ws_ping_interval=ws_ping_interval,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_config=log_config,
+        access_log=False,
+        proxy_headers=False,
+    )
