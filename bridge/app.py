@@ -11,7 +11,13 @@ Capacity and drain (docs/operations.md, Capacity): a stream handshake is refused
 while starting, while draining, when ``BRIDGE_MAX_CALLS`` calls are in progress, and when
 ``BRIDGE_MAX_PENDING_STREAMS`` streams are awaiting their ``start``; ``/readyz`` is 503 in the first
 three cases. A stream awaiting its ``start`` is not a call: if its ``start`` would make call
-``BRIDGE_MAX_CALLS`` + 1, the stream is closed with 1008 (``Call._authenticate``).
+``BRIDGE_MAX_CALLS`` + 1, the stream is closed with 1008 (``Call._admit``).
+
+Features: what a call does is decided at its ``start`` by the admission hooks ``create_app``
+composes (``bridge.calls.context``): any given by the caller, then the announcements'
+(``v2`` tokens), then the inbound calls' (``v1`` tokens: the greeting, the IVR in
+``BRIDGE_IVR_FLOW``, or the ``script`` given). Each gets what it needs (settings, the store,
+the REST client, clocks) here, at construction; the call itself never sees them.
 
 The announcements database is opened on first need (an announcement's stream or status
 callback, or the API), so a bridge that only answers calls never creates it.
@@ -24,10 +30,10 @@ import contextlib
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -37,12 +43,15 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
+from bridge.announcements.admission import AnnouncementStreams
 from bridge.announcements.api import AnnouncementApi
 from bridge.announcements.retention import SWEEP_INTERVAL
 from bridge.announcements.service import AnnouncementService, LazyStore
 from bridge.announcements.spec import outcome_of_status
-from bridge.calls.call import Call, CallDeps, CallScript, CallSummary, greeting_script
+from bridge.calls.call import Call, CallDeps, CallSummary
+from bridge.calls.context import AdmissionHook, CallScript, aclose
 from bridge.calls.hamsa_session import Connector
+from bridge.calls.inbound import InboundStreams, greeting_script
 from bridge.calls.presynth import Presynthesizer
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry, OpenStreams
@@ -59,9 +68,6 @@ from bridge.store import check_database_url
 from bridge.stream_token import issue_token
 from bridge.twilio_rest_client import TwilioApi
 from twiml.inbound import connect_stream
-
-if TYPE_CHECKING:
-    from bridge.ivr.flow import Flow
 
 log = structlog.get_logger("bridge.app")
 
@@ -129,27 +135,6 @@ def check_serving_settings(settings: Settings) -> None:
         )
 
 
-def load_ivr_script(settings: Settings) -> CallScript:
-    """The flow in ``BRIDGE_IVR_FLOW`` as a call script; ``ConfigError`` listing every problem."""
-    from bridge.ivr.load import load_named_flow
-
-    flow = load_named_flow(settings.bridge_ivr_flow, source="BRIDGE_IVR_FLOW")
-    return flow_script(settings, flow)
-
-
-def flow_script(settings: Settings, flow: Flow) -> CallScript:
-    """A loaded flow as a call script, its transfers through ``settings``' Twilio account."""
-    from bridge.ivr.flow import Transfer
-    from bridge.ivr.runner import FlowRunner
-
-    transfers = any(isinstance(node, Transfer) for node in flow.nodes.values())
-    if transfers and not settings.twilio_account_sid:
-        raise ConfigError(
-            "the IVR flow transfers calls: set TWILIO_ACCOUNT_SID (and TWILIO_API_URL)"
-        )
-    return FlowRunner.with_twilio(flow, lambda: TwilioApi(settings))
-
-
 def check_api_settings(settings: Settings) -> None:
     """The announcements API places calls: it needs the Twilio account and a usable database."""
     if not settings.twilio_account_sid:
@@ -168,12 +153,17 @@ def create_app(
     *,
     hamsa_connector: Connector = connect,
     script: CallScript = greeting_script,
+    admission: Sequence[AdmissionHook] = (),
     wall_clock: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
-    """The bridge app. ``script`` is what each call does once authenticated (default: greeting)."""
+    """The bridge app. ``script`` is what each inbound call does once authenticated (default:
+    the greeting, or the flow in ``BRIDGE_IVR_FLOW``). ``admission``: hooks asked before the
+    bridge's own (``bridge.calls.context``); the app closes them (``aclose``) at shutdown."""
     check_serving_settings(settings)
     if settings.bridge_ivr_flow and script is greeting_script:
+        from bridge.ivr.feature import load_ivr_script
+
         script = load_ivr_script(settings)
     cache = PromptCache.from_settings(settings)
     registry = CallRegistry()
@@ -204,6 +194,20 @@ def create_app(
             settings, store, twilio_api, wall_clock=wall_clock, presynth=presynth
         )
         api_routes = AnnouncementApi(settings, service).routes()
+    # Announcement streams are served whether or not this process places calls (any replica
+    # may receive one); the database is opened on the first.
+    hooks: list[AdmissionHook] = [
+        *admission,
+        AnnouncementStreams(
+            settings,
+            store=store.get,
+            twilio_api=twilio_api,
+            wall_clock=wall_clock,
+            metrics=metrics,
+            presynth=presynth,
+        ),
+        InboundStreams(settings, script, wall_clock=wall_clock),
+    ]
     state = BridgeState(
         settings=settings,
         signatures=TwilioSignatures(settings.twilio_auth_token.get_secret_value()),
@@ -212,15 +216,12 @@ def create_app(
             settings,
             registry,
             hamsa_connector,
-            script,
+            hooks,
             prompt_cache=cache,
             hamsa_pace=HamsaPace(),
             wall_clock=wall_clock,
             clock=clock,
-            store=store.get,
-            twilio_api=twilio_api,
             metrics=metrics,
-            presynth=presynth,
         ),
         wall_clock=wall_clock,
         store=store,
@@ -296,9 +297,8 @@ def create_app(
                 if service.presynth is not None:
                     await service.presynth.aclose()
             await store.close()
-            closer = getattr(script, "aclose", None)
-            if closer is not None:
-                await closer()
+            for hook in hooks:
+                await aclose(hook)
 
     app = Starlette(
         routes=[

@@ -13,7 +13,7 @@ import statistics
 
 import pytest
 
-from bridge.calls.call import CallContext
+from bridge.calls.context import CallContext
 from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallResult
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault, RequestRecord

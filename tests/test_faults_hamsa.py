@@ -32,7 +32,7 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.calls.call import CallContext, CallScript
+from bridge.calls.context import CallContext, CallScript
 from bridge.dev import tone
 from bridge.dev.caller import CallResult, new_sid
 from bridge.dev.hamsa_emulator import TRUNCATED_BYTES, EmulatorConfig, Fault, RequestRecord

@@ -30,7 +30,8 @@ import httpx2
 import pytest
 import structlog
 
-from bridge.calls.call import CallContext, greeting_script
+from bridge.calls.context import CallContext
+from bridge.calls.inbound import greeting_script
 from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallPlan, CallResult, place_call
 from bridge.dev.hamsa_emulator import ConnectionRecord, EmulatorConfig

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.app import load_ivr_script
 from bridge.cli import main
+from bridge.ivr.feature import load_ivr_script
 from bridge.ivr.load import EXAMPLES, load_flow
 from bridge.ivr.runner import FlowRunner
 from bridge.settings import Settings

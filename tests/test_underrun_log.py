@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import structlog
 
-from bridge.calls.call import UNDERRUN_DOC, CallContext
+from bridge.calls.call import UNDERRUN_DOC
+from bridge.calls.context import CallContext
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
 

@@ -32,6 +32,7 @@ __all__ = [
     "StreamAnnouncement",
     "decode",
     "encode",
+    "has_announcement_token",
     "sign",
     "verify",
 ]
@@ -113,6 +114,12 @@ def _mac(key: bytes, expiry: int, nonce: str, params: Mapping[str, str]) -> str:
     message = f"{_VERSION}|{expiry}|{nonce}|".encode() + _canonical(params)
     digest = hmac.new(key, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def has_announcement_token(params: Mapping[str, str]) -> bool:
+    """Whether a stream's parameters carry a ``v2`` token (an announcement's, to be verified)."""
+    token = params.get("token")
+    return token is not None and token.startswith(f"{_VERSION}.")
 
 
 def sign(key: bytes, params: Mapping[str, str], *, now: float, ttl: float) -> str:

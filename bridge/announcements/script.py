@@ -49,7 +49,7 @@ from bridge.twilio_rest_client import TwilioApi, TwilioApiError
 from bridge.voice import Voice
 
 if TYPE_CHECKING:
-    from bridge.calls.call import CallContext
+    from bridge.calls.context import CallContext
 
 __all__ = ["PROMPTS", "AnnouncementScript", "is_machine", "prompts_for", "static_prompts"]
 

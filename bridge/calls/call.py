@@ -2,20 +2,21 @@
 
 Life of a call (``CallPhase``)::
 
-    AWAITING_START --start + valid token--> ACTIVE --script done / stop / hang-up--> ENDED
-          |                                    \\--Hamsa key rejected--------------> ENDED
-          \\--no start, bad token, duplicate CallSid--> REJECTED  (no Hamsa socket is ever opened)
+    AWAITING_START --start, admitted--> ACTIVE --script done / stop / hang-up--> ENDED
+          |                                \\--Hamsa key rejected--------------> ENDED
+          \\--no start, refused at admission--> REJECTED  (no Hamsa socket is ever opened)
 
-Two kinds of stream token: ``v1`` (an inbound call, bound to its CallSid by our webhook) runs
-``CallDeps.script``; ``v2`` (an outbound announcement, placed with inline TwiML before its
-CallSid existed) MACs every other ``<Parameter>``, so the announcement travels in the stream
-itself and runs ``AnnouncementScript`` whichever replica Twilio connects to.
+What a call does is not known here: at ``start`` the app's admission hooks (``CallDeps.admission``:
+the announcements', then the inbound calls' running the greeting or the IVR) say whether the
+stream is authentic and which script it runs; the call then applies its own checks (single-use
+token, capacity, one stream per CallSid) and the hook's ``claim``. The seam, and what each side
+does, is documented in ``bridge.calls.context``.
 
 While ACTIVE, an ``asyncio.TaskGroup`` supervises one reader of the Twilio socket, the playback
-writer (the only writer of that socket), the Hamsa socket's reader, and the call's script
-(``greeting_script`` by default: speak the greeting; a key pressed during it skips it). When the
-script ends the bridge closes the stream; with nothing after ``</Connect>`` in the TwiML, Twilio
-then hangs up.
+writer (the only writer of that socket), the Hamsa socket's reader, and the script the
+admission named (e.g. ``greeting_script``: speak the greeting; a key pressed during it skips it).
+When the script ends the bridge closes the stream; with nothing after ``</Connect>`` in the
+TwiML, Twilio then hangs up.
 """
 
 from __future__ import annotations
@@ -26,25 +27,28 @@ import dataclasses
 import enum
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from bridge.announcements import parameters as announcement_parameters
-from bridge.announcements.parameters import StreamAnnouncement
-from bridge.announcements.script import AnnouncementScript
+from bridge.calls.context import (
+    Admission,
+    AdmissionHook,
+    CallContext,
+    CallScript,
+    KnowsItsFirstWords,
+    Rejection,
+)
 from bridge.calls.hamsa_session import Connector, HamsaSession
 from bridge.calls.playback import Playback
-from bridge.calls.presynth import Presynthesizer
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
-from bridge.calls.speech import Speaker, SpeechOutcome
+from bridge.calls.speech import Speaker
 from bridge.calls.start_policy import HamsaPace
-from bridge.errors import HamsaError, InvalidState, SignatureError, StoreError
+from bridge.errors import HamsaError, InvalidState
 from bridge.metrics import Metrics
 from bridge.protocols.twilio_stream_server import (
     DtmfReceived,
@@ -55,10 +59,6 @@ from bridge.protocols.twilio_stream_server import (
     Violation,
 )
 from bridge.settings import Settings
-from bridge.store import Store
-from bridge.stream_token import verify_token
-from bridge.twilio_rest_client import TwilioApi
-from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.call")
 
@@ -97,122 +97,6 @@ class CallSummary:
     details: dict[str, object] = field(default_factory=dict)
 
 
-class CallContext:
-    """What a call's script sees: who called, how to speak, the keys pressed, the hang-up."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        started: Started,
-        speaker: Speaker,
-        hangup: asyncio.Event,
-        *,
-        prompt_cache: PromptCache | None = None,
-    ) -> None:
-        self.settings = settings
-        self.prompt_cache = prompt_cache
-        """The process' prompt cache (what ``say(..., cacheable=True)`` plays from)."""
-        self.call_sid = started.call_sid
-        self.stream_sid = started.stream_sid
-        self.parameters = started.custom_parameters
-        self._keys: deque[str] = deque()
-        self._key_arrived = asyncio.Event()
-        self.keys_pressed: list[str] = []
-        self.barge_in = True
-        """A key pressed while speaking interrupts the speech (and is still queued as input)."""
-        self.interrupt_keys: str | None = None
-        """With ``barge_in``, only these keys interrupt (``None``: any key)."""
-        self.speaking = False
-        self.outcome: str | None = None
-        """Set by the script: completed, transferred, failed… (None: the caller ended it)."""
-        self.reason = ""
-        self.details: dict[str, object] = {}
-        """Anything the script wants in the call's summary line (e.g. the IVR path)."""
-        self._speaker = speaker
-        self._hangup = hangup
-
-    async def say(
-        self,
-        text: str,
-        voice: Voice | None = None,
-        *,
-        label: str = "utt",
-        cacheable: bool = False,
-        barge_in: bool = True,
-        interrupt_keys: str | None = None,
-    ) -> SpeechOutcome:
-        """Speak and wait until it was played, or interrupted by a key (when ``barge_in``;
-        only by one of ``interrupt_keys`` when given: the others are just queued)."""
-        self.speaking = True
-        self.barge_in = barge_in
-        self.interrupt_keys = interrupt_keys
-        try:
-            return await self._speaker.say(text, voice, label=label, cacheable=cacheable)
-        finally:
-            self.speaking = False
-            self.barge_in = True
-            self.interrupt_keys = None
-
-    @property
-    def marks_lost(self) -> int:
-        """Utterances of this call played to their end whose mark Twilio never echoed (``say``
-        reports them played): a script compares it around a ``say`` to tell "played, not
-        confirmed heard" from heard."""
-        return self._speaker.stats.marks_lost
-
-    def has_key(self) -> bool:
-        """A key was pressed and not yet taken."""
-        return bool(self._keys)
-
-    async def key(self, within: float) -> str | None:
-        """The next key (one already pressed, or one within ``within`` seconds), or None."""
-        if not self._keys:
-            self._key_arrived.clear()
-            try:
-                async with asyncio.timeout(within):
-                    await self._key_arrived.wait()
-            except TimeoutError:
-                return None
-        return self._keys.popleft()
-
-    def unread(self, digit: str) -> None:
-        """Put a key back in front: the next ``key()`` returns it."""
-        self._keys.appendleft(digit)
-
-    async def hung_up(self, within: float) -> bool:
-        """Wait (bounded) for Twilio to end the stream; True if it did."""
-        try:
-            async with asyncio.timeout(within):
-                await self._hangup.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    def key_pressed(self, digit: str) -> None:
-        self.keys_pressed.append(digit)
-        self._keys.append(digit)
-        self._key_arrived.set()
-        wanted = self.interrupt_keys is None or digit in self.interrupt_keys
-        if self.speaking and self.barge_in and wanted:
-            self._speaker.interrupt()
-
-
-CallScript = Callable[[CallContext], Awaitable[None]]
-"""What a call does once its stream is authenticated; the call ends when it returns."""
-
-
-@runtime_checkable
-class KnowsItsFirstWords(Protocol):
-    """A script that can tell, at the stream's start, whether its first words need Hamsa.
-
-    The call's Hamsa socket is opened at once (hiding its ~1.2 s connect behind call setup)
-    unless the script says nothing needs synthesis right away (its first prompts are all in the
-    prompt cache): then the socket is opened, or taken from the warm pool, on the first request
-    only, and a call that never needs one never opens one."""
-
-    def needs_synthesis_at_start(self, ctx: CallContext) -> bool: ...
-
-
 def opens_hamsa_at_start(script: CallScript, ctx: CallContext) -> bool:
     """Whether the call opens its Hamsa socket when the stream starts (see
     ``KnowsItsFirstWords``); any doubt, including a failing check, says yes."""
@@ -225,49 +109,22 @@ def opens_hamsa_at_start(script: CallScript, ctx: CallContext) -> bool:
         return True
 
 
-async def greeting_script(ctx: CallContext) -> None:
-    """Inbound calls without an IVR flow: speak ``BRIDGE_GREETING`` (a key skips it), hang up."""
-    outcome = await ctx.say(ctx.settings.bridge_greeting)
-    ctx.outcome = "skipped" if outcome is SpeechOutcome.INTERRUPTED else "completed"
-    ctx.reason = f"greeting {outcome.value}"
-
-
 @dataclass(slots=True)
 class CallDeps:
-    """What a call needs from the app (built once, in the lifespan)."""
+    """What a call needs from the app (built once, in ``create_app``)."""
 
     settings: Settings
     registry: CallRegistry
     hamsa_connector: Connector
-    script: CallScript = greeting_script
+    admission: Sequence[AdmissionHook]
+    """The features' admission hooks, asked in order at ``start`` (``bridge.calls.context``)."""
     prompt_cache: PromptCache | None = None
     hamsa_pace: HamsaPace = field(default_factory=HamsaPace)
     """Hamsa's delivery as this process has seen it (the start policy's estimate): one per
     process, shared by its calls."""
     wall_clock: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
-    store: Callable[[], Awaitable[Store]] | None = None
-    """The announcements database, opened on first use (``None``: announcements refused)."""
-    twilio_api: Callable[[], TwilioApi] | None = None
-    """A REST client (an announcement's AMD lookup and its hang-up after the final mark)."""
     metrics: Metrics = field(default_factory=Metrics)
-    presynth: Presynthesizer | None = None
-    """This process' announcement presynthesis (an announcement streamed before its audio was
-    ready tells it to stop)."""
-
-    def script_for(self, announcement: StreamAnnouncement | None) -> CallScript:
-        if announcement is None:
-            return self.script
-        assert self.store is not None
-        assert self.twilio_api is not None
-        return AnnouncementScript(
-            announcement,
-            store=self.store,
-            twilio_api=self.twilio_api,
-            wall_clock=self.wall_clock,
-            metrics=self.metrics,
-            presynth=self.presynth,
-        )
 
 
 class Call:
@@ -290,7 +147,6 @@ class Call:
         self._context: CallContext | None = None
         self._playback: Playback | None = None
         self._speaker: Speaker | None = None
-        self._announcement: StreamAnnouncement | None = None
 
     def end(self, reason: str) -> bool:
         """End the call now, deliberately (a drain timeout): the stream closes with 1001 and
@@ -322,14 +178,18 @@ class Call:
             with structlog.contextvars.bound_contextvars(
                 call_sid=started.call_sid, stream_sid=started.stream_sid
             ):
-                if not self._authenticate(started):
+                admission = self._admit(started)
+                if admission is None:
                     await self._close(CLOSE_POLICY)
                     return self.summary
                 try:
-                    if not await self._claim_announcement(started):
-                        await self._close(CLOSE_POLICY)
-                        return self.summary
-                    await self._active(started)
+                    if admission.claim is not None:
+                        refusal = await admission.claim()
+                        if refusal is not None:
+                            self._reject(refusal.reason)
+                            await self._close(CLOSE_POLICY)
+                            return self.summary
+                    await self._active(started, admission.script)
                 finally:
                     self._deps.registry.remove(started.call_sid, self)
                     self._finish_summary()
@@ -365,85 +225,34 @@ class Call:
             await self._close(CLOSE_POLICY)
             return None
 
-    def _authenticate(self, started: Started) -> bool:
+    def _admit(self, started: Started) -> Admission | None:
+        """The first admission hook to take the stream says if it is authentic and what it runs;
+        then the call's own checks. None (the stream rejected) or the admission, the call then
+        registered and ACTIVE (its ``claim`` still to await)."""
         deps = self._deps
         self.summary.call_sid = started.call_sid
         self.summary.stream_sid = started.stream_sid
-        key = deps.settings.twilio_auth_token.get_secret_value().encode()
-        token = started.custom_parameters.get("token")
+        verdict = _ask(deps.admission, started)
+        if isinstance(verdict, Rejection):
+            self._reject(verdict.reason)
+            return None
         now = deps.wall_clock()
-        try:
-            if token is not None and token.startswith("v2."):
-                expires_at = self._verify_announcement(started, key, now)
-            else:
-                expires_at = verify_token(key, token, started.call_sid, now=now)
-        except SignatureError as exc:
-            self._reject(f"stream token rejected: {exc.message}")
-            return False
-        assert token is not None
-        if not deps.registry.claim_token(token, expires_at=expires_at, now=now):
+        if not deps.registry.claim_token(verdict.token, expires_at=verdict.expires_at, now=now):
             self._reject("stream token already used (replay)")
-            return False
+            return None
         if len(deps.registry) >= deps.settings.bridge_max_calls:
             # Streams accepted while calls were below the cap, authenticating together.
             deps.metrics.streams_refused.labels(reason="capacity").inc()
             self._reject(f"bridge at capacity ({deps.settings.bridge_max_calls} calls)")
-            return False
+            return None
         if not deps.registry.add(started.call_sid, self):
             self._reject("a stream for this call is already active")
-            return False
+            return None
         self.phase = CallPhase.ACTIVE
         self._started_clock = deps.clock()
         signature = "valid" if self._handshake_signed else "absent"
-        if self._announcement is not None:
-            log.info(
-                "call_started",
-                direction="outbound",
-                announcement=self._announcement.id,
-                handshake_signature=signature,
-            )
-        else:
-            direction = started.custom_parameters.get("direction", "inbound")
-            log.info("call_started", direction=direction, handshake_signature=signature)
-        return True
-
-    def _verify_announcement(self, started: Started, key: bytes, now: float) -> int:
-        """A ``v2`` token: every parameter MACed, well formed, from our own account; the token's
-        expiry. Raises ``SignatureError`` (the stream is then refused)."""
-        deps = self._deps
-        params = started.custom_parameters
-        expires_at = announcement_parameters.verify(key, params, now=now, call_sid=started.call_sid)
-        try:
-            announcement = announcement_parameters.decode(params)
-        except ValueError as exc:
-            raise SignatureError(f"announcement parameters invalid: {exc}") from None
-        account = deps.settings.twilio_account_sid
-        if account and started.account_sid != account:
-            raise SignatureError("announcement stream from another Twilio account")
-        if deps.store is None or deps.twilio_api is None:
-            raise SignatureError("announcements are not served by this bridge")
-        self._announcement = announcement
-        return expires_at
-
-    async def _claim_announcement(self, started: Started) -> bool:
-        """An announcement stream must also win the store's claim (before any Hamsa socket):
-        a known announcement, not yet streamed, of this CallSid. Fails closed if the store is
-        unreachable."""
-        announcement = self._announcement
-        if announcement is None:
-            return True
-        assert self._deps.store is not None
-        try:
-            store = await self._deps.store()
-            claimed = await store.claim_stream(
-                announcement.id, started.call_sid, now=self._deps.wall_clock()
-            )
-        except (StoreError, OSError) as exc:
-            log.error("announcement_store_failed", error=str(exc))
-            claimed = False
-        if not claimed:
-            self._reject("announcement unknown, already streamed, or of another call")
-        return claimed
+        log.info("call_started", **verdict.call_started, handshake_signature=signature)
+        return verdict
 
     def _reject(self, reason: str, *, level: str = "warning") -> None:
         self.phase = CallPhase.REJECTED
@@ -458,7 +267,7 @@ class Call:
 
     # --- active call ---------------------------------------------------------------------------
 
-    async def _active(self, started: Started) -> None:
+    async def _active(self, started: Started, call_script: CallScript) -> None:
         deps = self._deps
         settings = deps.settings
         try:
@@ -487,7 +296,6 @@ class Call:
                 self._context = context = CallContext(
                     settings, started, speaker, self._hangup, prompt_cache=deps.prompt_cache
                 )
-                call_script = deps.script_for(self._announcement)
                 running: list[asyncio.Task[Any]] = [
                     tasks.create_task(self._guard(playback.run())),
                     tasks.create_task(self._read()),
@@ -658,6 +466,15 @@ UNDERRUN_MEANING = (
     "a key, is not counted)"
 )
 UNDERRUN_DOC = "docs/start-policy.md"
+
+
+def _ask(hooks: Sequence[AdmissionHook], started: Started) -> Admission | Rejection:
+    """The verdict of the first hook that takes the stream; refused if none does."""
+    for hook in hooks:
+        verdict = hook.admit(started)
+        if verdict is not None:
+            return verdict
+    return Rejection.token("no feature of this bridge takes it")
 
 
 def _too_big(message: Any) -> str | None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 
-from bridge.app import BridgeState, create_app, flow_script
-from bridge.calls.call import CallScript, greeting_script
+from bridge.app import BridgeState, create_app
+from bridge.calls.context import AdmissionHook, CallScript
+from bridge.calls.inbound import greeting_script
 from bridge.dev.caller import CallPlan, CallResult, place_call
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
 from bridge.dev.servers import bind, serving
@@ -83,6 +84,7 @@ async def loopback(
     twilio: bool | TwilioEmulatorConfig = False,
     hamsa_warm_connections: int = 0,
     ivr_flow: Flow | None = None,
+    admission: Sequence[AdmissionHook] = (),
     **setting_overrides: Any,
 ) -> AsyncIterator[Loopback]:
     """Start the emulator(s) and the bridge; yield a ``Loopback`` to place calls through.
@@ -95,6 +97,7 @@ async def loopback(
     once its first connects finished (the pool is full if Hamsa accepted them).
     ``ivr_flow``: calls run this flow, already loaded (instead of ``script``; a flow that
     transfers needs ``twilio``).
+    ``admission``: admission hooks asked before the bridge's own (see ``create_app``).
     """
     api_key = "loopback-" + secrets.token_hex(8)
     auth_token = auth_token or secrets.token_hex(16)
@@ -143,8 +146,10 @@ async def loopback(
                 | setting_overrides
             )
             if ivr_flow is not None:
+                from bridge.ivr.feature import flow_script
+
                 script = flow_script(bridge_settings, ivr_flow)
-            app = create_app(bridge_settings, script=script)
+            app = create_app(bridge_settings, script=script, admission=admission)
         except BaseException:
             sock.close()
             raise

@@ -24,7 +24,7 @@ import httpx2
 import structlog
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
-from bridge.calls.call import CallContext
+from bridge.calls.context import CallContext
 from bridge.calls.speech import SpeechOutcome
 from bridge.ivr.flow import Flow, Gather, Hangup, Menu, Node, Say, Transfer, Webhook, is_static
 from bridge.twilio_rest_client import TwilioApi, TwilioApiError
