@@ -62,6 +62,7 @@ from bridge.errors import ConfigError, PreloadError, StoreError
 from bridge.logs import note_handshake_denied
 from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
 from bridge.preload import preload_voices, voices_to_preload
+from bridge.protocols.twilio_ids import CALL_SID as _CALL_SID
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
 from bridge.store import check_database_url
@@ -73,7 +74,6 @@ log = structlog.get_logger("bridge.app")
 
 INBOUND_PATH = "/twiml/inbound"
 STATUS_PATH = "/twilio/status"
-_CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 _ANNOUNCEMENT_ID = re.compile(r"^an_[0-9a-f]{24}$")
 
 

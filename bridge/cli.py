@@ -18,11 +18,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bridge.announcements.options import add_option_arguments
 from bridge.campaigns.cli_args import add_campaign_command
 from bridge.cli_format import HelpFormatter, add_command
 from bridge.errors import BridgeError, ConfigError
 from bridge.exit_codes import EXIT_CODES_HELP, ExitCode
 from bridge.logs import configure_logging
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+from bridge.protocols.twilio_stream_server import is_dtmf_key
 from bridge.settings import Settings, environment
 
 DESCRIPTION = """\
@@ -52,49 +55,12 @@ def _version() -> str:
 
 def _key_press(value: str) -> tuple[float, str]:
     seconds, _, digit = value.partition(":")
-    if not digit or digit not in "0123456789*#" or len(digit) != 1:
+    if not is_dtmf_key(digit):
         raise argparse.ArgumentTypeError("expected SECONDS:DIGIT, for example 1.5:1")
     try:
         return float(seconds), digit
     except ValueError:
         raise argparse.ArgumentTypeError("expected SECONDS:DIGIT, for example 1.5:1") from None
-
-
-def _add_call_options(parser: argparse.ArgumentParser) -> None:
-    """The voice and call options ``announce`` and ``campaign run`` share. Their help names the
-    default itself (``%(default)s``), so it shows whichever formatter the parser has."""
-    parser.add_argument("--speaker", help="Hamsa speaker (default: HAMSA_SPEAKER)")
-    parser.add_argument("--dialect", help="Hamsa dialect (default: HAMSA_DIALECT)")
-    parser.add_argument("--language", help="Hamsa language (default: HAMSA_LANGUAGE)")
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        metavar="N",
-        help="play the message N times (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--confirm-digit",
-        metavar="DIGIT",
-        help="ask the callee to press DIGIT to confirm (and --repeat-digit to hear it again)",
-    )
-    parser.add_argument(
-        "--repeat-digit",
-        default="2",
-        metavar="DIGIT",
-        help="with --confirm-digit: the digit that plays the message again (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--machine-detection",
-        action="store_true",
-        help="answering-machine detection: voicemail gets the message after the beep",
-    )
-    parser.add_argument(
-        "--ring-timeout",
-        type=int,
-        metavar="SECONDS",
-        help="seconds to let it ring (default: BRIDGE_RING_TIMEOUT)",
-    )
 
 
 def _add_press_and_answer(
@@ -447,11 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="E164",
         help="caller ID (default: TWILIO_PHONE_NUMBER)",
     )
-    announce.add_argument("--text", required=True, help="what to say (up to 2000 characters)")
-    _add_call_options(announce)
+    announce.add_argument(
+        "--text", required=True, help=f"what to say (up to {MAX_TEXT_CHARS} characters)"
+    )
+    add_option_arguments(announce)
     announce.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
-    add_campaign_command(commands, call_options=_add_call_options)
+    add_campaign_command(commands)
 
     doctor = add_command(
         commands,
@@ -744,6 +712,7 @@ def main(
             return asyncio.run(ivr_commands.warm(settings, path))
         if args.command == "announce":
             from bridge.announcements.commands import announce
+            from bridge.announcements.options import options_from_arguments
 
             return asyncio.run(
                 announce(
@@ -751,14 +720,7 @@ def main(
                     to=args.to,
                     from_=args.from_number,
                     text=args.text,
-                    speaker=args.speaker,
-                    dialect=args.dialect,
-                    language=args.language,
-                    repeat=args.repeat,
-                    confirm_digit=args.confirm_digit,
-                    repeat_digit=args.repeat_digit,
-                    machine_detection=args.machine_detection,
-                    ring_timeout=args.ring_timeout,
+                    options=options_from_arguments(args),
                     as_json=args.json,
                 )
             )

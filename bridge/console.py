@@ -25,11 +25,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
-from twilio.twiml.voice_response import VoiceResponse
 
 from bridge.exit_codes import ExitCode
-from bridge.settings import E164, EXAMPLE_PUBLIC_URL, Settings, is_loopback
+from bridge.protocols.twilio_ids import E164
+from bridge.settings import EXAMPLE_PUBLIC_URL, Settings, is_loopback
 from bridge.twilio_rest_client import PhoneNumber, TwilioApi, TwilioApiError, credentials_problem
+from twiml.inbound import webhook_redirect
 
 Print = Callable[[str], None]
 
@@ -277,15 +278,9 @@ def _show_json(settings: Settings, name: str, numbers: list[PhoneNumber]) -> dic
 
 
 def twiml_for_bin(settings: Settings) -> str:
-    """TwiML to paste into a TwiML Bin: redirect the call to this bridge's signed webhook.
-
-    A Bin is static, so it cannot carry the per-call stream token; redirecting to the webhook
-    keeps every guarantee (a signed request, a token bound to the CallSid) for one extra round
-    trip at call setup.
-    """
-    response = VoiceResponse()
-    response.redirect(settings.inbound_webhook_url, method="POST")
-    return str(response.to_xml())
+    """TwiML to paste into a TwiML Bin: redirect the call to this bridge's signed webhook
+    (:func:`twiml.inbound.webhook_redirect`)."""
+    return webhook_redirect(settings.inbound_webhook_url)
 
 
 async def call_in(

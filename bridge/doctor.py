@@ -25,10 +25,19 @@ from bridge.console import how_it_points, public_url_check
 from bridge.errors import PreloadError
 from bridge.exit_codes import ExitCode
 from bridge.preload import preload_voices, voices_to_preload
-from bridge.protocols.hamsa_client import Audio, End, HamsaProtocol, Info, ReplyError
-from bridge.settings import API_KEY_SID, E164, Settings
+from bridge.protocols.hamsa_client import (
+    Audio,
+    ConnectRefusal,
+    End,
+    HamsaProtocol,
+    Info,
+    ReplyError,
+    classify_connect_error,
+)
+from bridge.protocols.twilio_ids import ACCOUNT_SID, API_KEY_SID, E164
+from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
-from bridge.twilio_rest_client import ACCOUNT_SID, TwilioApi, TwilioApiError, credentials_hint
+from bridge.twilio_rest_client import TwilioApi, TwilioApiError, credentials_hint
 
 
 class Verdict(enum.Enum):
@@ -290,20 +299,21 @@ HAMSA_BALANCE_FIX = "top up the Hamsa project wallet"
 
 
 def hamsa_refusal(code: int | None) -> tuple[str, str] | None:
-    """``(what happened, how to fix it)`` when Hamsa refused us for the key or the balance:
-    close 4001 or HTTP 401/403 at the upgrade (the key), close 4003 (the balance); ``None`` for
-    any other code (``docs/hamsa-api.md`` §2). Shared by doctor and ``hamsa probe``."""
-    if code == 4001:
-        return "closed 4001: invalid API key", HAMSA_KEY_FIX
-    if code in (401, 403):
-        return f"HTTP {code} at the upgrade", HAMSA_KEY_FIX
-    if code == 4003:
-        return "closed 4003: no balance", HAMSA_BALANCE_FIX
-    return None
+    """``(what happened, how to fix it)`` when Hamsa refused us for the key or the balance
+    (:func:`~bridge.protocols.hamsa_client.classify_connect_error` of a close code or the HTTP
+    status of the upgrade); ``None`` for any other code. Shared by doctor and ``hamsa probe``."""
+    refusal = classify_connect_error(code)
+    if refusal is ConnectRefusal.OTHER:
+        return None
+    if refusal is ConnectRefusal.NO_BALANCE:
+        return f"closed {code}: no balance", HAMSA_BALANCE_FIX
+    if code is not None and code >= 1000:  # a close code; HTTP statuses are below 1000
+        return f"closed {code}: invalid API key", HAMSA_KEY_FIX
+    return f"HTTP {code} at the upgrade", HAMSA_KEY_FIX
 
 
 def _closed(name: str, code: int | None) -> Check:
-    refusal = hamsa_refusal(code) if code not in (401, 403) else None
+    refusal = hamsa_refusal(code)
     if refusal is not None:
         return failed(name, *refusal)
     return failed(name, f"closed {code}", "retry; check HAMSA_WS_URL")

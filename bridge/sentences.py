@@ -1,10 +1,10 @@
 """Split long text into Hamsa requests at sentence boundaries.
 
-Hamsa accepts at most 2000 characters per ``tts`` request (docs/hamsa-api.md §3.1, counted in
-characters). Very short sentences are merged with their neighbours: Hamsa is reported to fail more
-often on short text (docs/hamsa-api.md §4), and fewer requests mean fewer round trips. Sentence
-boundaries come from sentencex, which handles Arabic punctuation (``؟``, ``،``) and English.
-"""
+Hamsa accepts at most ``MAX_TEXT_CHARS`` (2000) characters per ``tts`` request
+(docs/hamsa-api.md §3.1, counted in characters). Very short sentences are merged with their
+neighbours: Hamsa is reported to fail more often on short text (docs/hamsa-api.md §4), and fewer
+requests mean fewer round trips. Sentence boundaries come from sentencex, which handles Arabic
+punctuation (``؟``, ``،``) and English."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import re
 
 from sentencex import segment
 
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+
 _CLAUSE_BREAK = re.compile(r"(?<=[،,;؛:])\s+")
 _SPACE = re.compile(r"\s+")
 
 
 def split_text(
-    text: str, *, max_chars: int = 2000, min_chars: int = 30, language: str = "ar"
+    text: str, *, max_chars: int = MAX_TEXT_CHARS, min_chars: int = 30, language: str = "ar"
 ) -> list[str]:
     """Cut ``text`` into pieces of at most ``max_chars`` characters, at sentence boundaries.
 

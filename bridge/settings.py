@@ -20,11 +20,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.errors import ConfigError
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+from bridge.protocols.twilio_ids import API_KEY_SID, E164, E164_PREFIX
 from bridge.voice import Voice
-
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-API_KEY_SID = re.compile(r"SK[0-9a-fA-F]{32}")
-"""A Twilio API key's SID (https://www.twilio.com/docs/iam/api-keys)."""
 
 
 class Settings(BaseSettings):
@@ -92,7 +90,7 @@ class Settings(BaseSettings):
     """Longest the start policy holds a sentence's audio back (0: play from the first byte)."""
     bridge_start_margin_ms: float = Field(default=200.0, ge=0, le=2000)
     """Safety added to the start policy's predicted wait (network and scheduling jitter)."""
-    bridge_max_text_chars: int = Field(default=2000, ge=50, le=2000)
+    bridge_max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=50, le=MAX_TEXT_CHARS)
     bridge_min_sentence_chars: int = Field(default=30, ge=0)
     bridge_ivr_flow: str = ""
     bridge_prompt_cache_dir: str = ""
@@ -172,7 +170,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for prefix in value:
-            if not re.fullmatch(r"\+[1-9][0-9]{0,14}", prefix):
+            if not E164_PREFIX.fullmatch(prefix):
                 raise ValueError(f"{prefix!r} is not a dialling prefix such as +966 or +9715")
         return value
 

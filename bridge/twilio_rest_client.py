@@ -8,22 +8,20 @@ message that says which setting to check.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from bridge.errors import BridgeError
+from bridge.protocols.twilio_ids import ACCOUNT_SID
 from bridge.settings import Settings
 
 REQUEST_TIMEOUT = 15.0
 """Seconds for one Twilio REST request (twilio-python's default is to wait forever)."""
-ACCOUNT_SID: Final = re.compile(r"^AC[0-9a-fA-F]{32}$")
-"""An Account SID: ``AC`` and 32 hex digits."""
 
 
 def credentials_problem(settings: Settings) -> str | None:

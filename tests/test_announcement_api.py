@@ -238,7 +238,7 @@ async def test_accepted_request_is_202_then_get_shows_it(database_url: str) -> N
     assert shown["state"] in ("planned", "placed", "ended")
     assert len(created) == 1
     assert final is not None
-    assert final.spec.repeat == 2
+    assert final.spec.options.repeat == 2
     assert final.plays == 2
 
 

@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.announcements import parameters
+from bridge.announcements.options import FIELD_NAMES, AnnouncementOptions
 from bridge.announcements.spec import (
-    MAX_TEXT_CHARS,
     AnnouncementSpec,
     AttemptState,
     CallOutcome,
     normalise_text,
 )
 from bridge.errors import AnnouncementInvalid, NumberNotAllowed, SignatureError, StoreError
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
 from bridge.settings import Settings
 from bridge.store import ContactRecord, ContactState, Store
 from twiml.announcement import TwimlTooLong, announcement_twiml
@@ -26,8 +27,13 @@ KEY = b"0123456789abcdef0123456789abcdef"
 SETTINGS = Settings(twilio_phone_number="+15005550006", bridge_public_url="https://b.example.com")
 
 
-def spec(text: str = "مرحبا", **fields: object) -> AnnouncementSpec:
-    return AnnouncementSpec.create(SETTINGS, to="+966501234567", text=text, **fields)  # type: ignore[arg-type]
+def spec(text: str = "مرحبا", **options: object) -> AnnouncementSpec:
+    return AnnouncementSpec.create(
+        SETTINGS,
+        to="+966501234567",
+        text=text,
+        options=AnnouncementOptions(**options),  # type: ignore[arg-type]
+    )
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -52,8 +58,9 @@ def spec(text: str = "مرحبا", **fields: object) -> AnnouncementSpec:
 )
 def test_invalid_requests_name_the_field(fields: dict[str, object], field: str) -> None:
     values: dict[str, object] = {"to": "+966501234567", "text": "مرحبا"} | fields
+    options = {k: values.pop(k) for k in list(values) if k in FIELD_NAMES}
     with pytest.raises(AnnouncementInvalid) as caught:
-        AnnouncementSpec.create(SETTINGS, **values)  # type: ignore[arg-type]
+        AnnouncementSpec.create(SETTINGS, **values, options=AnnouncementOptions(**options))  # type: ignore[arg-type]
     assert caught.value.field == field
     assert not isinstance(caught.value, NumberNotAllowed)
 
@@ -74,8 +81,8 @@ def test_defaults_come_from_the_settings() -> None:
     made = spec("  مرحبا\n\nبك  ")
     assert made.from_ == "+15005550006"
     assert made.text == "مرحبا بك"
-    assert made.voice == SETTINGS.voice
-    assert made.ring_timeout == SETTINGS.bridge_ring_timeout
+    assert made.options.voice == SETTINGS.voice
+    assert made.options.ring_seconds == SETTINGS.bridge_ring_timeout
     assert made.time_limit(3) > 60
 
 
@@ -117,7 +124,7 @@ def test_parameters_round_trip_within_twilios_limits(
         confirm,
         amd,
     )
-    assert decoded.voice == made.voice
+    assert decoded.voice == made.options.voice
 
 
 def test_any_altered_added_or_removed_parameter_breaks_the_token() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.announcements.options import AnnouncementOptions
 from bridge.campaigns.config import CampaignConfig
 from bridge.campaigns.contacts import (
     DUPLICATE,
@@ -36,7 +37,9 @@ def write(tmp_path: Path, text: str, *, bom: bool = False) -> Path:
 
 def prepare(file: ContactFile, text: str, **options: object) -> Prepared:
     config = CampaignConfig(
-        text=text, from_="+966110000000", speaker="Majd", dialect="ksa", language="ar", **options
+        text=text,
+        from_="+966110000000",
+        options=AnnouncementOptions("Majd", "ksa", "ar", **options),  # type: ignore[arg-type]
     )
     return prepare_contacts(
         file,
@@ -241,9 +244,7 @@ def test_campaign_options_are_checked_together() -> None:
         CampaignConfig(
             text="t",
             from_="+966110000000",
-            speaker="s",
-            dialect="d",
-            language="ar",
+            options=AnnouncementOptions("s", "d", "ar"),
             cps=0,
             retries=-1,
             retry_on=("busy", "answered"),
@@ -259,9 +260,7 @@ def test_config_round_trips_through_its_stored_form() -> None:
     config = CampaignConfig(
         text="t {name}",
         from_="+966110000000",
-        speaker="s",
-        dialect="d",
-        language="ar",
+        options=AnnouncementOptions("s", "d", "ar"),
         retry_on=("busy",),
         window="20:00-08:00",
         timezone="Asia/Riyadh",

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bridge.announcements.options import AnnouncementOptions
 from bridge.announcements.placing import call_request
 from bridge.announcements.spec import AttemptState
 from bridge.campaigns.config import CampaignConfig
@@ -80,10 +81,8 @@ async def create(
     config = CampaignConfig(
         text=TEXT,
         from_=LOOPBACK_NUMBER,
-        speaker="Majd",
-        dialect="ksa",
-        language="ar",
-        **{"ring_timeout": 5, **options},
+        options=AnnouncementOptions("Majd", "ksa", "ar", ring_timeout=5),
+        **options,
     )
     prepared = prepare_contacts(
         load_contacts(path),

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from bridge.announcements.limiter import CallRateLimiter
+from bridge.announcements.options import AnnouncementOptions
 from bridge.announcements.spec import AnnouncementSpec, AttemptState, CallOutcome, OutcomeReason
 from bridge.campaigns.export import NOT_CALLED, export_rows, write_export
 from bridge.campaigns.lease import owner_is_dead
@@ -36,7 +37,6 @@ from bridge.campaigns.retry import decide
 from bridge.campaigns.runner import classify
 from bridge.store import AnnouncementRecord, ContactRecord, ContactState
 from bridge.twilio_rest_client import TwilioApiError
-from bridge.voice import Voice
 
 pytestmark = pytest.mark.anyio
 
@@ -126,7 +126,10 @@ async def test_acquire_waits_on_the_clock() -> None:
 # --- retries ---------------------------------------------------------------------------------
 
 SPEC = AnnouncementSpec(
-    to="+966501234567", from_="+966110000000", text="t", voice=Voice("s", "d", "ar")
+    to="+966501234567",
+    from_="+966110000000",
+    text="t",
+    options=AnnouncementOptions("s", "d", "ar", ring_timeout=30),
 )
 RETRY_ON = frozenset({CallOutcome.BUSY, CallOutcome.NO_ANSWER, CallOutcome.FAILED})
 
@@ -405,8 +408,7 @@ def test_export_has_one_row_per_input_row_with_its_variables() -> None:
         to="+966501234567",
         from_="+966110000000",
         text="t",
-        voice=Voice("s", "d", "ar"),
-        confirm_digit="1",
+        options=AnnouncementOptions("s", "d", "ar", confirm_digit="1", ring_timeout=30),
     )
     contacts = [
         ContactRecord(

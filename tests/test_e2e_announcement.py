@@ -22,6 +22,7 @@ import httpx2
 import pytest
 import structlog.testing
 
+from bridge.announcements.options import AnnouncementOptions
 from bridge.announcements.placing import call_request
 from bridge.announcements.spec import AnnouncementSpec
 from bridge.dev.hamsa_emulator import EmulatorConfig
@@ -409,7 +410,8 @@ async def test_outcome_arrives_by_polling_when_callbacks_do_not_get_through(
 async def stream_parameters(rig: Loopback, **fields: Any) -> dict[str, str]:
     """The ``<Parameter>``s of a freshly recorded and signed announcement, as Twilio would send
     them (the bridge serves only announcements its store knows)."""
-    spec = AnnouncementSpec.create(rig.settings, to=PERSON, text=TEXT, **fields)
+    options = AnnouncementOptions(**fields)
+    spec = AnnouncementSpec.create(rig.settings, to=PERSON, text=TEXT, options=options)
     store = await rig.bridge.store.get()
     planned, _ = await store.create_announcement(spec, now=time.time())
     request = call_request(rig.settings, planned.id, spec, now=time.time())
@@ -499,7 +501,11 @@ async def test_failed_rest_hang_up_just_ends_the_stream(tmp_path: Path) -> None:
     }
     async with loopback(EmulatorConfig(ms_per_char=25), **settings) as rig:
         spec = AnnouncementSpec.create(
-            rig.settings, to=PERSON, from_=LOOPBACK_NUMBER, text=TEXT, machine_detection=True
+            rig.settings,
+            to=PERSON,
+            from_=LOOPBACK_NUMBER,
+            text=TEXT,
+            options=AnnouncementOptions(machine_detection=True),
         )
         store = await rig.bridge.store.get()
         planned, _ = await store.create_announcement(spec, now=time.time())

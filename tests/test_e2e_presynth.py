@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import pytest
 
+from bridge.announcements.options import AnnouncementOptions
 from bridge.announcements.presynth import command_presynthesizer
 from bridge.calls.presynth import JobState, Presynthesizer
 from bridge.calls.prompt_cache import PromptCache
@@ -382,7 +383,9 @@ async def test_a_campaign_presynthesises_each_contacts_text_and_removes_it_after
             writer.writerow(["number", "name"])
             writer.writerows([n, f"سارة{i}"] for i, n in enumerate(numbers))
         config = CampaignConfig(
-            text=TEMPLATE, from_=LOOPBACK_NUMBER, speaker="Majd", dialect="ksa", language="ar"
+            text=TEMPLATE,
+            from_=LOOPBACK_NUMBER,
+            options=AnnouncementOptions("Majd", "ksa", "ar"),
         )
         prepared = prepare_contacts(
             load_contacts(path),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.announcements.commands import exit_status
+from bridge.announcements.options import AnnouncementOptions
 from bridge.announcements.spec import (
     AnnouncementSpec,
     CallOutcome,
@@ -25,7 +26,6 @@ from bridge.errors import CampaignInvalid
 from bridge.store import Store
 from bridge.store.backend import POSTGRES, SQLITE, Dialect
 from bridge.store.schema import MIGRATIONS, SCHEMA_VERSION, schema_statements
-from bridge.voice import Voice
 
 HEARD = Verdict(CallOutcome.HEARD)
 ANSWERED = Verdict(CallOutcome.ANSWERED)
@@ -124,7 +124,10 @@ def test_retry_on_names_an_error_reason_before_its_outcome(
 
 def config(retry_on: tuple[str, ...]) -> CampaignConfig:
     return CampaignConfig(
-        text="t", from_="+966110000000", speaker="s", dialect="d", language="ar", retry_on=retry_on
+        text="t",
+        from_="+966110000000",
+        options=AnnouncementOptions("s", "d", "ar"),
+        retry_on=retry_on,
     )
 
 
@@ -171,7 +174,10 @@ def test_migrations_apply_only_after_the_database_version() -> None:
 
 
 SPEC = AnnouncementSpec(
-    to="+966501234567", from_="+966110000000", text="t", voice=Voice("s", "d", "ar")
+    to="+966501234567",
+    from_="+966110000000",
+    text="t",
+    options=AnnouncementOptions("s", "d", "ar", ring_timeout=30),
 )
 
 

@@ -515,6 +515,7 @@ async def test_announcement_requests_conform(spec: OpenAPI) -> None:
     """An announcement's ``calls.create`` (inline TwiML with a 2000-character Arabic text in
     ``<Parameter>``s, AMD, status callbacks, TimeLimit), the resume-time Calls list by To and
     From, the outcome poll and the hang-up, as twilio-python sends them, against the spec."""
+    from bridge.announcements.options import AnnouncementOptions
     from bridge.announcements.placing import call_request
     from bridge.announcements.spec import AnnouncementSpec
     from bridge.settings import Settings
@@ -529,9 +530,7 @@ async def test_announcement_requests_conform(spec: OpenAPI) -> None:
         settings,
         to=CALLEE,
         text=("موعدك غدا في العيادة الساعة العاشرة صباحا، " * 50)[:2000],
-        repeat=2,
-        confirm_digit="1",
-        machine_detection=True,
+        options=AnnouncementOptions(repeat=2, confirm_digit="1", machine_detection=True),
     )
     request = call_request(settings, "an_0123456789abcdef01234567", announcement, now=time.time())
     assert len(request["twiml"]) < 4000

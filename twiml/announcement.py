@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twiml.stream import connect_stream_response
+
+__all__ = ["MAX_TWIML_CHARS", "TwimlTooLong", "announcement_twiml"]
 
 MAX_TWIML_CHARS: Final = 4000
 
@@ -21,16 +23,9 @@ class TwimlTooLong(ValueError):
 
 
 def announcement_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
-    if "?" in stream_url:
-        raise ValueError("stream URL must not carry a query string (Twilio drops it)")
-    if not stream_url.startswith(("wss://", "ws://")):
-        raise ValueError("stream URL must be a wss:// URL")
-    response = VoiceResponse()
-    connect = Connect()
-    stream = connect.stream(url=stream_url)
-    for name, value in parameters.items():
-        stream.parameter(name=name, value=value)
-    response.append(connect)
+    """``<Connect><Stream>`` with ``parameters``, then ``<Hangup/>``, without an XML declaration;
+    :class:`TwimlTooLong` if Twilio would refuse it."""
+    response = connect_stream_response(stream_url, parameters)
     response.hangup()
     document = str(response.to_xml(xml_declaration=False))
     if len(document) >= MAX_TWIML_CHARS:

@@ -1,17 +1,18 @@
-"""TwiML for the inbound Voice webhook, built with twilio's ``VoiceResponse``.
+"""TwiML for inbound calls: the Voice webhook's answer, and the TwiML Bin that reaches it.
 
-The document ends right after ``</Connect>``: when the bridge closes the stream the call hangs
-up instead of leaving the caller on a silent line (docs/twilio-media-streams.md §6).
+The webhook's document ends right after ``</Connect>``: when the bridge closes the stream the call
+hangs up instead of leaving the caller on a silent line (docs/twilio-media-streams.md §6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import VoiceResponse
 
-MAX_PARAMETER_CHARS = 500
-"""Twilio's limit on a ``<Parameter>``'s name plus value (characters)."""
+from twiml.stream import MAX_PARAMETER_CHARS, connect_stream_response
+
+__all__ = ["MAX_PARAMETER_CHARS", "connect_stream", "webhook_redirect"]
 
 
 def connect_stream(stream_url: str, parameters: Mapping[str, str]) -> str:
@@ -20,16 +21,16 @@ def connect_stream(stream_url: str, parameters: Mapping[str, str]) -> str:
     ``stream_url`` must be an absolute ``wss://`` (or ``ws://`` for local development) URL without
     a query string: Twilio drops query strings.
     """
-    if "?" in stream_url:
-        raise ValueError("stream URL must not carry a query string (Twilio drops it)")
-    if not stream_url.startswith(("wss://", "ws://")):
-        raise ValueError("stream URL must be a wss:// URL")
+    return str(connect_stream_response(stream_url, parameters).to_xml())
+
+
+def webhook_redirect(webhook_url: str) -> str:
+    """TwiML to paste into a TwiML Bin: redirect the call to the bridge's signed webhook.
+
+    A Bin is static, so it cannot carry the per-call stream token; redirecting to the webhook
+    keeps every guarantee (a signed request, a token bound to the CallSid) for one extra round
+    trip at call setup.
+    """
     response = VoiceResponse()
-    connect = Connect()
-    stream = connect.stream(url=stream_url)
-    for name, value in parameters.items():
-        if len(name) + len(value) >= MAX_PARAMETER_CHARS:
-            raise ValueError(f"<Parameter> {name!r} is over Twilio's 500-character limit")
-        stream.parameter(name=name, value=value)
-    response.append(connect)
+    response.redirect(webhook_url, method="POST")
     return str(response.to_xml())

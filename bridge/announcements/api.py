@@ -12,16 +12,18 @@ or header, 401 no or wrong token (``WWW-Authenticate: Bearer``), 403 a number ou
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
-from typing import Any, Final
+from typing import Any, Final, get_type_hints
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.announcements.options import FIELD_NAMES, AnnouncementOptions
 from bridge.announcements.service import AnnouncementService
 from bridge.announcements.spec import AnnouncementSpec
 from bridge.errors import AnnouncementInvalid, NumberNotAllowed, StoreError
@@ -37,11 +39,12 @@ MAX_BODY_BYTES: Final = 64 * 1024
 MAX_IDEMPOTENCY_KEY: Final = 200
 
 
-class AnnouncementRequest(BaseModel):
+class _Request(BaseModel):
     """The JSON body of ``POST /v1/announcements``: types only (values: ``AnnouncementSpec``).
 
     Strict: ``"repeat": "2"`` is refused rather than guessed, and unknown fields are errors, so a
-    misspelt option (``confirm-digit``) can never be silently ignored.
+    misspelt option (``confirm-digit``) can never be silently ignored. Beside ``to``, ``from`` and
+    ``text``, the fields are :class:`AnnouncementOptions`', flat (:data:`AnnouncementRequest`).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -49,31 +52,25 @@ class AnnouncementRequest(BaseModel):
     to: str
     from_: str | None = Field(default=None, alias="from")
     text: str
-    speaker: str | None = None
-    dialect: str | None = None
-    language: str | None = None
-    repeat: int = 1
-    confirm_digit: str | None = None
-    repeat_digit: str = "2"
-    machine_detection: bool = False
-    ring_timeout: int | None = None
 
     def spec(self, settings: Settings) -> AnnouncementSpec:
         """Validated and normalised; raises ``AnnouncementInvalid`` / ``NumberNotAllowed``."""
+        options = AnnouncementOptions(**{name: getattr(self, name) for name in FIELD_NAMES})
         return AnnouncementSpec.create(
-            settings,
-            to=self.to,
-            from_=self.from_,
-            text=self.text,
-            speaker=self.speaker,
-            dialect=self.dialect,
-            language=self.language,
-            repeat=self.repeat,
-            confirm_digit=self.confirm_digit,
-            repeat_digit=self.repeat_digit,
-            machine_detection=self.machine_detection,
-            ring_timeout=self.ring_timeout,
+            settings, to=self.to, from_=self.from_, text=self.text, options=options
         )
+
+
+def _option_fields() -> dict[str, Any]:
+    """Each option as a field of the request: its type and default, from the dataclass."""
+    types = get_type_hints(AnnouncementOptions)
+    return {f.name: (types[f.name], f.default) for f in dataclasses.fields(AnnouncementOptions)}
+
+
+AnnouncementRequest: Final = create_model(
+    "AnnouncementRequest", __base__=_Request, __module__=__name__, **_option_fields()
+)
+"""The request body's model: ``to``, ``from``, ``text`` and every announcement option."""
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:

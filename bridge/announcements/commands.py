@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Final, TextIO
 
 from bridge.announcements.limiter import AccountRateLimiter
+from bridge.announcements.options import FIELD_NAMES, AnnouncementOptions, option_flag
 from bridge.announcements.outcomes import OutcomeWatcher
 from bridge.announcements.placing import place_call
 from bridge.announcements.presynth import command_presynthesizer, job_for
@@ -55,18 +56,7 @@ __all__ = [
     "missing_settings",
 ]
 
-OPTION_NAMES: Final = {
-    "to": "--to",
-    "from": "--from",
-    "text": "--text",
-    "repeat": "--repeat",
-    "confirm_digit": "--confirm-digit",
-    "repeat_digit": "--repeat-digit",
-    "ring_timeout": "--ring-timeout",
-    "speaker": "--speaker",
-    "dialect": "--dialect",
-    "language": "--language",
-}
+OPTION_NAMES: Final = {name: option_flag(name) for name in ("to", "from", "text", *FIELD_NAMES)}
 """The command-line option behind each ``AnnouncementInvalid.field``."""
 EXIT_HEARD: Final = ExitCode.OK
 EXIT_ERROR: Final = ExitCode.FAILURE
@@ -108,7 +98,7 @@ def explain_missing(missing: list[str]) -> str:
 
 def describe_confirmation(record: AnnouncementRecord) -> str:
     """``confirmed``, ``no confirmation`` or ``not asked`` (no confirm digit requested)."""
-    if record.spec.confirm_digit is None:
+    if record.spec.options.confirm_digit is None:
         return "not asked"
     if record.confirmation == Confirmation.CONFIRMED.value:
         return "confirmed"
@@ -125,13 +115,13 @@ def render(record: AnnouncementRecord, settings: Settings) -> list[str]:
     lines = [f"outcome: {shown}"]
     if outcome in (CallOutcome.HEARD, CallOutcome.ANSWERED):
         lines.append(f"duration: {record.duration if record.duration is not None else '?'} s")
-        if record.spec.machine_detection:
+        if record.spec.options.machine_detection:
             lines.append(f"answered by: {record.answered_by or 'unknown'}")
         lines.append(f"plays: {record.plays}")
         if record.plays_unconfirmed:
             lines.append(f"played, not confirmed heard: {record.plays_unconfirmed}")
         lines.append(f"confirmation: {describe_confirmation(record)}")
-    elif record.spec.machine_detection and record.answered_by:
+    elif record.spec.options.machine_detection and record.answered_by:
         lines.append(f"answered by: {record.answered_by}")
     error = record.outcome_error
     if error:
@@ -156,14 +146,7 @@ async def announce(
     to: str,
     from_: str | None,
     text: str,
-    speaker: str | None = None,
-    dialect: str | None = None,
-    language: str | None = None,
-    repeat: int = 1,
-    confirm_digit: str | None = None,
-    repeat_digit: str = "2",
-    machine_detection: bool = False,
-    ring_timeout: int | None = None,
+    options: AnnouncementOptions | None = None,
     as_json: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -179,14 +162,7 @@ async def announce(
             to=to,
             from_=from_,
             text=text,
-            speaker=speaker,
-            dialect=dialect,
-            language=language,
-            repeat=repeat,
-            confirm_digit=confirm_digit,
-            repeat_digit=repeat_digit,
-            machine_detection=machine_detection,
-            ring_timeout=ring_timeout,
+            options=options,
         )
     except AnnouncementInvalid as exc:
         print(f"hamsa-bridge announce: {OPTION_NAMES.get(exc.field, exc.field)}: {exc}", file=err)
@@ -256,7 +232,7 @@ async def _place_and_wait(
             )
         if not record.final:
             print(f"calling {spec.to} (call {record.call_sid}) …", file=err)
-            limit = spec.ring_timeout + spec.time_limit(settings.bridge_confirm_max_repeats)
+            limit = spec.options.ring_seconds + spec.time_limit(settings.bridge_confirm_max_repeats)
             try:
                 async with asyncio.timeout(limit + WAIT_MARGIN):
                     record = await watcher.wait(record.id)

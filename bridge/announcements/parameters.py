@@ -22,9 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from bridge.announcements.spec import DIGITS, MAX_REPEAT, MAX_TEXT_CHARS, AnnouncementSpec
+from bridge.announcements.options import MAX_REPEAT
+from bridge.announcements.spec import AnnouncementSpec
 from bridge.errors import SignatureError
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+from bridge.protocols.twilio_stream_server import is_dtmf_key
 from bridge.voice import Voice
+from twiml.stream import MAX_PARAMETER_CHARS
 
 __all__ = [
     "KIND",
@@ -38,8 +42,6 @@ __all__ = [
 ]
 
 KIND: Final = "announcement"
-MAX_PARAMETER_CHARS: Final = 500
-"""Twilio's limit on a ``<Parameter>``'s name plus value; we stay strictly below it."""
 _TEXT: Final = "text."
 _VERSION: Final = "v2"
 _TOKEN: Final = re.compile(r"v2\.([0-9]{1,12})\.([A-Za-z0-9_-]{12})\.([A-Za-z0-9_-]{43})")
@@ -71,19 +73,21 @@ def _pieces(text: str, name_chars: int) -> list[str]:
 
 def encode(announcement_id: str, spec: AnnouncementSpec) -> dict[str, str]:
     """Every parameter but ``token`` (see :func:`sign`)."""
+    options = spec.options
+    voice = options.voice
     params = {
         "kind": KIND,
         "id": announcement_id,
         "to": spec.to,
-        "speaker": spec.voice.speaker,
-        "dialect": spec.voice.dialect,
-        "language": spec.voice.language,
-        "repeat": str(spec.repeat),
-        "again": spec.repeat_digit,
-        "amd": "1" if spec.machine_detection else "0",
+        "speaker": voice.speaker,
+        "dialect": voice.dialect,
+        "language": voice.language,
+        "repeat": str(options.repeat),
+        "again": options.repeat_digit,
+        "amd": "1" if options.machine_detection else "0",
     }
-    if spec.confirm_digit:  # no empty values: Twilio may drop them, and the MAC covers all
-        params["confirm"] = spec.confirm_digit
+    if options.confirm_digit:  # no empty values: Twilio may drop them, and the MAC covers all
+        params["confirm"] = options.confirm_digit
     for index, piece in enumerate(_pieces(spec.text, len(_TEXT) + 2)):
         params[f"{_TEXT}{index}"] = piece
     for name, value in params.items():
@@ -165,7 +169,7 @@ def decode(params: Mapping[str, str]) -> StreamAnnouncement:
     confirm = params.get("confirm", "")
     again = params.get("again", "")
     for digit in (confirm, again):
-        if len(digit) > 1 or (digit and digit not in DIGITS):
+        if digit and not is_dtmf_key(digit):
             raise ValueError("announcement digit invalid")
     voice = Voice(params.get("speaker", ""), params.get("dialect", ""), params.get("language", ""))
     if not (voice.speaker and voice.dialect and voice.language and params.get("id")):

@@ -37,10 +37,10 @@ def call_request(
         "status_callback": status_callback_url(settings, announcement_id),
         "status_callback_event": STATUS_EVENTS,
         "status_callback_method": "POST",
-        "timeout": spec.ring_timeout,
+        "timeout": spec.options.ring_seconds,
         "time_limit": spec.time_limit(settings.bridge_confirm_max_repeats),
     }
-    if spec.machine_detection:
+    if spec.options.machine_detection:
         # DetectMessageEnd: the TwiML runs after a voicemail greeting's beep (or at once for a
         # human), so the message lands in the mailbox whole; AnsweredBy says which.
         request["machine_detection"] = "DetectMessageEnd"

@@ -39,14 +39,17 @@ def job_for(
     announcement_id: str, spec: AnnouncementSpec, settings: Settings, *, now: float
 ) -> PresynthJob:
     """What to synthesise for an announcement whose call was just created."""
-    keep = spec.ring_timeout + retention(spec.text, spec.repeat, spec.confirm_digit, settings)
+    options = spec.options
+    keep = options.ring_seconds + retention(
+        spec.text, options.repeat, options.confirm_digit, settings
+    )
     return PresynthJob(
         holder=announcement_id,
         text=spec.text,
-        voice=spec.voice,
+        voice=options.voice,
         until=now + keep,
-        prompts=static_prompts(spec.voice, spec.confirm_digit, spec.repeat_digit),
-        slot_wait=float(spec.ring_timeout),
+        prompts=static_prompts(options.voice, options.confirm_digit, options.repeat_digit),
+        slot_wait=float(options.ring_seconds),
     )
 
 

@@ -13,14 +13,13 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
+from bridge.announcements.options import AnnouncementOptions
 from bridge.errors import AnnouncementInvalid, NumberNotAllowed
-from bridge.settings import E164, Settings
-from bridge.voice import Voice
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+from bridge.protocols.twilio_ids import E164
+from bridge.settings import Settings
 
 __all__ = [
-    "DIGITS",
-    "MAX_REPEAT",
-    "MAX_TEXT_CHARS",
     "AnnouncementSpec",
     "AttemptState",
     "CallOutcome",
@@ -33,11 +32,6 @@ __all__ = [
     "normalise_text",
     "outcome_of_status",
 ]
-
-MAX_TEXT_CHARS: Final = 2000
-"""Longest announcement text (Hamsa's limit per request; the TwiML must also stay < 4000)."""
-MAX_REPEAT: Final = 5
-DIGITS: Final = "0123456789*#"
 
 _SPACES = re.compile(r"\s+")
 
@@ -198,14 +192,10 @@ class AnnouncementSpec:
     to: str
     from_: str
     text: str
-    voice: Voice
-    repeat: int = 1
-    confirm_digit: str | None = None
-    """Ask "press <digit> to confirm, <repeat_digit> to repeat" after the message."""
-    repeat_digit: str = "2"
-    machine_detection: bool = False
-    """Twilio AMD (``DetectMessageEnd``): a voicemail gets the message after its beep."""
-    ring_timeout: int = 30
+    """Normalised (:func:`normalise_text`), at most Hamsa's ``MAX_TEXT_CHARS``; the call's TwiML
+    must also stay under Twilio's 4000 characters."""
+    options: AnnouncementOptions
+    """Resolved: the settings' defaults filled in (:meth:`AnnouncementOptions.resolve`)."""
 
     @classmethod
     def create(
@@ -215,16 +205,9 @@ class AnnouncementSpec:
         to: str,
         from_: str | None = None,
         text: str,
-        speaker: str | None = None,
-        dialect: str | None = None,
-        language: str | None = None,
-        repeat: int = 1,
-        confirm_digit: str | None = None,
-        repeat_digit: str = "2",
-        machine_detection: bool = False,
-        ring_timeout: int | None = None,
+        options: AnnouncementOptions | None = None,
     ) -> AnnouncementSpec:
-        """Validated against ``settings`` (allow-list, default caller ID and voice)."""
+        """Validated against ``settings`` (allow-list, default caller ID, voice and timeout)."""
         prefixes = settings.bridge_allowed_prefixes
         to = check_number(to, "to", prefixes)
         source = from_ if from_ is not None else settings.twilio_phone_number
@@ -242,47 +225,15 @@ class AnnouncementSpec:
             raise AnnouncementInvalid(
                 f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}", field="text"
             )
-        if not 1 <= repeat <= MAX_REPEAT:
-            raise AnnouncementInvalid(f"repeat must be 1 to {MAX_REPEAT}", field="repeat")
-        for name, digit in (("confirm_digit", confirm_digit), ("repeat_digit", repeat_digit)):
-            if digit is not None and (len(digit) != 1 or digit not in DIGITS):
-                raise AnnouncementInvalid(f"{name} must be one of {DIGITS}", field=name)
-        if confirm_digit is not None and confirm_digit == repeat_digit:
-            raise AnnouncementInvalid(
-                "confirm_digit and repeat_digit must differ", field="confirm_digit"
-            )
-        timeout = ring_timeout if ring_timeout is not None else settings.bridge_ring_timeout
-        if not 5 <= timeout <= 600:
-            raise AnnouncementInvalid("ring_timeout must be 5 to 600 seconds", field="ring_timeout")
-        voice = Voice(
-            (speaker or settings.hamsa_speaker).strip(),
-            (dialect or settings.hamsa_dialect).strip(),
-            (language or settings.hamsa_language).strip(),
-        )
-        for name, value in (
-            ("speaker", voice.speaker),
-            ("dialect", voice.dialect),
-            ("language", voice.language),
-        ):
-            if not value or len(value) > 64 or not value.isprintable():
-                raise AnnouncementInvalid(f"{name} must be 1-64 printable characters", field=name)
-        return cls(
-            to=to,
-            from_=source.strip(),
-            text=text,
-            voice=voice,
-            repeat=repeat,
-            confirm_digit=confirm_digit,
-            repeat_digit=repeat_digit,
-            machine_detection=machine_detection,
-            ring_timeout=timeout,
-        )
+        resolved = (options or AnnouncementOptions()).resolve(settings)
+        return cls(to=to, from_=source.strip(), text=text, options=resolved)
 
     def time_limit(self, max_repeats: int) -> int:
         """A generous cap on the answered call's length (Twilio ``TimeLimit``, seconds), so a
         stuck call cannot run for Twilio's default 4 hours: every play at a slow 8 characters
         per second, plus a minute for prompts and voicemail greetings."""
-        return call_time_limit(self.text, self.repeat, self.confirm_digit, max_repeats)
+        options = self.options
+        return call_time_limit(self.text, options.repeat, options.confirm_digit, max_repeats)
 
 
 def call_time_limit(text: str, repeat: int, confirm_digit: str | None, max_repeats: int) -> int:

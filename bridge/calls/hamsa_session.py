@@ -38,6 +38,7 @@ from bridge.protocols.hamsa_client import (
     Ack,
     Audio,
     Closed,
+    ConnectRefusal,
     End,
     Event,
     HamsaProtocol,
@@ -45,6 +46,7 @@ from bridge.protocols.hamsa_client import (
     ReplyError,
     Unexpected,
     classify_close,
+    classify_connect_error,
 )
 from bridge.settings import Settings
 from bridge.voice import Voice
@@ -301,7 +303,7 @@ class HamsaSession:
                 )
             except InvalidStatus as exc:
                 status = exc.response.status_code
-                if status in (401, 403):
+                if classify_connect_error(status) is not ConnectRefusal.OTHER:
                     raise HamsaAuthError(
                         f"Hamsa refused the API key (HTTP {status}); check HAMSA_API_KEY",
                         code=status,

@@ -30,7 +30,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
@@ -39,12 +39,15 @@ from websockets.protocol import State
 
 from bridge.calls.hamsa_session import Connector, connect_options
 from bridge.metrics import Metrics
+from bridge.protocols.hamsa_client import ConnectRefusal, classify_connect_error
 from bridge.settings import Settings
 
 log = structlog.get_logger("bridge.warm_pool")
 
-AUTH_CLOSE_CODES: Final = frozenset({4001, 4003})
-AUTH_STATUSES: Final = frozenset({401, 403})
+
+def _refused(code: int | None) -> bool:
+    """Hamsa refused the key or the balance (close 4001/4003, HTTP 401/403): back off long."""
+    return classify_connect_error(code) is not ConnectRefusal.OTHER
 
 
 @dataclass(eq=False, slots=True)
@@ -219,7 +222,7 @@ class WarmHamsaPool:
                 ws = await self._open(slot)
             except Exception as exc:  # noqa: BLE001 - any failure only delays this slot
                 failures += 1
-                auth = isinstance(exc, InvalidStatus) and exc.response.status_code in AUTH_STATUSES
+                auth = isinstance(exc, InvalidStatus) and _refused(exc.response.status_code)
                 ws = None
             if first:
                 first = False
@@ -242,7 +245,7 @@ class WarmHamsaPool:
             code = ws.close_code
             lived = loop.time() - warm.opened_at
             log.info("hamsa_warm_socket_closed", slot=slot, code=code, lived=round(lived, 1))
-            if code in AUTH_CLOSE_CODES:
+            if _refused(code):
                 failures, auth = failures + 1, True
             elif lived < self._backoff.healthy_after:
                 failures, auth = failures + 1, False
@@ -283,4 +286,4 @@ class WarmHamsaPool:
             await ws.close()
 
 
-__all__ = ["AUTH_CLOSE_CODES", "Backoff", "WarmHamsaPool"]
+__all__ = ["Backoff", "WarmHamsaPool"]

@@ -6,10 +6,10 @@ Imports nothing heavy: building the parser must stay cheap for every command."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from bridge.announcements.options import add_option_arguments
 from bridge.cli_format import add_command
 from bridge.exit_codes import ExitCode
 
@@ -54,11 +54,10 @@ at the end."""
 
 def add_campaign_command(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
-    *,
-    call_options: Callable[[argparse.ArgumentParser], None],
 ) -> argparse.ArgumentParser:
-    """Add ``campaign`` and its subcommands to ``commands``. ``call_options`` adds the voice and
-    call options ``campaign run`` shares with ``announce`` (``--speaker`` … ``--ring-timeout``)."""
+    """Add ``campaign`` and its subcommands to ``commands``. ``campaign run`` takes the voice and
+    call options ``announce`` takes (``--speaker`` … ``--ring-timeout``,
+    :func:`~bridge.announcements.options.add_option_arguments`)."""
     campaign = add_command(
         commands,
         "campaign",
@@ -81,7 +80,7 @@ hamsa-bridge campaign export --out results.csv
     sub = campaign.add_subparsers(
         dest="campaign_command", required=True, metavar="COMMAND", help="what to do"
     )
-    _add_run(sub, call_options)
+    _add_run(sub)
     _add_resume(sub)
     _add_stop(sub)
     _add_status(sub)
@@ -90,10 +89,7 @@ hamsa-bridge campaign export --out results.csv
     return campaign
 
 
-def _add_run(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    call_options: Callable[[argparse.ArgumentParser], None],
-) -> None:
+def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = add_command(
         sub,
         "run",
@@ -136,7 +132,7 @@ hamsa-bridge campaign run patients.csv --text-file msg.txt --name clinic \\
         metavar="E164",
         help="caller ID (default: TWILIO_PHONE_NUMBER)",
     )
-    call_options(run)
+    add_option_arguments(run)
     run.add_argument(
         "--cps",
         type=float,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge.announcements.commands import OPTION_NAMES, explain_missing, missing_settings
+from bridge.announcements.options import options_from_arguments
 from bridge.announcements.presynth import command_presynthesizer
 from bridge.calls.presynth import Presynthesizer
 from bridge.campaigns.config import CampaignConfig
@@ -102,16 +103,7 @@ def _config(settings: Settings, args: argparse.Namespace, text: str) -> Campaign
     return CampaignConfig(
         text=text,
         from_=source,
-        speaker=args.speaker or settings.hamsa_speaker,
-        dialect=args.dialect or settings.hamsa_dialect,
-        language=args.language or settings.hamsa_language,
-        repeat=args.repeat,
-        confirm_digit=args.confirm_digit,
-        repeat_digit=args.repeat_digit,
-        machine_detection=args.machine_detection,
-        ring_timeout=(
-            args.ring_timeout if args.ring_timeout is not None else settings.bridge_ring_timeout
-        ),
+        options=options_from_arguments(args).with_defaults(settings),
         cps=args.cps if args.cps is not None else settings.bridge_calls_per_second,
         max_concurrent=(
             args.max_concurrent

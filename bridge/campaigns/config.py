@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import tzinfo
 from typing import Any, Final
 
+from bridge.announcements.options import FIELD_NAMES, AnnouncementOptions
 from bridge.announcements.spec import AnnouncementSpec, CallOutcome, OutcomeReason
 from bridge.campaigns.window import CallingWindow, zone
 from bridge.errors import CampaignInvalid
@@ -41,17 +42,14 @@ MAX_RETRIES: Final = 10
 
 @dataclass(frozen=True, slots=True)
 class CampaignConfig:
+    """Stored flat (:meth:`to_dict`): the options' fields beside the campaign's own."""
+
     text: str
     """The template, as given (``{name}`` variables)."""
     from_: str
-    speaker: str
-    dialect: str
-    language: str
-    repeat: int = 1
-    confirm_digit: str | None = None
-    repeat_digit: str = "2"
-    machine_detection: bool = False
-    ring_timeout: int = 30
+    options: AnnouncementOptions
+    """With the settings' defaults filled in (:meth:`AnnouncementOptions.with_defaults`) when the
+    campaign is created; checked for each call (:meth:`spec`)."""
     cps: float = 1.0
     max_concurrent: int = 10
     retries: int = 2
@@ -100,22 +98,13 @@ class CampaignConfig:
     def spec(self, settings: Settings, number: str, text: str) -> AnnouncementSpec:
         """The call for one contact. Raises ``AnnouncementInvalid``."""
         return AnnouncementSpec.create(
-            settings,
-            to=number,
-            from_=self.from_,
-            text=text,
-            speaker=self.speaker,
-            dialect=self.dialect,
-            language=self.language,
-            repeat=self.repeat,
-            confirm_digit=self.confirm_digit,
-            repeat_digit=self.repeat_digit,
-            machine_detection=self.machine_detection,
-            ring_timeout=self.ring_timeout,
+            settings, to=number, from_=self.from_, text=text, options=self.options
         )
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        own = asdict(self)
+        options = own.pop("options")
+        data = {"text": own.pop("text"), "from_": own.pop("from_"), **options, **own}
         data["retry_on"] = list(self.retry_on)
         return data
 
@@ -123,6 +112,9 @@ class CampaignConfig:
     def from_dict(cls, data: dict[str, Any]) -> CampaignConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        values["options"] = AnnouncementOptions(
+            **{k: v for k, v in data.items() if k in FIELD_NAMES}
+        )
         if "retry_on" in values:
             values["retry_on"] = tuple(values["retry_on"])
         return cls(**values)

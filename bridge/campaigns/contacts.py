@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from bridge.announcements.options import FIELD_NAMES
 from bridge.announcements.placing import call_request
 from bridge.announcements.spec import AnnouncementSpec
 from bridge.campaigns.template import Template
@@ -176,10 +177,7 @@ def normalise_number(raw: str) -> str:
 SpecFactory = Callable[[str, str], AnnouncementSpec]
 """(number, text) → a validated spec (the campaign's options applied)."""
 
-OPTION_FIELDS: Final = frozenset(
-    {"from", "repeat", "confirm_digit", "repeat_digit", "ring_timeout", "speaker", "dialect"}
-    | {"language"}
-)
+OPTION_FIELDS: Final = frozenset({"from", *FIELD_NAMES})
 """Fields whose errors come from the campaign's options, not from a row."""
 
 

@@ -82,7 +82,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from bridge.errors import InvalidState
-from bridge.protocols.twilio_stream_server import FRAME_BYTES, StreamState
+from bridge.protocols.twilio_stream_server import FRAME_BYTES, StreamState, is_dtmf_key
 
 __all__ = [
     "BYTES_PER_SECOND",
@@ -106,8 +106,6 @@ ONCE_PER_STREAM: Final = frozenset({31931, 31950, 31951})
 
 SILENCE: Final = 0xFF
 """μ-law silence, used by :meth:`TwilioMediaLeg.heard` to fill gaps."""
-
-DTMF_DIGITS: Final = frozenset("0123456789*#")
 
 # Allowance when converting elapsed seconds to whole bytes, so that float error in
 # ``start + k / 8000`` never plays one byte short (1e-3 byte = 125 ns).
@@ -320,7 +318,7 @@ class TwilioMediaLeg:
     def dtmf(self, digit: str) -> str:
         """A caller keypress (§2): track ``"inbound_track"`` (not ``"inbound"``)."""
         self._require("dtmf", StreamState.STARTED)
-        if digit not in DTMF_DIGITS:
+        if not is_dtmf_key(digit):
             raise InvalidState(
                 f"not a DTMF digit: {digit!r}", call_sid=self.call_sid, stream_sid=self.stream_sid
             )

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from bridge.voice import Voice
 
-DIGITS = frozenset("0123456789*#")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

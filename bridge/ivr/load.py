@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 
 from bridge.errors import BridgeError, ConfigError
 from bridge.ivr.flow import (
-    DIGITS,
     Flow,
     Gather,
     Hangup,
@@ -41,7 +40,9 @@ from bridge.ivr.flow import (
     Webhook,
     placeholders,
 )
-from bridge.settings import E164
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+from bridge.protocols.twilio_ids import E164
+from bridge.protocols.twilio_stream_server import is_dtmf_key
 
 __all__ = [
     "BUILTIN_VARIABLES",
@@ -57,8 +58,6 @@ __all__ = [
     "validate_flow",
 ]
 
-MAX_TEXT_CHARS = 2000
-"""Hamsa's limit per ``tts`` request; a prompt longer than this is rejected."""
 BUILTIN_VARIABLES = ("from", "to", "call_sid", "digits")
 """Variables every call has; prompts may also use ``gather.store`` names and webhook answers."""
 NODE_TYPES = ("say", "menu", "gather", "transfer", "webhook", "hangup")
@@ -582,7 +581,7 @@ def _options(c: _Checker, loc: Loc, value: Any) -> Any:
     out: dict[str, str] = {}
     for key, target in value.items():
         ok = True
-        if not (isinstance(key, str) and len(key) == 1 and key in DIGITS):
+        if not is_dtmf_key(key):
             c.error(
                 (*loc, key), f"option key {_quote(str(key))} is not a single keypad key ({_KEYPAD})"
             )
@@ -646,7 +645,7 @@ def _finish_on(c: _Checker, loc: Loc, value: Any) -> Any:
     if not isinstance(value, str):
         c.error(loc, f"must be a keypad key ({_KEYPAD}) as a string, not {_describe(value)}")
         return _BAD
-    if value == "" or (len(value) == 1 and value in DIGITS):
+    if value == "" or is_dtmf_key(value):
         return value
     c.error(loc, f"finish_on {_quote(value)} is not a single keypad key ({_KEYPAD})")
     return _BAD

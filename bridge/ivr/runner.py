@@ -22,24 +22,26 @@ from typing import Any
 
 import httpx2
 import structlog
-from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from bridge.calls.context import CallContext
 from bridge.calls.speech import SpeechOutcome
 from bridge.ivr.flow import Flow, Gather, Hangup, Menu, Node, Say, Transfer, Webhook, is_static
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+from bridge.protocols.twilio_ids import E164_NUMBER
 from bridge.twilio_rest_client import TwilioApi, TwilioApiError
 from bridge.voice import Voice
+from twiml.transfer import dial_twiml
 
 log = structlog.get_logger("bridge.ivr")
 
 FINISH_KEY_GRACE = 0.7
 """Seconds a full fixed-length gather waits for a trailing finish key (``#``) to swallow it."""
 MAX_STEPS = 200
+"""Nodes one call may visit: a loop in a flow ends the call instead of running forever."""
 PATH_IN_LOGS = 30
 MAX_ANSWER_BYTES = 64 * 1024
-MAX_PROMPT_CHARS = 2000
-_DIALABLE = re.compile(r"^(\+[1-9][0-9]{6,14}|sip:[^\s@]+@[^\s@]+)$")
-"""Nodes one call may visit: a loop in a flow ends the call instead of running forever."""
+_DIALABLE = re.compile(rf"^({E164_NUMBER}|sip:[^\s@]+@[^\s@]+)$")
+"""What a transfer may dial once its placeholders are filled: an E.164 number or a SIP address."""
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 Transferrer = Callable[[str, str], Any]
@@ -49,17 +51,6 @@ Transferrer = Callable[[str, str], Any]
 def render(text: str, variables: Mapping[str, str]) -> str:
     """Fill ``{name}`` placeholders; unknown names become empty (validation catches them)."""
     return _VARIABLE.sub(lambda m: variables.get(m.group(1), ""), text)
-
-
-def dial_twiml(to: str, caller_id: str | None) -> str:
-    response = VoiceResponse()
-    dial = Dial(caller_id=caller_id) if caller_id else Dial()
-    if to.startswith("sip:"):
-        dial.sip(to)
-    else:
-        dial.number(to)
-    response.append(dial)
-    return str(response.to_xml())
 
 
 @dataclass(slots=True)
@@ -120,7 +111,7 @@ class FlowRunner:
                     continue
                 if not is_static(text):
                     return True
-                if not cache.has(text[:MAX_PROMPT_CHARS], run.voice(node)):
+                if not cache.has(text[:MAX_TEXT_CHARS], run.voice(node)):
                     return True
         return False
 
@@ -180,7 +171,7 @@ class _Run:
             return SpeechOutcome.PLAYED
         kind = type(node).__name__.lower()
         return await self.ctx.say(
-            render(text, self.variables)[:MAX_PROMPT_CHARS],
+            render(text, self.variables)[:MAX_TEXT_CHARS],
             self.voice(node),
             label=f"{kind}:{name}",
             cacheable=is_static(text),

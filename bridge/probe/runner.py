@@ -53,7 +53,12 @@ from bridge.probe import (
 from bridge.probe.phrases import MAX_PHRASES, estimate, phrases
 from bridge.probe.recorder import ProbeHeader, ProbeRecorder, RequestTrace, public_url
 from bridge.probe.report import report_lines
-from bridge.protocols.hamsa_client import HamsaProtocol, classify_close
+from bridge.protocols.hamsa_client import (
+    ConnectRefusal,
+    HamsaProtocol,
+    classify_close,
+    classify_connect_error,
+)
 from bridge.settings import Settings
 
 TRAILING_END_WAIT: Final = 1.0
@@ -95,7 +100,7 @@ async def _open(settings: Settings, clock: Clock) -> tuple[_Socket, float]:
         ws = await connect(settings.hamsa_ws_url, **connect_options(settings))
     except InvalidStatus as exc:
         status = exc.response.status_code
-        if status in (401, 403):
+        if classify_connect_error(status) is not ConnectRefusal.OTHER:
             raise HamsaAuthError(f"Hamsa refused the key: HTTP {status}", code=status) from None
         raise HamsaConnectError(f"Hamsa answered the upgrade with HTTP {status}") from None
     except (OSError, TimeoutError, InvalidHandshake) as exc:
@@ -304,7 +309,7 @@ def probe_command(
         result = asyncio.run(run_probe(settings, texts, clock=clock))
     except HamsaAuthError as exc:
         detail, fix = hamsa_refusal(exc.code) or (exc.message, "check HAMSA_API_KEY")
-        if exc.code == 4003:
+        if classify_connect_error(exc.code) is ConnectRefusal.NO_BALANCE:
             complain(
                 f"Hamsa says the balance is empty ({detail}): {fix} of the project whose key "
                 "is HAMSA_API_KEY; nothing written"

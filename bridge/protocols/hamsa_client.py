@@ -49,7 +49,9 @@ Errors
 Peer input never raises: anything odd becomes an :class:`Unexpected` event (``kind`` is one of the
 ``UNEXPECTED_*`` constants). Only misuse by our own code raises :class:`~bridge.errors.InvalidState`
 (a request while one is in flight or after close, an empty or over-long text). The close code
-of a finished socket maps to the error tree with :func:`classify_close`.
+of a finished socket maps to the error tree with :func:`classify_close`; whether a refused
+connection (close code or HTTP status of the upgrade) was the key or the balance is
+:func:`classify_connect_error`, the one place Hamsa's refusal codes are read.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ __all__ = [
     "Ack",
     "Audio",
     "Closed",
+    "ConnectRefusal",
     "End",
     "Event",
     "HamsaProtocol",
@@ -81,6 +84,7 @@ __all__ = [
     "ReplyError",
     "Unexpected",
     "classify_close",
+    "classify_connect_error",
 ]
 
 MAX_TEXT_CHARS: Final = 2000
@@ -429,6 +433,38 @@ _CLOSE_MEANINGS: Final[dict[int, str]] = {
 }
 
 
+class ConnectRefusal(enum.Enum):
+    """What a refused Hamsa connection says about our account (:func:`classify_connect_error`)."""
+
+    KEY_REJECTED = "key_rejected"
+    """The API key is wrong or missing: not retryable until someone fixes ``HAMSA_API_KEY``."""
+    NO_BALANCE = "no_balance"
+    """The project's wallet is empty: not retryable until someone tops it up."""
+    OTHER = "other"
+    """Not a refusal of the account: the network, Hamsa itself; worth retrying."""
+
+
+_CLOSE_KEY_REJECTED: Final = 4001
+_CLOSE_NO_BALANCE: Final = 4003
+_HTTP_KEY_REJECTED: Final = frozenset({401, 403})
+
+
+def classify_connect_error(code: int | None) -> ConnectRefusal:
+    """What Hamsa's ``code`` says: the close code of its socket or the HTTP status that refused
+    the upgrade (the two never collide: close codes start at 1000, RFC 6455 §7.4).
+
+    Close 4001 and HTTP 401/403 at the upgrade: the key is rejected; close 4003: no balance;
+    anything else (``None``, 1000, 4500, HTTP 503 …): :attr:`ConnectRefusal.OTHER`. Close codes
+    beyond 1000 are **uncertain** for Hamsa (``docs/hamsa-api.md`` §2): the two auth codes are
+    the ones two independent clients agree on.
+    """
+    if code == _CLOSE_KEY_REJECTED or code in _HTTP_KEY_REJECTED:
+        return ConnectRefusal.KEY_REJECTED
+    if code == _CLOSE_NO_BALANCE:
+        return ConnectRefusal.NO_BALANCE
+    return ConnectRefusal.OTHER
+
+
 def classify_close(
     code: int | None,
     reason: str = "",
@@ -438,23 +474,23 @@ def classify_close(
 ) -> HamsaError:
     """Map a close code to the error the caller should raise or record.
 
-    * 4001 → :class:`~bridge.errors.HamsaAuthError` "invalid or missing API key" (not retryable);
-    * 4003 → :class:`~bridge.errors.HamsaAuthError` "insufficient balance" (not retryable);
+    * the key rejected (:func:`classify_connect_error`: 4001) →
+      :class:`~bridge.errors.HamsaAuthError` "invalid or missing API key" (not retryable);
+    * no balance (4003) → :class:`~bridge.errors.HamsaAuthError` "insufficient balance" (not
+      retryable);
     * anything else (4500, 1000, 1011, ``None`` …) → retryable: a
       :class:`~bridge.errors.HamsaReplyError` if a request was cut off (``in_flight``; it carries
       ``audio_received``), else a :class:`~bridge.errors.HamsaConnectError`. The message names the
       code and, when known, its meaning and the server's reason.
-
-    Close codes beyond 1000 are **uncertain** for Hamsa (``docs/hamsa-api.md`` §2): the two auth
-    codes are the ones two independent clients agree on.
     """
     suffix = f": {reason}" if reason else ""
-    if code == 4001:
+    refusal = classify_connect_error(code)
+    if refusal is ConnectRefusal.KEY_REJECTED:
         return HamsaAuthError(
-            f"Hamsa closed with 4001: invalid or missing API key{suffix}", code=code
+            f"Hamsa closed with {code}: invalid or missing API key{suffix}", code=code
         )
-    if code == 4003:
-        return HamsaAuthError(f"Hamsa closed with 4003: insufficient balance{suffix}", code=code)
+    if refusal is ConnectRefusal.NO_BALANCE:
+        return HamsaAuthError(f"Hamsa closed with {code}: insufficient balance{suffix}", code=code)
     if code is None:
         what = "Hamsa socket closed without a close code"
     else:

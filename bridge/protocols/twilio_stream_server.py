@@ -79,11 +79,12 @@ import enum
 import json
 import re
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeGuard
 
 from bridge.errors import InvalidState
 
 __all__ = [
+    "DTMF_KEYS",
     "FRAME_BYTES",
     "Connected",
     "DtmfReceived",
@@ -95,10 +96,21 @@ __all__ = [
     "StreamState",
     "TwilioMediaStream",
     "Violation",
+    "is_dtmf_key",
 ]
 
 FRAME_BYTES: Final = 160
 """One outbound frame: 20 ms of 8 kHz μ-law (§1, §2 [OBS]: 160 bytes, 216 base64 characters)."""
+
+DTMF_KEYS: Final = "0123456789*#"
+"""The keys of a phone's keypad, as Twilio reports them in ``dtmf`` events (§2): one character
+each, in keypad order."""
+
+
+def is_dtmf_key(value: object) -> TypeGuard[str]:
+    """``value`` is one key of :data:`DTMF_KEYS` (one character, not a run of them)."""
+    return isinstance(value, str) and len(value) == 1 and value in DTMF_KEYS
+
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 """Twilio's messages are ~400 bytes (docs/design-notes.md §3); 64 KiB leaves ample room."""
@@ -126,8 +138,6 @@ _MISSING: Final = object()
 _MAX_DIGITS: Final = 18
 """Longest ``chunk``/``timestamp`` read as a number (fits int64). Longer digit strings are bad
 labels: ``int()`` refuses more than 4300 digits with ``ValueError`` (CPython's int/str limit)."""
-_DTMF_DIGITS: Final = frozenset("0123456789*#")
-"""The keys Twilio reports (one character each)."""
 _MEDIA_SUFFIX: Final = '"}}'
 _fast_media = re.compile(
     r'\{"event":"media","sequenceNumber":"[0-9]+","media":\{"track":"inbound",'
@@ -438,7 +448,7 @@ class TwilioMediaStream:
         digit = body.get("digit")
         if type(digit) is not str:
             return self._shape_violation(digit, "dtmf.digit")
-        if digit not in _DTMF_DIGITS:
+        if not is_dtmf_key(digit):
             return self._violation("bad_field", f"dtmf.digit {_describe(digit)} is not a key")
         return DtmfReceived(digit)
 

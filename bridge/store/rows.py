@@ -6,6 +6,7 @@ import json
 import secrets
 from typing import Any
 
+from bridge.announcements.options import AnnouncementOptions
 from bridge.announcements.spec import AnnouncementSpec, AttemptState
 from bridge.errors import StoreError
 from bridge.store.backend import Row, Tx
@@ -16,7 +17,6 @@ from bridge.store.records import (
     ContactRecord,
     ContactState,
 )
-from bridge.voice import Voice
 
 __all__ = [
     "announcement_from_row",
@@ -51,6 +51,8 @@ def insert_announcement(
     idempotency_key: str | None = None,
 ) -> bool:
     """``False``: an announcement with this ``idempotency_key`` exists (nothing inserted)."""
+    options = spec.options
+    voice = options.voice
     result = tx.execute(
         "INSERT INTO announcements (id, campaign_id, contact_idx, attempt, to_number, "
         "from_number, text, speaker, dialect, language, repeat, confirm_digit, repeat_digit, "
@@ -65,14 +67,14 @@ def insert_announcement(
             spec.to,
             spec.from_,
             spec.text,
-            spec.voice.speaker,
-            spec.voice.dialect,
-            spec.voice.language,
-            spec.repeat,
-            spec.confirm_digit,
-            spec.repeat_digit,
-            int(spec.machine_detection),
-            spec.ring_timeout,
+            voice.speaker,
+            voice.dialect,
+            voice.language,
+            options.repeat,
+            options.confirm_digit,
+            options.repeat_digit,
+            int(options.machine_detection),
+            options.ring_seconds,
             AttemptState.PLANNED.value,
             now,
             idempotency_key,
@@ -93,12 +95,16 @@ def announcement_from_row(row: Row) -> AnnouncementRecord:
         to=row["to_number"],
         from_=row["from_number"],
         text=row["text"],
-        voice=Voice(row["speaker"], row["dialect"], row["language"]),
-        repeat=row["repeat"],
-        confirm_digit=row["confirm_digit"],
-        repeat_digit=row["repeat_digit"],
-        machine_detection=bool(row["machine_detection"]),
-        ring_timeout=row["ring_timeout"],
+        options=AnnouncementOptions(
+            speaker=row["speaker"],
+            dialect=row["dialect"],
+            language=row["language"],
+            repeat=row["repeat"],
+            confirm_digit=row["confirm_digit"],
+            repeat_digit=row["repeat_digit"],
+            machine_detection=bool(row["machine_detection"]),
+            ring_timeout=row["ring_timeout"],
+        ),
     )
     return AnnouncementRecord(
         id=row["id"],

@@ -63,12 +63,12 @@ from bridge.dev.hamsa_emulator.wire import (
     DEFAULT_API_KEY,
     END_FRAME,
     INFO_FRAME,
-    MAX_TEXT_CHARS,
     PRELOAD_OK_BODY,
     TRUNCATED_BYTES,
     canonical_pcm16_header,
     streaming_mulaw_header,
 )
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
 
 __all__ = [
     "ABORTED_MESSAGE",

@@ -33,11 +33,11 @@ from bridge.dev.hamsa_emulator.wire import (
     ACK_FRAME,
     END_FRAME,
     INFO_FRAME,
-    MAX_TEXT_CHARS,
     PRELOAD_OK_BODY,
     _error_frame,
     logger,
 )
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
 
 
 def _ws_credentials(websocket: WebSocket) -> tuple[str | None, str | None]:

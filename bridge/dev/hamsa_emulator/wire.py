@@ -29,7 +29,6 @@ PRELOAD_OK_BODY: Final[Mapping[str, Any]] = {
 }
 DEFAULT_API_KEY: Final = "emulator-key"
 
-MAX_TEXT_CHARS: Final = 2000
 ABORTED_MESSAGE: Final = "TTS stream error: aborted"
 TRUNCATED_BYTES: Final = 640
 

@@ -81,6 +81,8 @@ from typing import Any, Final, TypedDict
 from urllib.parse import parse_qsl, quote, urlencode
 
 from bridge.errors import InvalidState
+from bridge.protocols.twilio_ids import E164, SID
+from twiml.announcement import MAX_TWIML_CHARS
 
 __all__ = [
     "API_VERSION",
@@ -142,15 +144,13 @@ __all__ = [
 API_VERSION: Final = "2010-04-01"
 API_ROOT: Final = "/" + API_VERSION
 ERRORS_URL: Final = "https://www.twilio.com/docs/errors/"
-MAX_TWIML_CHARS: Final = 4000
-"""``Twiml`` on create (and, per the spec's wording, update) is limited to 4000 characters."""
+# MAX_TWIML_CHARS (Twilio's 4000, from twiml.announcement) limits ``Twiml`` on create (and, per
+# the spec's wording, update). Twilio accepts exactly that many characters, so the emulator
+# refuses only longer documents, while the bridge's builder stays strictly below it.
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 1000
 MAX_FORM_FIELDS: Final = 1000
 HTTP_METHODS: Final = frozenset({"GET", "POST"})
-
-_E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
-_SID: Final = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
 
 
 # --- small values ---------------------------------------------------------------------------------
@@ -158,12 +158,12 @@ _SID: Final = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
 
 def is_e164(value: str) -> bool:
     """``+`` and 7–15 digits, the first not 0 (Twilio's phone-number format)."""
-    return _E164.fullmatch(value) is not None
+    return E164.fullmatch(value) is not None
 
 
 def is_sid(value: str, prefix: str) -> bool:
     """``prefix`` + 32 hex digits (the spec's ``^XX[0-9a-fA-F]{32}$``)."""
-    return value.startswith(prefix) and _SID.fullmatch(value) is not None
+    return value.startswith(prefix) and SID.fullmatch(value) is not None
 
 
 def make_sid(prefix: str, rng: random.Random) -> str:

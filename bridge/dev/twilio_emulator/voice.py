@@ -34,6 +34,7 @@ from bridge.dev.twilio_emulator.rest_model import (
     UpdateAction,
 )
 from bridge.dev.twilio_emulator.webhooks import Webhooks, parse_twiml
+from bridge.protocols.twilio_stream_server import is_dtmf_key
 
 if TYPE_CHECKING:
     from bridge.dev.twilio_emulator.state import TwilioEmulatorState
@@ -95,7 +96,7 @@ class VoicePlatform:
         if number.voice_url is None:
             raise ValueError(f"{to} has no VoiceUrl: set one through the REST API first")
         for _, digit in keys:
-            if len(digit) != 1 or digit not in "0123456789*#":
+            if not is_dtmf_key(digit):
                 raise ValueError(f"not a DTMF digit: {digit!r}")
         now = state.now()
         info = CallInfo(
