@@ -27,9 +27,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 from twilio.twiml.voice_response import VoiceResponse
 
+from bridge.errors import TwilioApiError
 from bridge.exit_codes import ExitCode
 from bridge.settings import E164, EXAMPLE_PUBLIC_URL, Settings, is_loopback
-from bridge.twilio_rest_client import PhoneNumber, TwilioApi, TwilioApiError, credentials_problem
+from bridge.twilio_rest_client import PhoneNumber, TwilioApi, credentials_problem
 
 Print = Callable[[str], None]
 

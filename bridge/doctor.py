@@ -22,13 +22,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from bridge.console import how_it_points, public_url_check
-from bridge.errors import PreloadError
+from bridge.errors import PreloadError, TwilioApiError
 from bridge.exit_codes import ExitCode
 from bridge.preload import preload_voices, voices_to_preload
 from bridge.protocols.hamsa_client import Audio, End, HamsaProtocol, Info, ReplyError
 from bridge.settings import API_KEY_SID, E164, Settings
 from bridge.signatures import TwilioSignatures
-from bridge.twilio_rest_client import ACCOUNT_SID, TwilioApi, TwilioApiError, credentials_hint
+from bridge.twilio_rest_client import ACCOUNT_SID, TwilioApi, credentials_hint
 
 
 class Verdict(enum.Enum):

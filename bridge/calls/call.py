@@ -66,7 +66,6 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_ERROR = 1011
 
 
 class CallPhase(enum.Enum):
@@ -250,7 +249,7 @@ class CallDeps:
     """The announcements database, opened on first use (``None``: announcements refused)."""
     twilio_api: Callable[[], TwilioApi] | None = None
     """A REST client (an announcement's AMD lookup and its hang-up after the final mark)."""
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics = field(kw_only=True)
     presynth: Presynthesizer | None = None
     """This process' announcement presynthesis (an announcement streamed before its audio was
     ready tells it to stop)."""

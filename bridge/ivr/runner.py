@@ -26,8 +26,9 @@ from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from bridge.calls.call import CallContext
 from bridge.calls.speech import SpeechOutcome
+from bridge.errors import TwilioApiError
 from bridge.ivr.flow import Flow, Gather, Hangup, Menu, Node, Say, Transfer, Webhook, is_static
-from bridge.twilio_rest_client import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi
 from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.ivr")
@@ -35,11 +36,11 @@ log = structlog.get_logger("bridge.ivr")
 FINISH_KEY_GRACE = 0.7
 """Seconds a full fixed-length gather waits for a trailing finish key (``#``) to swallow it."""
 MAX_STEPS = 200
+"""Nodes one call may visit: a loop in a flow ends the call instead of running forever."""
 PATH_IN_LOGS = 30
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 2000
 _DIALABLE = re.compile(r"^(\+[1-9][0-9]{6,14}|sip:[^\s@]+@[^\s@]+)$")
-"""Nodes one call may visit: a loop in a flow ends the call instead of running forever."""
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 Transferrer = Callable[[str, str], Any]
