@@ -81,7 +81,6 @@ import base64
 import binascii
 import contextlib
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -91,26 +90,41 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, cast
 
 import httpx2
+from _common import (
+    CLOCK_TICKS,
+    KEY,
+    TOKEN,
+    ServedBridge,
+    allowed_cpus,
+    cpu_model,
+    free_port,
+    load_average,
+    loop_factory,
+    machine_busy_ticks,
+    open_fds,
+    process_ticks,
+    rss_bytes,
+    serve_env,
+    served_bridge,
+    uvloop_installed,
+)
 from figures import quantile
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.dev.caller import parse_connect_stream
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
 from bridge.dev.media_leg import STREAM_USER_AGENT
-from bridge.dev.servers import bind, serving
+from bridge.dev.servers import serving
 from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.sentences import split_text
 from bridge.signatures import TwilioSignatures
 
-TOKEN: Final = "bench-twilio-auth-token-0123456789"
-KEY: Final = "bench-hamsa-api-key-0123456789"
 MS_PER_CHAR: Final = 80.0
 """Audio per character of the emulator (the logged Hamsa replies carry 80-100 ms)."""
 FIRST_BYTE_DELAY: Final = 0.3
@@ -135,7 +149,6 @@ SETUP_RATE: Final = 50.0
 """Default arrival rate (calls set up per second) of a step's ramp."""
 OTHER_CPU_LIMIT: Final = 15.0
 """Other processes using this much of a core during a step make it invalid (repeated once)."""
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 SENTENCES: Final = (
     "مرحبا بك في خدمة همسة للرد الآلي على المكالمات الهاتفية.",
     "نحن سعداء بتواصلك معنا ونرجو أن تكون بخير وصحة جيدة.",
@@ -159,49 +172,6 @@ def expected_frames(greeting: str, ms_per_char: float = MS_PER_CHAR) -> int:
     """Media frames one call must receive: each utterance's audio, its last frame padded."""
     per_char = round(8000 * ms_per_char / 1000)
     return sum(math.ceil(len(piece) * per_char / 160) for piece in split_text(greeting))
-
-
-# --- /proc readings ----------------------------------------------------------------------------
-
-
-def process_ticks(pid: int) -> int:
-    """utime + stime of a process (all its threads), in clock ticks."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def machine_busy_ticks() -> int:
-    """Busy clock ticks of all CPUs together (everything but idle and iowait)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
-    return user + nice + system + irq + softirq + steal
-
-
-def allowed_cpus(pid: int) -> set[str]:
-    """The ``Cpus_allowed_list`` of every thread of ``pid``."""
-    found: set[str] = set()
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        with contextlib.suppress(OSError):
-            for line in status.read_text().splitlines():
-                if line.startswith("Cpus_allowed_list:"):
-                    found.add(line.split()[1])
-    return found
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 # --- Prometheus --------------------------------------------------------------------------------
@@ -259,118 +229,78 @@ def histogram_max_bucket(buckets: Sequence[tuple[float, float]]) -> float | None
 # --- the bridge under test ---------------------------------------------------------------------
 
 
-@dataclass
-class Bridge:
-    process: asyncio.subprocess.Process
-    url: str
-    log_events: list[dict[str, Any]] = field(default_factory=list)
+def log_event(line: str) -> dict[str, Any]:
+    """One line of the bridge's log (a line that is not JSON: its text as the event)."""
+    try:
+        event: dict[str, Any] = json.loads(line)
+    except ValueError:
+        return {"event": line.strip()}
+    return event
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
-    async def scrape(self, http: httpx2.AsyncClient) -> Samples:
-        response = await http.get(self.url + "/metrics")
-        response.raise_for_status()
-        return parse_metrics(response.text)
+def log_tail(bridge: ServedBridge) -> list[dict[str, Any]]:
+    """The last lines of the bridge's log (for an error message)."""
+    return [log_event(line) for line in bridge.lines[-5:]]
+
+
+async def scrape(bridge: ServedBridge, http: httpx2.AsyncClient) -> Samples:
+    response = await http.get(bridge.url + "/metrics")
+    response.raise_for_status()
+    return parse_metrics(response.text)
 
 
 @asynccontextmanager
 async def running_bridge(
     hamsa_url: str, greeting: str, *, max_calls: int, cpu: int | None, log_level: str
-) -> AsyncIterator[Bridge]:
-    """``hamsa-bridge serve`` in a subprocess (pinned to ``cpu``), until the block exits.
+) -> AsyncIterator[ServedBridge]:
+    """``hamsa-bridge serve`` in a subprocess (pinned to ``cpu``), ready, until the block exits.
 
     The environment is this one without any ``BRIDGE_*``, ``HAMSA_*`` or ``TWILIO_*`` variable
     (an IVR flow or a metrics port set in the shell would change what is measured).
     """
-    sock = bind()
-    port = sock.getsockname()[1]
-    sock.close()
-    url = f"http://127.0.0.1:{port}"
-    inherited = {
-        k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "HAMSA_", "TWILIO_"))
-    }
+    port = free_port()
 
     def pin() -> None:  # runs in the child before exec: every thread inherits it
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
 
     with tempfile.TemporaryDirectory(prefix="hamsa-bench-") as workdir:
-        env = inherited | {
-            "HAMSA_API_KEY": KEY,
-            "HAMSA_WS_URL": hamsa_url.replace("http://", "ws://") + "/v1/realtime/ws",
-            "HAMSA_API_URL": hamsa_url,
-            "TWILIO_AUTH_TOKEN": TOKEN,
-            "BRIDGE_PUBLIC_URL": url,
-            "BRIDGE_GREETING": greeting,
-            "BRIDGE_LOG_FORMAT": "json",
-            "BRIDGE_LOG_LEVEL": log_level,
-            "BRIDGE_MAX_CALLS": str(max_calls),
-            "BRIDGE_DATABASE_URL": f"sqlite:///{workdir}/bench.db",
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bridge.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            env=env,
-            cwd=workdir,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=pin,
+        env = serve_env(
+            hamsa_url,
+            hamsa_key=KEY,
+            auth_token=TOKEN,
+            public_url=f"http://127.0.0.1:{port}",
+            clean=True,
+            BRIDGE_GREETING=greeting,
+            BRIDGE_LOG_LEVEL=log_level,
+            BRIDGE_MAX_CALLS=str(max_calls),
+            BRIDGE_DATABASE_URL=f"sqlite:///{workdir}/bench.db",
         )
-        bridge = Bridge(process, url)
-        assert process.stderr is not None
-        stderr = process.stderr
-
-        async def pump() -> None:
-            while line := await stderr.readline():
-                try:
-                    bridge.log_events.append(json.loads(line))
-                except ValueError:
-                    bridge.log_events.append({"event": line.decode(errors="replace").strip()})
-
-        reader = asyncio.create_task(pump())
-        try:
+        async with served_bridge(port, env, graceful=True, cwd=workdir, preexec_fn=pin) as bridge:
             async with httpx2.AsyncClient(timeout=2.0) as http:
                 await wait_ready(bridge, http)
             yield bridge
-        finally:
-            if process.returncode is None:
-                process.terminate()  # SIGTERM: the drain, with no call left, exits at once
-                try:
-                    async with asyncio.timeout(15):
-                        await process.wait()
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
-            await reader
 
 
-async def wait_ready(bridge: Bridge, http: httpx2.AsyncClient) -> None:
+async def wait_ready(bridge: ServedBridge, http: httpx2.AsyncClient) -> None:
     """Poll ``/readyz`` (at log level warning the bridge prints nothing when it is ready, and no
     other event crosses the process boundary)."""
     async with asyncio.timeout(30):
         while True:
             if bridge.process.returncode is not None:
-                raise RuntimeError(f"the bridge exited: {bridge.log_events[-5:]}")
+                raise RuntimeError(f"the bridge exited: {log_tail(bridge)}")
             with contextlib.suppress(httpx2.TransportError):
                 if (await http.get(bridge.url + "/readyz")).status_code == 200:
                     return
             await asyncio.sleep(0.05)
 
 
-async def wait_idle(bridge: Bridge, http: httpx2.AsyncClient) -> Samples:
+async def wait_idle(bridge: ServedBridge, http: httpx2.AsyncClient) -> Samples:
     """The bridge's metrics once no call and no stream is left (calls end just after the
     callers see the socket close: the bridge's counters settle a moment later)."""
     async with asyncio.timeout(30):
         while True:
-            samples = await bridge.scrape(http)
+            samples = await scrape(bridge, http)
             active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
             streams = samples.get(("hamsa_bridge_open_streams", ()), 0.0)
             if active == 0 and streams == 0:
@@ -996,7 +926,7 @@ def call_problem(result: LeanCall | str, frames_per_call: int | None) -> str | N
     return None
 
 
-async def warm_up(bench: Bench, bridge: Bridge) -> str | None:
+async def warm_up(bench: Bench, bridge: ServedBridge) -> str | None:
     """One short call through a fresh bridge (lazy imports, first Hamsa socket); None if it
     heard audio, else what went wrong. Not measured."""
     ticker = Ticker()
@@ -1018,7 +948,7 @@ async def warm_up(bench: Bench, bridge: Bridge) -> str | None:
 
 
 @asynccontextmanager
-async def fresh_bridge(bench: Bench, max_calls: int) -> AsyncIterator[Bridge]:
+async def fresh_bridge(bench: Bench, max_calls: int) -> AsyncIterator[ServedBridge]:
     """A fresh bridge, warmed up; prints the pinning and the table's header once."""
     async with running_bridge(
         bench.hamsa_url,
@@ -1036,7 +966,7 @@ async def fresh_bridge(bench: Bench, max_calls: int) -> AsyncIterator[Bridge]:
                 print("pinning: none (bridge and load generator share every CPU)")
         problem = await warm_up(bench, bridge)
         if problem is not None:
-            raise RuntimeError(f"warm-up call failed: {problem}; log: {bridge.log_events[-5:]}")
+            raise RuntimeError(f"warm-up call failed: {problem}; log: {log_tail(bridge)}")
         yield bridge
 
 
@@ -1098,13 +1028,13 @@ def read_calls(step: StepResult, results: Sequence[LeanCall | str], frames: int 
 
 
 async def run_step(
-    bench: Bench, bridge: Bridge, calls: int, label: str, *, ramp: float
+    bench: Bench, bridge: ServedBridge, calls: int, label: str, *, ramp: float
 ) -> StepResult:
     """``calls`` calls started over ``ramp`` seconds through ``bridge``, run to their end."""
     http = bench.http
     before = await wait_idle(bridge, http)
     step = StepResult(label=label, calls=calls, rss_idle=rss_bytes(bridge.pid))
-    first_log = len(bridge.log_events)
+    first_log = len(bridge.lines)
     sampler = Sampler(bridge.pid)
     tally = Tally()
     ticker = Ticker()
@@ -1171,8 +1101,8 @@ async def run_step(
     step.rss_peak = max(s.bridge_rss for s in sampler.samples)
     step.other_cpu = sampler.other_cpu()
     read_histograms(step, after, before)
-    for event in bridge.log_events[first_log:]:
-        name = str(event.get("event", "?"))
+    for line in bridge.lines[first_log:]:
+        name = str(log_event(line).get("event", "?"))
         step.warnings[name] = step.warnings.get(name, 0) + 1
     bench.hamsa.requests.clear()  # the emulator keeps every reply's audio: free it
     bench.hamsa.connections.clear()
@@ -1219,10 +1149,6 @@ async def latency_one(bench: Bench, calls: int) -> StepResult:
 
 
 # --- soak --------------------------------------------------------------------------------------
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @dataclass
@@ -1280,7 +1206,7 @@ async def soak(
                 if last is not None:
                     cpu = (ticks - last[1]) / CLOCK_TICKS / (now - last[0]) * 100
                 last = (now, ticks)
-                samples = await bridge.scrape(http)
+                samples = await scrape(bridge, http)
                 active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
                 rows.append(SoakRow(now - t0, active, rss_bytes(pid), open_fds(pid), cpu))
                 print(
@@ -1474,7 +1400,7 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
     emulator = create_emulator_app(config)
     loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; Python {platform.python_version()}")
-    bridge_uvloop = importlib.util.find_spec("uvloop") is not None
+    bridge_uvloop = uvloop_installed()
     print(f"event loops: bridge {'uvloop' if bridge_uvloop else 'asyncio'}, generator {loop_kind}")
     pieces = split_text(greeting)
     print(
@@ -1498,7 +1424,7 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             cpus=cpus,
             log_level=args.log_level,
         )
-        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"load average before: {load_average()}")
         if args.soak:
             calls = args.soak_calls
             ramp = default_ramp(calls, args.ramp)
@@ -1509,7 +1435,7 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             code = await soak(
                 bench, calls, args.soak_seconds, args.soak_interval, ramp, strict=args.strict
             )
-            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            print(f"load average after: {load_average()}")
             return code
         print()
         print(HEADER)
@@ -1557,7 +1483,7 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
         if saturated:
             print(f"warning: the load generator saturated at {saturated} calls: figures invalid")
         broken = [s for s in [*results, *extra] if s.failed or s.bad_frames]
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     if args.strict and broken:
         print(f"smoke: failed calls or malformed frames in {[s.label for s in broken]}")
         return 1
@@ -1619,12 +1545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> int:
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if importlib.util.find_spec("uvloop") is not None:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             return runner.run(bench_main(args, cpus))
         except RuntimeError as exc:  # the bridge did not start, or could not carry one call

@@ -98,7 +98,6 @@ import base64
 import contextlib
 import dataclasses
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -114,6 +113,16 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx2
+from _common import (
+    CLOCK_TICKS,
+    KEY,
+    TOKEN,
+    cpu_model,
+    inbound_plan,
+    load_average,
+    loop_factory,
+    machine_busy_ticks,
+)
 from figures import quantile
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -141,14 +150,11 @@ from bridge.sentences import split_text
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CLINIC_FLOW: Final = ROOT / "bridge" / "ivr" / "examples" / "clinic.toml"
-KEY: Final = "bench-hamsa-api-key-0123456789"
-TOKEN: Final = "bench-twilio-auth-token-0123456789"
 SPEAKER, DIALECT, LANGUAGE = "Majd", "ksa", "ar"
 FRAME_BYTES: Final = 160
 FRAME_SECONDS: Final = 0.020
 LEAD: Final = 0.200
 """The comparators' playout lead: the bridge's default ``BRIDGE_PLAYBACK_LEAD_MS``."""
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 LAG_INTERVAL: Final = 0.020
 ANSWER: Final = "1"
 """The key the IVR caller presses after the menu prompt (the bench flow hangs up on it)."""
@@ -507,10 +513,7 @@ async def naive_target(
         async with serving(app, sock=sock):
 
             def plan(**overrides: Any) -> CallPlan:
-                call = CallPlan(webhook_url=public + "/twiml/inbound", auth_token=TOKEN)
-                for name, value in overrides.items():
-                    setattr(call, name, value)
-                return call
+                return inbound_plan(public, TOKEN, **overrides)
 
             if persistent:
                 key, label = "c", "(c) FAQ: persistent socket, whole reply"
@@ -579,13 +582,6 @@ class VariantResult:
         return sum(c.problem is not None for c in self.calls)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs together spent busy (not idle or iowait) since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
-
-
 class LagMonitor:
     """While the calls run: this process' event-loop lag (a 20 ms timer; every peer of the
     benchmark runs here), its CPU, and the CPU other processes took (both in % of one core)."""
@@ -623,7 +619,7 @@ class LagMonitor:
     @staticmethod
     def _machine() -> float:
         try:
-            return machine_busy_seconds()
+            return machine_busy_ticks() / CLOCK_TICKS  # CPU seconds since boot
         except (OSError, ValueError):
             return 0.0
 
@@ -865,20 +861,12 @@ def git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def machine_lines() -> list[str]:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     if git("status", "--porcelain", "--untracked-files=no"):
         commit += " (plus uncommitted changes in the working tree)"
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
         f"date: {now}",
@@ -1106,7 +1094,7 @@ async def bench_main(args: argparse.Namespace) -> int:
                 fast, 1 if args.smoke else args.fast_calls, Path(tmp)
             )
             failed += lost
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     if args.json:
         text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
         await asyncio.to_thread(Path(args.json).write_text, text, encoding="utf-8")
@@ -1174,13 +1162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("first_audio: --calls must be ≥ 1 and --spacing ≥ 0", file=sys.stderr)
         return 2
     configure_logging(level="warning", fmt="console")
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if importlib.util.find_spec("uvloop") is not None:
-        import uvloop
-
-        factory = uvloop.new_event_loop
     started = time.monotonic()
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         code = runner.run(bench_main(args))
     print(f"run time: {time.monotonic() - started:.0f} s")
     return code

@@ -91,10 +91,8 @@ class BridgeState:
     drain: DrainController
     announcements: AnnouncementService | None = None
     """The HTTP API's service (``None`` without ``BRIDGE_API_TOKEN``)."""
-    calls_handled: int = 0
     recent_calls: deque[CallSummary] = field(default_factory=lambda: deque(maxlen=32))
     """The last calls' summaries (the demo's timeline reads the start policy's decisions)."""
-    rejected_handshakes: int = 0
     warm_pool: WarmHamsaPool | None = None
     """Hamsa sockets opened ahead of the calls (``None`` with ``HAMSA_WARM_CONNECTIONS=0``)."""
     startup: asyncio.Task[None] | None = None
@@ -447,14 +445,12 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
     refusal = _refusal(state, signature)
     if refusal is not None:
         reason, status, body = refusal
-        state.rejected_handshakes += 1
         state.metrics.streams_refused.labels(reason=reason).inc()
         note_handshake_denied()
         await websocket.send_denial_response(PlainTextResponse(body, status_code=status))
         return
     # Twilio may not sign <Connect><Stream> handshakes; the per-call token decides either way.
     await websocket.accept()
-    state.calls_handled += 1
     call = Call(websocket, state.deps, handshake_signed=signature is not None)
     state.streams.add(call)
     try:

@@ -26,10 +26,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 
+from bridge.errors import TwilioApiError
 from bridge.exit_codes import ExitCode
 from bridge.protocols.twilio_ids import E164
 from bridge.settings import EXAMPLE_PUBLIC_URL, Settings, is_loopback
-from bridge.twilio_rest_client import PhoneNumber, TwilioApi, TwilioApiError, credentials_problem
+from bridge.twilio_rest_client import PhoneNumber, TwilioApi, credentials_problem
 from twiml.inbound import webhook_redirect
 
 Print = Callable[[str], None]

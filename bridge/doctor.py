@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from bridge.console import how_it_points, public_url_check
-from bridge.errors import PreloadError
+from bridge.errors import PreloadError, TwilioApiError
 from bridge.exit_codes import ExitCode
 from bridge.preload import preload_voices, voices_to_preload
 from bridge.protocols.hamsa_client import (
@@ -37,7 +37,7 @@ from bridge.protocols.hamsa_client import (
 from bridge.protocols.twilio_ids import ACCOUNT_SID, API_KEY_SID, E164
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
-from bridge.twilio_rest_client import TwilioApi, TwilioApiError, credentials_hint
+from bridge.twilio_rest_client import TwilioApi, credentials_hint
 
 
 class Verdict(enum.Enum):

@@ -5,12 +5,14 @@
     BridgeError                      (carries call_sid / stream_sid when known)
     ├── ConfigError                  invalid or missing configuration, refused at startup
     ├── SignatureError               X-Twilio-Signature or stream token rejected
-    ├── TwilioProtocolError          the Twilio side broke the Media Streams protocol
     ├── AudioFormatError             a reply's audio cannot be decoded (unsupported WAV fmt)
     ├── InvalidState                 a protocol core was driven in the wrong state (a bug)
     ├── PreloadError                 a custom voice could not be preloaded (names the voice)
+    ├── FlowInvalid                  an IVR flow file cannot be used (a ``FlowError`` per problem)
     ├── AnnouncementInvalid          an outbound announcement's request is invalid (names the field)
     │   └── NumberNotAllowed         the number is outside BRIDGE_ALLOWED_PREFIXES (toll fraud)
+    ├── TwimlTooLong                 a call's TwiML would exceed Twilio's 4000-character limit
+    ├── TwilioApiError               a Twilio REST request failed (Twilio's status and code)
     ├── StoreError                   the database cannot be opened or is not ours
     ├── TraceError                   a recorded Hamsa timing trace is unreadable or invalid
     ├── CampaignError                a campaign cannot start or go on (says what to do)
@@ -21,14 +23,22 @@
         ├── HamsaConnectError        could not open the realtime socket
         ├── HamsaAuthError           non-retryable: bad key (4001/401/403) or no balance (4003)
         ├── HamsaReplyError          an ``error`` frame, or the socket closed mid-reply
+        │   └── UndecodableReply     a reply whose audio the bridge cannot decode
         ├── HamsaTimeout             first byte or end did not come in time
         └── TruncatedReply           a reply far too short for its text (the 640-byte failure)
 
 Protocol cores never raise into the I/O loop for bad *peer* input: they return events describing
 the problem. They raise ``InvalidState`` only when our own code misuses them.
+
+This module imports nothing of the project, so every layer can raise from it: the TwiML builders
+of the top-level ``twiml`` package raise ``TwimlTooLong`` from here (their one import of
+``bridge``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class BridgeError(Exception):
@@ -59,10 +69,6 @@ class SignatureError(BridgeError):
     pass
 
 
-class TwilioProtocolError(BridgeError):
-    pass
-
-
 class AudioFormatError(BridgeError):
     pass
 
@@ -78,6 +84,27 @@ class PreloadError(BridgeError):
         self.status = status
 
 
+@dataclass(frozen=True, slots=True)
+class FlowError:
+    """One problem in an IVR flow file: where it is and what is wrong (``bridge.ivr.load``)."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class FlowInvalid(BridgeError):
+    """A flow file cannot be used; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: Sequence[FlowError]) -> None:
+        self.errors = list(errors)
+        count = len(self.errors)
+        lines = "".join(f"\n  {error}" for error in self.errors)
+        super().__init__(f"invalid IVR flow ({count} error{'s' if count != 1 else ''}):{lines}")
+
+
 class AnnouncementInvalid(BridgeError):
     """An announcement or campaign request that cannot be placed; ``field`` names the culprit."""
 
@@ -88,6 +115,19 @@ class AnnouncementInvalid(BridgeError):
 
 class NumberNotAllowed(AnnouncementInvalid):
     """A well-formed number outside ``BRIDGE_ALLOWED_PREFIXES``."""
+
+
+class TwimlTooLong(BridgeError):
+    """A call's TwiML document exceeds Twilio's 4000-character ``Twiml`` limit."""
+
+
+class TwilioApiError(BridgeError):
+    """A Twilio REST call failed; ``status``/``code`` are Twilio's when it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class StoreError(BridgeError):
@@ -151,6 +191,12 @@ class HamsaReplyError(HamsaError):
     def __init__(self, message: str, *, audio_received: bool = False, **ids: str | None) -> None:
         super().__init__(message, **ids)
         self.audio_received = audio_received
+
+
+class UndecodableReply(HamsaReplyError):
+    """A reply whose audio the bridge cannot decode (an unsupported WAV format)."""
+
+    kind = "audio_format"
 
 
 class HamsaTimeout(HamsaError):

@@ -16,7 +16,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from bridge.errors import BridgeError
+from bridge.errors import TwilioApiError
 from bridge.protocols.twilio_ids import ACCOUNT_SID
 from bridge.settings import Settings
 
@@ -42,15 +42,6 @@ def credentials_problem(settings: Settings) -> str | None:
             "Twilio console, Account info)"
         )
     return None
-
-
-class TwilioApiError(BridgeError):
-    """A Twilio REST call failed; ``status``/``code`` are Twilio's when it answered."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

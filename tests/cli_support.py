@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from bench._common import free_port as free_port  # the CLI tests import it from here
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
 from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
@@ -79,13 +79,6 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     text = output.decode()
     record_output(text)  # the suite's log audit reads every CLI's output too
     return process.returncode, text
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

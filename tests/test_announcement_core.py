@@ -17,11 +17,17 @@ from bridge.announcements.spec import (
     CallOutcome,
     normalise_text,
 )
-from bridge.errors import AnnouncementInvalid, NumberNotAllowed, SignatureError, StoreError
+from bridge.errors import (
+    AnnouncementInvalid,
+    NumberNotAllowed,
+    SignatureError,
+    StoreError,
+    TwimlTooLong,
+)
 from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
 from bridge.settings import Settings
 from bridge.store import ContactRecord, ContactState, Store
-from twiml.announcement import TwimlTooLong, announcement_twiml
+from twiml.announcement import announcement_twiml
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SETTINGS = Settings(twilio_phone_number="+15005550006", bridge_public_url="https://b.example.com")

@@ -33,10 +33,10 @@ from bridge.campaigns.template import Template
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
 from bridge.dev.twilio_emulator import CallRecord, Outcome, TwilioEmulatorConfig
-from bridge.errors import CampaignBusy
+from bridge.errors import CampaignBusy, TwilioApiError
 from bridge.settings import Settings
 from bridge.store import CampaignRecord, ContactState, Store
-from bridge.twilio_rest_client import CallSnapshot, TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import CallSnapshot, TwilioApi
 from tests.store_support import sqlite_only
 
 pytestmark = pytest.mark.anyio

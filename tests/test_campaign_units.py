@@ -35,8 +35,8 @@ from bridge.campaigns.progress import (
 )
 from bridge.campaigns.retry import decide
 from bridge.campaigns.runner import classify
+from bridge.errors import TwilioApiError
 from bridge.store import AnnouncementRecord, ContactRecord, ContactState
-from bridge.twilio_rest_client import TwilioApiError
 
 pytestmark = pytest.mark.anyio
 

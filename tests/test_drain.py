@@ -7,22 +7,17 @@ the simulated Twilio caller over real sockets.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 import httpx2
 import pytest
 
-from bridge.dev.caller import CallPlan, CallResult, place_call
+from bench._common import ServedBridge, free_port, inbound_plan, serve_env, served_bridge
+from bridge.dev.caller import CallResult, place_call
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
 from bridge.dev.servers import serving
-from tests.cli_support import free_port
 from tests.log_audit import record_output
 
 pytestmark = pytest.mark.anyio
@@ -37,86 +32,31 @@ CALL_LOGGERS = {"bridge.call", "bridge.hamsa", "bridge.speech", "bridge.ivr", "b
 CALL_EVENTS_ELSEWHERE = {"webhook_answered", "call_status"}
 
 
-@dataclass
-class Bridge:
-    process: asyncio.subprocess.Process
-    url: str
-    lines: list[str] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines]
-
-    async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool]) -> None:
-        """Until the log satisfies ``predicate`` (10 s at most)."""
-        async with asyncio.timeout(10):
-            while not predicate(self.events()):
-                self.changed.clear()
-                await self.changed.wait()
-
-    def count(self, event: str) -> int:
-        return sum(1 for e in self.events() if e["event"] == event)
-
-    def plan(self, **overrides: Any) -> CallPlan:
-        plan = CallPlan(webhook_url=self.url + "/twiml/inbound", auth_token=TOKEN)
-        for name, value in overrides.items():
-            setattr(plan, name, value)
-        return plan
-
-
 @asynccontextmanager
-async def running_bridge(**settings: str) -> AsyncIterator[tuple[Bridge, EmulatorState]]:
+async def running_bridge(**settings: str) -> AsyncIterator[tuple[ServedBridge, EmulatorState]]:
     """The Hamsa emulator here, ``hamsa-bridge serve`` in a subprocess (JSON logs on stderr)."""
     emulator = create_emulator_app(EmulatorConfig(ms_per_char=40, api_keys=frozenset({KEY})))
     async with serving(emulator) as hamsa_url:
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "HAMSA_API_KEY": KEY,
-            "HAMSA_WS_URL": hamsa_url.replace("http://", "ws://") + "/v1/realtime/ws",
-            "HAMSA_API_URL": hamsa_url,
-            "TWILIO_AUTH_TOKEN": TOKEN,
-            "BRIDGE_PUBLIC_URL": url,
-            "BRIDGE_GREETING": GREETING,
-            "BRIDGE_LOG_FORMAT": "json",
+        env = serve_env(
+            hamsa_url,
+            hamsa_key=KEY,
+            auth_token=TOKEN,
+            public_url=f"http://127.0.0.1:{port}",
+            BRIDGE_GREETING=GREETING,
             **settings,
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bridge.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
         )
-        bridge = Bridge(proc, url)
-        assert proc.stderr is not None
-        stderr = proc.stderr
-
-        async def pump() -> None:
-            while line := await stderr.readline():
-                bridge.lines.append(line.decode())
-                bridge.changed.set()
-
-        reader = asyncio.create_task(pump())
+        bridge: ServedBridge | None = None
         try:
-            await bridge.wait_for(lambda es: any(e["event"] == "bridge_ready" for e in es))
-            yield bridge, emulator.state.emulator
+            async with served_bridge(port, env) as bridge:
+                await bridge.wait_for(lambda es: any(e["event"] == "bridge_ready" for e in es))
+                yield bridge, emulator.state.emulator
         finally:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await reader
-            record_output("".join(bridge.lines))
+            if bridge is not None:
+                record_output("".join(bridge.lines))
 
 
-def assert_call_lines_carry_call_sid(bridge: Bridge) -> None:
+def assert_call_lines_carry_call_sid(bridge: ServedBridge) -> None:
     """Every line is JSON (``events()`` parses them all); every line a call logs names it."""
     events = bridge.events()
     call_lines = [
@@ -132,8 +72,8 @@ def assert_call_lines_carry_call_sid(bridge: Bridge) -> None:
             assert event.get("stream_sid", "").startswith("MZ"), event
 
 
-async def place(bridge: Bridge, opened: asyncio.Event | None = None) -> CallResult:
-    return await place_call(bridge.plan(on_open=opened.set if opened else None))
+async def place(bridge: ServedBridge, opened: asyncio.Event | None = None) -> CallResult:
+    return await place_call(inbound_plan(bridge.url, TOKEN, on_open=opened.set if opened else None))
 
 
 async def test_sigterm_lets_two_calls_finish_refuses_new_ones_then_exits() -> None:

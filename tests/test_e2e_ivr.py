@@ -472,7 +472,8 @@ to = "+{n}"
 
 
 def test_validate_reports_a_loop_that_never_waits_for_the_caller(tmp_path: Path) -> None:
-    from bridge.ivr.load import FlowInvalid, load_flow
+    from bridge.errors import FlowInvalid
+    from bridge.ivr.load import load_flow
 
     flow = tmp_path / "loop.toml"
     flow.write_text(

@@ -33,6 +33,7 @@ from bridge.campaigns.template import Template
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, Fault, RequestRecord
 from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback, loopback
 from bridge.dev.twilio_emulator import CallRecord, Outcome, StreamRecord, TwilioEmulatorConfig
+from bridge.metrics import Metrics
 from bridge.twilio_rest_client import TwilioApi
 from tests.cli_support import outbound_rig, run_cli
 
@@ -374,7 +375,7 @@ async def test_a_campaign_presynthesises_each_contacts_text_and_removes_it_after
     ) as lb:
         assert lb.twilio is not None
         settings = lb.settings  # the runner's process shares the directory, not the memory
-        presynth = command_presynthesizer(settings)
+        presynth = command_presynthesizer(settings, metrics=Metrics())
         assert presynth is not None
         lb.twilio.before_answer = answer_once_presynthesised(presynth)
         path = tmp_path / "contacts.csv"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bridge.ivr
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, FlowError, FlowInvalid
 from bridge.ivr.flow import (
     Flow,
     Gather,
@@ -24,7 +24,7 @@ from bridge.ivr.flow import (
     VoiceOverride,
     Webhook,
 )
-from bridge.ivr.load import FlowError, FlowInvalid, load_flow, parse_flow, validate_flow
+from bridge.ivr.load import load_flow, parse_flow, validate_flow
 from bridge.voice import Voice
 
 EXAMPLE = Path(bridge.ivr.__file__).parent / "examples" / "clinic.toml"

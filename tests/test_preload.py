@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 
 import pytest
 
+from bench._common import serve_env, start_serve
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorServer
 from bridge.dev.loopback import loopback
 from bridge.errors import PreloadError
@@ -88,27 +87,15 @@ async def test_bridge_is_ready_only_after_preload_and_it_happens_before_any_call
 async def test_serve_refuses_to_start_on_an_unknown_voice_and_names_it() -> None:
     config = EmulatorConfig(api_keys=frozenset({KEY}), custom_voices=frozenset({VOICE_A}))
     async with EmulatorServer(config) as server:
-        env = {
-            **os.environ,
-            "HAMSA_API_KEY": KEY,
-            "HAMSA_API_URL": server.http_url,
-            "HAMSA_PRELOAD_VOICES": f"{VOICE_A},{UNKNOWN}",
-            "TWILIO_AUTH_TOKEN": "t",
-            "BRIDGE_PUBLIC_URL": "https://bridge.example.com",
-            "BRIDGE_LOG_FORMAT": "json",
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bridge.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        env = serve_env(
+            server.http_url,
+            hamsa_key=KEY,
+            auth_token="t",
+            public_url="https://bridge.example.com",
+            HAMSA_PRELOAD_VOICES=f"{VOICE_A},{UNKNOWN}",
+        )
+        process = await start_serve(
+            0, env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         async with asyncio.timeout(30):
             output, _ = await process.communicate()

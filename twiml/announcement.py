@@ -3,7 +3,8 @@ then ``<Hangup/>``.
 
 The bridge hangs up through the REST API after the final mark; the ``<Hangup/>`` is the safety
 net if that request fails (the stream closes, Twilio runs the next verb). The document must stay
-under Twilio's 4000-character limit for ``Twiml``.
+under Twilio's 4000-character limit for ``Twiml`` (``TwimlTooLong`` otherwise: it belongs to the
+bridge's one error tree, ``bridge.errors``, the only thing of ``bridge`` this package imports).
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from twiml.stream import connect_stream_response
 
 __all__ = ["MAX_TWIML_CHARS", "TwimlTooLong", "announcement_twiml"]
 
+from bridge.errors import TwimlTooLong
+
 MAX_TWIML_CHARS: Final = 4000
-
-
-class TwimlTooLong(ValueError):
-    """The document exceeds Twilio's 4000-character ``Twiml`` limit."""
 
 
 def announcement_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:

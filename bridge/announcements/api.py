@@ -26,9 +26,8 @@ from starlette.routing import Route
 from bridge.announcements.options import FIELD_NAMES, AnnouncementOptions
 from bridge.announcements.service import AnnouncementService
 from bridge.announcements.spec import AnnouncementSpec
-from bridge.errors import AnnouncementInvalid, NumberNotAllowed, StoreError
+from bridge.errors import AnnouncementInvalid, NumberNotAllowed, StoreError, TwimlTooLong
 from bridge.settings import Settings
-from twiml.announcement import TwimlTooLong
 
 __all__ = ["ANNOUNCEMENTS_PATH", "MAX_BODY_BYTES", "AnnouncementApi", "AnnouncementRequest"]
 

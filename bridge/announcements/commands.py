@@ -40,12 +40,12 @@ from bridge.announcements.spec import (
     Verdict,
 )
 from bridge.calls.presynth import Presynthesizer
-from bridge.errors import AnnouncementInvalid
+from bridge.errors import AnnouncementInvalid, TwilioApiError, TwimlTooLong
 from bridge.exit_codes import ExitCode
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
-from bridge.twilio_rest_client import TwilioApi, TwilioApiError
-from twiml.announcement import TwimlTooLong
+from bridge.twilio_rest_client import TwilioApi
 
 __all__ = [
     "EXIT_ERROR",
@@ -172,7 +172,8 @@ async def announce(
         print(f"hamsa-bridge announce: {explain_missing(missing)}", file=err)
         return EXIT_USAGE
     factory = api or (lambda: TwilioApi(settings))
-    presynth = command_presynthesizer(settings)
+    # a command exports no metrics: its presynthesizer counts into a registry of its own
+    presynth = command_presynthesizer(settings, metrics=Metrics())
     try:
         return await _place_and_wait(
             settings,

@@ -18,9 +18,10 @@ import structlog
 from bridge.announcements import evidence
 from bridge.announcements.evidence import RECONCILE_SETTLE, VerdictKind
 from bridge.announcements.spec import AttemptState, outcome_of_status
+from bridge.errors import TwilioApiError
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
-from bridge.twilio_rest_client import CallSnapshot, TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import CallSnapshot, TwilioApi
 
 __all__ = ["OutcomeWatcher", "STREAM_END_WAIT", "facts_of"]
 

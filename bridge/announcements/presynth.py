@@ -54,7 +54,7 @@ def job_for(
 
 
 def command_presynthesizer(
-    settings: Settings, *, connector: Connector = connect, metrics: Metrics | None = None
+    settings: Settings, *, connector: Connector = connect, metrics: Metrics
 ) -> Presynthesizer | None:
     """The presynthesizer of a command that places calls (``announce``, ``campaign``), or None
     (logged once) when its audio could not reach the bridge or it is disabled."""

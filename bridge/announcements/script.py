@@ -42,10 +42,10 @@ from bridge.announcements.retention import retention
 from bridge.announcements.spec import Confirmation
 from bridge.calls.presynth import Presynthesizer
 from bridge.calls.speech import SpeechOutcome
-from bridge.errors import StoreError
+from bridge.errors import StoreError, TwilioApiError
 from bridge.metrics import Metrics
 from bridge.store import Store
-from bridge.twilio_rest_client import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi
 from bridge.voice import Voice
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class AnnouncementScript:
         store: Callable[[], Awaitable[Store]],
         twilio_api: Callable[[], TwilioApi],
         wall_clock: Callable[[], float],
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         presynth: Presynthesizer | None = None,
     ) -> None:
         self.announcement = announcement
@@ -125,7 +125,7 @@ class AnnouncementScript:
         self._store = store
         self._api = twilio_api
         self._wall_clock = wall_clock
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
 
     def texts(self) -> tuple[tuple[str, Voice], ...]:
         """Everything the call may say: the message first, then the static prompts."""

@@ -26,10 +26,10 @@ from bridge.announcements.placing import call_request, place_call
 from bridge.announcements.presynth import job_for
 from bridge.announcements.spec import AnnouncementSpec, AttemptState
 from bridge.calls.presynth import Presynthesizer
-from bridge.errors import StoreError
+from bridge.errors import StoreError, TwilioApiError
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, Store
-from bridge.twilio_rest_client import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi
 
 __all__ = ["AnnouncementService", "LazyStore"]
 

@@ -66,7 +66,6 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_ERROR = 1011
 
 
 class CallPhase(enum.Enum):
@@ -124,7 +123,7 @@ class CallDeps:
     process, shared by its calls."""
     wall_clock: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics = field(kw_only=True)
 
 
 class Call:

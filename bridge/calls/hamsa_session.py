@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
@@ -53,9 +53,13 @@ from bridge.voice import Voice
 
 log = structlog.get_logger("bridge.hamsa")
 
-_DONE: Final = None
-Connector = Callable[..., Any]
-"""``websockets.asyncio.client.connect`` or a compatible callable (tests never need another)."""
+
+class Connector(Protocol):
+    """Opens one Hamsa socket: ``websockets.asyncio.client.connect`` or a compatible callable
+    (``WarmHamsaPool``), called with the URL and :func:`connect_options`' keywords, and awaited.
+    The URL's parameter is ``uri``, as ``connect`` names it."""
+
+    def __call__(self, uri: str, **options: Any) -> Awaitable[ClientConnection]: ...
 
 
 class Reply:
@@ -207,10 +211,10 @@ class HamsaSession:
         *,
         connector: Connector = connect,
         rng: random.Random | None = None,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._tasks = tasks
         self._connector = connector
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security

@@ -107,12 +107,12 @@ class Playback:
         *,
         lead: float,
         clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._stream = stream
         self._send = send
         self._clock = clock
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._lead = lead
         self._pacer = PacingClock(lead=lead)
         self._latency_probes: deque[tuple[int, float]] = deque()

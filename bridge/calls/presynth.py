@@ -85,13 +85,13 @@ class Presynthesizer:
         cache: PromptCache,
         *,
         connector: Connector = connect,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         # No retry: a retried reply is never stored (see the module docstring).
         self._settings = settings.model_copy(update={"hamsa_retry_delays": ()})
         self.cache = cache
         self._connector = connector
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._slots = asyncio.Semaphore(max(1, settings.bridge_presynth_connections))
         self.enabled = settings.bridge_presynth_connections > 0
         self._jobs: dict[str, tuple[PresynthJob, asyncio.Task[None]]] = {}

@@ -55,6 +55,7 @@ from bridge.errors import (
     HamsaReplyError,
     HamsaTimeout,
     TruncatedReply,
+    UndecodableReply,
 )
 from bridge.metrics import Metrics
 from bridge.sentences import split_text
@@ -64,6 +65,7 @@ from bridge.voice import Voice
 log = structlog.get_logger("bridge.speech")
 
 MARK_MARGIN = 3.0
+"""Seconds past the audio still buffered to wait for a mark echo before giving up on it."""
 _SPOKEN_SECONDS_PER_CHAR = 0.08
 """Arabic speech runs about 80 ms a character: a reply may stream for its segment budget plus
 this much per character of its text (slow synthesis of a long sentence), and no longer."""
@@ -99,9 +101,6 @@ def cache_refusal(text: str, audio_bytes: int, settings: Settings) -> str | None
 def cache_worthy(text: str, audio_bytes: int, settings: Settings) -> bool:
     """Long enough to be cached as a whole prompt (see :func:`cache_refusal`)."""
     return cache_refusal(text, audio_bytes, settings) is None
-
-
-"""Seconds past the audio still buffered to wait for a mark echo before giving up on it."""
 
 
 class SpeechOutcome(enum.Enum):
@@ -163,13 +162,13 @@ class Synthesizer:
         hamsa: HamsaSession,
         *,
         clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         pace: HamsaPace | None = None,
     ) -> None:
         self._settings = settings
         self._hamsa = hamsa
         self._clock = clock
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self.pace = pace if pace is not None else HamsaPace()
         """Learns Hamsa's delivery from this synthesizer's clean replies (per process in the
         app: ``BridgeState.hamsa_pace``)."""
@@ -370,12 +369,10 @@ class Synthesizer:
                 "text's length spoken at real time"
             ) from None
         except AudioFormatError as exc:
-            error = HamsaReplyError(
+            raise UndecodableReply(
                 f"Hamsa sent audio the bridge cannot decode: {exc.message}",
                 audio_received=progress.played > 0,
-            )
-            error.kind = "audio_format"
-            raise error from None
+            ) from None
 
 
 class Speaker:
@@ -393,14 +390,14 @@ class Speaker:
         *,
         cache: PromptCache | None = None,
         clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         pace: HamsaPace | None = None,
     ) -> None:
         self._settings = settings
         self._playback = playback
         self._cache = cache
         self._clock = clock
-        self._metrics = metrics = metrics or Metrics()
+        self._metrics = metrics
         self._synth = Synthesizer(settings, hamsa, clock=clock, metrics=metrics, pace=pace)
         self._ids = itertools.count(1)
         self._producer: asyncio.Task[bool] | None = None

@@ -89,13 +89,13 @@ class WarmHamsaPool:
         size: int | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self.size = settings.hamsa_warm_connections if size is None else size
         self._connector = connector
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._metrics.track_warm_pool(lambda: self.idle)
         self._url = settings.hamsa_ws_url
         self._options = connect_options(settings)
@@ -169,12 +169,12 @@ class WarmHamsaPool:
 
     # --- the connector -----------------------------------------------------------------------
 
-    async def __call__(self, url: str, **options: Any) -> ClientConnection:
+    async def __call__(self, uri: str, **options: Any) -> ClientConnection:
         """A warm socket if one is open (and the request is for the pool's URL and key), else a
         direct connect with the caller's options."""
         if (
             not self._closed
-            and url == self._url
+            and uri == self._url
             and options.get("additional_headers") == self._headers
         ):
             while self._idle:
@@ -192,7 +192,7 @@ class WarmHamsaPool:
         self.misses += 1
         self._metrics.hamsa_warm_takes.labels(result="miss").inc()
         log.info("hamsa_warm_pool_miss", pool_size=self.size, closed=self._closed)
-        ws: ClientConnection = await self._connector(url, **options)
+        ws: ClientConnection = await self._connector(uri, **options)
         return ws
 
     # --- the slots ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from bridge.campaigns.runner import CampaignRunner, ThreadLocalApi
 from bridge.campaigns.template import Template
 from bridge.errors import AnnouncementInvalid, CampaignError, CampaignInvalid
 from bridge.exit_codes import ExitCode
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.store import AnnouncementRecord, CampaignRecord, CampaignState, Store
 
@@ -243,7 +244,8 @@ async def _drive(
             file=err,
         )
 
-    presynth = command_presynthesizer(settings)
+    # a command exports no metrics: its presynthesizer counts into a registry of its own
+    presynth = command_presynthesizer(settings, metrics=Metrics())
     try:
         code = await _run(store, settings, campaign, progress, lease_wait, presynth, out, err)
     finally:

@@ -22,10 +22,9 @@ from bridge.announcements.placing import call_request
 from bridge.announcements.spec import AnnouncementSpec
 from bridge.campaigns.template import Template
 from bridge.campaigns.window import zone
-from bridge.errors import AnnouncementInvalid, CampaignInvalid
+from bridge.errors import AnnouncementInvalid, CampaignInvalid, TwimlTooLong
 from bridge.settings import Settings
 from bridge.store import ContactRecord, ContactState
-from twiml.announcement import TwimlTooLong
 
 __all__ = [
     "DUPLICATE",

@@ -55,7 +55,7 @@ from bridge.campaigns.lease import Lease
 from bridge.campaigns.progress import Counts
 from bridge.campaigns.retry import Decision, decide, reached_twilio
 from bridge.campaigns.window import is_open, next_opening, zone
-from bridge.errors import AnnouncementInvalid, CampaignError
+from bridge.errors import AnnouncementInvalid, CampaignError, TwilioApiError, TwimlTooLong
 from bridge.settings import Settings
 from bridge.store import (
     AnnouncementRecord,
@@ -65,8 +65,7 @@ from bridge.store import (
     ContactState,
     Store,
 )
-from bridge.twilio_rest_client import CallSnapshot, TwilioApi, TwilioApiError
-from twiml.announcement import TwimlTooLong
+from bridge.twilio_rest_client import CallSnapshot, TwilioApi
 
 __all__ = ["CampaignRunner", "ThreadLocalApi", "classify"]
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.speech import Synthesizer, cache_refusal
-from bridge.errors import HamsaError
+from bridge.errors import FlowInvalid, HamsaError
 from bridge.exit_codes import ExitCode
 from bridge.ivr.flow import Flow
 from bridge.ivr.graph import render_png, to_mermaid
-from bridge.ivr.load import EXAMPLES, FlowInvalid, flow_path, load_flow
+from bridge.ivr.load import EXAMPLES, flow_path, load_flow
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 
 __all__ = ["EXAMPLES", "flow_path", "graph", "validate", "warm"]
@@ -95,8 +96,9 @@ async def _warm(
     aborted = False
     warmed = 0
     async with asyncio.TaskGroup() as tasks:
-        hamsa = HamsaSession(settings, tasks)
-        synth = Synthesizer(settings, hamsa)
+        metrics = Metrics()  # ``ivr warm`` exports no metrics: a registry of its own
+        hamsa = HamsaSession(settings, tasks, metrics=metrics)
+        synth = Synthesizer(settings, hamsa, metrics=metrics)
         try:
             for where, text, voice in flow.static_prompt_sources(settings.voice):
                 if cache.get(text, voice) is not None:

@@ -4,8 +4,9 @@
 mapping; both raise ``FlowInvalid`` carrying *every* problem found. ``validate_flow`` returns the
 same list without raising (empty when the flow is valid).
 
-Each problem is a ``FlowError(location, message)``. The location is the source and the dotted
-TOML path of the offending spot, keys quoted when they are not bare identifiers::
+Each problem is a ``FlowError(location, message)`` (both in ``bridge.errors``). The location is
+the source and the dotted TOML path of the offending spot, keys quoted when they are not bare
+identifiers::
 
     clinic.toml: nodes.main_menu.options."7": no node named "apointments" in [nodes] — ...
     clinic.toml: line 12, column 9: invalid TOML: Invalid value
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import ConfigError, FlowError, FlowInvalid
 from bridge.ivr.flow import (
     Flow,
     Gather,
@@ -49,8 +50,6 @@ __all__ = [
     "EXAMPLES",
     "MAX_TEXT_CHARS",
     "NODE_TYPES",
-    "FlowError",
-    "FlowInvalid",
     "flow_path",
     "load_flow",
     "load_named_flow",
@@ -74,27 +73,6 @@ _BAD: Any = object()
 """Returned by a field parser for an invalid value (the error is already recorded)."""
 
 Loc = tuple[object, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FlowError:
-    """One problem in a flow file: where it is and what is wrong."""
-
-    location: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.location}: {self.message}"
-
-
-class FlowInvalid(BridgeError):
-    """A flow file cannot be used; ``errors`` lists every problem found."""
-
-    def __init__(self, errors: Sequence[FlowError]) -> None:
-        self.errors = list(errors)
-        count = len(self.errors)
-        lines = "".join(f"\n  {error}" for error in self.errors)
-        super().__init__(f"invalid IVR flow ({count} error{'s' if count != 1 else ''}):{lines}")
 
 
 EXAMPLES = Path(__file__).parent / "examples"

@@ -25,10 +25,11 @@ import structlog
 
 from bridge.calls.context import CallContext
 from bridge.calls.speech import SpeechOutcome
+from bridge.errors import TwilioApiError
 from bridge.ivr.flow import Flow, Gather, Hangup, Menu, Node, Say, Transfer, Webhook, is_static
 from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
 from bridge.protocols.twilio_ids import E164_NUMBER
-from bridge.twilio_rest_client import TwilioApi, TwilioApiError
+from bridge.twilio_rest_client import TwilioApi
 from bridge.voice import Voice
 from twiml.transfer import dial_twiml
 

@@ -10,8 +10,9 @@ Media Stream. References are to docs/twilio-media-streams.md.
 Modules: :mod:`.config` (what the emulator can be told), :mod:`.records` (what it remembers),
 :mod:`.state` (the live state, :class:`TwilioEmulatorState`), :mod:`.rest_api` (the REST
 routes), :mod:`.voice` (each call's lifecycle and TwiML), :mod:`.webhooks` (signed TwiML
-requests and status callbacks), :mod:`.media` (``<Connect><Stream>``), :mod:`.server` (the app,
-the in-process server, ``emulate-twilio``).
+requests and status callbacks), :mod:`.media` (``<Connect><Stream>``), :mod:`.ledger` (the part
+of the state those three see), :mod:`.server` (the app, the in-process server,
+``emulate-twilio``).
 
 REST (HTTP Basic ``AccountSid:AuthToken`` or ``ApiKeySid:Secret``; form bodies; JSON answers)
 =============================================================================================

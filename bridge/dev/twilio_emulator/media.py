@@ -19,10 +19,10 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from bridge.dev.media_leg import CallerBehaviour, StreamResult, run_media_stream
 from bridge.dev.twilio_emulator import rest_model as rest
+from bridge.dev.twilio_emulator.ledger import CallLedger
 from bridge.dev.twilio_emulator.records import CallRecord, StreamEnd, StreamRecord
 
 if TYPE_CHECKING:
-    from bridge.dev.twilio_emulator.state import TwilioEmulatorState
     from bridge.dev.twilio_emulator.webhooks import Webhooks
 
 __all__ = ["MediaStreams"]
@@ -31,7 +31,7 @@ __all__ = ["MediaStreams"]
 class MediaStreams:
     """Runs the ``<Connect><Stream>`` verbs of calls, recording each in the emulator's state."""
 
-    def __init__(self, state: TwilioEmulatorState, webhooks: Webhooks) -> None:
+    def __init__(self, state: CallLedger, webhooks: Webhooks) -> None:
         self._state = state
         self._webhooks = webhooks
 

@@ -795,7 +795,8 @@ def incoming_phone_number_resource(number: IncomingNumber) -> IncomingNumberReso
     }
 
 
-# Form name → (field, kind) for IncomingPhoneNumber updates ("change only what is sent").
+# Form name → (field, kind) for IncomingPhoneNumber updates ("change only what is sent");
+# :func:`update_number` ignores any other field.
 _NUMBER_FIELDS: Final[Mapping[str, tuple[str, str]]] = {
     "FriendlyName": ("friendly_name", "text"),
     "VoiceUrl": ("voice_url", "url"),
@@ -814,8 +815,6 @@ _NUMBER_FIELDS: Final[Mapping[str, tuple[str, str]]] = {
     "SmsApplicationSid": ("sms_application_sid", "sid:AP"),
     "TrunkSid": ("trunk_sid", "sid:TK"),
 }
-NUMBER_UPDATE_FIELDS: Final = frozenset(_NUMBER_FIELDS)
-"""Form fields :func:`update_number` applies; any other field is ignored."""
 
 
 def _is_url(value: str) -> bool:

@@ -90,6 +90,7 @@ class TwilioEmulatorState:
         answer) until something happened, e.g. the client was killed. The call is created once
         it returns, whether or not anyone still waits for the answer, as on Twilio."""
         self.voice = VoicePlatform(self)
+        """The calls; it sees this state only as a :class:`~.ledger.CallLedger`."""
 
     # --- waiting ----------------------------------------------------------------------------
 

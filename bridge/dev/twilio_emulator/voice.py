@@ -14,10 +14,11 @@ import time
 import xml.etree.ElementTree as ET  # noqa: S405 - TwiML from the application under test
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
 
 from bridge.dev.twilio_emulator import rest_model as rest
+from bridge.dev.twilio_emulator.ledger import CallLedger
 from bridge.dev.twilio_emulator.media import MediaStreams
 from bridge.dev.twilio_emulator.records import (
     HANG_UP,
@@ -36,9 +37,6 @@ from bridge.dev.twilio_emulator.rest_model import (
 from bridge.dev.twilio_emulator.webhooks import Webhooks, parse_twiml
 from bridge.protocols.twilio_stream_server import is_dtmf_key
 
-if TYPE_CHECKING:
-    from bridge.dev.twilio_emulator.state import TwilioEmulatorState
-
 __all__ = ["VoicePlatform"]
 
 logger = logging.getLogger(__name__)
@@ -52,7 +50,7 @@ Document = tuple[ET.Element, str | None]
 class VoicePlatform:
     """Starts, runs and updates the calls of one emulator (``state.voice``)."""
 
-    def __init__(self, state: TwilioEmulatorState) -> None:
+    def __init__(self, state: CallLedger) -> None:
         self._state = state
         self.webhooks = Webhooks(state)
         self._streams = MediaStreams(state, self.webhooks)
@@ -74,7 +72,7 @@ class VoicePlatform:
         forwarded_from: str | None = None,
         caller_name: str | None = None,
     ) -> str:
-        """See :meth:`TwilioEmulatorState.start_inbound_call`."""
+        """See :meth:`.state.TwilioEmulatorState.start_inbound_call`."""
         state = self._state
         if self.closed:
             raise RuntimeError("the emulator is shut down")

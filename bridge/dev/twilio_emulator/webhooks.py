@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET  # noqa: S405 - parsing TwiML from the application under test
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from urllib.parse import urlencode, urlsplit
 
 import httpx2
 
 from bridge.dev.twilio_emulator import rest_model as rest
+from bridge.dev.twilio_emulator.ledger import CallLedger
 from bridge.dev.twilio_emulator.records import (
     CallbackRecord,
     CallRecord,
@@ -19,9 +20,6 @@ from bridge.dev.twilio_emulator.records import (
 )
 from bridge.dev.twilio_emulator.rest_model import CallEvent, CallStatus
 from bridge.signatures import TwilioSignatures
-
-if TYPE_CHECKING:
-    from bridge.dev.twilio_emulator.state import TwilioEmulatorState
 
 __all__ = ["WEBHOOK_USER_AGENT", "Webhooks", "parse_twiml"]
 
@@ -46,7 +44,7 @@ class Webhooks:
     document parse failure); it never raises.
     """
 
-    def __init__(self, state: TwilioEmulatorState) -> None:
+    def __init__(self, state: CallLedger) -> None:
         self._state = state
         self._signer = TwilioSignatures(state.config.auth_token)
         self._http: httpx2.AsyncClient | None = None
