@@ -18,6 +18,7 @@ from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallResult
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault, RequestRecord
 from bridge.dev.loopback import Loopback, loopback
+from tests.timing import LATE
 
 pytestmark = pytest.mark.anyio
 
@@ -155,8 +156,13 @@ async def test_repeated_truncation_gives_up_and_ends_the_call_cleanly() -> None:
 
 async def test_without_a_start_hold_the_first_frame_follows_hamsa_first_byte() -> None:
     # BRIDGE_START_HOLD_MAX_MS=0 switches the start policy off: play from the first bytes.
-    emulator = EmulatorConfig(chunk_interval=0.15)
-    latencies, before_end = [], []
+    # The decision is the start policy's: every sentence released at once ("immediate"), none
+    # held. When the first frame then reaches the caller is the machine's (about a millisecond
+    # on a quiet one: bench/first_audio.py measures it); here it must come before Hamsa's
+    # second chunk could have released it (0.15 s after the first) in most calls.
+    interval = 0.15
+    emulator = EmulatorConfig(chunk_interval=interval)
+    latencies, before_end, reasons = [], [], set()
     async with loopback(emulator, bridge_greeting=SHORT, bridge_start_hold_max_ms=0) as rig:
         for _ in range(7):
             result = await rig.call()
@@ -167,8 +173,12 @@ async def test_without_a_start_hold_the_first_frame_follows_hamsa_first_byte() -
             assert request.end_at is not None
             latencies.append(result.leg.timeline.first_media_at - request.first_audio_at)
             before_end.append(result.leg.timeline.first_media_at < request.end_at)
+            holds = rig.bridge.recent_calls[-1].details["start_holds"]
+            assert isinstance(holds, list)
+            reasons |= {hold["reason"] for hold in holds}
+    assert reasons == {"immediate"}
     assert all(before_end)
-    assert statistics.median(latencies) <= 0.005, latencies
+    assert statistics.median(latencies) < interval, latencies
 
 
 async def test_pacing_holds_real_time_with_a_small_lead() -> None:
@@ -177,10 +187,14 @@ async def test_pacing_holds_real_time_with_a_small_lead() -> None:
         result = await rig.call()
     assert result.leg is not None
     timeline = result.leg.timeline
-    assert timeline.max_lead_ms <= 250
+    # The plan tops the lead up to 200 ms (a frame over at most). The caller measures it from
+    # its own reading of the first frame: a stall between the bridge's send and that reading
+    # adds to it, so 400 ms, which still tells a small lead from audio sent ahead by seconds.
+    assert timeline.max_lead_ms <= 400
     assert len(result.leg.received) == 6 * 8000
+    # never faster than real time less the lead (the plan); later only by the machine
     sending = timeline.media_arrivals[-1] - timeline.media_arrivals[0]
-    assert 5.6 <= sending <= 6.3, sending
+    assert 5.6 <= sending <= 6.0 + LATE, sending
     assert result.gaps() == []
 
 
@@ -193,7 +207,9 @@ async def test_key_during_greeting_clears_at_once_and_stops_the_audio() -> None:
     assert len(timeline.clears) == 1
     clear_at = timeline.clears[0].at
     pressed_at = result.keys_sent[0][0]
-    assert clear_at - pressed_at <= 0.1
+    # at once: the clear answers the key, not the sentence's end 2 s later (how soon is the
+    # machine's), and no frame of the greeting follows it
+    assert pressed_at < clear_at <= pressed_at + LATE
     assert not [t for t in timeline.media_arrivals if t > clear_at]  # no stale frames
     assert len(result.leg.played) < 2 * 8000
     assert result.close_code == 1000
@@ -384,10 +400,12 @@ async def test_a_used_stream_token_cannot_be_replayed() -> None:
 
 
 async def test_first_frame_waits_only_for_the_hold_when_first_chunks_are_tiny() -> None:
-    # 640-byte chunks (80 ms each) every 50 ms: the first is held (it could be the 640-byte
-    # failure), the second releases both (160 ms > the 100 ms hold): one chunk interval.
+    # 640-byte chunks (80 ms each) every 200 ms: the first is held (it could be the 640-byte
+    # failure), the second releases both (160 ms > the 100 ms hold): one chunk interval, never
+    # sooner, and before a third chunk could come (how soon is the machine's).
     # (the start policy off, so only the truncation hold is measured)
-    emulator = EmulatorConfig(max_chunk_bytes=640, chunk_interval=0.05)
+    interval = 0.2
+    emulator = EmulatorConfig(max_chunk_bytes=640, chunk_interval=interval)
     async with loopback(emulator, bridge_greeting="ب" * 12, bridge_start_hold_max_ms=0) as rig:
         result = await rig.call()
         request = rig.hamsa.requests[0]
@@ -395,5 +413,5 @@ async def test_first_frame_waits_only_for_the_hold_when_first_chunks_are_tiny() 
     assert result.leg.timeline.first_media_at is not None
     assert request.first_audio_at is not None
     delay = result.leg.timeline.first_media_at - request.first_audio_at
-    assert 0.05 <= delay <= 0.05 + 0.03, delay
+    assert interval <= delay < 2 * interval, delay
     assert bytes(result.leg.received) == padded(request.audio)

@@ -51,10 +51,12 @@ FAST: dict[str, Any] = {
     "hamsa_retry_delays": (0.05, 0.05, 0.05),
     "hamsa_first_byte_timeout": 0.5,
     "hamsa_chunk_timeout": 0.5,
-    "hamsa_connect_timeout": 1.0,
+    "hamsa_connect_timeout": 5.0,
     "hamsa_drain_timeout": 0.2,
 }
-"""Bridge settings on the tests' time scale (production: 1/2/4 s retries, 10 s timeouts)."""
+"""Bridge settings on the tests' time scale (production: 1/2/4 s retries, 10 s timeouts). The
+connect timeout stays at production's 5 s: no fault here is a slow connect, and on a busy
+machine a hundred concurrent handshakes to the emulator can take over a second."""
 WAIT = 10.0
 """Upper bound of any wait on an event in this file."""
 _LETTERS = "ابتثجحخدذرزسشصضطظعغفقكلمنهوي"
@@ -622,9 +624,12 @@ def whole_twice(rig: Loopback, text: str) -> set[bytes]:
 
 
 def endless_prefix(rig: Loopback, text: str) -> set[bytes]:
-    """The caller hung up during the endless reply: any frame-aligned part of what it streamed."""
-    [endless] = [r for r in rig.hamsa.requests if r.text == text]
-    audio = endless.audio
+    """The caller hung up during the endless reply: any frame-aligned part of what it streamed
+    (nothing, if the hang-up came before the request reached Hamsa: which comes first is the
+    machine's speed, not the bridge's choice)."""
+    replies = [r for r in rig.hamsa.requests if r.text == text]
+    assert len(replies) <= 1
+    audio = replies[0].audio if replies else b""
     return {padded(audio[:n]) for n in range(0, len(audio) + 160, 160)}
 
 

@@ -45,6 +45,7 @@ from bridge.protocols.twilio_stream_server import (
     TwilioMediaStream,
 )
 from tests.leaks import Holdings, settle
+from tests.timing import LATE
 
 pytestmark = pytest.mark.anyio
 
@@ -180,12 +181,13 @@ class Greetings:
 
 
 def assert_hamsa_closed_at_once(connections: list[ConnectionRecord], result: CallResult) -> None:
-    """The call's one Hamsa socket was closed by the bridge within 0.5 s of the stream's end."""
+    """The call's one Hamsa socket was closed by the bridge as the stream ended (not left to an
+    idle timeout): how soon after is the machine's, within ``LATE``."""
     [connection] = connections
     assert connection.closed_by == "client"
     assert result.ended_at is not None
     assert connection.closed_at is not None
-    assert connection.closed_at - result.ended_at < 0.5
+    assert connection.closed_at - result.ended_at < LATE
 
 
 async def test_stop_in_the_middle_of_an_utterance() -> None:
@@ -278,7 +280,7 @@ async def test_repeated_barge_in_keys_on_the_greeting() -> None:
     timeline = result.leg.timeline
     # the first key clears; no frame of the interrupted greeting arrives after that
     first_clear = timeline.clears[0].at
-    assert first_clear - result.keys_sent[0][0] < 0.1
+    assert result.keys_sent[0][0] < first_clear <= result.keys_sent[0][0] + LATE  # at once
     assert not [t for t in timeline.media_arrivals if t > first_clear]
     assert len(requests) == 1
     assert_heard(result, requests[0].audio, whole=False)
