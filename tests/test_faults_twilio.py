@@ -380,7 +380,10 @@ async def test_flood_of_inbound_frames_leaves_pacing_and_other_calls_alone() -> 
         assert_heard(result, heard, whole=True)
         assert result.gaps() == []
         assert result.leg is not None
-        assert result.leg.timeline.max_lead_ms <= 250
+        # the plan's 200 ms lead (a frame over at most), as the caller measures it: a stall
+        # between the bridge's send and the caller's reading of a run's first frame adds to it
+        # (tests/test_e2e_call.py's pacing test); seconds of audio sent ahead would not pass
+        assert result.leg.timeline.max_lead_ms <= 400
         summary = summary_of(logs, result)
         assert (summary["outcome"], summary["reason"]) == ("completed", "greeting played")
         assert summary["violations"] == {}  # a flood of valid frames is not an error
