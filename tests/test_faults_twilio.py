@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -45,7 +46,7 @@ from bridge.protocols.twilio_stream_server import (
     TwilioMediaStream,
 )
 from tests.leaks import Holdings, settle
-from tests.timing import LATE
+from tests.timing import LATE, assert_gapless, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -370,20 +371,25 @@ async def test_flood_of_inbound_frames_leaves_pacing_and_other_calls_alone() -> 
         flooding = script.plan(rig, 2.0, flood=flood)
         quiet = script.plan(rig, 2.0)
         with captured_logs() as logs:
-            results = await asyncio.gather(place_call(flooding), place_call(quiet))
+            cpu = time.process_time()
+            async with stall_watch() as watch:
+                results = await asyncio.gather(place_call(flooding), place_call(quiet))
+            cpu = time.process_time() - cpu
             await settled(rig)
         completed = calls_total(rig, "completed")
         audio = [script.audio(rig, r) for r in results]
+    # The flood is cheap: its CPU time (the callers' too: ~0.35 s in all here), not how
+    # busy the machine was. So a stall the watch saw is the machine's, not the flood's.
+    assert cpu < 1.5, cpu
     for result, heard in zip(results, audio, strict=True):
         assert result.close_code == 1000
         assert_valid_frames(result)
         assert_heard(result, heard, whole=True)
-        assert result.gaps() == []
+        assert_gapless(result, watch)
         assert result.leg is not None
         # the plan's 200 ms lead (a frame over at most), as the caller measures it: a stall
         # between the bridge's send and the caller's reading of a run's first frame adds to it
-        # (tests/test_e2e_call.py's pacing test); seconds of audio sent ahead would not pass
-        assert result.leg.timeline.max_lead_ms <= 400
+        assert result.leg.timeline.max_lead_ms <= 250 + 1000 * watch.longest
         summary = summary_of(logs, result)
         assert (summary["outcome"], summary["reason"]) == ("completed", "greeting played")
         assert summary["violations"] == {}  # a flood of valid frames is not an error

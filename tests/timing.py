@@ -5,14 +5,25 @@ frame's due time, a limiter's slot, a backoff delay). A busy machine runs every 
 late, never early, so "not before its time" is exact; "not long after" needs slack, and gets
 :data:`LATE` only where a real-time bound is the behaviour itself (a clear "at once", a frame
 played at its time). How fast things go is a figure for ``bench/``, not a test.
+
+Gapless playout is such a bound: the bridge keeps the caller's buffer 120-200 ms ahead, which
+absorbs a late wake-up but not a stall of the whole process. In a loopback test the bridge, the
+emulators and the simulated caller share one event loop; :func:`stall_watch` times that loop
+while a call plays, and a gap is only judged when nothing stalled it for :data:`STALL` or more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["LATE", "most_within"]
+if TYPE_CHECKING:
+    from bridge.dev.caller import CallResult
+
+__all__ = ["LATE", "STALL", "StallWatch", "assert_gapless", "most_within", "stall_watch"]
 
 LATE: Final = 0.75
 """How late a busy machine may run an event the code scheduled (a frame at its time, a reply
@@ -37,3 +48,53 @@ def most_within(spans: Iterable[tuple[float, float]], seconds: float = 1.0) -> i
         ),
         default=0,
     )
+
+
+STALL: Final = 0.1
+"""A stall of the test's event loop this long can empty the caller's playout buffer: the
+bridge's plan tops it up when 120 ms remain."""
+TICK: Final = 0.01
+"""The stall watch's timer (a sampling interval, not synchronisation)."""
+
+
+@dataclass
+class StallWatch:
+    longest: float = 0.0
+    """The longest this process's event loop ran a :data:`TICK` timer late while watched."""
+
+    @property
+    def stalled(self) -> bool:
+        """Did the machine stall every peer of a loopback call long enough to cause a gap?"""
+        return self.longest >= STALL
+
+
+@contextlib.asynccontextmanager
+async def stall_watch() -> AsyncIterator[StallWatch]:
+    """Time this event loop until the block ends."""
+    watch = StallWatch()
+    loop = asyncio.get_running_loop()
+
+    async def tick() -> None:
+        while True:
+            due = loop.time() + TICK
+            await asyncio.sleep(TICK)
+            watch.longest = max(watch.longest, loop.time() - due)
+
+    task = asyncio.create_task(tick())
+    try:
+        yield watch
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def assert_gapless(result: CallResult, watch: StallWatch, *, allowed: int = 0) -> None:
+    """At most ``allowed`` gaps inside speech, as the bridge's plan keeps it while the machine
+    runs the call in real time. When the process stalled for :data:`STALL` or more, its gaps
+    are the machine's: printed, not judged (the rest of the test still is)."""
+    gaps = result.gaps()
+    if watch.stalled:
+        print(f"\nevent loop stalled {watch.longest * 1000:.0f} ms: gaps not judged: {gaps}")
+        return
+    assert len(gaps) <= allowed, (gaps, f"longest stall {watch.longest * 1000:.0f} ms")
