@@ -1,19 +1,31 @@
 """Smoke runs of the benchmarks in ``bench/``: they complete and report, so they never rot.
 
-No timing is asserted: the figures are the benchmarks' business (``BENCHMARKS.md``).
+No timing is asserted: the figures are the benchmarks' business (``BENCHMARKS.md``). What a smoke
+run proves is what the code controls: every mode ran, every figure was printed, no call failed
+and no frame was malformed (the benchmarks exit 1 for those, and only those). Whether a timing
+goal was met depends on the machine (a capacity step fails its jitter goal on a busy one), so the
+verdict is only required to be printed, whichever it is.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.log_audit import record_output
 
 ROOT = Path(__file__).resolve().parent.parent
+RUN_LIMIT = 280
+"""Seconds a smoke run may take: ~15 s (first audio) and ~45 s (capacity) alone, several times
+that while the suite and other jobs share the machine; a capacity step that misses its goal on
+a busy machine is run twice (``--retries``). A bound on a hang, not a figure."""
 
 
+@pytest.mark.timeout(RUN_LIMIT + 20)
 def test_first_audio_smoke() -> None:
     """``bench/first_audio.py --smoke``: one call per variant and scenario, every call complete."""
     done = subprocess.run(
@@ -21,7 +33,7 @@ def test_first_audio_smoke() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=RUN_LIMIT,
         check=False,
     )
     output = done.stdout + done.stderr
@@ -40,30 +52,51 @@ def test_first_audio_smoke() -> None:
     assert "goal (a) first audio" in done.stdout, output
 
 
+@pytest.mark.timeout(RUN_LIMIT + 20)
 def test_capacity_smoke() -> None:
-    """``bench/capacity.py --smoke``: the 1-call latency pass, a capacity step and a soak, each
-    for seconds with a handful of calls; every call complete, every figure printed."""
+    """``bench/capacity.py --smoke``: the 1-call latency pass, the unloaded step, a step of 2
+    calls and a soak, each for seconds with a handful of calls; every call complete, every
+    figure printed. The verdict is printed but not required to pass: a step passes on the
+    jitter the machine allows (loop lag, writer and frame lateness within 10 ms)."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "capacity.py"), "--smoke"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=RUN_LIMIT,
         check=False,
     )
     output = done.stdout + done.stderr
     record_output(output)  # the suite's log audit reads every subprocess' output too
-    assert done.returncode == 0, output  # non-zero: a call failed, a frame was malformed, a crash
+    # non-zero: a call failed, a frame was malformed, or the run crashed; a missed goal is 0
+    assert done.returncode == 0, output
+    # every mode ran, and its calls completed (the second column: failed calls)
     for label in ("| 1 (3 in a row) | 0 |", "| 3 (unloaded) | 0 |", "| 2 | 0 |"):
         assert label in done.stdout, output
     for figure in (
         "CPU/call",
         "writer lateness p50/p99/max ms",
         "bridge-added p50/p99 ms (n)",
-        "largest passing step:",
         "| idle before | 0 |",
         "| idle after | 0 |",
         "RSS at full load:",
         "frame lateness beyond the plan p50/p99/max:",
+        "run time:",
     ):
         assert figure in done.stdout, output
+    # the verdict, whichever it is: passing a step is the machine's business, not the code's
+    verdicts = re.findall(
+        r"^(?:largest passing step: 2 calls|capacity per core: below the smallest step) ",
+        done.stdout,
+        flags=re.MULTILINE,
+    )
+    assert len(verdicts) == 1, output
+    # the soak: its calls completed, none failed, no malformed frame (gaps are timing)
+    soak = re.search(
+        r"^calls: (\d+) \((\d+) completed, 0 failed\); gaps \d+, underruns \d+, "
+        r"malformed frames 0$",
+        done.stdout,
+        flags=re.MULTILINE,
+    )
+    assert soak is not None, output
+    assert int(soak[1]) == int(soak[2]) >= 3, output

@@ -34,6 +34,7 @@ from bridge.dev.hamsa_emulator import (
 )
 from bridge.hamsa_trace import parse_trace, read_trace
 from tests.cli_support import run_cli
+from tests.timing import LATE  # how late a frame may arrive on a busy machine (never early)
 
 pytestmark = pytest.mark.anyio
 
@@ -45,8 +46,6 @@ LONG = (
 )  # 118 characters, 9.44 s
 BPS = 8000
 SEEDS = range(60)
-LATE = 0.75
-"""How late a frame may arrive on a busy machine (never early: that bound is exact)."""
 
 
 def schedules(name: str, text: str = SENTENCE, **overrides: Any) -> list[list[tuple[float, bytes]]]:

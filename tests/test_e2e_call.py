@@ -18,6 +18,7 @@ from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallResult
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault, RequestRecord
 from bridge.dev.loopback import Loopback, loopback
+from tests.timing import LATE, assert_gapless, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +53,7 @@ def assert_clean_twilio_traffic(result: CallResult) -> None:
 
 
 async def test_inbound_call_hears_hamsa_audio_byte_for_byte() -> None:
-    async with loopback(quick(), bridge_greeting=SENTENCES, **QUICK) as rig:
+    async with loopback(quick(), bridge_greeting=SENTENCES, **QUICK) as rig, stall_watch() as watch:
         result = await rig.call()
         requests = played_requests(rig)
     assert_clean_twilio_traffic(result)
@@ -64,7 +65,7 @@ async def test_inbound_call_hears_hamsa_audio_byte_for_byte() -> None:
     assert bytes(result.leg.played) == padded(hamsa_audio)
     marks = result.leg.timeline.marks
     assert [m.cleared for m in marks] == [False]
-    assert result.gaps() == []
+    assert_gapless(result, watch)
 
 
 async def test_riff_headers_never_reach_the_caller() -> None:
@@ -97,7 +98,10 @@ async def test_long_greeting_uses_one_hamsa_connection() -> None:
     assert len(greeting) > 2000
     emulator = EmulatorConfig(ms_per_char=1.5)
     truncation = {"hamsa_truncation_ms_per_char": 0.5, "hamsa_truncation_min_ms": 20.0}
-    async with loopback(emulator, bridge_greeting=greeting, **truncation) as rig:
+    async with (
+        loopback(emulator, bridge_greeting=greeting, **truncation) as rig,
+        stall_watch() as watch,
+    ):
         result = await rig.call()
         connections = len(rig.hamsa.connections)
         requests = played_requests(rig)
@@ -105,7 +109,7 @@ async def test_long_greeting_uses_one_hamsa_connection() -> None:
     assert connections == 1
     assert len(requests) == len(rig.hamsa.requests) >= 2
     assert all(len(r.text or "") <= 2000 for r in requests)
-    assert result.gaps() == []
+    assert_gapless(result, watch)
     assert result.leg is not None
     assert bytes(result.leg.received) == padded(b"".join(r.audio for r in requests))
 
@@ -155,8 +159,13 @@ async def test_repeated_truncation_gives_up_and_ends_the_call_cleanly() -> None:
 
 async def test_without_a_start_hold_the_first_frame_follows_hamsa_first_byte() -> None:
     # BRIDGE_START_HOLD_MAX_MS=0 switches the start policy off: play from the first bytes.
-    emulator = EmulatorConfig(chunk_interval=0.15)
-    latencies, before_end = [], []
+    # The decision is the start policy's: every sentence released at once ("immediate"), none
+    # held. When the first frame then reaches the caller is the machine's (about a millisecond
+    # on a quiet one: bench/first_audio.py measures it); here it must come before Hamsa's
+    # second chunk could have released it (0.15 s after the first) in most calls.
+    interval = 0.15
+    emulator = EmulatorConfig(chunk_interval=interval)
+    latencies, before_end, reasons = [], [], set()
     async with loopback(emulator, bridge_greeting=SHORT, bridge_start_hold_max_ms=0) as rig:
         for _ in range(7):
             result = await rig.call()
@@ -167,21 +176,30 @@ async def test_without_a_start_hold_the_first_frame_follows_hamsa_first_byte() -
             assert request.end_at is not None
             latencies.append(result.leg.timeline.first_media_at - request.first_audio_at)
             before_end.append(result.leg.timeline.first_media_at < request.end_at)
+            holds = rig.bridge.recent_calls[-1].details["start_holds"]
+            assert isinstance(holds, list)
+            reasons |= {hold["reason"] for hold in holds}
+    assert reasons == {"immediate"}
     assert all(before_end)
-    assert statistics.median(latencies) <= 0.005, latencies
+    assert statistics.median(latencies) < interval, latencies
 
 
 async def test_pacing_holds_real_time_with_a_small_lead() -> None:
     text = "ب" * 75  # 6 s of audio, delivered by the emulator as fast as it can
-    async with loopback(bridge_greeting=text) as rig:
+    async with loopback(bridge_greeting=text) as rig, stall_watch() as watch:
         result = await rig.call()
     assert result.leg is not None
     timeline = result.leg.timeline
-    assert timeline.max_lead_ms <= 250
+    # The plan tops the lead up to 200 ms (a frame over at most). The caller measures it from
+    # its own reading of a run's first frame: a stall between the bridge's send and that
+    # reading adds to what it measures, never more than the longest stall.
+    assert timeline.max_lead_ms <= 250 + 1000 * watch.longest
     assert len(result.leg.received) == 6 * 8000
+    # never faster than real time less the lead (the plan); later only by the machine
     sending = timeline.media_arrivals[-1] - timeline.media_arrivals[0]
-    assert 5.6 <= sending <= 6.3, sending
-    assert result.gaps() == []
+    assert sending >= 5.6, sending
+    assert sending <= 6.0 + LATE or watch.stalled, sending
+    assert_gapless(result, watch)
 
 
 async def test_key_during_greeting_clears_at_once_and_stops_the_audio() -> None:
@@ -193,7 +211,9 @@ async def test_key_during_greeting_clears_at_once_and_stops_the_audio() -> None:
     assert len(timeline.clears) == 1
     clear_at = timeline.clears[0].at
     pressed_at = result.keys_sent[0][0]
-    assert clear_at - pressed_at <= 0.1
+    # at once: the clear answers the key, not the sentence's end 2 s later (how soon is the
+    # machine's), and no frame of the greeting follows it
+    assert pressed_at < clear_at <= pressed_at + LATE
     assert not [t for t in timeline.media_arrivals if t > clear_at]  # no stale frames
     assert len(result.leg.played) < 2 * 8000
     assert result.close_code == 1000
@@ -293,11 +313,14 @@ async def test_sentences_play_gapless_when_synthesis_is_faster_than_real_time() 
     # first byte 0.3-0.6 s after each request, synthesis ~3x real time: the next sentence is
     # requested while the current one plays, so the caller hears no gap between sentences.
     emulator = quick(first_byte_delay=(0.3, 0.6), synthesis_speed=3.0)
-    async with loopback(emulator, bridge_greeting=SENTENCES * 2, **QUICK) as rig:
+    async with (
+        loopback(emulator, bridge_greeting=SENTENCES * 2, **QUICK) as rig,
+        stall_watch() as watch,
+    ):
         result = await rig.call()
         requests = len(rig.hamsa.requests)
     assert requests >= 4
-    assert result.gaps() == []
+    assert_gapless(result, watch)
     assert_clean_twilio_traffic(result)
 
 
@@ -331,7 +354,7 @@ async def test_reply_failing_after_audio_played_resumes_and_is_heard_once_whole(
     text = "ب" * 30  # 2.4 s, several chunks
     emulator = EmulatorConfig(faults={1: fault})
     overrides = {**FAST_RETRY, "hamsa_chunk_timeout": 0.5}
-    async with loopback(emulator, bridge_greeting=text, **overrides) as rig:
+    async with loopback(emulator, bridge_greeting=text, **overrides) as rig, stall_watch() as watch:
         result = await rig.call()
         requests = list(rig.hamsa.requests)
     assert_clean_twilio_traffic(result)
@@ -340,7 +363,7 @@ async def test_reply_failing_after_audio_played_resumes_and_is_heard_once_whole(
     assert result.leg is not None
     # the sentence is heard exactly once, whole: the retry resumed where the failure cut it
     assert bytes(result.leg.received) == padded(requests[1].audio)
-    assert len(result.gaps()) <= 1  # at most one pause, while the retry came
+    assert_gapless(result, watch, allowed=1)  # at most one pause, while the retry came
 
 
 async def test_fatal_hamsa_close_mid_greeting_lets_queued_audio_finish() -> None:
@@ -384,10 +407,12 @@ async def test_a_used_stream_token_cannot_be_replayed() -> None:
 
 
 async def test_first_frame_waits_only_for_the_hold_when_first_chunks_are_tiny() -> None:
-    # 640-byte chunks (80 ms each) every 50 ms: the first is held (it could be the 640-byte
-    # failure), the second releases both (160 ms > the 100 ms hold): one chunk interval.
+    # 640-byte chunks (80 ms each) every 200 ms: the first is held (it could be the 640-byte
+    # failure), the second releases both (160 ms > the 100 ms hold): one chunk interval, never
+    # sooner, and before a third chunk could come (how soon is the machine's).
     # (the start policy off, so only the truncation hold is measured)
-    emulator = EmulatorConfig(max_chunk_bytes=640, chunk_interval=0.05)
+    interval = 0.2
+    emulator = EmulatorConfig(max_chunk_bytes=640, chunk_interval=interval)
     async with loopback(emulator, bridge_greeting="ب" * 12, bridge_start_hold_max_ms=0) as rig:
         result = await rig.call()
         request = rig.hamsa.requests[0]
@@ -395,5 +420,5 @@ async def test_first_frame_waits_only_for_the_hold_when_first_chunks_are_tiny() 
     assert result.leg.timeline.first_media_at is not None
     assert request.first_audio_at is not None
     delay = result.leg.timeline.first_media_at - request.first_audio_at
-    assert 0.05 <= delay <= 0.05 + 0.03, delay
+    assert interval <= delay < 2 * interval, delay
     assert bytes(result.leg.received) == padded(request.audio)

@@ -20,6 +20,7 @@ from bridge.dev.caller import CallResult
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import Loopback, loopback
 from bridge.dev.servers import serving
+from tests.timing import LATE
 
 pytestmark = pytest.mark.anyio
 
@@ -210,7 +211,7 @@ async def test_key_during_a_prompt_clears_at_once_and_the_next_node_plays_clean(
     assert result.leg is not None
     [clear] = result.leg.timeline.clears
     pressed = result.keys_sent[0][0]
-    assert clear.at - pressed <= 0.1
+    assert pressed < clear.at <= pressed + LATE  # at once, not at the prompt's end 4 s later
     # after the clear: only the next node's audio, none of the interrupted prompt
     assert heard_after(result, clear.at) == padded(hours)
     assert result.prompts() == ["hours"]  # the interrupted menu prompt never got its mark
@@ -295,11 +296,15 @@ async def test_second_call_plays_cached_prompts_without_hamsa_and_starts_at_once
         before = len(rig.hamsa.requests)
         again = await rig.call(answers=["2"])
         after = len(rig.hamsa.requests)
+        details = rig.bridge.recent_calls[-1].details
     assert after == before  # welcome, menu and hours all came from the cache
+    # at once: whole in the cache, no prompt waited for the start policy (or for Hamsa); how
+    # soon the first frame came is the machine's (a millisecond on a quiet one)
+    assert "start_holds" not in details
     assert again.leg is not None
     assert again.started_at is not None
     assert again.leg.timeline.first_media_at is not None
-    assert again.leg.timeline.first_media_at - again.started_at <= 0.020
+    assert again.started_at < again.leg.timeline.first_media_at <= again.started_at + LATE
     assert again.prompts() == ["welcome", "menu", "hours"]
 
 

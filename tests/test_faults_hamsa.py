@@ -39,6 +39,7 @@ from bridge.dev.hamsa_emulator import TRUNCATED_BYTES, EmulatorConfig, Fault, Re
 from bridge.dev.loopback import Loopback, loopback
 from bridge.logs import configure_logging
 from tests.leaks import Holdings, settle
+from tests.timing import assert_gapless, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -51,10 +52,12 @@ FAST: dict[str, Any] = {
     "hamsa_retry_delays": (0.05, 0.05, 0.05),
     "hamsa_first_byte_timeout": 0.5,
     "hamsa_chunk_timeout": 0.5,
-    "hamsa_connect_timeout": 1.0,
+    "hamsa_connect_timeout": 5.0,
     "hamsa_drain_timeout": 0.2,
 }
-"""Bridge settings on the tests' time scale (production: 1/2/4 s retries, 10 s timeouts)."""
+"""Bridge settings on the tests' time scale (production: 1/2/4 s retries, 10 s timeouts). The
+connect timeout stays at production's 5 s: no fault here is a slow connect, and on a busy
+machine a hundred concurrent handshakes to the emulator can take over a second."""
 WAIT = 10.0
 """Upper bound of any wait on an event in this file."""
 _LETTERS = "ابتثجحخدذرزسشصضطظعغفقكلمنهوي"
@@ -325,9 +328,9 @@ async def test_error_frames_on_every_request_give_up_in_silence() -> None:
 
 
 async def test_socket_closed_mid_reply_resumes_on_a_new_socket_heard_once_whole() -> None:
-    async with rig_for(emulator(faults={1: Fault.CLOSE_MID_REPLY}), bridge_greeting=TEXT) as (
-        rig,
-        tap,
+    async with (
+        rig_for(emulator(faults={1: Fault.CLOSE_MID_REPLY}), bridge_greeting=TEXT) as (rig, tap),
+        stall_watch() as watch,
     ):
         result = await rig.call()
         m = await ended(rig)
@@ -340,7 +343,7 @@ async def test_socket_closed_mid_reply_resumes_on_a_new_socket_heard_once_whole(
     assert reply.audio.startswith(cut.audio)
     assert connections[0].close_code == 1011
     assert reply.connection_id == 2
-    assert len(result.gaps()) <= 1  # at most one pause, where the failure was
+    assert_gapless(result, watch, allowed=1)  # at most one pause, where the failure was
     assert errors(m) == {"reply": 1}
     assert m["hamsa_bridge_hamsa_retries_total"] == 1
     assert m["hamsa_bridge_hamsa_reconnects_total"] == 1
@@ -525,9 +528,9 @@ async def test_idle_close_between_utterances_reconnects_and_both_are_heard_whole
 
 
 async def test_reply_without_end_times_out_resumes_and_is_heard_once_whole() -> None:
-    async with rig_for(emulator(faults={1: Fault.NEVER_END}), bridge_greeting=TEXT) as (
-        rig,
-        tap,
+    async with (
+        rig_for(emulator(faults={1: Fault.NEVER_END}), bridge_greeting=TEXT) as (rig, tap),
+        stall_watch() as watch,
     ):
         result = await rig.call()
         m = await ended(rig)
@@ -539,7 +542,7 @@ async def test_reply_without_end_times_out_resumes_and_is_heard_once_whole() -> 
     assert wedged.end_at is None
     assert wedged.audio == reply.audio  # all of it came, then no end: every byte heard once
     assert reply.connection_id == 2
-    assert len(result.gaps()) <= 1
+    assert_gapless(result, watch, allowed=1)
     assert errors(m) == {"timeout": 1}
     assert m["hamsa_bridge_hamsa_retries_total"] == 1
     assert m["hamsa_bridge_hamsa_reconnects_total"] == 1
@@ -622,9 +625,12 @@ def whole_twice(rig: Loopback, text: str) -> set[bytes]:
 
 
 def endless_prefix(rig: Loopback, text: str) -> set[bytes]:
-    """The caller hung up during the endless reply: any frame-aligned part of what it streamed."""
-    [endless] = [r for r in rig.hamsa.requests if r.text == text]
-    audio = endless.audio
+    """The caller hung up during the endless reply: any frame-aligned part of what it streamed
+    (nothing, if the hang-up came before the request reached Hamsa: which comes first is the
+    machine's speed, not the bridge's choice)."""
+    replies = [r for r in rig.hamsa.requests if r.text == text]
+    assert len(replies) <= 1
+    audio = replies[0].audio if replies else b""
     return {padded(audio[:n]) for n in range(0, len(audio) + 160, 160)}
 
 

@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ from bridge.protocols.twilio_stream_server import (
     TwilioMediaStream,
 )
 from tests.leaks import Holdings, settle
+from tests.timing import LATE, assert_gapless, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -181,12 +183,13 @@ class Greetings:
 
 
 def assert_hamsa_closed_at_once(connections: list[ConnectionRecord], result: CallResult) -> None:
-    """The call's one Hamsa socket was closed by the bridge within 0.5 s of the stream's end."""
+    """The call's one Hamsa socket was closed by the bridge as the stream ended (not left to an
+    idle timeout): how soon after is the machine's, within ``LATE``."""
     [connection] = connections
     assert connection.closed_by == "client"
     assert result.ended_at is not None
     assert connection.closed_at is not None
-    assert connection.closed_at - result.ended_at < 0.5
+    assert connection.closed_at - result.ended_at < LATE
 
 
 async def test_stop_in_the_middle_of_an_utterance() -> None:
@@ -279,7 +282,7 @@ async def test_repeated_barge_in_keys_on_the_greeting() -> None:
     timeline = result.leg.timeline
     # the first key clears; no frame of the interrupted greeting arrives after that
     first_clear = timeline.clears[0].at
-    assert first_clear - result.keys_sent[0][0] < 0.1
+    assert result.keys_sent[0][0] < first_clear <= result.keys_sent[0][0] + LATE  # at once
     assert not [t for t in timeline.media_arrivals if t > first_clear]
     assert len(requests) == 1
     assert_heard(result, requests[0].audio, whole=False)
@@ -369,17 +372,25 @@ async def test_flood_of_inbound_frames_leaves_pacing_and_other_calls_alone() -> 
         flooding = script.plan(rig, 2.0, flood=flood)
         quiet = script.plan(rig, 2.0)
         with captured_logs() as logs:
-            results = await asyncio.gather(place_call(flooding), place_call(quiet))
+            cpu = time.process_time()
+            async with stall_watch() as watch:
+                results = await asyncio.gather(place_call(flooding), place_call(quiet))
+            cpu = time.process_time() - cpu
             await settled(rig)
         completed = calls_total(rig, "completed")
         audio = [script.audio(rig, r) for r in results]
+    # The flood is cheap: its CPU time (the callers' too: ~0.35 s in all here), not how
+    # busy the machine was. So a stall the watch saw is the machine's, not the flood's.
+    assert cpu < 1.5, cpu
     for result, heard in zip(results, audio, strict=True):
         assert result.close_code == 1000
         assert_valid_frames(result)
         assert_heard(result, heard, whole=True)
-        assert result.gaps() == []
+        assert_gapless(result, watch)
         assert result.leg is not None
-        assert result.leg.timeline.max_lead_ms <= 250
+        # the plan's 200 ms lead (a frame over at most), as the caller measures it: a stall
+        # between the bridge's send and the caller's reading of a run's first frame adds to it
+        assert result.leg.timeline.max_lead_ms <= 250 + 1000 * watch.longest
         summary = summary_of(logs, result)
         assert (summary["outcome"], summary["reason"]) == ("completed", "greeting played")
         assert summary["violations"] == {}  # a flood of valid frames is not an error

@@ -92,7 +92,7 @@ def spec() -> OpenAPI:
             f"Twilio's OpenAPI spec is not at {SPEC} (twilio/twilio-oai "
             "spec/json/twilio_api_v2010.json); conformance tests need it"
         )
-    started = time.perf_counter()
+    started = time.process_time()  # the work loading costs, not how busy the machine is
     with SPEC.open(encoding="utf-8") as source:
         document = json.load(source)
     config = Config(
@@ -103,7 +103,7 @@ def spec() -> OpenAPI:
         },
     )
     api = OpenAPI.from_dict(document, config=config)
-    api.load_seconds = time.perf_counter() - started  # type: ignore[attr-defined]
+    api.load_seconds = time.process_time() - started  # type: ignore[attr-defined]
     return api
 
 
@@ -259,7 +259,7 @@ def numbers_path(suffix: str = "") -> str:
 
 def test_the_spec_loads_quickly_enough(spec: OpenAPI) -> None:
     seconds: float = spec.load_seconds  # type: ignore[attr-defined]
-    assert seconds < 20, f"loading the spec took {seconds:.1f} s"
+    assert seconds < 20, f"loading the spec took {seconds:.1f} s of CPU"
 
 
 async def test_account_fetch_and_update_conform(spec: OpenAPI) -> None:
