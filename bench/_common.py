@@ -62,7 +62,9 @@ def serve_env(
     **settings: str,
 ) -> dict[str, str]:
     """The environment of a ``hamsa-bridge serve`` that uses the Hamsa emulator at ``hamsa_url``
-    (``http://…``: its realtime socket and its REST API), with JSON logs, and ``settings``.
+    (``http://…``: its realtime socket and its REST API), with JSON logs, one process
+    (``BRIDGE_WORKERS=1``: what the benchmarks measure; ``settings`` may ask for workers), and
+    ``settings``.
 
     It starts from this process' environment; ``clean``: without any ``BRIDGE_*``, ``HAMSA_*``
     or ``TWILIO_*`` variable (an IVR flow or a metrics port set in the shell would change what
@@ -76,6 +78,7 @@ def serve_env(
         "TWILIO_AUTH_TOKEN": auth_token,
         "BRIDGE_PUBLIC_URL": public_url,
         "BRIDGE_LOG_FORMAT": "json",
+        "BRIDGE_WORKERS": "1",
         **settings,
     }
 

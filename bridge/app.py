@@ -54,7 +54,7 @@ from bridge.calls.hamsa_session import Connector
 from bridge.calls.inbound import InboundStreams, greeting_script
 from bridge.calls.presynth import Presynthesizer
 from bridge.calls.prompt_cache import PromptCache
-from bridge.calls.registry import CallRegistry, OpenStreams
+from bridge.calls.registry import CallRegistry, OpenStreams, UsedTokens
 from bridge.calls.start_policy import HamsaPace
 from bridge.calls.warm_pool import WarmHamsaPool
 from bridge.drain import DrainController, Phase
@@ -99,6 +99,8 @@ class BridgeState:
     """Voice preload and the rest of startup, when it runs behind a listening server."""
     on_startup_failure: Callable[[], None] | None = None
     """Called if startup fails in the background (``serve`` then exits with status 1)."""
+    worker: tuple[int, int] | None = None
+    """``(this worker's number, how many)`` under ``serve --workers N``; None: one process."""
 
     async def wait_started(self) -> None:
         """Return once the bridge accepts calls; raises ``PreloadError`` if startup failed."""
@@ -154,19 +156,26 @@ def create_app(
     admission: Sequence[AdmissionHook] = (),
     wall_clock: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
+    metrics: Metrics | None = None,
+    used_tokens: UsedTokens | None = None,
+    worker: tuple[int, int] | None = None,
 ) -> Starlette:
     """The bridge app. ``script`` is what each inbound call does once authenticated (default:
     the greeting, or the flow in ``BRIDGE_IVR_FLOW``). ``admission``: hooks asked before the
-    bridge's own (``bridge.calls.context``); the app closes them (``aclose``) at shutdown."""
+    bridge's own (``bridge.calls.context``); the app closes them (``aclose``) at shutdown.
+
+    A worker of ``serve --workers N`` passes what it shares with its siblings: ``metrics``
+    (multiprocess), ``used_tokens`` (the stream tokens any worker accepted; closed at shutdown)
+    and ``worker`` (its number, and how many), which ``/readyz`` names."""
     check_serving_settings(settings)
     if settings.bridge_ivr_flow and script is greeting_script:
         from bridge.ivr.feature import load_ivr_script
 
         script = load_ivr_script(settings)
     cache = PromptCache.from_settings(settings)
-    registry = CallRegistry()
+    registry = CallRegistry(used_tokens)
     streams = OpenStreams()
-    metrics = Metrics(process=True)
+    metrics = metrics if metrics is not None else Metrics(process=True)
     metrics.track(lambda: len(registry), lambda: len(streams))
     metrics.max_calls.set(settings.bridge_max_calls)
     store = LazyStore(settings.bridge_database_url)
@@ -233,6 +242,7 @@ def create_app(
             on_drain=[warm_pool.aclose] if warm_pool is not None else [],
         ),
         warm_pool=warm_pool,
+        worker=worker,
     )
 
     async def start_serving() -> None:
@@ -297,6 +307,8 @@ def create_app(
             await store.close()
             for hook in hooks:
                 await aclose(hook)
+            if used_tokens is not None:
+                used_tokens.close()
 
     app = Starlette(
         routes=[
@@ -507,7 +519,10 @@ async def livez(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """200 when a new call would be accepted; 503 while starting, draining, or at capacity."""
+    """200 when a new call would be accepted; 503 while starting, draining, or at capacity.
+
+    Under ``serve --workers N`` it answers for the worker that took the request (its calls, its
+    ``BRIDGE_MAX_CALLS``): the body says so (``scope``, ``worker``, ``workers``)."""
     state = _state(request)
     phase = state.drain.phase
     body: dict[str, object] = {
@@ -515,6 +530,8 @@ async def readyz(request: Request) -> Response:
         "open_streams": len(state.streams),
         "max_calls": state.settings.bridge_max_calls,
     }
+    if state.worker is not None:
+        body |= {"scope": "worker", "worker": state.worker[0], "workers": state.worker[1]}
     if phase is not Phase.SERVING:
         return JSONResponse({"status": phase.value, **body}, status_code=503)
     if state.at_capacity:
@@ -541,12 +558,14 @@ async def _sweep_held_audio(cache: PromptCache) -> None:
 
 
 async def _watch_loop_lag(metrics: Metrics) -> None:
-    """Sample how late the event loop wakes a timer (time.monotonic: a real-time measure)."""
+    """Sample how late the event loop wakes a timer (time.monotonic: a real-time measure); a
+    worker also writes its scrape-time gauges for whichever worker answers ``/metrics``."""
     loop = asyncio.get_running_loop()
     while True:
         before = loop.time()
         await asyncio.sleep(LOOP_LAG_INTERVAL)
         metrics.event_loop_lag.observe(max(0.0, loop.time() - before - LOOP_LAG_INTERVAL))
+        metrics.refresh()
 
 
 def _snake(name: str) -> str:

@@ -141,11 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
             "BRIDGE_API_TOKEN also the announcements API. Listens on 0.0.0.0:8080 by default\n"
             "(every interface). Needs TWILIO_AUTH_TOKEN, BRIDGE_PUBLIC_URL and HAMSA_API_KEY\n"
             "(exit 2 without them). SIGTERM drains the calls in progress before it exits;\n"
-            "Ctrl-C stops it the same way."
+            "Ctrl-C stops it the same way.\n"
+            "\n"
+            "By default it runs one worker process per usable CPU behind the one port (a\n"
+            "supervisor forwards signals and replaces a worker that dies; BRIDGE_MAX_CALLS and\n"
+            "/readyz are per worker, /metrics covers them all); --workers 1 is one process and\n"
+            "no supervisor (in a container: scale with replicas)."
         ),
         examples="""
             hamsa-bridge serve
             hamsa-bridge serve --host 127.0.0.1 --port 9000
+            hamsa-bridge serve --workers 1
         """,
     )
     serve.add_argument(
@@ -154,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address to listen on (0.0.0.0: every interface; 127.0.0.1: this machine only)",
     )
     serve.add_argument("--port", type=int, default=8080, help="the port to listen on")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="processes sharing the port: 0, one per usable CPU; 1, a single process "
+        "(default: BRIDGE_WORKERS, whose default is 0)",
+    )
 
     demo = add_command(
         commands,
@@ -598,6 +611,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _worker_count(text: str) -> int:
+    """``--workers``: a whole number, 0 (one per usable CPU) up to 256."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of workers: {text!r}") from None
+    if not 0 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{value} workers: give 0 (one per CPU) to 256")
+    return value
+
+
 def _error(message: str) -> None:
     print(f"hamsa-bridge: {message}", file=sys.stderr)
 
@@ -648,8 +672,10 @@ def main(
     try:
         if args.command == "serve":
             from bridge.server import serve
+            from bridge.workers import worker_count
 
-            return serve(settings, host=args.host, port=args.port)
+            requested = settings.bridge_workers if args.workers is None else args.workers
+            return serve(settings, host=args.host, port=args.port, workers=worker_count(requested))
         if args.command == "demo":
             from bridge.dev.demo import run_demo
 

@@ -47,12 +47,26 @@ _DENIAL_LINES = re.compile(
     r"|^ASGI callable returned without completing handshake\.$"
 )
 _handshake_denied: ContextVar[bool] = ContextVar("handshake_denied", default=False)
+_process_fields: dict[str, Any] = {}
+"""Added to every line this process logs (``bind_process_fields``; empty unless a worker)."""
 
 
 def note_handshake_denied() -> None:
     """Call before ``send_denial_response``, once the refusal is logged (``stream_refused``):
     uvicorn's lines about the denied handshake are then dropped."""
     _handshake_denied.set(True)
+
+
+def bind_process_fields(**fields: Any) -> None:
+    """Add ``fields`` to every line this process logs from now on, whatever the logger: a worker
+    of ``serve --workers N`` names itself (``worker``, ``pid``) on each of its lines."""
+    _process_fields.update(fields)
+
+
+def _add_process_fields(_logger: Any, _method: str, event: Any) -> Any:
+    for name, value in _process_fields.items():
+        event.setdefault(name, value)
+    return event
 
 
 class Redactor:
@@ -146,6 +160,7 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_process_fields,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -5,11 +5,23 @@ app in the same process). Everything is named ``hamsa_bridge_*``; labels are sma
 (outcome, reason, kind), never a CallSid or a number.
 
 Hot paths only touch pre-bound children: a frame sent is one ``Counter.inc``.
+
+Under ``serve --workers N`` (``bridge.workers``) each worker writes its values to files in a
+directory the workers share (prometheus-client's multiprocess mode), and ``/metrics``, whichever
+worker answers, reports the machine: counters and histograms summed over every worker that ran
+(a restarted worker's counts are kept), gauges by their ``multiprocess_mode`` (``livesum``: calls,
+streams, warm sockets and the call cap of the live workers added up; ``livemax``: draining if any
+worker is). Gauges read from the app at scrape time are written every ``LOOP_LAG_INTERVAL``
+instead (``refresh``). No process, platform or GC series there: they would describe only the
+worker that answered.
 """
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,8 +30,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -91,26 +105,55 @@ _CALL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 class Metrics:
     """Every series the bridge exports."""
 
-    def __init__(self, *, process: bool = False) -> None:
-        """``process``: also export process, platform and GC collectors (the server does)."""
+    def __init__(self, *, process: bool = False, multiprocess_dir: Path | None = None) -> None:
+        """``process``: also export process, platform and GC collectors (the server does).
+
+        ``multiprocess_dir``: this process is one of ``serve``'s workers; its values go to that
+        directory and :attr:`exposed` reports every worker's (``process`` is then ignored). Build
+        it only in a process of its own: the directory becomes this process's
+        ``PROMETHEUS_MULTIPROC_DIR``, which prometheus-client reads.
+        """
+        self._scraped: list[tuple[Gauge, Callable[[], float]]] = []
         r = self.registry = CollectorRegistry(auto_describe=True)
-        if process:
+        """This process's series (tests read them here)."""
+        self.exposed = r
+        """What ``/metrics`` exports: this registry, or every worker's series."""
+        self.multiprocess = multiprocess_dir is not None
+        if multiprocess_dir is not None:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiprocess_dir)
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                # prometheus-client picks its value class when it is imported, from the
+                # environment; the worker was forked from a process that imported it before.
+                values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+            # Not auto_describe: that would read every worker's files at registration.
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+        elif process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
         ns = "hamsa_bridge"
         # --- calls
         self.active_calls = Gauge(
-            "active_calls", "Calls authenticated and in progress", namespace=ns, registry=r
+            "active_calls",
+            "Calls authenticated and in progress",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.open_streams = Gauge(
             "open_streams",
             "Accepted stream WebSockets (calls plus streams awaiting their start)",
             namespace=ns,
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.max_calls = Gauge(
-            "max_calls", "Configured concurrent call limit", namespace=ns, registry=r
+            "max_calls",
+            "Configured concurrent call limit (with workers: the live workers' limits added up)",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.calls = Counter(
             "calls", "Streams ended, by outcome", ["outcome"], namespace=ns, registry=r
@@ -131,7 +174,11 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge(
-            "draining", "1 once a shutdown signal started the drain", namespace=ns, registry=r
+            "draining",
+            "1 once a shutdown signal started the drain",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.calls_ended_by_drain = Counter(
             "calls_ended_by_drain",
@@ -161,6 +208,7 @@ class Metrics:
             "Open Hamsa WebSockets waiting in the warm pool (HAMSA_WARM_CONNECTIONS)",
             namespace=ns,
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.hamsa_warm_takes = Counter(
             "hamsa_warm_takes",
@@ -283,12 +331,25 @@ class Metrics:
 
     def track_warm_pool(self, idle: Callable[[], int]) -> None:
         """Read the warm pool's idle sockets at scrape time."""
-        self.hamsa_warm_sockets.set_function(lambda: float(idle()))
+        self._at_scrape(self.hamsa_warm_sockets, lambda: float(idle()))
 
     def track(self, active_calls: Callable[[], int], open_streams: Callable[[], int]) -> None:
         """Read the live gauges from the app's registries at scrape time."""
-        self.active_calls.set_function(lambda: float(active_calls()))
-        self.open_streams.set_function(lambda: float(open_streams()))
+        self._at_scrape(self.active_calls, lambda: float(active_calls()))
+        self._at_scrape(self.open_streams, lambda: float(open_streams()))
+
+    def _at_scrape(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        if self.multiprocess:
+            # Another worker may answer the scrape: the value must be in the shared files.
+            self._scraped.append((gauge, read))
+        else:
+            gauge.set_function(read)
+
+    def refresh(self) -> None:
+        """Write the gauges read at scrape time (workers only: the app calls this every
+        ``LOOP_LAG_INTERVAL``, and before answering a scrape)."""
+        for gauge, read in self._scraped:
+            gauge.set(read())
 
     def call_ended(self, outcome: str) -> None:
         self.calls.labels(outcome=outcome if outcome in CALL_OUTCOMES else "other").inc()
@@ -297,5 +358,12 @@ class Metrics:
         self.hamsa_errors.labels(kind=kind).inc()
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
+        """What ``/metrics`` exports, in Prometheus text format."""
+        self.refresh()
+        for _ in range(2):
+            try:
+                return generate_latest(self.exposed)
+            except struct.error:
+                # A worker starting this instant: its file exists but is not sized yet.
+                continue
+        return generate_latest(self.exposed)

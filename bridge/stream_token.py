@@ -5,7 +5,8 @@ Twilio drops query strings from stream URLs and may not sign the WebSocket hands
 to the CallSid, HMAC-SHA256 keyed by the account's auth token. The stream handler checks it against
 ``start.callSid`` before anything is allocated. Tokens are stateless, so any replica can verify
 a token issued by another; each replica refuses a token it has already accepted (until it
-expires), and a second stream for a call already streaming there.
+expires; the workers of ``serve --workers N`` share that memory: ``SharedUsedTokens``), and a
+second stream for a call already streaming there.
 
 Format: ``v1.<expiry>.<nonce>.<mac>``: expiry in unix seconds, a random nonce, and
 ``mac = base64url(HMAC-SHA256(key, "v1|<CallSid>|<expiry>|<nonce>"))``.

@@ -21,17 +21,22 @@ def _empty_working_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ``hamsa-bridge`` reads ``./.env``, and a ``.env`` in the checkout (the README's offline path
     creates one) must not reach the suite; default outputs (``hamsa-demo.wav``, the SQLite
     store) stay out of the checkout. ``PYTHONPATH`` keeps ``python -m bridge.cli`` on this
-    checkout's code, whatever the virtual environment's install points at."""
+    checkout's code, whatever the virtual environment's install points at. ``BRIDGE_WORKERS=1``:
+    a ``serve`` a test starts is one process, whatever the machine's CPUs, unless the test asks
+    for workers (``tests/test_workers.py``)."""
     root = str(Path(__file__).resolve().parent.parent)
-    before, pythonpath = Path.cwd(), os.environ.get("PYTHONPATH")
+    before = Path.cwd()
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "BRIDGE_WORKERS")}
     os.chdir(tmp_path_factory.mktemp("cwd"))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, pythonpath]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, saved["PYTHONPATH"]]))
+    os.environ["BRIDGE_WORKERS"] = "1"
     yield
     os.chdir(before)
-    if pythonpath is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = pythonpath
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 pytest_plugins = ["tests.log_audit", "tests.store_support"]

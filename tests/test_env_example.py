@@ -26,7 +26,12 @@ SECRETS = {
     name.upper() for name, field in Settings.model_fields.items() if field.annotation is SecretStr
 } | {"BRIDGE_DATABASE_URL"}  # may hold a password
 # What the ConfigMap sets on purpose to something other than the default.
-CONFIGMAP_OVERRIDES = {"BRIDGE_PUBLIC_URL", "BRIDGE_METRICS_PORT", "BRIDGE_LOG_FORMAT"}
+CONFIGMAP_OVERRIDES = {
+    "BRIDGE_PUBLIC_URL",
+    "BRIDGE_METRICS_PORT",
+    "BRIDGE_LOG_FORMAT",
+    "BRIDGE_WORKERS",  # one process per pod
+}
 ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
 
 
