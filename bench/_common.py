@@ -23,7 +23,7 @@ import os
 import platform
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,21 +140,27 @@ async def served_bridge(
     graceful: bool = False,
     cwd: str | None = None,
     preexec_fn: Callable[[], None] | None = None,
+    command: Sequence[str] | None = None,
 ) -> AsyncIterator[ServedBridge]:
     """``hamsa-bridge serve`` on ``port`` (:func:`start_serve`, stdout discarded) until the block
     exits; its stderr lines go to :attr:`ServedBridge.lines`. Not awaited: its readiness.
 
+    ``command``: run that instead (another server under test listening on ``port``, such as the
+    benchmark's floor server), the same way.
+
     At the end a bridge still running is killed, or with ``graceful`` sent SIGTERM (its drain,
     with no call left, exits at once) and killed only if it has not exited 15 s later.
     """
-    process = await start_serve(
-        port,
-        env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=preexec_fn,
-    )
+    options: dict[str, Any] = {
+        "cwd": cwd,
+        "stdout": asyncio.subprocess.DEVNULL,
+        "stderr": asyncio.subprocess.PIPE,
+        "preexec_fn": preexec_fn,
+    }
+    if command is None:
+        process = await start_serve(port, env, **options)
+    else:
+        process = await asyncio.create_subprocess_exec(*command, env=dict(env), **options)
     bridge = ServedBridge(process, f"http://127.0.0.1:{port}")
     assert process.stderr is not None
     stderr = process.stderr

@@ -22,9 +22,14 @@ Method
   ``SETUP_RATE`` (50) a second (at least over 2 s; ``--ramp`` overrides), run to their end.
 * Per step:
 
-  - bridge CPU (``/proc/<pid>/stat``, sampled every 0.5 s) over the steady window in which all N
-    calls were playing (the last call's first audio to the first call's end), in % of one core
-    (in brackets over the ramp); CPU per call = that / N; calls per core = 100 % / CPU per call;
+  - bridge CPU: utime + stime of the bridge process alone, all its threads
+    (``/proc/<pid>/stat``, sampled every 0.5 s), over the steady window in which all N calls
+    were playing (the last call's first audio to the first call's end), in % of one core (in
+    brackets over the ramp); CPU per call = that / N; calls per core = 100 % / CPU per call.
+    Neither the generator's CPU nor anyone else's is in it. For comparison with measures of the
+    whole box the machine's busy ticks over the same window (``/proc/stat``, every CPU: bridge,
+    generator and everyone else, in % of one core) are printed too ("machine CPU", and in each
+    step's note the calls per core they would give);
   - bridge RSS (peak ``VmRSS``) and its growth per call over the idle, warmed-up process (each
     call holds a Twilio socket and a Hamsa socket);
   - from the bridge's ``/metrics`` (deltas, bucket upper bounds): event-loop lag (a 0.5 s timer)
@@ -49,9 +54,33 @@ Method
   step is invalid. Its cyclic GC is off during a step. "Other CPU" is the machine's busy time
   (``/proc/stat``) minus the bridge and the generator, in % of one core.
 
+Targets (``--target``)
+----------------------
+
+The same generator, callers and figures can be aimed at other servers, started, pinned, warmed
+up and measured exactly as the bridge (a fresh process per step, CPU from its own ``/proc``
+ticks, RSS growth per call, frame lateness at the callers):
+
+* ``floor``: ``bench/floor_server.py``, the least a pure-Python server does for the same media
+  path (uvloop, an ``asyncio.Protocol`` around websockets' sans-I/O ``ServerProtocol``, inbound
+  media dropped unparsed, one ``writelines`` of 5 precomputed frames per 100 ms). Its plan keeps
+  the bridge's 120 ms smallest lead, so frame lateness means the same. No Hamsa socket.
+* ``pipecat``: ``bench/pipecat_server.py``, Pipecat's FastAPI websocket transport with its
+  ``TwilioFrameSerializer`` and a local fake TTS (no STT, no LLM, no network), run by the
+  interpreter of its own virtual environment (``--pipecat-python``; missing: exit 2 with the
+  install commands). Pipecat runs one frame ahead, so its frame lateness is measured against a
+  20 ms lead (``PLAN_MARGINS``).
+
+With several targets (``--target both`` = bridge,floor; ``all``; ``--compare-pipecat`` adds
+Pipecat) each step runs against each target in turn, rows are named by target, the 1-call latency
+pass runs for the bridge only, and a last table puts each target's CPU and memory per call, frame
+lateness p99 and audio rate side by side with their ratios to the floor: the bridge's CPU per
+call ÷ the floor's is what everything the bridge adds costs.
+
 Verdict: the largest N such that it and every smaller step passed: bridge CPU below 80 % of one
-core, no underrun and no gap, no failed call, loop lag, writer lateness and frame lateness p99 at
-most 10 ms, first-audio p95 within 0.2 s of the unloaded step's; a saturated generator ends the
+core, no underrun and no gap, no failed call, the server idle again within ``IDLE_TIMEOUT`` after
+the calls, loop lag, writer lateness and frame lateness p99 at most 10 ms, first-audio p95 within
+0.2 s of the unloaded step's; a saturated generator ends the
 verdict. A step that fails while other processes use ``OTHER_CPU_LIMIT`` of a core or more is
 repeated (``--retries``, once by default).
 
@@ -70,7 +99,8 @@ Caveats
   only with the "other CPU" column in view.
 * One greeting per call, no keypresses, no IVR, no announcements database.
 
-Run: ``python bench/capacity.py [--calls 50,100,200,300] [--quick | --soak | --smoke]``.
+Run: ``python bench/capacity.py [--calls 50,100,200,300] [--quick | --soak | --smoke]
+[--target bridge|floor|pipecat|both|all] [--compare-pipecat]``.
 """
 
 from __future__ import annotations
@@ -85,20 +115,24 @@ import json
 import math
 import os
 import platform
+import re
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, cast
 
 import httpx2
 from _common import (
     CLOCK_TICKS,
     KEY,
+    OWN_PREFIXES,
     TOKEN,
     ServedBridge,
     allowed_cpus,
@@ -115,6 +149,7 @@ from _common import (
     uvloop_installed,
 )
 from figures import quantile
+from pipecat_server import EXIT_MISSING, INSTALL_HINT
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.dev.caller import parse_connect_stream
@@ -134,6 +169,8 @@ CHUNK_BYTES: Final = 1600
 a short first frame followed by a long second one makes gaps at any load)."""
 UNLOADED_CALLS: Final = 3
 WARM_UP_SECONDS: Final = 2.0
+IDLE_TIMEOUT: Final = 30.0
+"""Seconds the server under test gets to be idle again after a step's calls are done."""
 SAMPLE_INTERVAL: Final = 0.5
 """Seconds between CPU/RSS samples (a sampling interval, not synchronisation)."""
 GEN_LAG_INTERVAL: Final = 0.05
@@ -149,6 +186,11 @@ SETUP_RATE: Final = 50.0
 """Default arrival rate (calls set up per second) of a step's ramp."""
 OTHER_CPU_LIMIT: Final = 15.0
 """Other processes using this much of a core during a step make it invalid (repeated once)."""
+TARGETS: Final = ("bridge", "floor", "pipecat")
+"""The servers a run can measure (``--target``): ``hamsa-bridge serve``, the floor server
+(``bench/floor_server.py``) and a Pipecat pipeline (``bench/pipecat_server.py``)."""
+BENCH_DIR: Final = Path(__file__).resolve().parent
+PIPECAT_VENV_PYTHON: Final = BENCH_DIR.parent / ".venv-pipecat" / "bin" / "python"
 SENTENCES: Final = (
     "مرحبا بك في خدمة همسة للرد الآلي على المكالمات الهاتفية.",
     "نحن سعداء بتواصلك معنا ونرجو أن تكون بخير وصحة جيدة.",
@@ -238,6 +280,20 @@ def log_event(line: str) -> dict[str, Any]:
     return event
 
 
+LOGURU_LINE: Final = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \| *(\w+) *\| *(\S+)")
+"""A loguru line (Pipecat's log): its level and its ``module:function:line``."""
+HEX_ADDRESS: Final = re.compile(r" at 0x[0-9a-f]+")
+
+
+def log_kind(line: str) -> str:
+    """What a log line counts as in a step's note: a JSON line's event; a loguru line's level and
+    place (not its time and object addresses: one kind, however many lines); else the text."""
+    found = LOGURU_LINE.match(line)
+    if found is not None:
+        return f"{found[1]} {found[2]}"
+    return HEX_ADDRESS.sub("", str(log_event(line).get("event", "?")))[:120]
+
+
 def log_tail(bridge: ServedBridge) -> list[dict[str, Any]]:
     """The last lines of the bridge's log (for an error message)."""
     return [log_event(line) for line in bridge.lines[-5:]]
@@ -259,11 +315,7 @@ async def running_bridge(
     (an IVR flow or a metrics port set in the shell would change what is measured).
     """
     port = free_port()
-
-    def pin() -> None:  # runs in the child before exec: every thread inherits it
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-
+    pin = pinner(cpu)
     with tempfile.TemporaryDirectory(prefix="hamsa-bench-") as workdir:
         env = serve_env(
             hamsa_url,
@@ -282,30 +334,80 @@ async def running_bridge(
             yield bridge
 
 
+def pinner(cpu: int | None) -> Callable[[], None]:
+    """What runs in a server's child process before exec: pins it (and so every thread it
+    starts) to ``cpu``."""
+
+    def pin() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+@asynccontextmanager
+async def running_reference(
+    script: Path, python: str, *, frames_per_call: int, cpu: int | None
+) -> AsyncIterator[ServedBridge]:
+    """A reference server (``bench/floor_server.py``, ``bench/pipecat_server.py``) run by
+    ``python`` in a subprocess pinned to ``cpu``, ready, until the block exits; each call it
+    answers speaks ``frames_per_call`` frames. The environment is this one without the bridge's
+    settings."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+    command = [python, str(script), "--port", str(port), "--frames", str(frames_per_call)]
+    with tempfile.TemporaryDirectory(prefix="hamsa-bench-") as workdir:
+        async with served_bridge(
+            port, env, graceful=True, cwd=workdir, preexec_fn=pinner(cpu), command=command
+        ) as server:
+            async with httpx2.AsyncClient(timeout=2.0) as http:
+                await wait_ready(server, http)
+            yield server
+
+
 async def wait_ready(bridge: ServedBridge, http: httpx2.AsyncClient) -> None:
     """Poll ``/readyz`` (at log level warning the bridge prints nothing when it is ready, and no
     other event crosses the process boundary)."""
     async with asyncio.timeout(30):
         while True:
             if bridge.process.returncode is not None:
-                raise RuntimeError(f"the bridge exited: {log_tail(bridge)}")
+                raise RuntimeError(f"the server under test exited: {log_tail(bridge)}")
             with contextlib.suppress(httpx2.TransportError):
                 if (await http.get(bridge.url + "/readyz")).status_code == 200:
                     return
             await asyncio.sleep(0.05)
 
 
+class NotIdle(RuntimeError):
+    """The server under test still had calls or streams ``IDLE_TIMEOUT`` after the callers were
+    done (an overloaded server still tearing calls down, or calls it lost track of)."""
+
+    def __init__(self, samples: Samples) -> None:
+        active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
+        streams = samples.get(("hamsa_bridge_open_streams", ()), 0.0)
+        super().__init__(
+            f"not idle {IDLE_TIMEOUT:.0f} s after the calls: {active:.0f} calls, "
+            f"{streams:.0f} streams left"
+        )
+        self.samples = samples
+
+
 async def wait_idle(bridge: ServedBridge, http: httpx2.AsyncClient) -> Samples:
     """The bridge's metrics once no call and no stream is left (calls end just after the
-    callers see the socket close: the bridge's counters settle a moment later)."""
-    async with asyncio.timeout(30):
-        while True:
-            samples = await scrape(bridge, http)
-            active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
-            streams = samples.get(("hamsa_bridge_open_streams", ()), 0.0)
-            if active == 0 and streams == 0:
-                return samples
-            await asyncio.sleep(0.1)
+    callers see the socket close: the bridge's counters settle a moment later); ``NotIdle``
+    after ``IDLE_TIMEOUT``."""
+    samples: Samples = {}
+    try:
+        async with asyncio.timeout(IDLE_TIMEOUT):
+            while True:
+                samples = await scrape(bridge, http)
+                active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
+                streams = samples.get(("hamsa_bridge_open_streams", ()), 0.0)
+                if active == 0 and streams == 0:
+                    return samples
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise NotIdle(samples) from None
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -390,7 +492,9 @@ class Sampler:
 # frames masked with a zero key, which RFC 6455 permits the server to receive), one ticker for
 # every call sends each call's 20 ms media frame in one of ``TICK_GROUPS`` phase groups (so the
 # bridge sees arrivals spread over the 20 ms as from independent calls, not one burst), and the
-# bridge's media frames are checked by length (a 160-byte payload) and timestamped, not decoded.
+# bridge's media frames are checked by length (a 160-byte payload) and timestamped, not decoded
+# (a ``media`` message spelled otherwise, as Pipecat's ``json.dumps`` spaces it, is parsed and its
+# payload decoded instead: the same check, at the generator's extra cost).
 # Twilio's playout buffer is modelled by its end time only; marks are echoed when the audio
 # before them has played, at once on ``clear``; pings are answered.
 
@@ -400,6 +504,15 @@ TICK_GROUPS: Final = 10
 PLAN_MARGIN_DEFAULT: Final = 0.120
 """The smallest lead the bridge's pacing plans to leave a frame: it tops Twilio's buffer up to
 ``lead`` (200 ms) when it has drained to ``lead - frame - refill`` (200 - 20 - 60 = 120 ms)."""
+PLAN_MARGINS: Final = {
+    "bridge": PLAN_MARGIN_DEFAULT,
+    "floor": PLAN_MARGIN_DEFAULT,
+    "pipecat": 0.020,
+}
+"""Each target's smallest planned lead, what its frame lateness is measured against: the floor
+plans the bridge's 120 ms (220 ms sent at once, then 100 ms every 100 ms); Pipecat's output
+transport writes a frame, then sleeps until the next one is due, so it runs one frame (20 ms)
+ahead."""
 MARGIN_BIN: Final = 0.0001
 MARGIN_BINS: Final = 10_000
 
@@ -562,7 +675,7 @@ class LeanCall(asyncio.Protocol):
             opcode = b0 & 0x0F
             if opcode == 0x1:
                 if buf.startswith(b'{"event":"media"', off):
-                    self._on_media(n, now)
+                    self._on_media(n == self._media_len, now)
                 else:
                     self._on_text(bytes(buf[off:pos]), now)
             elif opcode == 0x8:
@@ -580,8 +693,8 @@ class LeanCall(asyncio.Protocol):
 
     # --- Twilio's side
 
-    def _on_media(self, size: int, now: float) -> None:
-        if size != self._media_len:
+    def _on_media(self, well_formed: bool, now: float) -> None:
+        if not well_formed:
             self.bad_frames += 1
         self.frames += 1
         if self.first_media_at is None:
@@ -612,7 +725,15 @@ class LeanCall(asyncio.Protocol):
         except (ValueError, KeyError, TypeError):
             self.bad_frames += 1
             return
-        if event == "mark":
+        if event == "media":  # not in the bridge's exact shape (Pipecat's json.dumps spacing…)
+            media = message.get("media")
+            encoded = media.get("payload") if isinstance(media, dict) else None
+            try:
+                size = len(base64.b64decode(encoded, validate=True)) if encoded else 0
+            except (binascii.Error, TypeError, ValueError):
+                size = 0
+            self._on_media(message.get("streamSid") == self.stream_sid and size == 160, now)
+        elif event == "mark":
             self.marks += 1
             name = str(message.get("mark", {}).get("name", ""))
             end = self._play_end
@@ -784,11 +905,18 @@ async def lean_call(
 class StepResult:
     label: str
     calls: int
+    target: str = "bridge"
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     bridge_cpu: float | None = None
+    """The server under test's CPU (the bridge's, or a reference target's), steady window."""
     bridge_ramp_cpu: float | None = None
     gen_cpu: float | None = None
+    machine_cpu: float | None = None
+    """Busy time of every CPU together (``/proc/stat``) over the steady window, in % of one
+    core: the server, the generator and everyone else."""
+    audio_rate: float | None = None
+    """Audio heard per second of a call's stream (1.0: real time), mean over the calls."""
     other_cpu: float | None = None
     rss_idle: int = 0
     rss_peak: int = 0
@@ -820,6 +948,8 @@ class StepResult:
     frames_heard: int = 0
     frames_expected: int = 0
     refused: int = 0
+    stuck: str | None = None
+    """Why the server was not idle after the step (None: it was)."""
     warnings: dict[str, int] = field(default_factory=dict)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     seconds: float = 0.0
@@ -837,6 +967,12 @@ class StepResult:
     def calls_per_core(self) -> float | None:
         per_call = self.cpu_per_call
         return None if not per_call else 100.0 / per_call
+
+    @property
+    def calls_per_core_machine(self) -> float | None:
+        """Calls per core if the machine's busy time (server, generator, others) were all
+        charged to the calls: what a measure of the whole box reports."""
+        return None if not self.machine_cpu else 100.0 * self.calls / self.machine_cpu
 
     def lateness(self, q: float) -> float | None:
         """Frame lateness (see the docstring) at quantile ``q``: 0 when on the plan or early."""
@@ -862,6 +998,8 @@ class StepResult:
             found.append(f"CPU {self.bridge_cpu:.0f}%")
         if self.failed:
             found.append(f"{self.failed} failed")
+        if self.stuck:
+            found.append(self.stuck)
         if self.underruns or self.gaps:
             found.append("underruns/gaps")
         if self.bad_frames:
@@ -908,7 +1046,10 @@ class Bench:
     """(bridge CPU, generator CPU), or Nones without pinning."""
     log_level: str
     plan_margin: float = PLAN_MARGIN_DEFAULT
-    started: bool = False
+    """The current target's (``PLAN_MARGINS``), set with its server."""
+    pipecat_python: str = sys.executable
+    started: set[str] = field(default_factory=set)
+    """The targets whose pinning has been printed."""
 
 
 def call_problem(result: LeanCall | str, frames_per_call: int | None) -> str | None:
@@ -947,33 +1088,57 @@ async def warm_up(bench: Bench, bridge: ServedBridge) -> str | None:
     return call_problem(result, None)
 
 
+def running_target(
+    bench: Bench, target: str, max_calls: int
+) -> contextlib.AbstractAsyncContextManager[ServedBridge]:
+    """The server under test: a fresh ``hamsa-bridge serve``, floor server or Pipecat server."""
+    if target == "bridge":
+        return running_bridge(
+            bench.hamsa_url,
+            bench.greeting,
+            max_calls=max_calls,
+            cpu=bench.cpus[0],
+            log_level=bench.log_level,
+        )
+    script, python = {
+        "floor": (BENCH_DIR / "floor_server.py", sys.executable),
+        "pipecat": (BENCH_DIR / "pipecat_server.py", bench.pipecat_python),
+    }[target]
+    return running_reference(
+        script, python, frames_per_call=bench.frames_per_call, cpu=bench.cpus[0]
+    )
+
+
 @asynccontextmanager
-async def fresh_bridge(bench: Bench, max_calls: int) -> AsyncIterator[ServedBridge]:
-    """A fresh bridge, warmed up; prints the pinning and the table's header once."""
-    async with running_bridge(
-        bench.hamsa_url,
-        bench.greeting,
-        max_calls=max_calls,
-        cpu=bench.cpus[0],
-        log_level=bench.log_level,
-    ) as bridge:
-        if not bench.started:
-            bench.started = True
+async def fresh_bridge(
+    bench: Bench, max_calls: int, target: str = "bridge"
+) -> AsyncIterator[ServedBridge]:
+    """A fresh server under test (the bridge unless ``target`` says), warmed up; prints its
+    pinning once."""
+    bench.plan_margin = PLAN_MARGINS[target]
+    async with running_target(bench, target, max_calls) as bridge:
+        if target not in bench.started:
+            bench.started.add(target)
             bridge_cpu, gen_cpu = bench.cpus
             if bridge_cpu is not None and allowed_cpus(bridge.pid) == {str(bridge_cpu)}:
-                print(f"pinning: bridge on CPU {bridge_cpu}, load generator on CPU {gen_cpu}")
+                print(f"pinning: {target} on CPU {bridge_cpu}, load generator on CPU {gen_cpu}")
             else:
-                print("pinning: none (bridge and load generator share every CPU)")
+                print(f"pinning: none ({target} and load generator share every CPU)")
         problem = await warm_up(bench, bridge)
         if problem is not None:
             raise RuntimeError(f"warm-up call failed: {problem}; log: {log_tail(bridge)}")
         yield bridge
 
 
-async def measure_step(bench: Bench, calls: int, label: str, *, ramp: float) -> StepResult:
-    """A fresh bridge, warmed up, then the step."""
-    async with fresh_bridge(bench, calls + 10) as bridge:
-        return await run_step(bench, bridge, calls, label, ramp=ramp)
+async def measure_step(
+    bench: Bench, calls: int, label: str, *, ramp: float, target: str = "bridge"
+) -> StepResult:
+    """A fresh server under test (the bridge unless ``target`` says), warmed up, then the
+    step."""
+    async with fresh_bridge(bench, calls + 10, target) as bridge:
+        step = await run_step(bench, bridge, calls, label, ramp=ramp)
+    step.target = target
+    return step
 
 
 def read_histograms(step: StepResult, after: Samples, before: Samples) -> None:
@@ -997,8 +1162,8 @@ def read_histograms(step: StepResult, after: Samples, before: Samples) -> None:
     step.refused = int(total_delta(after, before, "hamsa_bridge_streams_refused_total"))
 
 
-def read_tally(step: StepResult, tally: Tally) -> None:
-    step.plan_margin = PLAN_MARGIN_DEFAULT
+def read_tally(step: StepResult, tally: Tally, plan_margin: float) -> None:
+    step.plan_margin = plan_margin
     step.margin_p50 = tally.margin_quantile(0.5)
     step.margin_p01 = tally.margin_quantile(0.01)
     step.margin_min = tally.margin_quantile(0.0)
@@ -1025,6 +1190,12 @@ def read_calls(step: StepResult, results: Sequence[LeanCall | str], frames: int 
     step.gaps = sum(r.gaps for r in ok)
     step.bad_frames = sum(r.bad_frames for r in ok)
     step.frames_heard = sum(r.frames for r in ok)
+    rates = [
+        r.frames * TICK / (r.ended_at - r.first_media_at)
+        for r in ok
+        if r.first_media_at is not None and r.ended_at is not None and r.ended_at > r.first_media_at
+    ]
+    step.audio_rate = sum(rates) / len(rates) if rates else None
 
 
 async def run_step(
@@ -1068,11 +1239,15 @@ async def run_step(
     await sampler.stop()
     step.gen_rss = rss_bytes(os.getpid())
     gc.collect()
-    after = await wait_idle(bridge, http)
+    try:
+        after = await wait_idle(bridge, http)
+    except NotIdle as exc:  # a finding of the step, not the end of the run
+        after = exc.samples
+        step.stuck = str(exc)
     step.seconds = time.monotonic() - started
     step.load = os.getloadavg()
     read_calls(step, results, bench.frames_per_call)
-    read_tally(step, tally)
+    read_tally(step, tally, bench.plan_margin)
     step.frames_expected = calls * bench.frames_per_call
 
     # the steady window: every call playing (last first audio .. first end)
@@ -1089,6 +1264,7 @@ async def run_step(
             bridge_cpu = (b.bridge_ticks - a.bridge_ticks) / CLOCK_TICKS / span * 100
             gen_cpu = (b.gen_cpu - a.gen_cpu) / span * 100
             step.bridge_cpu, step.gen_cpu = bridge_cpu, gen_cpu
+            step.machine_cpu = (b.machine_ticks - a.machine_ticks) / CLOCK_TICKS / span * 100
         ramp_window = sampler.window(started, start)
         if ramp_window is not None:
             a, b = ramp_window
@@ -1102,7 +1278,7 @@ async def run_step(
     step.other_cpu = sampler.other_cpu()
     read_histograms(step, after, before)
     for line in bridge.lines[first_log:]:
-        name = str(log_event(line).get("event", "?"))
+        name = log_kind(line)
         step.warnings[name] = step.warnings.get(name, 0) + 1
     bench.hamsa.requests.clear()  # the emulator keeps every reply's audio: free it
     bench.hamsa.connections.clear()
@@ -1161,10 +1337,18 @@ class SoakRow:
 
 
 async def soak(
-    bench: Bench, calls: int, seconds: float, interval: float, ramp: float, *, strict: bool
+    bench: Bench,
+    calls: int,
+    seconds: float,
+    interval: float,
+    ramp: float,
+    *,
+    strict: bool,
+    target: str = "bridge",
 ) -> int:
-    """``calls`` calls at once for ``seconds`` through one bridge, each replaced as it ends."""
-    async with fresh_bridge(bench, calls + 10) as bridge:
+    """``calls`` calls at once for ``seconds`` through one server under test (the bridge unless
+    ``target`` says), each replaced as it ends."""
+    async with fresh_bridge(bench, calls + 10, target) as bridge:
         http = bench.http
         before = await wait_idle(bridge, http)
         pid = bridge.pid
@@ -1231,7 +1415,7 @@ async def soak(
         await asyncio.sleep(1.0)  # let the bridge's closed sockets be reaped before counting
         end_rss, end_fds = rss_bytes(pid), open_fds(pid)
         read_calls(step, results, bench.frames_per_call)
-        read_tally(step, tally)
+        read_tally(step, tally, bench.plan_margin)
         read_histograms(step, after, before)
         step.other_cpu = sampler.other_cpu()
         step.rss_peak = max(r.rss for r in rows) if rows else end_rss
@@ -1239,7 +1423,7 @@ async def soak(
         bench.hamsa.connections.clear()
 
     print()
-    print("| elapsed s | active calls | RSS MB | open fds | bridge CPU |")
+    print(f"| elapsed s | active calls | RSS MB | open fds | {target} CPU |")
     print("|---|---|---|---|---|")
     print(f"| idle before | 0 | {idle_rss / 2**20:.1f} | {idle_fds} | - |")
     for r in rows:
@@ -1304,11 +1488,11 @@ def pct(value: float | None) -> str:
 
 
 HEADER: Final = (
-    "| calls | failed | bridge CPU steady (ramp) | CPU/call | calls/core | RSS MB (KB/call) "
+    "| calls | failed | server CPU steady (ramp) | CPU/call | calls/core | RSS MB (KB/call) "
     "| loop lag p50/p99/max ms | writer lateness p50/p99/max ms "
     "| frame lateness p50/p99/max ms (late>10ms) | bridge-added p50/p99 ms (n) "
     "| first audio p50/p95 ms | underruns / gaps | frames sent / heard / expected "
-    "| generator CPU, lag p99 ms | other CPU |"
+    "| generator CPU, lag p99 ms | machine CPU | other CPU |"
 )
 
 
@@ -1335,7 +1519,7 @@ def row(step: StepResult) -> str:
     return (
         f"| {step.label} | {step.failed} | {cpu} | {per_call} | {per_core} | {rss} | {lag} "
         f"| {writer} | {late} | {added} | {first} | {step.underruns} / {step.gaps} | {frames} "
-        f"| {gen} | {other} |"
+        f"| {gen} | {pct(step.machine_cpu)} | {other} |"
     )
 
 
@@ -1359,7 +1543,7 @@ def verdict(unloaded: StepResult, steps: Sequence[StepResult]) -> tuple[str, Ste
         return f"capacity per core: below the smallest step ({stopped})", None
     per_core = best.calls_per_core or 0.0
     line = (
-        f"largest passing step: {best.calls} calls (bridge CPU {best.bridge_cpu:.0f}%, "
+        f"largest passing step: {best.calls} calls ({best.target} CPU {best.bridge_cpu:.0f}%, "
         f"{best.cpu_per_call:.3f}% of a core per call: {per_core:.0f} calls per core)"
     )
     if stopped is not None:
@@ -1367,6 +1551,68 @@ def verdict(unloaded: StepResult, steps: Sequence[StepResult]) -> tuple[str, Ste
     else:
         line += "; every step passed"
     return line, best
+
+
+def cpu_note(step: StepResult) -> str:
+    """The step's CPU two ways: the server process' ticks (what calls/core is computed from) and
+    the whole machine's busy ticks (server + generator + everyone else)."""
+    if step.bridge_cpu is None or step.machine_cpu is None:
+        return "CPU: no steady window"
+    per_core = step.calls_per_core or 0.0
+    machine_per_core = step.calls_per_core_machine or 0.0
+    return (
+        f"CPU steady: {step.target} process {step.bridge_cpu:.0f}% of a core "
+        f"({per_core:.0f} calls/core), machine {step.machine_cpu:.0f}% of one core across "
+        f"{os.cpu_count()} ({machine_per_core:.0f} calls/core if all of it is charged to the "
+        f"calls), generator {pct(step.gen_cpu)}"
+    )
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}"
+
+
+def comparison(by_target: dict[str, list[StepResult]]) -> list[str]:
+    """Side by side per call count: each target's CPU and memory per call, frame lateness p99 and
+    audio rate, and each target's CPU and memory per call divided by the reference's (the floor
+    when it ran, else the first target)."""
+    targets = list(by_target)
+    reference = "floor" if "floor" in by_target else targets[0]
+    others = [t for t in targets if t != reference]
+    header = (
+        ["calls"]
+        + [f"{t} CPU/call (calls/core)" for t in targets]
+        + [f"{t} KB/call" for t in targets]
+        + [f"{t} frame lateness p99 ms" for t in targets]
+        + [f"{t} audio × real time" for t in targets]
+        + [f"{t} ÷ {reference} CPU/call" for t in others]
+        + [f"{t} ÷ {reference} KB/call" for t in others]
+    )
+    lines = [
+        f"per call, side by side (ratios: ÷ {reference}):",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for i, ref in enumerate(by_target[reference]):
+        steps = [by_target[t][i] if i < len(by_target[t]) else None for t in targets]
+        cells = [f"{ref.calls}" + (" (unloaded)" if i == 0 else "")]
+        for s in steps:
+            if s is None or s.cpu_per_call is None:
+                cells.append("-")
+            else:
+                cells.append(f"{s.cpu_per_call:.3f}% ({s.calls_per_core or 0:.0f})")
+        cells += ["-" if s is None else f"{s.rss_per_call / 1024:.0f}" for s in steps]
+        cells += ["-" if s is None else ms1(s.lateness(0.99)) for s in steps]
+        cells += [
+            "-" if s is None or s.audio_rate is None else f"{s.audio_rate:.2f}" for s in steps
+        ]
+        others_steps = [by_target[t][i] if i < len(by_target[t]) else None for t in others]
+        cells += [_ratio(s.cpu_per_call if s else None, ref.cpu_per_call) for s in others_steps]
+        cells += [
+            _ratio(s.rss_per_call if s else None, ref.rss_per_call or None) for s in others_steps
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -1423,66 +1669,98 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             duration=args.duration,
             cpus=cpus,
             log_level=args.log_level,
+            pipecat_python=args.pipecat_python,
         )
+        targets: list[str] = args.target
+        named = targets != ["bridge"]  # rows carry their target's name
+        print(f"targets: {', '.join(targets)}")
         print(f"load average before: {load_average()}")
         if args.soak:
             calls = args.soak_calls
             ramp = default_ramp(calls, args.ramp)
-            print(
-                f"soak: {calls} calls for {args.soak_seconds:.0f} s, each replaced as it ends "
-                f"(first arrivals over {ramp:.0f} s); samples every {args.soak_interval:.0f} s"
-            )
-            code = await soak(
-                bench, calls, args.soak_seconds, args.soak_interval, ramp, strict=args.strict
-            )
+            code = 0
+            for target in targets:
+                print(
+                    f"soak ({target}): {calls} calls for {args.soak_seconds:.0f} s, each "
+                    f"replaced as it ends (first arrivals over {ramp:.0f} s); samples every "
+                    f"{args.soak_interval:.0f} s"
+                )
+                code |= await soak(
+                    bench,
+                    calls,
+                    args.soak_seconds,
+                    args.soak_interval,
+                    ramp,
+                    strict=args.strict,
+                    target=target,
+                )
             print(f"load average after: {load_average()}")
             return code
         print()
         print(HEADER)
         print(_separator())
-        results: list[StepResult] = []
+        by_target: dict[str, list[StepResult]] = {target: [] for target in targets}
         extra: list[StepResult] = []
-        if args.latency_calls:
+        if args.latency_calls and "bridge" in targets:
             latency = await latency_one(bench, args.latency_calls)
+            if named:
+                latency.label = f"bridge {latency.label}"
             extra.append(latency)
             print(row(latency), flush=True)
+        # Step by step, every target in turn: targets measured minutes apart on a shared machine
+        # would be compared across whatever else ran in between.
         for n in [UNLOADED_CALLS, *args.calls]:
-            label = f"{n} (unloaded)" if not results else str(n)
-            ramp = 1.0 if not results else default_ramp(n, args.ramp)
-            reference = results[0].first_audio_p95 if results else None
-            for attempt in range(1 + args.retries):
-                step = await measure_step(bench, n, label, ramp=ramp)
-                failed = bool(step.problems(reference)) or step.gen_saturated
-                repeat = step.machine_busy and failed and attempt < args.retries
-                if repeat:
-                    step.label += " (machine busy: repeated)"
-                print(row(step), flush=True)
-                if not repeat:
-                    break
-            results.append(step)
-        unloaded, loaded = results[0], results[1:]
+            for target in targets:
+                done = by_target[target]
+                label = f"{n} (unloaded)" if not done else str(n)
+                if named:
+                    label = f"{target} {label}"
+                ramp = 1.0 if not done else default_ramp(n, args.ramp)
+                reference = done[0].first_audio_p95 if done else None
+                for attempt in range(1 + args.retries):
+                    step = await measure_step(bench, n, label, ramp=ramp, target=target)
+                    failed = bool(step.problems(reference)) or step.gen_saturated
+                    repeat = step.machine_busy and failed and attempt < args.retries
+                    if repeat:
+                        step.label += " (machine busy: repeated)"
+                    print(row(step), flush=True)
+                    if not repeat:
+                        break
+                done.append(step)
+        results = [step for steps in by_target.values() for step in steps]
         print()
         for step in results:
+            unloaded = by_target[step.target][0]
             notes = [
                 f"{step.seconds:.0f} s, ramp {default_ramp(step.calls, args.ramp):.0f} s, "
-                f"generator RSS {step.gen_rss / 2**20:.0f} MB, load avg {step.load[0]:.2f}"
+                f"generator RSS {step.gen_rss / 2**20:.0f} MB, load avg {step.load[0]:.2f}",
+                cpu_note(step),
             ]
             if step.errors:
                 notes.append(f"failures: {'; '.join(step.errors[:3])}")
             if step.refused:
                 notes.append(f"{step.refused} streams refused")
+            if step.stuck:
+                notes.append(step.stuck)
             if step.warnings:
-                notes.append(f"bridge log: {dict(sorted(step.warnings.items()))}")
+                notes.append(f"{step.target} log: {dict(sorted(step.warnings.items()))}")
             problems = step.problems(unloaded.first_audio_p95)
             if problems:
                 notes.append(f"problems: {', '.join(problems)}")
             print(f"{step.label}: {' | '.join(notes)}")
-        line, _ = verdict(unloaded, loaded)
-        print(line)
-        saturated = [s.calls for s in loaded if s.gen_saturated]
-        if saturated:
-            print(f"warning: the load generator saturated at {saturated} calls: figures invalid")
-        broken = [s for s in [*results, *extra] if s.failed or s.bad_frames]
+        for target, steps in by_target.items():
+            line, _ = verdict(steps[0], steps[1:])
+            print(f"{target}: {line}" if named else line)
+            saturated = [s.calls for s in steps[1:] if s.gen_saturated]
+            if saturated:
+                print(
+                    f"warning: the load generator saturated at {saturated} calls: figures invalid"
+                )
+        if len(targets) > 1:
+            print()
+            for line in comparison(by_target):
+                print(line)
+        broken = [s for s in [*results, *extra] if s.failed or s.bad_frames or s.stuck]
     print(f"load average after: {load_average()}")
     if args.strict and broken:
         print(f"smoke: failed calls or malformed frames in {[s.label for s in broken]}")
@@ -1499,6 +1777,43 @@ def parse_calls(text: str) -> list[int]:
     if not values or values[0] < 1:
         raise argparse.ArgumentTypeError("a comma-separated list of positive call counts")
     return values
+
+
+def parse_targets(text: str) -> list[str]:
+    """``bridge``, ``floor``, ``pipecat`` or several, comma-separated; ``both``: bridge,floor;
+    ``all``: the three."""
+    names: list[str] = []
+    for part in (v.strip() for v in text.split(",")):
+        expanded = {"both": ["bridge", "floor"], "all": list(TARGETS)}.get(part, [part])
+        for name in expanded:
+            if name not in TARGETS:
+                raise argparse.ArgumentTypeError(
+                    f"unknown target {name!r}: {', '.join(TARGETS)}, both or all"
+                )
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise argparse.ArgumentTypeError("no target")
+    return names
+
+
+def default_pipecat_python() -> str:
+    """``.venv-pipecat/bin/python`` beside ``bench/`` if it exists, else this interpreter."""
+    return str(PIPECAT_VENV_PYTHON) if PIPECAT_VENV_PYTHON.exists() else sys.executable
+
+
+def pipecat_missing(python: str) -> bool:
+    """Whether ``python`` cannot import what ``bench/pipecat_server.py`` needs."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import pipecat, fastapi, uvicorn"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return done.returncode != 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1540,6 +1855,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat a step this often while other processes keep the machine busy (1)",
     )
     parser.add_argument("--log-level", default="warning", help="the bridge's BRIDGE_LOG_LEVEL")
+    parser.add_argument(
+        "--target",
+        type=parse_targets,
+        default=["bridge"],
+        help="the server(s) under test, comma-separated: bridge (default), floor "
+        "(bench/floor_server.py), pipecat (bench/pipecat_server.py); both = bridge,floor; "
+        "all = the three. Several: each step runs against each in turn, then a side-by-side "
+        "table with the ratios to the floor",
+    )
+    parser.add_argument(
+        "--compare-pipecat",
+        action="store_true",
+        help="add the Pipecat pipeline to the targets (bench/pipecat_server.py; its own "
+        "virtual environment, see there)",
+    )
+    parser.add_argument(
+        "--pipecat-python",
+        default=None,
+        help="the interpreter with pipecat-ai installed (.venv-pipecat/bin/python if it exists)",
+    )
     parser.set_defaults(strict=False)  # --smoke: a failed call or a malformed frame exits 1
     return parser
 
@@ -1555,6 +1890,13 @@ def run(args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.compare_pipecat and "pipecat" not in args.target:
+        args.target.append("pipecat")
+    if args.pipecat_python is None:
+        args.pipecat_python = default_pipecat_python()
+    if "pipecat" in args.target and pipecat_missing(args.pipecat_python):
+        print(f"capacity: {args.pipecat_python}: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_MISSING
     started = time.monotonic()
     cpus = pick_cpus()
     if cpus[1] is not None:
@@ -1567,6 +1909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["--calls", "2", "--duration", "3", "--ramp", "0.5", "--latency-calls", "3"]
         )
         steps.log_level, steps.strict = args.log_level, True
+        steps.target, steps.pipecat_python = args.target, args.pipecat_python
         code = run(steps, cpus)
         if code == 0:
             print()
@@ -1574,6 +1917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ["--soak", "--soak-calls", "3", "--soak-seconds", "6", "--soak-interval", "2"]
             )
             soak_args.duration, soak_args.log_level, soak_args.strict = 3.0, args.log_level, True
+            soak_args.target, soak_args.pipecat_python = args.target, args.pipecat_python
             code = run(soak_args, cpus)
     else:
         if args.calls is None:

@@ -9,10 +9,13 @@ verdict is only required to be printed, whichever it is.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +103,96 @@ def test_capacity_smoke() -> None:
     )
     assert soak is not None, output
     assert int(soak[1]) == int(soak[2]) >= 3, output
+
+
+@pytest.mark.timeout(180)
+def test_capacity_floor_smoke() -> None:
+    """``bench/capacity.py --smoke --target floor``: the same steps and soak against the floor
+    server (``bench/floor_server.py``); every call complete, every figure printed (none judged)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "capacity.py"), "--smoke", "--target", "floor"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    record_output(output)
+    assert done.returncode == 0, output  # non-zero: a call failed, a frame was malformed, a crash
+    assert "\n| bridge " not in done.stdout, output  # floor only: no bridge step, no latency pass
+    for figure in (
+        "targets: floor",
+        "| floor 3 (unloaded) | 0 |",
+        "| floor 2 | 0 |",
+        "| machine CPU | other CPU |",
+        "CPU steady: floor process",
+        "soak (floor): 3 calls",
+        "| elapsed s | active calls | RSS MB | open fds | floor CPU |",
+        "| idle before | 0 |",
+        "| idle after | 0 |",
+        "RSS at full load:",
+        "frame lateness beyond the plan p50/p99/max:",
+    ):
+        assert figure in done.stdout, output
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("pipecat") is not None, reason="pipecat is installed here"
+)
+def test_capacity_pipecat_missing_says_how_to_install() -> None:
+    """``--target pipecat`` with an interpreter that has no Pipecat: exit 2 and the install
+    commands, before any server starts."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "capacity.py"),
+            "--compare-pipecat",
+            "--pipecat-python",
+            sys.executable,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    record_output(done.stdout + done.stderr)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "pip install -r bench/pipecat-requirements.txt" in done.stderr
+    assert done.stdout == ""
+
+
+def test_capacity_comparison_table() -> None:
+    """The side-by-side table: one row per step, each target's figures, the ratios to the
+    floor (figures made up: what is tested is the arithmetic and the layout)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        capacity = importlib.import_module("capacity")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    def step(target: str, calls: int, cpu: float, rss_per_call_kb: int) -> Any:
+        return capacity.StepResult(
+            label=f"{target} {calls}",
+            calls=calls,
+            target=target,
+            bridge_cpu=cpu,
+            rss_idle=0,
+            rss_peak=rss_per_call_kb * 1024 * calls,
+            audio_rate=1.0,
+        )
+
+    lines = capacity.comparison(
+        {
+            "bridge": [step("bridge", 3, 3.0, 150), step("bridge", 200, 60.0, 186)],
+            "floor": [step("floor", 3, 1.5, 10), step("floor", 200, 20.0, 8)],
+        }
+    )
+    assert lines[0] == "per call, side by side (ratios: ÷ floor):"
+    assert "| bridge ÷ floor CPU/call | bridge ÷ floor KB/call |" in lines[1]
+    assert lines[3].startswith("| 3 (unloaded) | 1.000% (100) | 0.500% (200) | 150 | 10 |")
+    assert lines[3].endswith("| 2.00 | 15.00 |")
+    assert lines[4].startswith("| 200 | 0.300% (333) | 0.100% (1000) | 186 | 8 |")
+    assert lines[4].endswith("| 3.00 | 23.25 |")
+    assert len(lines) == 5
