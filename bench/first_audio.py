@@ -30,7 +30,7 @@ docstrings give the numbers and their sources; ``--models``, default all four):
 
 * **realistic**: connect 1.2 s, first audio 0.3-1.7 s, first frame 0.2-0.5 s of audio, the rest
   in 3-6 weighted pieces at 2-4x real time;
-* **observed** (docs/hamsa-api.md §3.5 at face value): connect 1.2 s, first audio 0.3-1.7 s, a small
+* **observed** (docs/hamsa-ws.md §3.5 at face value): connect 1.2 s, first audio 0.3-1.7 s, a small
   first frame of 0.1-0.3 s, 4-7 frames in all, paced at 0.8-1.8x real time, intervals x0.7-1.3;
 * **slow**: first frame 0.2-0.3 s, then ~1 s frames (0.6-1.4 s) at 0.9x real time;
 * **bursty**: 0.3-0.9 s frames at 4-8x, but a stall of 0.4-1.0 s before a quarter of them

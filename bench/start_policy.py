@@ -56,7 +56,7 @@ def realistic(rng: random.Random, audio: float) -> Schedule:
 
 
 def observed(rng: random.Random, audio: float) -> Schedule:
-    """docs/hamsa-api.md §3.5: a whole sentence in 0.8-1.8x real time from the request (2.3-5 s for
+    """docs/hamsa-ws.md §3.5: a whole sentence in 0.8-1.8x real time from the request (2.3-5 s for
     ~4 s of audio), the first audio after 0.3-1.7 s (at most half of that), 4-7 frames of
     irregular size (weights 0.4-1.6) after a small first one (0.1-0.3 s), synthesised at a
     steady pace with ±20 % jitter per interval."""

@@ -339,7 +339,7 @@ async def _signed_form(request: Request) -> dict[str, str | list[str]] | None:
     """The posted form if ``X-Twilio-Signature`` is valid for the public URL, else None.
 
     The URL signed is ``BRIDGE_PUBLIC_URL`` + path (+ query), never the Host header; every posted
-    field counts, repeated keys included (docs/twilio-media-streams.md §7.1).
+    field counts, repeated keys included (docs/twilio-streams.md §7.1).
     """
     state = _state(request)
     form = await request.form()

@@ -45,7 +45,7 @@ Format detection
 ----------------
 
 :func:`detect_format` says what a reply's first bytes look like, for the probe's report. With a
-RIFF/WAVE header (docs/hamsa-api.md §5.3–5.4) it reads the ``fmt `` chunk:
+RIFF/WAVE header (docs/hamsa-ws.md §5.3–5.4) it reads the ``fmt `` chunk:
 tag, channels, rate, bits, and where the audio starts — exact, as far as the header lies within
 ``head``. Without one it guesses, and says so (``basis``):
 
@@ -58,7 +58,7 @@ tag, channels, rate, bits, and where the audio starts — exact, as far as the h
   clipped PCM16 (no smooth waveform), very quiet PCM16 dither, big-endian PCM and A-law defeat
   it, and 64 bytes (32 sample pairs) is a small sample: a guess, never proof.
 - *Rate* from bytes per second, ``total_bytes / audio_seconds_hint``, when a hint is given (for
-  example the characters × the ~80 ms/char of docs/hamsa-api.md §4, or the reply's duration as
+  example the characters × the ~80 ms/char of docs/hamsa-ws.md §4, or the reply's duration as
   heard): the nearest of the common rates (8, 11.025, 16, 22.05, 24, 44.1, 48 kHz) within 20 %;
   otherwise the defaults of §5.4 (μ-law 8 kHz, PCM16 16 kHz). The hint is only as good as the
   ms/char assumption: a voice speaking 25 % faster moves 16 kHz towards 11.025 kHz.
@@ -552,7 +552,7 @@ def _headerless(head: bytes, bps: float | None) -> DetectedFormat:
     width = 1 if encoding == "mulaw" else 2
     snapped = _snap(bps / width) if bps is not None else None
     if snapped is None:
-        basis += "; rate: the default for the encoding (docs/hamsa-api.md §5.4)"
+        basis += "; rate: the default for the encoding (docs/hamsa-ws.md §5.4)"
     else:
         basis += f"; rate from {bps:.0f} B/s"
     if guess is None:

@@ -1,4 +1,4 @@
-"""Preload Hamsa custom (cloned) voices once at startup (docs/hamsa-api.md §7).
+"""Preload Hamsa custom (cloned) voices once at startup (docs/hamsa-ws.md §7).
 
 ``POST {HAMSA_API_URL}/v2/tts/voices/custom/preload`` with ``Authorization: Token KEY`` and
 ``{"voiceId": …}``. Each failure becomes a ``PreloadError`` naming the voice and saying what to

@@ -1,8 +1,8 @@
 """Split long text into Hamsa requests at sentence boundaries.
 
 Hamsa accepts at most ``MAX_TEXT_CHARS`` (2000) characters per ``tts`` request
-(docs/hamsa-api.md §3.1, counted in characters). Very short sentences are merged with their
-neighbours: Hamsa is reported to fail more often on short text (docs/hamsa-api.md §4), and fewer
+(docs/hamsa-ws.md §3.1, counted in characters). Very short sentences are merged with their
+neighbours: Hamsa is reported to fail more often on short text (docs/hamsa-ws.md §4), and fewer
 requests mean fewer round trips. Sentence boundaries come from sentencex, which handles Arabic
 punctuation (``؟``, ``،``) and English."""
 

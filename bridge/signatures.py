@@ -2,7 +2,7 @@
 
 URLs are always built from the configured public base URL, never from the Host header: a proxy
 that rewrites Host or scheme would otherwise break (or fake) validation
-(docs/twilio-media-streams.md §7.4).
+(docs/twilio-streams.md §7.4).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class TwilioSignatures:
     def sign(self, url: str, params: Mapping[str, str]) -> str:
         """The signature Twilio would send (used by our Twilio simulator and emulator).
 
-        As Twilio does (docs/twilio-media-streams.md §7.1): ``user:password@`` is removed from the
+        As Twilio does (docs/twilio-streams.md §7.1): ``user:password@`` is removed from the
         URL and, over HTTPS/WSS, the port too; plain HTTP keeps its port.
         """
         return str(self._validator.compute_signature(_as_twilio_signs(url), dict(params)))

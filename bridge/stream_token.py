@@ -1,7 +1,7 @@
 """Per-call stream tokens carried in a ``<Parameter>`` of ``<Connect><Stream>``.
 
 Twilio drops query strings from stream URLs and may not sign the WebSocket handshake
-(docs/twilio-media-streams.md §7.2), so every TwiML we serve carries a short-lived token bound
+(docs/twilio-streams.md §7.2), so every TwiML we serve carries a short-lived token bound
 to the CallSid, HMAC-SHA256 keyed by the account's auth token. The stream handler checks it against
 ``start.callSid`` before anything is allocated. Tokens are stateless, so any replica can verify
 a token issued by another; each replica refuses a token it has already accepted (until it

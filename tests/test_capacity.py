@@ -167,7 +167,7 @@ async def test_only_streams_awaiting_start_count_against_max_pending_streams() -
 
 
 async def test_at_max_calls_twilio_sees_31920_and_the_call_ends() -> None:
-    # what the Twilio emulator does with a refused handshake (docs/twilio-media-streams.md §5, §6)
+    # what the Twilio emulator does with a refused handshake (docs/twilio-streams.md §5, §6)
     async with loopback(
         EmulatorConfig(ms_per_char=25),
         bridge_max_calls=1,

@@ -701,7 +701,7 @@ class TestFaults:
 
 
 def parse_wav_header(data: bytes) -> dict[str, int]:
-    """Walk RIFF chunks to ``data`` (what a client must do, docs/hamsa-api.md §5.4)."""
+    """Walk RIFF chunks to ``data`` (what a client must do, docs/hamsa-ws.md §5.4)."""
     assert data[:4] == b"RIFF"
     assert data[8:12] == b"WAVE"
     (riff_size,) = struct.unpack("<I", data[4:8])

@@ -1,6 +1,6 @@
 """Sans-I/O tests of ``bridge.dev.twilio_stream_client``: Twilio's side of a Media Stream.
 
-Shapes are compared with the examples of ``docs/twilio-media-streams.md`` §2; playout rules are §4;
+Shapes are compared with the examples of ``docs/twilio-streams.md`` §2; playout rules are §4;
 warning codes §5. No sleeps: time is the ``now`` argument.
 """
 

@@ -1,6 +1,6 @@
 """Sans-I/O tests of ``bridge.protocols.twilio_stream_server``: strings in, events/strings out.
 
-Message literals are the examples of ``docs/twilio-media-streams.md`` §2/§3 (SIDs as printed there).
+Message literals are the examples of ``docs/twilio-streams.md`` §2/§3 (SIDs as printed there).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """TwiML for inbound calls: the Voice webhook's answer, and the TwiML Bin that reaches it.
 
 The webhook's document ends right after ``</Connect>``: when the bridge closes the stream the call
-hangs up instead of leaving the caller on a silent line (docs/twilio-media-streams.md §6).
+hangs up instead of leaving the caller on a silent line (docs/twilio-streams.md §6).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ strips and honours a RIFF/WAVE header if one is present (``bridge.audio.wav``) a
     PCM16 ───────────────────┴▶ downmix (stereo) ─▶ resample to 8 kHz ─▶ μ-law encode (once)
                                                     (only if rate ≠ 8000)
 
-Rules (docs/hamsa-api.md §5.4, docs/design-notes.md §2):
+Rules (docs/hamsa-ws.md §5.4, docs/design-notes.md §2):
 
 * 8 kHz mono μ-law is never decoded and re-encoded: the output *is* the input bytes (the μ-law
   round trip is not the identity: 0x7F becomes 0xFF). Without a header, or with a header whose

@@ -3,7 +3,7 @@
 Twilio Media Streams carry 8 kHz mono G.711 μ-law in 20 ms frames of 160 bytes
 (``MULAW_8K``, ``FRAME_BYTES``). Hamsa replies arrive as μ-law 8 kHz (``mulaw: true``), as
 headerless 16 kHz PCM16 (``mulaw: false``) or, possibly, behind a RIFF/WAVE header that names
-any of the encodings below (docs/hamsa-api.md §5).
+any of the encodings below (docs/hamsa-ws.md §5).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ MULAW_8K = AudioFormat(Encoding.MULAW, 8000, 1)
 """What Twilio plays: 8 kHz mono μ-law, 8000 bytes per second."""
 
 PCM16_16K = AudioFormat(Encoding.PCM16, 16000, 1)
-"""Hamsa's headerless default when ``mulaw: false`` (docs/hamsa-api.md §5.1)."""
+"""Hamsa's headerless default when ``mulaw: false`` (docs/hamsa-ws.md §5.1)."""
 
 FRAME_BYTES = 160
 """One Twilio media frame: 20 ms of 8 kHz μ-law."""

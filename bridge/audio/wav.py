@@ -1,7 +1,7 @@
 """Streaming RIFF/WAVE header detection and parsing (sans-I/O).
 
 A Hamsa reply may or may not start with a WAV header, and a header may be split across any
-number of WebSocket frames (docs/hamsa-api.md §5.3–5.4). ``WavHeaderParser`` is fed the first
+number of WebSocket frames (docs/hamsa-ws.md §5.3–5.4). ``WavHeaderParser`` is fed the first
 bytes of a reply until it can say, once, either "no header: these bytes are audio" or "header:
 this is the format, this many audio bytes follow, and here are the first of them".
 

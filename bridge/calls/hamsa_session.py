@@ -3,7 +3,7 @@
 - Opened as soon as the call's stream starts, so its ~1.2 s setup overlaps call setup.
 - Before each request: if the socket's ``state is not State.OPEN`` (or the last reply ended in an
   ``error`` frame, after which the socket's framing is uncertain), reconnect.
-- One request in flight: Hamsa has no request id (docs/hamsa-api.md §3.3). A reply abandoned on
+- One request in flight: Hamsa has no request id (docs/hamsa-ws.md §3.3). A reply abandoned on
   barge-in is drained by the reader task in the background (read and discard until its ``end``);
   the next request waits for that drain up to ``HAMSA_DRAIN_TIMEOUT`` and swaps the socket if it
   takes longer (new sockets are what Hamsa throttles, so draining is tried first).

@@ -1,7 +1,7 @@
 """Hold back the start of a Hamsa reply until it is clearly not the 640-byte failure.
 
 Hamsa sometimes answers with a single short binary frame and a normal ``end`` (the seed FAQ's
-"640-byte" reply: 80 ms of 8 kHz μ-law; docs/hamsa-api.md §4). Such a reply must never be
+"640-byte" reply: 80 ms of 8 kHz μ-law; docs/hamsa-ws.md §4). Such a reply must never be
 heard. Real replies carry about 80–100 ms of audio per character and their first chunk alone is
 several hundred ms, so:
 

@@ -12,7 +12,7 @@ without the pool (``hamsa_warm_pool_miss``).
   The pool therefore opens sockets only at startup and as refills of its own slots, never because
   a stream arrived: a stream reaches the pool only once authenticated (``HamsaSession`` is built in
   the call's active phase), and even then it can only take, not open, pool sockets.
-- **Closed while idle.** Hamsa closes idle sockets (60 minutes, docs/hamsa-api.md §2); a socket
+- **Closed while idle.** Hamsa closes idle sockets (60 minutes, docs/hamsa-ws.md §2); a socket
   that is not OPEN is never handed over: its slot discards it and opens a replacement.
 - **Failures back off.** A failed connect, or a socket that closed soon after opening, is retried
   after an exponential, jittered delay (1 s doubling to 60 s). A refused key (HTTP 401/403, close

@@ -4,7 +4,7 @@ Used by the Hamsa emulator (and demos) where real synthesis is unavailable. The 
 gives the same bytes, so tests can compare what was sent with what was played.
 
 * Each character lasts ``ms_per_char`` (80 ms by default: the logged Hamsa replies carry about
-  80–100 ms of audio per character, ``docs/hamsa-api.md`` §4).
+  80–100 ms of audio per character, ``docs/hamsa-ws.md`` §4).
 * Letters and digits (``str.isalnum``) become a sine tone whose frequency, 250–1500 Hz, is derived
   from the code point; every tone fades in and out over a few milliseconds so the joins don't
   click. Anything else (spaces, punctuation, diacritics, symbols) is silence of the same length.

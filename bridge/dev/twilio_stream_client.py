@@ -1,7 +1,7 @@
 """Twilio's side of one bidirectional Media Stream, as a sans-I/O core.
 
 One implementation for the Twilio caller simulator and the Twilio emulator
-(``docs/twilio-media-streams.md`` §12). References are to that document: §1 wire rules, §2 messages
+(``docs/twilio-streams.md`` §12). References are to that document: §1 wire rules, §2 messages
 Twilio sends, §3 messages the app may send, §4 playback model, §5 warning codes.
 
 Theory of operation

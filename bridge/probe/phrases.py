@@ -25,10 +25,10 @@ MAX_PHRASES: Final = 12
 """Upper bound of ``--phrases`` (three rounds of the list)."""
 
 ESTIMATE_MS_PER_CHAR: Final = 80.0
-"""Audio per character assumed for the cost estimate (docs/hamsa-api.md §4 logs 80–100 ms)."""
+"""Audio per character assumed for the cost estimate (docs/hamsa-ws.md §4 logs 80–100 ms)."""
 CREDITS_PER_MINUTE: Final = 3.0
 """Realtime TTS price: 3 credits per minute of audio, each request rounded up to a whole second
-(docs/hamsa-api.md §6, measured by a third party)."""
+(docs/hamsa-ws.md §6, measured by a third party)."""
 
 
 def phrases(count: int) -> list[str]:

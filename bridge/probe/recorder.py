@@ -173,7 +173,7 @@ class ProbeRecorder:
     @property
     def reply_over(self) -> bool:
         """The request in flight got ``end``, ``error`` or a close: nothing more is awaited
-        (though an ``end`` may still trail an ``error``, docs/hamsa-api.md §3.4)."""
+        (though an ``end`` may still trail an ``error``, docs/hamsa-ws.md §3.4)."""
         o = self._open
         return o is not None and (o.end_s is not None or o.error is not None or o.close is not None)
 

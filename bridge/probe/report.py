@@ -3,14 +3,14 @@
 * the format of the reply, by :func:`bridge.hamsa_trace.detect_format` on its first bytes: a
   RIFF/WAVE header and what its ``fmt `` chunk says (encoding, rate, channels, header size), or
   none — then what the bytes look like (μ-law or PCM16, a guess from their statistics, with its
-  evidence) at that encoding's default rate (docs/hamsa-api.md §5.4). Beside it, what was requested
+  evidence) at that encoding's default rate (docs/hamsa-ws.md §5.4). Beside it, what was requested
   (``mulaw: true``: 8 kHz μ-law mono), and a warning when the reply is not that;
 * per request: connect, ``ack``, first byte and ``end`` times, frames, bytes, audio seconds and
   the pace in × real time (audio seconds / seconds from the request to ``end``, and from the first
   byte to ``end``);
 * over all replies: first-byte latency p50, the median pace, frames per reply and frame sizes
   (min/median/max, first frames), and the audio per character at the detected rate against the
-  80–100 ms the logged replies carry (docs/hamsa-api.md §4) — far off means the rate is not what the
+  80–100 ms the logged replies carry (docs/hamsa-ws.md §4) — far off means the rate is not what the
   header or the bytes' encoding (at its default rate) says, and the line names the formats that
   would fit. The rate is never derived from the characters here (no ``audio_seconds_hint``), so
   this line stays independent evidence.
@@ -27,7 +27,7 @@ from bridge.hamsa_trace import HEAD_BYTES, DetectedFormat, detect_format
 from bridge.probe.recorder import RequestTrace
 
 EXPECTED_MS_PER_CHAR: Final = (80.0, 100.0)
-"""Audio per character of the logged Hamsa replies (docs/hamsa-api.md §4)."""
+"""Audio per character of the logged Hamsa replies (docs/hamsa-ws.md §4)."""
 TOLERANCE: Final = 0.2
 """How far outside :data:`EXPECTED_MS_PER_CHAR` still counts as a match (speech varies)."""
 CANDIDATES: Final[tuple[tuple[str, int], ...]] = (
@@ -40,7 +40,7 @@ CANDIDATES: Final[tuple[tuple[str, int], ...]] = (
 )
 """Byte rates a headerless reply might have, for the "what would fit" hint."""
 REQUESTED: Final = "μ-law 8 kHz mono"
-"""What the probe asks for (``mulaw: true``, docs/hamsa-api.md §5.2–5.4): the bridge plays only
+"""What the probe asks for (``mulaw: true``, docs/hamsa-ws.md §5.2–5.4): the bridge plays only
 that."""
 
 _ENCODING_NAMES: Final = {"mulaw": "μ-law", "alaw": "A-law", "pcm16": "PCM16"}

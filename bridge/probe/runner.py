@@ -8,7 +8,7 @@ reopened if it is not OPEN (or its last reply ended in an ``error`` frame or tim
 request that opened it carries the connect time. A request whose socket closed before any
 answer (no ``ack``, no audio) is recorded as such and sent once more on a new socket. After an
 ``error`` frame the runner waits up to :data:`TRAILING_END_WAIT` for an ``end`` (whether one
-follows is unknown, docs/hamsa-api.md §3.4).
+follows is unknown, docs/hamsa-ws.md §3.4).
 
 Nothing is spent without consent: the command prints what it will send and asks on a terminal;
 ``--yes`` skips the question; no terminal and no ``--yes`` is a refusal. The trace is written only
@@ -168,7 +168,7 @@ async def _reply(sock: _Socket, recorder: ProbeRecorder, settings: Settings, clo
 
 def _closed_unanswered(record: RequestTrace) -> bool:
     """The socket closed before any answer: most likely a close that was on its way when the
-    request left (an idle close, or a server going away: close codes in docs/hamsa-api.md §2).
+    request left (an idle close, or a server going away: close codes in docs/hamsa-ws.md §2).
     Worth one more try."""
     return record.close is not None and record.ack_s is None and not record.frames
 

@@ -6,7 +6,7 @@ the socket delivered (:meth:`HamsaProtocol.receive_text`, :meth:`~HamsaProtocol.
 request (:meth:`~HamsaProtocol.request`) and writes that string itself. Timeouts, retries and
 truncation checks belong to the caller: the core only says what happened, in order.
 
-Wire protocol (``docs/hamsa-api.md`` §2–§3)
+Wire protocol (``docs/hamsa-ws.md`` §2–§3)
 --------------------------------------
 
 Every server text frame is a JSON envelope ``{"type": …, "payload": {"message": …}}``; audio comes
@@ -150,7 +150,7 @@ class Audio:
 class End:
     """The reply in flight finished normally. The socket is ready for the next request.
 
-    Completeness is *not* implied: the 640-byte failure (``docs/hamsa-api.md`` §4) ends with a
+    Completeness is *not* implied: the 640-byte failure (``docs/hamsa-ws.md`` §4) ends with a
     normal ``end``. Check :attr:`HamsaProtocol.bytes_received` against the text length.
     """
 
@@ -245,7 +245,7 @@ class HamsaProtocol:
         self._frames_received = 0
         self._requests_sent = 0
         # True between an ``error`` frame and the first sign of the next reply: an ``end`` seen
-        # then is the errored request's trailing ``end`` (docs/hamsa-api.md §3.4), not the next
+        # then is the errored request's trailing ``end`` (docs/hamsa-ws.md §3.4), not the next
         # one's.
         self._after_error = False
 
@@ -455,7 +455,7 @@ def classify_connect_error(code: int | None) -> ConnectRefusal:
 
     Close 4001 and HTTP 401/403 at the upgrade: the key is rejected; close 4003: no balance;
     anything else (``None``, 1000, 4500, HTTP 503 …): :attr:`ConnectRefusal.OTHER`. Close codes
-    beyond 1000 are **uncertain** for Hamsa (``docs/hamsa-api.md`` §2): the two auth codes are
+    beyond 1000 are **uncertain** for Hamsa (``docs/hamsa-ws.md`` §2): the two auth codes are
     the ones two independent clients agree on.
     """
     if code == _CLOSE_KEY_REJECTED or code in _HTTP_KEY_REJECTED:

@@ -1,6 +1,6 @@
 """The bridge's side of one Twilio bidirectional Media Stream, as a sans-I/O core.
 
-References are to ``docs/twilio-media-streams.md`` (§1 wire rules, §2 messages Twilio sends,
+References are to ``docs/twilio-streams.md`` (§1 wire rules, §2 messages Twilio sends,
 §3 messages the app may send, §4 playback model, §5 error codes) and ``docs/design-notes.md`` §4
 (sans-I/O style).
 

@@ -1,7 +1,7 @@
 """A faithful local Hamsa: the realtime TTS WebSocket and the custom-voice preload endpoint.
 
 Behind ``hamsa-bridge emulate-hamsa`` (for users without a Hamsa account) and the peer the test
-suite runs against. It reproduces the wire format of ``docs/hamsa-api.md`` §11 byte for byte
+suite runs against. It reproduces the wire format of ``docs/hamsa-ws.md`` §11 byte for byte
 (misspellings included), Hamsa's observed timing (§3.5), and, on request, every failure the
 bridge must survive (§2, §3.4, §4, §5.3): all deterministic, so a test can say "the third request
 gets the 640-byte reply" and a rerun does the same.

@@ -110,7 +110,7 @@ class EmulatorConfig:
     """If set (instead of :attr:`synthesis_speed`): the whole reply, first byte included, takes
     (its audio / this) seconds after ``ack``. The first-byte delay is capped at half of that and
     the later frames share the rest at a steady pace (each interval still jittered): how the
-    third-party logs of docs/hamsa-api.md §3.5 read ("2.3–5 s for a sentence of ~4 s of audio").
+    third-party logs of docs/hamsa-ws.md §3.5 read ("2.3–5 s for a sentence of ~4 s of audio").
     Drawn once per request."""
     interval_jitter: float = 0.0
     """Each interval after the first frame is multiplied by U(1 - j, 1 + j): ``0.3`` → ×0.7–1.3
@@ -249,7 +249,7 @@ class EmulatorConfig:
 
     @classmethod
     def realistic(cls, **overrides: Any) -> EmulatorConfig:
-        """Hamsa's observed timing (docs/hamsa-api.md §3.5), read generously: connect 1.2 s, first
+        """Hamsa's observed timing (docs/hamsa-ws.md §3.5), read generously: connect 1.2 s, first
         audio 0.3–1.7 s after the request, first frame 0.2–0.5 s of audio, the rest in 3–6
         pieces of random weight (4–7 frames in all), synthesis 2–4× faster than real time (a
         51-character sentence ends after ≈ 2.3–4 s). Faster than real time: audio on hand
@@ -261,7 +261,7 @@ class EmulatorConfig:
 
     @classmethod
     def observed(cls, **overrides: Any) -> EmulatorConfig:
-        """The third-party observations of docs/hamsa-api.md §3.5 (demo-hamsa-2 logs): connect
+        """The third-party observations of docs/hamsa-ws.md §3.5 (demo-hamsa-2 logs): connect
         1.2 s, first audio 0.3–1.7 s after the request, a whole sentence in 0.8–1.8× real time
         counted from the request (the logged sentences took 2.3–5 s for ~4 s of audio), a small
         first frame (0.1–0.3 s of audio; the logged 7,398 B and 16,018 B first frames are 0.23 s

@@ -13,7 +13,7 @@ from bridge.dev.tone import MULAW_RATE, PCM_RATE
 
 logger = logging.getLogger(__name__)
 
-# --- wire constants (docs/hamsa-api.md §2, §3.2, §7; verbatim, misspellings included) -----------
+# --- wire constants (docs/hamsa-ws.md §2, §3.2, §7; verbatim, misspellings included) -----------
 
 INFO_FRAME: Final = (
     '{"type": "info", "payload": {"message": "Connected to realtime WebSocket server"}}'

@@ -5,7 +5,7 @@ the test suite runs against. Shapes and errors come from the sans-I/O core
 :mod:`bridge.dev.twilio_emulator.rest_model` (checked against the official OpenAPI spec by
 ``tests/test_twilio_openapi.py``); the media side of every call is
 :func:`bridge.dev.media_leg.run_media_stream`, the one implementation of Twilio's side of a
-Media Stream. References are to docs/twilio-media-streams.md.
+Media Stream. References are to docs/twilio-streams.md.
 
 Modules: :mod:`.config` (what the emulator can be told), :mod:`.records` (what it remembers),
 :mod:`.state` (the live state, :class:`TwilioEmulatorState`), :mod:`.rest_api` (the REST

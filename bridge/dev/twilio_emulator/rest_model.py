@@ -3,7 +3,7 @@
 Everything the Twilio emulator (:mod:`bridge.dev.twilio_emulator`) answers or sends is built here
 from plain values. Nothing here opens a socket, reads a clock or draws a random number of its own:
 times (aware ``datetime``) and random sources are passed in. References:
-docs/twilio-media-streams.md §8 (REST calls and shapes), §9 (the official OpenAPI spec,
+docs/twilio-streams.md §8 (REST calls and shapes), §9 (the official OpenAPI spec,
 ``twilio_api_v2010.json``), §10 (webhooks and status callbacks).
 
 Resources
@@ -978,7 +978,7 @@ def _is_endpoint(to: str) -> bool:
 
 def parse_call_create(form: Form, caller_ids: Iterable[str] | None) -> CallRequest | ApiError:
     """Validate a create-call form in Twilio's order: ``To``, then ``Url``/``Twiml``, then
-    ``From`` (docs/twilio-media-streams.md §8). ``caller_ids``: numbers ``From`` may use (``None``:
+    ``From`` (docs/twilio-streams.md §8). ``caller_ids``: numbers ``From`` may use (``None``:
     any)."""
     to = form.get("To") or ""
     if not to:
