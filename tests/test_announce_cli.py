@@ -14,6 +14,7 @@ import pytest
 from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback
 from bridge.dev.twilio_emulator import Outcome
 from tests.cli_support import outbound_rig, run_cli
+from tests.timing import ANSWER_WAIT
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +25,7 @@ TEXT = "موعدك غدا صباحا."
 def rig(
     tmp_path: Path, outcomes: dict[str, Outcome | str] | None = None
 ) -> AbstractAsyncContextManager[tuple[Loopback, dict[str, str]]]:
-    return outbound_rig(tmp_path, outcomes, callback_grace=2, bridge_confirm_wait=0.6)
+    return outbound_rig(tmp_path, outcomes, callback_grace=2, bridge_confirm_wait=ANSWER_WAIT)
 
 
 def lines(output: str) -> dict[str, str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,19 +30,40 @@ that while the suite and other jobs share the machine; a capacity step that miss
 a busy machine is run twice (``--retries``). A bound on a hang, not a figure."""
 
 
+def run_smoke(script: str) -> subprocess.CompletedProcess[str]:
+    """``bench/SCRIPT --smoke`` in a process group of its own, whose processes (the bridges the
+    benchmark starts) must all be gone when it exits; on a timeout the whole group is killed,
+    not the benchmark alone (its bridges would live on)."""
+    with subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=RUN_LIMIT)
+        except BaseException:  # the timeout, or pytest's
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    record_output(stdout + stderr)  # the suite's log audit reads every subprocess' output too
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # nothing left behind
+    else:
+        raise AssertionError(f"{script} left processes behind: {stdout + stderr}")
+    return done
+
+
 @pytest.mark.timeout(RUN_LIMIT + 20)
 def test_first_audio_smoke() -> None:
     """``bench/first_audio.py --smoke``: one call per variant and scenario, every call complete."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "first_audio.py"), "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_LIMIT,
-        check=False,
-    )
+    done = run_smoke("first_audio.py")
     output = done.stdout + done.stderr
-    record_output(output)  # the suite's log audit reads every subprocess' output too
     assert done.returncode == 0, output  # non-zero: a call failed or the run crashed
     for scenario in ("3-sentence announcement", "IVR menu prompt"):
         assert scenario in done.stdout, output
@@ -61,16 +84,8 @@ def test_capacity_smoke() -> None:
     calls and a soak, each for seconds with a handful of calls; every call complete, every
     figure printed. The verdict is printed but not required to pass: a step passes on the
     jitter the machine allows (loop lag, writer and frame lateness within 10 ms)."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "capacity.py"), "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_LIMIT,
-        check=False,
-    )
+    done = run_smoke("capacity.py")
     output = done.stdout + done.stderr
-    record_output(output)  # the suite's log audit reads every subprocess' output too
     # non-zero: a call failed, a frame was malformed, or the run crashed; a missed goal is 0
     assert done.returncode == 0, output
     # every mode ran, and its calls completed (the second column: failed calls)

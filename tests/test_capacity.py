@@ -81,7 +81,12 @@ async def open_stream(lb: Loopback) -> HeldStream:
     """Answer a call and open its stream as Twilio does (signed handshake); no ``start`` yet."""
     stream_url, parameters, call_sid = await answer(lb)
     signature = TwilioSignatures(lb.auth_token).sign(stream_url, {})
-    ws = await connect(stream_url, additional_headers={"X-Twilio-Signature": signature})
+    # Twilio never stops reading a stream: an unbounded receive queue, so that the bridge's
+    # close is read behind however many frames a busy machine let pile up (a full queue pauses
+    # reading, and the close handshake would wait out its timeout behind it)
+    ws = await connect(
+        stream_url, additional_headers={"X-Twilio-Signature": signature}, max_queue=None
+    )
     leg = TwilioMediaLeg("MZ" + secrets.token_hex(16), call_sid, "AC" + "0" * 32, parameters)
     return HeldStream(ws, leg)
 

@@ -36,7 +36,7 @@ from bridge.dev.twilio_emulator import (
 )
 from bridge.dev.twilio_emulator.webhooks import parse_twiml
 from bridge.store import AnnouncementRecord
-from tests.timing import LATE
+from tests.timing import ANSWER_WAIT, LATE
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +51,7 @@ PERSON = "+966501112233"
 FAST = {
     "hamsa_truncation_ms_per_char": 3.0,
     "bridge_prompt_cache_min_ms_per_char": 10.0,
-    "bridge_confirm_wait": 0.6,
+    "bridge_confirm_wait": ANSWER_WAIT,
     "bridge_presynth_connections": 0,
 }
 PROMPT_AR = "للتأكيد اضغط 1، ولإعادة الاستماع اضغط 2."

@@ -50,14 +50,19 @@ TEXT = "مرحبا بك في خدمة همسة."
 SECOND = "شكرا لاتصالك بنا اليوم."
 FAST: dict[str, Any] = {
     "hamsa_retry_delays": (0.05, 0.05, 0.05),
-    "hamsa_first_byte_timeout": 0.5,
-    "hamsa_chunk_timeout": 0.5,
+    "hamsa_first_byte_timeout": 5.0,
+    "hamsa_chunk_timeout": 5.0,
     "hamsa_connect_timeout": 5.0,
     "hamsa_drain_timeout": 0.2,
 }
 """Bridge settings on the tests' time scale (production: 1/2/4 s retries, 10 s timeouts). The
-connect timeout stays at production's 5 s: no fault here is a slow connect, and on a busy
-machine a hundred concurrent handshakes to the emulator can take over a second."""
+timeouts stay near production's where the fault is not a timeout: on a busy machine (fifty calls
+in this one process, a hundred concurrent handshakes) even Hamsa's closing answer can take over
+half a second, and a timeout would then race the fault under test (the bridge retries after a
+timeout: the caller would hear a later reply)."""
+TIMEOUTS: dict[str, Any] = {"hamsa_first_byte_timeout": 0.5, "hamsa_chunk_timeout": 0.5}
+"""The timeouts on the tests' time scale, where the fault is one: a first byte after 1 or 2 s,
+an end that never comes, far past them whatever the machine's speed."""
 WAIT = 10.0
 """Upper bound of any wait on an event in this file."""
 _LETTERS = "ابتثجحخدذرزسشصضطظعغفقكلمنهوي"
@@ -463,7 +468,7 @@ async def test_hamsa_unreachable_gives_up_in_silence_and_ends_the_call(refusal: 
 
 async def test_first_byte_after_the_timeout_is_abandoned_and_retried_whole() -> None:
     config = emulator(faults={1: Fault.SLOW_FIRST_BYTE}, slow_first_byte_delay=2.0)
-    async with rig_for(config, bridge_greeting=TEXT) as (rig, tap):
+    async with rig_for(config, bridge_greeting=TEXT, **TIMEOUTS) as (rig, tap):
         result = await rig.call()
         m = await ended(rig)
         requests = list(rig.hamsa.requests)
@@ -529,7 +534,10 @@ async def test_idle_close_between_utterances_reconnects_and_both_are_heard_whole
 
 async def test_reply_without_end_times_out_resumes_and_is_heard_once_whole() -> None:
     async with (
-        rig_for(emulator(faults={1: Fault.NEVER_END}), bridge_greeting=TEXT) as (rig, tap),
+        rig_for(emulator(faults={1: Fault.NEVER_END}), bridge_greeting=TEXT, **TIMEOUTS) as (
+            rig,
+            tap,
+        ),
         stall_watch() as watch,
     ):
         result = await rig.call()
@@ -695,6 +703,7 @@ BATCHES = [
         ),
         whole_or_silence,
         counted=kind_per_call("timeout"),
+        settings=TIMEOUTS,
     ),
     Batch(
         "idle_close",
@@ -710,6 +719,7 @@ BATCHES = [
         first_requests(Fault.NEVER_END),
         whole_or_silence,
         counted=kind_per_call("timeout"),
+        settings=TIMEOUTS,
     ),
     Batch(
         "endless",
@@ -717,7 +727,10 @@ BATCHES = [
         first_requests(Fault.ENDLESS),
         endless_prefix,
         outcome="hung_up",
-        plan={"hangup_after": 1.0},
+        # the callers hang up while the endless replies stream: 3 s after their start, which
+        # leaves a busy machine time to get some of their requests to Hamsa (the batch checks
+        # that its fault was met)
+        plan={"hangup_after": 3.0},
     ),
 ]
 

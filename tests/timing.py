@@ -23,12 +23,24 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from bridge.dev.caller import CallResult
 
-__all__ = ["LATE", "STALL", "StallWatch", "assert_gapless", "most_within", "stall_watch"]
+__all__ = [
+    "ANSWER_WAIT",
+    "LATE",
+    "STALL",
+    "StallWatch",
+    "assert_gapless",
+    "most_within",
+    "stall_watch",
+]
 
 LATE: Final = 0.75
 """How late a busy machine may run an event the code scheduled (a frame at its time, a reply
 "at once"): the suite runs beside other jobs on two cores, and a stall of a few hundred
 milliseconds is ordinary there."""
+ANSWER_WAIT: Final = 0.3 + LATE
+"""How long the bridge must wait for a key after a prompt (``BRIDGE_CONFIRM_WAIT``) when the
+simulated callee answers it: it presses 300 ms after the prompt ended
+(``CallerBehaviour.answers``), and its key can reach the bridge ``LATE`` after that."""
 
 
 def most_within(spans: Iterable[tuple[float, float]], seconds: float = 1.0) -> int:
