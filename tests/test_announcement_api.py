@@ -27,6 +27,7 @@ from bridge.dev.twilio_emulator import RestRecord
 from bridge.errors import ConfigError
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
+from tests.timing import HANG
 
 API_TOKEN = "api-token-" + "k" * 24
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -223,7 +224,7 @@ async def test_accepted_request_is_202_then_get_shows_it(database_url: str) -> N
         fetched = await http.get(body["url"])
         service = rig.bridge.announcements
         assert service is not None
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(HANG):
             final = await service.settled(body["id"])
         created = calls_created(rig)
     assert response.status_code == 202
@@ -259,7 +260,7 @@ async def test_a_retried_post_with_the_same_idempotency_key_places_one_call(
         fresh = await http.post("/v1/announcements", json=GOOD, headers={"Idempotency-Key": "2"})
         service = rig.bridge.announcements
         assert service is not None
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(HANG):
             await service.settled(first.json()["id"])
             await service.settled(fresh.json()["id"])
         created = calls_created(rig)
@@ -337,7 +338,7 @@ async def test_startup_settles_an_attempt_a_previous_process_left_planned(
     ):
         service = rig.bridge.announcements
         assert service is not None
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             await service.settled(left.id)
         shown = (await http.get(f"/v1/announcements/{left.id}")).json()
         created = calls_created(rig)

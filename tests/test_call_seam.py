@@ -22,6 +22,7 @@ from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import Loopback, loopback
 from bridge.dev.media_leg import CallerBehaviour, run_media_stream
 from bridge.protocols.twilio_stream_server import Started
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -136,11 +137,11 @@ async def test_a_hook_of_ones_own_refuses_a_stream_before_anything_is_allocated(
     async with loopback(EmulatorConfig(), admission=[blocklist], bridge_greeting=GREETING) as rig:
         with captured_logs() as logs:
             blocked = await rig.call(from_number=BLOCKED)
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(HANG):
                 await rig.bridge.streams.wait_empty()
             connections = len(rig.hamsa.connections)
             other = await rig.call()
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(HANG):
                 await rig.bridge.streams.wait_empty()
         rejected = calls_total(rig, "rejected")
         completed = calls_total(rig, "completed")
@@ -169,7 +170,7 @@ async def test_a_hook_of_ones_own_admits_a_stream_under_the_calls_own_checks() -
             forged = await stream(rig, "CA" + secrets.token_hex(16), {"kind": "pass", "token": "x"})
             # the bridge's own hooks still answer for streams that are not passes
             unknown = await stream(rig, "CA" + secrets.token_hex(16), {"token": "v1.1.x.y"})
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(HANG):
                 await rig.bridge.streams.wait_empty()
         said = [r.text for r in rig.hamsa.requests]
         closed_while_serving = passes.closed

@@ -26,6 +26,7 @@ from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import Loopback, loopback
 from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
 from bridge.store import ContactState, Store
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -110,7 +111,7 @@ async def test_kill_minus_nine_at_random_moments_then_resume_until_finished(
             began = time.monotonic()
             if kill == 0:  # the campaign exists once its id is printed
                 assert process.stdout is not None
-                async with asyncio.timeout(20):
+                async with asyncio.timeout(HANG):
                     first = await process.stdout.readline()
                 assert first.startswith(b"campaign cp_"), log.read_text()
             if kill % 2:
@@ -133,7 +134,7 @@ async def test_kill_minus_nine_at_random_moments_then_resume_until_finished(
             code = await process.wait()
         total = time.monotonic() - started
         assert code == 0, log.read_text()
-        async with asyncio.timeout(10):  # the last status callbacks
+        async with asyncio.timeout(HANG):  # the last status callbacks
             await twilio.wait_until(lambda s: all(c.finished.is_set() for c in s.calls.values()))
         calls = dict(twilio.calls)
         async with await Store.open(database) as store:

@@ -28,6 +28,7 @@ from bridge.dev.twilio_emulator import Outcome, TwilioEmulatorConfig
 from bridge.dev.twilio_emulator.rest_model import Form
 from bridge.store import ContactState, Store
 from tests.test_campaign_durability import environment, start
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +120,7 @@ async def test_kill_while_creating_with_lost_callbacks_then_resume(
             gate.open()  # Twilio creates the call of a client that is gone
             kills.append((kill, time.monotonic() - started))
             if rng.random() < 0.5:  # let every call end (callbacks or not) before resuming
-                async with asyncio.timeout(20):
+                async with asyncio.timeout(HANG):
                     await twilio.wait_until(
                         lambda s: all(c.status.is_final for c in s.calls.values())
                     )
@@ -127,7 +128,7 @@ async def test_kill_while_creating_with_lost_callbacks_then_resume(
         async with asyncio.timeout(120):
             code = await process.wait()
         assert code == 0, log.read_text()[-5000:]
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             await twilio.wait_until(lambda s: all(c.finished.is_set() for c in s.calls.values()))
         calls = dict(twilio.calls)
         async with await Store.open(database_url) as store:

@@ -39,7 +39,7 @@ from bridge.settings import Settings
 from bridge.store import CampaignRecord, ContactState, Store
 from bridge.twilio_rest_client import CallSnapshot, TwilioApi
 from tests.store_support import sqlite_only
-from tests.timing import most_within
+from tests.timing import HANG, most_within
 
 pytestmark = pytest.mark.anyio
 
@@ -186,7 +186,7 @@ async def test_fifty_numbers_at_five_per_second_with_retries_and_export(tmp_path
         write_export(out, contacts, attempts)
         calls = list(lb.twilio.calls.values())
         creates = creations(lb)
-        async with asyncio.timeout(10):  # the last calls' callbacks
+        async with asyncio.timeout(HANG):  # the last calls' callbacks
             await lb.twilio.wait_until(lambda s: all(c.finished.is_set() for c in calls))
 
     # every number reached its end
@@ -469,7 +469,7 @@ async def test_nobody_is_called_after_the_window_closes_and_stopping_releases_th
                 on_progress=on_progress,
             )
             task = asyncio.create_task(runner.run())
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(HANG):
                 while True:  # until every contact is done or moved to tomorrow's opening
                     await reported.wait()
                     reported.clear()

@@ -29,6 +29,7 @@ from bridge.dev.loopback import Loopback, loopback
 from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.signatures import TwilioSignatures
 from tests.test_operations_app import LONG_GREETING, get_metrics
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -104,12 +105,12 @@ async def test_streams_awaiting_start_are_not_calls_and_a_start_over_max_calls_g
         streams = [await open_stream(lb) for _ in range(4)]
         before = await readyz(lb)
         # all four send their start at once: two become calls, two are closed
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             await asyncio.gather(*(s.start() for s in streams))
             outcomes = await asyncio.gather(*(s.first_audio_or_close() for s in streams))
         during = await readyz(lb)
         m = await get_metrics(lb.public_url)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             for stream, outcome in zip(streams, outcomes, strict=True):
                 if outcome is None:
                     await stream.hang_up()
@@ -151,11 +152,11 @@ async def test_only_streams_awaiting_start_count_against_max_pending_streams() -
         m = await get_metrics(lb.public_url)
         # the first becomes a call: its place among the pending streams is free again
         await first.start()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             assert await first.first_audio_or_close() is None
         third = await open_stream(lb)
         ready = await readyz(lb)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             await first.hang_up()
             for held in (second, third):
                 await held.ws.close()
@@ -181,10 +182,10 @@ async def test_at_max_calls_twilio_sees_31920_and_the_call_ends() -> None:
     ) as lb:
         call = await open_stream(lb)
         await call.start()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             assert await call.first_audio_or_close() is None
         assert lb.twilio is not None
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             sid = await lb.call_in()
             record = lb.twilio.call(sid)
             [stream] = lb.twilio.streams_for(sid)

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 
 from bridge.dev.loopback import loopback
 from tests.cli_support import free_port, run_cli
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -87,7 +88,7 @@ async def test_emulate_hamsa_serves_the_realtime_protocol() -> None:
     )
     try:
         assert process.stdout is not None
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             while b"listening" not in await process.stdout.readline():
                 pass
             url = f"ws://127.0.0.1:{port}/v1/realtime/ws"

@@ -19,6 +19,7 @@ from bridge.dev.caller import CallResult, place_call
 from bridge.dev.hamsa_emulator import EmulatorConfig, EmulatorState, create_emulator_app
 from bridge.dev.servers import serving
 from tests.log_audit import record_output
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -94,7 +95,7 @@ async def test_sigterm_lets_two_calls_finish_refuses_new_ones_then_exits() -> No
             ready = await http.get(bridge.url + "/readyz")
             metrics = (await http.get(bridge.url + "/metrics")).text
             late = await place(bridge)
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(HANG):
             code = await bridge.process.wait()
         summaries = [e for e in bridge.events() if e["event"] == "call_summary"]
 
@@ -132,7 +133,7 @@ async def test_calls_still_running_at_the_drain_timeout_are_ended_and_counted() 
             calls = [tasks.create_task(place(bridge)) for _ in range(2)]
             await bridge.wait_for(lambda es: sum(e["event"] == "call_started" for e in es) == 2)
             bridge.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(HANG):
             code = await bridge.process.wait()
 
     assert code in (0, -signal.SIGTERM)
@@ -158,7 +159,7 @@ async def test_a_second_signal_exits_at_once() -> None:
         bridge.process.send_signal(signal.SIGTERM)
         await bridge.wait_for(lambda es: any(e["event"] == "drain_started" for e in es))
         bridge.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             code = await bridge.process.wait()
     assert code in (0, -signal.SIGTERM)
     result = call.result()

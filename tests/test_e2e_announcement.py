@@ -36,7 +36,7 @@ from bridge.dev.twilio_emulator import (
 )
 from bridge.dev.twilio_emulator.webhooks import parse_twiml
 from bridge.store import AnnouncementRecord
-from tests.timing import ANSWER_WAIT, LATE
+from tests.timing import ANSWER_WAIT, HANG, LATE
 
 pytestmark = pytest.mark.anyio
 
@@ -97,7 +97,7 @@ async def settled(rig: Loopback, http: httpx2.AsyncClient, announcement_id: str)
     """The announcement once the bridge has followed it to its outcome, as ``GET`` shows it."""
     service = rig.bridge.announcements
     assert service is not None
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(HANG):
         record = await service.settled(announcement_id)
     assert record is not None
     assert record.final

@@ -18,7 +18,7 @@ from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallResult
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault, RequestRecord
 from bridge.dev.loopback import Loopback, loopback
-from tests.timing import LATE, assert_gapless, stall_watch
+from tests.timing import HANG, LATE, assert_gapless, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -246,7 +246,7 @@ async def test_barge_in_drains_the_reply_so_it_cannot_leak_into_the_next() -> No
 async def test_caller_hanging_up_ends_the_call_and_the_hamsa_socket() -> None:
     async with loopback(bridge_greeting="ب" * 60) as rig:
         result = await rig.call(hangup_after=0.5)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await rig.hamsa.wait_until(lambda s: all(c.closed_at for c in s.connections))
             await rig.bridge.registry.wait_empty()
     assert result.hung_up
@@ -298,7 +298,7 @@ async def test_second_stream_for_the_same_call_is_refused() -> None:
     async with loopback(bridge_greeting="ب" * 30) as rig:
         plan = rig.plan()
         first = asyncio.create_task(rig.call(call_sid=plan.call_sid))
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await rig.hamsa.wait_until(lambda s: len(s.requests) == 1)
         duplicate = await rig.call(call_sid=plan.call_sid)
         await first
@@ -380,7 +380,7 @@ async def test_fatal_hamsa_close_mid_greeting_lets_queued_audio_finish() -> None
 async def test_call_ends_even_if_marks_never_come_back() -> None:
     async with loopback(bridge_greeting=SHORT) as rig:
         result = await rig.call(echo_marks=False)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await rig.bridge.registry.wait_empty()
     assert result.close_code == 1000
     assert result.leg is not None

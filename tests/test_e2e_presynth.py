@@ -36,6 +36,7 @@ from bridge.dev.twilio_emulator import CallRecord, Outcome, StreamRecord, Twilio
 from bridge.metrics import Metrics
 from bridge.twilio_rest_client import TwilioApi
 from tests.cli_support import outbound_rig, run_cli
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -70,7 +71,7 @@ def answer_once_presynthesised(
 
     async def before_answer(call: CallRecord) -> None:
         announcement = announcement_of(call)
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             await presynth.wait_until(lambda p: p.states.get(announcement) in DONE)
 
     return before_answer
@@ -87,7 +88,7 @@ def answer_once_synthesised_elsewhere(
         return any(r.text == text and r.connection_id in closed for r in h.requests)
 
     async def before_answer(call: CallRecord) -> None:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             await hamsa.wait_until(done)
 
     return before_answer
@@ -127,7 +128,7 @@ async def settled(rig: Loopback, announcement_id: str) -> str:
     """The announcement's CallSid once the bridge has followed it to its outcome."""
     service = rig.bridge.announcements
     assert service is not None
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(HANG):
         record = await service.settled(announcement_id)
     assert record is not None
     assert record.final
@@ -287,7 +288,7 @@ async def test_a_call_twilio_refused_is_never_synthesised(tmp_path: Path) -> Non
 async def settled_not_placed(rig: Loopback, announcement_id: str) -> None:
     service = rig.bridge.announcements
     assert service is not None
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(HANG):
         record = await service.settled(announcement_id)
     assert record is not None
     assert record.call_sid is None  # Twilio refused it (21210: not our caller ID)

@@ -11,6 +11,7 @@ import pytest
 
 from bridge.dev.loopback import loopback
 from bridge.stream_token import issue_token
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -121,7 +122,7 @@ async def test_streams_that_never_authenticate_are_bounded_and_timed_out() -> No
             # silent sockets are closed once the start timeout passes (policy violation)
             for ws in (first, second):
                 with pytest.raises(ConnectionClosed):
-                    async with asyncio.timeout(5):
+                    async with asyncio.timeout(HANG):
                         await ws.recv()
                 assert ws.close_code == 1008
         result = await rig.call()  # and the bridge takes calls again

@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from bridge.dev.hamsa_emulator import DELIVERY_MODELS, MODEL_SUMMARIES
 from tests.log_audit import record_output
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -42,14 +43,14 @@ async def started(*args: str, env: dict[str, str]) -> AsyncIterator[tuple[str, l
     assert process.stdout is not None
     rest: list[str] = []
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             first = (await process.stdout.readline()).decode()
         assert first, "the command exited before saying where it listens"
         yield first, rest
     finally:
         if process.returncode is None:
             process.terminate()
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             out, err = await process.communicate()
         rest += [out.decode(), err.decode()]
         record_output("".join(rest))

@@ -15,7 +15,7 @@ from bridge.dev.hamsa_emulator import EmulatorConfig, Fault
 from bridge.dev.loopback import loopback
 from bridge.dev.servers import bind, serving
 from bridge.settings import Settings
-from tests.timing import stall_watch
+from tests.timing import HANG, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -98,7 +98,7 @@ async def test_a_third_call_over_max_calls_is_refused_and_the_first_two_play_who
         opened = [asyncio.Event(), asyncio.Event()]
         async with asyncio.TaskGroup() as tasks:
             calls = [tasks.create_task(lb.call(on_open=event.set)) for event in opened]
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(HANG):
                 for event in opened:
                     await event.wait()
             async with httpx2.AsyncClient() as http:
@@ -157,7 +157,7 @@ async def test_drain_in_process_counts_ended_calls_and_refuses_new_streams() -> 
         playing = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             call = tasks.create_task(lb.call(on_audio=playing.set))
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(HANG):
                 await playing.wait()
             drain = tasks.create_task(lb.bridge.drain.drain())
             late = await lb.call()

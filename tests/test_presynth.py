@@ -25,6 +25,7 @@ from bridge.dev.servers import serving
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.voice import Voice
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +53,7 @@ class Rig:
         return value or 0.0
 
     async def settle(self, *holders: str) -> None:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(HANG):
             await self.presynth.wait_until(lambda p: all(p.states.get(h) in DONE for h in holders))
 
 
@@ -168,11 +169,11 @@ async def test_release_cancels_a_running_job_and_nothing_is_stored(tmp_path: Pat
     )
     async with rig(tmp_path, emulator) as r:
         r.presynth.start(job(1))
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             await r.hamsa.wait_until(lambda h: len(h.requests) == 1)
         await r.presynth.release(holder(1))
         state = r.presynth.states.get(holder(1))
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             await r.hamsa.wait_until(lambda h: h.connections[0].closed_at is not None)
         stored = r.cache.has(TEXT, VOICE)
         files = list((tmp_path / "cache" / "held").iterdir())

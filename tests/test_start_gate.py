@@ -12,7 +12,7 @@ import pytest
 
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault
 from bridge.dev.loopback import loopback
-from tests.timing import assert_gapless, stall_watch
+from tests.timing import HANG, assert_gapless, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -106,7 +106,7 @@ async def test_a_hang_up_during_a_hold_plays_nothing_and_ends_the_call() -> None
     )
     async with loopback(slow, bridge_greeting=LONG) as rig:
         result = await rig.call(hangup_after=0.8)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await rig.hamsa.wait_until(lambda s: s.connections[0].closed_at is not None)
         connection = rig.hamsa.connections[0]
     assert result.leg is not None

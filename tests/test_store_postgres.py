@@ -26,6 +26,7 @@ from bridge.store import ContactRecord, Store
 from bridge.store.backend import Tx
 from bridge.store.schema import SCHEMA_VERSION
 from tests.store_support import with_database
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +48,7 @@ def password_of(url: str) -> str:
 
 async def waiting_for_locks(admin: psycopg.AsyncConnection[Any], count: int) -> None:
     """Until ``count`` sessions of this database wait for a lock."""
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(HANG):
         while True:
             cursor = await admin.execute(
                 "SELECT count(*) FROM pg_stat_activity "
@@ -72,7 +73,7 @@ async def contest(
         await waiting_for_locks(admin, len(claims))
         assert not any(task.done() for task in tasks)
         await blocker.rollback()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             return list(await asyncio.gather(*tasks))
 
 

@@ -18,6 +18,7 @@ from bridge.dev.loopback import Loopback, loopback
 from bridge.dev.twilio_emulator import TwilioEmulatorConfig, TwilioEmulatorServer
 from bridge.doctor import doctor
 from bridge.settings import Settings
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -306,7 +307,7 @@ async def test_configure_fixes_the_method_and_clears_a_twiml_app_that_would_win(
         assert posted["VoiceApplicationSid"] == ""
         # and now a call to the number really reaches the bridge
         call_sid = s.twilio.state.start_inbound_call(NUMBER, "+966500000009")
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(HANG):
             record = await s.twilio.state.wait_for_call(call_sid)
         assert record.info.status.value == "completed"
         assert s.twilio.state.streams_for(call_sid)[0].result.heard

@@ -19,6 +19,7 @@ from bridge.dev.hamsa_emulator import ConnectionRecord, EmulatorConfig, Emulator
 from bridge.dev.loopback import Loopback, loopback
 from bridge.stream_token import issue_token
 from tests.leaks import Holdings, settle
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +56,7 @@ async def test_the_first_request_goes_over_a_socket_opened_before_the_call() -> 
         assert pool.idle == 2  # the loopback is yielded once the pool's first connects finished
         warm = {c.id for c in rig.hamsa.connections}
         result = await rig.call()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await pool.wait_until(lambda p: p.idle == 2)  # the taken socket was replaced
         first = rig.hamsa.requests[0]
         used = connection(rig.hamsa, first.connection_id)
@@ -66,7 +67,7 @@ async def test_the_first_request_goes_over_a_socket_opened_before_the_call() -> 
         assert {r.connection_id for r in rig.hamsa.requests} == {first.connection_id}
         assert (pool.taken, pool.misses) == (1, 0)
         # The call owned the socket to its end, then closed it; it never went back to the pool.
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await rig.hamsa.wait_until(lambda s: connection(s, used.id).closed_at is not None)
         assert used.closed_by == "client"
         assert len(rig.hamsa.connections) == 3  # two warm sockets, one refill
@@ -111,7 +112,7 @@ async def test_a_pooled_socket_hamsa_closed_while_idle_is_never_handed_over() ->
     emulator = EmulatorConfig(idle_close_after=0.2)
     async with loopback(emulator, bridge_greeting=SHORT, hamsa_warm_connections=1) as rig:
         pool = pool_of(rig)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await rig.hamsa.wait_until(lambda s: connection(s, 1).closed_by == "server")
             await pool.wait_until(lambda p: p.idle == 0)
         result = await rig.call()
@@ -129,7 +130,7 @@ async def test_refused_connections_are_retried_with_backoff_not_in_a_loop() -> N
     ) as rig:
         pool = pool_of(rig)
         assert pool.idle == 0
-        async with asyncio.timeout(10):  # each slot's second try: 0.5-1.5 s after its first
+        async with asyncio.timeout(HANG):  # each slot's second try: 0.5-1.5 s after its first
             await rig.hamsa.wait_until(lambda s: s.upgrades >= 4)
         tries = sorted(c.opened_at for c in rig.hamsa.connections)
         assert all(c.refused_status == 503 for c in rig.hamsa.connections)
@@ -144,7 +145,7 @@ async def test_the_pool_fills_once_hamsa_accepts_again() -> None:
         EmulatorConfig(refuse_connections=2), bridge_greeting=SHORT, hamsa_warm_connections=2
     ) as rig:
         pool = pool_of(rig)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await pool.wait_until(lambda p: p.idle == 2)
         assert rig.hamsa.upgrades == 4
         result = await rig.call()
@@ -166,7 +167,7 @@ async def test_a_refused_key_is_not_retried_in_a_loop(config: EmulatorConfig, co
     key = {} if code == 4003 else {"hamsa_api_key": "not-the-hamsa-key-0123"}
     async with loopback(config, bridge_greeting=SHORT, hamsa_warm_connections=2, **key) as rig:
         pool = pool_of(rig)
-        async with asyncio.timeout(5):  # the accepted-then-closed sockets leave the pool
+        async with asyncio.timeout(HANG):  # the accepted-then-closed sockets leave the pool
             await rig.hamsa.wait_until(
                 lambda s: len(s.connections) == 2 and all(c.closed_at for c in s.connections)
             )
@@ -200,7 +201,7 @@ async def test_drain_closes_the_pool() -> None:
         assert await rig.bridge.drain.drain() == 0
         assert pool.closed
         assert pool.idle == 0
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await rig.hamsa.wait_until(lambda s: all(c.closed_at for c in s.connections))
         assert [c.closed_by for c in rig.hamsa.connections] == ["client", "client"]
         assert len(rig.hamsa.connections) == 2  # no refill after the drain began
@@ -214,7 +215,7 @@ async def test_shutdown_closes_the_pool_and_leaves_nothing_behind() -> None:
         pool = pool_of(rig)
         for _ in range(3):
             assert (await rig.call()).close_code == 1000
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(HANG):
             await pool.wait_until(lambda p: p.idle == 3)
         hamsa = rig.hamsa
     assert pool.closed

@@ -32,6 +32,7 @@ from bridge.exit_codes import ExitCode
 from bridge.workers import worker_count
 from tests.cli_support import run_cli, run_cli_streams
 from tests.log_audit import record_output
+from tests.timing import HANG
 
 TOKEN = "workers-test-auth-token-0123456789"
 KEY = "workers-test-hamsa-key-0123456789"
@@ -135,7 +136,7 @@ async def test_sigterm_drains_every_worker_no_call_is_cut_new_ones_are_refused()
             ready = await http.get(bridge.url + "/readyz")
             metrics = (await http.get(bridge.url + "/metrics")).text
             late = [await place(bridge) for _ in range(4)]  # whichever worker takes them
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             code = await bridge.process.wait()
         events = bridge.events()
 
@@ -274,7 +275,7 @@ async def test_a_worker_that_fails_to_start_stops_the_others_and_serve_exits_1()
             HAMSA_PRELOAD_VOICES="c803658e-ccec-47e7-ad0f-1caf9ba4babb",  # unknown to Hamsa
         )
         async with served_bridge(port, env) as bridge:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(HANG):
                 code = await bridge.process.wait()
         record_output("".join(bridge.lines))
     assert code == ExitCode.FAILURE
@@ -301,7 +302,7 @@ async def test_a_settings_error_is_reported_once_before_anything_listens(tmp_pat
 async def test_ctrl_c_stops_every_worker_gracefully_and_exits_130() -> None:
     async with workers() as (bridge, _hamsa):
         bridge.process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(HANG):
             code = await bridge.process.wait()
     assert code == ExitCode.INTERRUPTED
     assert bridge.count("drain_complete") == 2

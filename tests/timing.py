@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWER_WAIT",
+    "HANG",
     "LATE",
     "STALL",
     "StallWatch",
@@ -33,6 +34,10 @@ __all__ = [
     "stall_watch",
 ]
 
+HANG: Final = 60.0
+"""How long a test waits for something that must happen before calling it a hang. It is a guard,
+never an assertion of speed: a run beside a CPU hog per core is ten times slower than a quiet
+one, and a bug that never finishes still fails the test in a minute."""
 LATE: Final = 0.75
 """How late a busy machine may run an event the code scheduled (a frame at its time, a reply
 "at once"): the suite runs beside other jobs on two cores, and a stall of a few hundred
