@@ -214,6 +214,39 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``serve --workers N``: the supervisor and its workers), from
+    ``/proc/PID/task/TID/children``; a process that exits meanwhile is left out."""
+    found = [pid]
+    for parent in found:  # grows while it is walked: breadth first
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+                found.extend(int(child) for child in children)
+    return found
+
+
+def tree_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` and its live descendants, in clock ticks. A descendant that
+    exited takes its ticks with it (until its parent waits for it): measure over a window in
+    which none exits."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += process_ticks(member)
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of ``pid`` and its live descendants, summed (pages shared after ``fork`` are counted
+    once per process: compare growth, not totals)."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += rss_bytes(member)
+    return total
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

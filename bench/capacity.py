@@ -142,10 +142,11 @@ from _common import (
     loop_factory,
     machine_busy_ticks,
     open_fds,
-    process_ticks,
     rss_bytes,
     serve_env,
     served_bridge,
+    tree_rss_bytes,
+    tree_ticks,
     uvloop_installed,
 )
 from figures import quantile
@@ -186,9 +187,11 @@ SETUP_RATE: Final = 50.0
 """Default arrival rate (calls set up per second) of a step's ramp."""
 OTHER_CPU_LIMIT: Final = 15.0
 """Other processes using this much of a core during a step make it invalid (repeated once)."""
-TARGETS: Final = ("bridge", "floor", "pipecat")
-"""The servers a run can measure (``--target``): ``hamsa-bridge serve``, the floor server
-(``bench/floor_server.py``) and a Pipecat pipeline (``bench/pipecat_server.py``)."""
+TARGETS: Final = ("bridge", "floor", "pipecat", "workers")
+"""The servers a run can measure (``--target``): ``hamsa-bridge serve`` (one process), the floor
+server (``bench/floor_server.py``), a Pipecat pipeline (``bench/pipecat_server.py``) and
+``hamsa-bridge serve --workers N``, one worker per CPU (``workers``: nothing is pinned then, see
+``main``)."""
 BENCH_DIR: Final = Path(__file__).resolve().parent
 PIPECAT_VENV_PYTHON: Final = BENCH_DIR.parent / ".venv-pipecat" / "bin" / "python"
 SENTENCES: Final = (
@@ -307,9 +310,16 @@ async def scrape(bridge: ServedBridge, http: httpx2.AsyncClient) -> Samples:
 
 @asynccontextmanager
 async def running_bridge(
-    hamsa_url: str, greeting: str, *, max_calls: int, cpu: int | None, log_level: str
+    hamsa_url: str,
+    greeting: str,
+    *,
+    max_calls: int,
+    cpu: int | None,
+    log_level: str,
+    workers: int = 1,
 ) -> AsyncIterator[ServedBridge]:
-    """``hamsa-bridge serve`` in a subprocess (pinned to ``cpu``), ready, until the block exits.
+    """``hamsa-bridge serve`` in a subprocess (pinned to ``cpu``), ready, until the block exits;
+    ``workers`` > 1: ``serve --workers`` (``max_calls`` is per worker).
 
     The environment is this one without any ``BRIDGE_*``, ``HAMSA_*`` or ``TWILIO_*`` variable
     (an IVR flow or a metrics port set in the shell would change what is measured).
@@ -327,6 +337,7 @@ async def running_bridge(
             BRIDGE_LOG_LEVEL=log_level,
             BRIDGE_MAX_CALLS=str(max_calls),
             BRIDGE_DATABASE_URL=f"sqlite:///{workdir}/bench.db",
+            BRIDGE_WORKERS=str(workers),
         )
         async with served_bridge(port, env, graceful=True, cwd=workdir, preexec_fn=pin) as bridge:
             async with httpx2.AsyncClient(timeout=2.0) as http:
@@ -425,10 +436,10 @@ class Sample:
 def take_sample(pid: int) -> Sample:
     return Sample(
         at=time.monotonic(),
-        bridge_ticks=process_ticks(pid),
+        bridge_ticks=tree_ticks(pid),
         gen_cpu=time.process_time(),
         machine_ticks=machine_busy_ticks(),
-        bridge_rss=rss_bytes(pid),
+        bridge_rss=tree_rss_bytes(pid),
     )
 
 
@@ -508,6 +519,7 @@ PLAN_MARGINS: Final = {
     "bridge": PLAN_MARGIN_DEFAULT,
     "floor": PLAN_MARGIN_DEFAULT,
     "pipecat": 0.020,
+    "workers": PLAN_MARGIN_DEFAULT,
 }
 """Each target's smallest planned lead, what its frame lateness is measured against: the floor
 plans the bridge's 120 ms (220 ms sent at once, then 100 ms every 100 ms); Pipecat's output
@@ -906,6 +918,8 @@ class StepResult:
     label: str
     calls: int
     target: str = "bridge"
+    processes: int = 1
+    """Server processes doing the work (``workers``: one per CPU); CPU is summed over them."""
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     bridge_cpu: float | None = None
@@ -994,7 +1008,7 @@ class StepResult:
         found = []
         if self.bridge_cpu is None:
             found.append("no steady window")
-        elif self.bridge_cpu >= CPU_LIMIT:
+        elif self.bridge_cpu >= CPU_LIMIT * self.processes:
             found.append(f"CPU {self.bridge_cpu:.0f}%")
         if self.failed:
             found.append(f"{self.failed} failed")
@@ -1048,6 +1062,8 @@ class Bench:
     plan_margin: float = PLAN_MARGIN_DEFAULT
     """The current target's (``PLAN_MARGINS``), set with its server."""
     pipecat_python: str = sys.executable
+    workers: int = 1
+    """The ``workers`` target's process count (one per CPU)."""
     started: set[str] = field(default_factory=set)
     """The targets whose pinning has been printed."""
 
@@ -1092,13 +1108,14 @@ def running_target(
     bench: Bench, target: str, max_calls: int
 ) -> contextlib.AbstractAsyncContextManager[ServedBridge]:
     """The server under test: a fresh ``hamsa-bridge serve``, floor server or Pipecat server."""
-    if target == "bridge":
+    if target in ("bridge", "workers"):
         return running_bridge(
             bench.hamsa_url,
             bench.greeting,
             max_calls=max_calls,
             cpu=bench.cpus[0],
             log_level=bench.log_level,
+            workers=bench.workers if target == "workers" else 1,
         )
     script, python = {
         "floor": (BENCH_DIR / "floor_server.py", sys.executable),
@@ -1138,6 +1155,7 @@ async def measure_step(
     async with fresh_bridge(bench, calls + 10, target) as bridge:
         step = await run_step(bench, bridge, calls, label, ramp=ramp)
     step.target = target
+    step.processes = bench.workers if target == "workers" else 1
     return step
 
 
@@ -1204,7 +1222,7 @@ async def run_step(
     """``calls`` calls started over ``ramp`` seconds through ``bridge``, run to their end."""
     http = bench.http
     before = await wait_idle(bridge, http)
-    step = StepResult(label=label, calls=calls, rss_idle=rss_bytes(bridge.pid))
+    step = StepResult(label=label, calls=calls, rss_idle=tree_rss_bytes(bridge.pid))
     first_log = len(bridge.lines)
     sampler = Sampler(bridge.pid)
     tally = Tally()
@@ -1352,7 +1370,7 @@ async def soak(
         http = bench.http
         before = await wait_idle(bridge, http)
         pid = bridge.pid
-        idle_rss, idle_fds = rss_bytes(pid), open_fds(pid)
+        idle_rss, idle_fds = tree_rss_bytes(pid), open_fds(pid)
         step = StepResult(label=f"soak {calls}", calls=calls, rss_idle=idle_rss)
         tally, ticker, sampler = Tally(), Ticker(), Sampler(pid)
         results: list[LeanCall | str] = []
@@ -1385,14 +1403,14 @@ async def soak(
         async def watch() -> None:
             last: tuple[float, int] | None = None
             while True:
-                now, ticks = time.monotonic(), process_ticks(pid)
+                now, ticks = time.monotonic(), tree_ticks(pid)
                 cpu = None
                 if last is not None:
                     cpu = (ticks - last[1]) / CLOCK_TICKS / (now - last[0]) * 100
                 last = (now, ticks)
                 samples = await scrape(bridge, http)
                 active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
-                rows.append(SoakRow(now - t0, active, rss_bytes(pid), open_fds(pid), cpu))
+                rows.append(SoakRow(now - t0, active, tree_rss_bytes(pid), open_fds(pid), cpu))
                 print(
                     f"  soak {now - t0:5.0f} s: {active:4.0f} calls, RSS "
                     f"{rows[-1].rss / 2**20:6.1f} MB, {rows[-1].fds} fds, CPU {pct(cpu)}",
@@ -1413,7 +1431,7 @@ async def soak(
         after = await wait_idle(bridge, http)
         gc.collect()
         await asyncio.sleep(1.0)  # let the bridge's closed sockets be reaped before counting
-        end_rss, end_fds = rss_bytes(pid), open_fds(pid)
+        end_rss, end_fds = tree_rss_bytes(pid), open_fds(pid)
         read_calls(step, results, bench.frames_per_call)
         read_tally(step, tally, bench.plan_margin)
         read_histograms(step, after, before)
@@ -1615,7 +1633,27 @@ def comparison(by_target: dict[str, list[StepResult]]) -> list[str]:
     return lines
 
 
+def carry_ratio(one: Sequence[StepResult], workers: Sequence[StepResult], count: int) -> str:
+    """The calls ``serve --workers COUNT`` carries within the goals (the largest passing step)
+    against one process's, in one run: the multi-worker layout's scaling."""
+    _, best_one = verdict(one[0], one[1:])
+    _, best_workers = verdict(workers[0], workers[1:])
+    carried_one = best_one.calls if best_one else 0
+    carried_workers = best_workers.calls if best_workers else 0
+    ratio = f"{carried_workers / carried_one:.2f}" if carried_one else "-"
+    return (
+        f"scaling: {count} workers carry {carried_workers} calls within the goals, one process "
+        f"{carried_one}: {ratio}x (the steps bound it: a step between two is not measured; the "
+        "load generator shares the CPUs with both layouts)"
+    )
+
+
 # --- main --------------------------------------------------------------------------------------
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use (before it pins itself)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def pick_cpus() -> tuple[int | None, int | None]:
@@ -1670,6 +1708,7 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             cpus=cpus,
             log_level=args.log_level,
             pipecat_python=args.pipecat_python,
+            workers=usable_cpus(),
         )
         targets: list[str] = args.target
         named = targets != ["bridge"]  # rows carry their target's name
@@ -1760,6 +1799,8 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             print()
             for line in comparison(by_target):
                 print(line)
+        if "workers" in by_target and "bridge" in by_target:
+            print(carry_ratio(by_target["bridge"], by_target["workers"], bench.workers))
         broken = [s for s in [*results, *extra] if s.failed or s.bad_frames or s.stuck]
     print(f"load average after: {load_average()}")
     if args.strict and broken:
@@ -1784,7 +1825,9 @@ def parse_targets(text: str) -> list[str]:
     ``all``: the three."""
     names: list[str] = []
     for part in (v.strip() for v in text.split(",")):
-        expanded = {"both": ["bridge", "floor"], "all": list(TARGETS)}.get(part, [part])
+        expanded = {"both": ["bridge", "floor"], "all": ["bridge", "floor", "pipecat"]}.get(
+            part, [part]
+        )
         for name in expanded:
             if name not in TARGETS:
                 raise argparse.ArgumentTypeError(
@@ -1860,9 +1903,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_targets,
         default=["bridge"],
         help="the server(s) under test, comma-separated: bridge (default), floor "
-        "(bench/floor_server.py), pipecat (bench/pipecat_server.py); both = bridge,floor; "
-        "all = the three. Several: each step runs against each in turn, then a side-by-side "
-        "table with the ratios to the floor",
+        "(bench/floor_server.py), pipecat (bench/pipecat_server.py), workers (serve "
+        "--workers, one per CPU; nothing is pinned then); both = bridge,floor; all = bridge, "
+        "floor, pipecat. Several: each step runs against each in turn, then a side-by-side "
+        "table with the ratios to the floor (to the first without it), and with bridge and "
+        "workers the calls each layout carries within the goals",
     )
     parser.add_argument(
         "--compare-pipecat",
@@ -1899,6 +1944,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_MISSING
     started = time.monotonic()
     cpus = pick_cpus()
+    if "workers" in args.target:
+        # One worker per CPU needs every CPU: nothing is pinned, and so that the layouts compare
+        # on equal terms, not one process either; the generator shares the CPUs with them.
+        cpus = (None, None)
     if cpus[1] is not None:
         os.sched_setaffinity(0, {cpus[1]})  # before the loop: threads inherit it
     if args.smoke:
