@@ -1083,25 +1083,32 @@ def call_problem(result: LeanCall | str, frames_per_call: int | None) -> str | N
     return None
 
 
-async def warm_up(bench: Bench, bridge: ServedBridge) -> str | None:
-    """One short call through a fresh bridge (lazy imports, first Hamsa socket); None if it
-    heard audio, else what went wrong. Not measured."""
+async def warm_up(bench: Bench, bridge: ServedBridge, calls: int = 1) -> str | None:
+    """``calls`` short calls at once through a fresh server (lazy imports, first Hamsa socket;
+    several so that each of ``serve --workers``' processes likely takes one: the kernel picks
+    the worker); None if each heard audio, else what went wrong. Not measured."""
     ticker = Ticker()
     ticker.start()
     try:
-        result = await lean_call(
-            bridge.url + "/twiml/inbound",
-            http=bench.http,
-            ticker=ticker,
-            tally=Tally(),
-            plan_margin=bench.plan_margin,
-            max_duration=30,
-            hangup_after_frames=int(WARM_UP_SECONDS / TICK),
+        results = await asyncio.gather(
+            *(
+                lean_call(
+                    bridge.url + "/twiml/inbound",
+                    http=bench.http,
+                    ticker=ticker,
+                    tally=Tally(),
+                    plan_margin=bench.plan_margin,
+                    max_duration=30,
+                    hangup_after_frames=int(WARM_UP_SECONDS / TICK),
+                )
+                for _ in range(calls)
+            )
         )
     finally:
         await ticker.stop()
     await wait_idle(bridge, bench.http)
-    return call_problem(result, None)
+    problems = [problem for r in results if (problem := call_problem(r, None)) is not None]
+    return problems[0] if problems else None
 
 
 def running_target(
@@ -1141,7 +1148,7 @@ async def fresh_bridge(
                 print(f"pinning: {target} on CPU {bridge_cpu}, load generator on CPU {gen_cpu}")
             else:
                 print(f"pinning: none ({target} and load generator share every CPU)")
-        problem = await warm_up(bench, bridge)
+        problem = await warm_up(bench, bridge, 4 * bench.workers if target == "workers" else 1)
         if problem is not None:
             raise RuntimeError(f"warm-up call failed: {problem}; log: {log_tail(bridge)}")
         yield bridge
