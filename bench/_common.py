@@ -125,8 +125,9 @@ class ServedBridge:
         return sum(1 for e in self.events() if e["event"] == event)
 
     async def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool]) -> None:
-        """Until the log satisfies ``predicate`` (10 s at most)."""
-        async with asyncio.timeout(10):
+        """Until the log satisfies ``predicate`` (a minute at most: a guard against a hang, which
+        a loaded machine's slowness must not trip)."""
+        async with asyncio.timeout(60):
             while not predicate(self.events()):
                 self.changed.clear()
                 await self.changed.wait()

@@ -30,6 +30,7 @@ import uvicorn
 
 from bridge.calls.registry import OpenStreams
 from bridge.metrics import Metrics
+from bridge.uvicorn_setup import SignalledServer
 
 log = structlog.get_logger("bridge.drain")
 
@@ -107,7 +108,7 @@ class DrainController:
         return self.ended
 
 
-class DrainingServer(uvicorn.Server):
+class DrainingServer(SignalledServer):
     """uvicorn's server, with the first shutdown signal draining calls before uvicorn stops."""
 
     def __init__(self, config: uvicorn.Config, drain: DrainController) -> None:

@@ -26,7 +26,7 @@ from bridge.drain import DrainingServer
 from bridge.exit_codes import ExitCode
 from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
 from bridge.settings import Settings
-from bridge.uvicorn_setup import uvicorn_config
+from bridge.uvicorn_setup import exit_as_signalled, uvicorn_config
 from bridge.workers import WorkerSlot, supervise
 
 log = structlog.get_logger("bridge.server")
@@ -84,6 +84,7 @@ def _run(config: uvicorn.Config, state: BridgeState, sockets: list[socket.socket
     gc.collect()
     gc.freeze()
     server.run(sockets)
+    exit_as_signalled(server.stop_signal)
     if not server.started or server.failed:
         log.error("startup_failed", hint="see the error above")
         return ExitCode.FAILURE

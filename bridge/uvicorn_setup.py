@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -29,3 +32,42 @@ def uvicorn_config(
         access_log=False,
         proxy_headers=False,
     )
+
+
+class SignalledServer(uvicorn.Server):
+    """uvicorn's server that records the shutdown signal instead of re-raising it itself.
+
+    uvicorn re-raises a captured SIGINT/SIGTERM as it leaves ``serve()``. Inside
+    ``asyncio.run`` that re-raise reaches the runner's own SIGINT handler, which only asks for
+    the main task to be cancelled; the exit status then depends on where that task is when the
+    request lands, and a loaded machine was seen exiting 0 after Ctrl-C. Here the signal is
+    kept in :attr:`stop_signal`, and whoever ran the server calls :func:`exit_as_signalled`
+    once the event loop is gone: the status no longer depends on the loop.
+    """
+
+    stop_signal: signal.Signals | None = None
+    """The first shutdown signal received while serving (None: stopped otherwise)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = self._captured_signals
+                if captured and self.stop_signal is None:
+                    self.stop_signal = signal.Signals(captured[0])
+                captured.clear()  # uvicorn re-raises what is left here: nothing
+
+
+def exit_as_signalled(stop_signal: signal.Signals | None) -> None:
+    """After a server stopped on ``stop_signal``, leave as that signal means: Ctrl-C raises
+    ``KeyboardInterrupt`` (the command line's exit status 130), SIGTERM ends the process by that
+    signal with its default action (status 143, which systemd and Kubernetes count as a clean
+    stop). Returns only when there was no signal."""
+    if stop_signal is None:
+        return
+    if stop_signal == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(stop_signal, signal.SIG_DFL)
+    signal.raise_signal(stop_signal)

@@ -25,6 +25,7 @@ from bridge.dev.loopback import LOOPBACK_NUMBER, Loopback
 from bridge.dev.twilio_emulator import Outcome
 from bridge.store import ContactState, Store
 from tests.cli_support import outbound_rig, run_cli
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -314,10 +315,10 @@ async def test_ctrl_c_stops_dialling_and_resume_finishes_without_calling_twice(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             await twilio.wait_until(lambda s: len(s.calls) >= 2)
         process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             output, _ = await process.communicate()
         text = output.decode()
         assert process.returncode == 130, text

@@ -112,7 +112,7 @@ async def test_kill_while_creating_with_lost_callbacks_then_resume(
                 args = ["resume", "harsh"]
             gate.arm(rng.randint(1, 5))
             process = await start(env, log, *args)
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(HANG):
                 await gate.holding.wait()  # a calls.create is in flight, held
             assert process.returncode is None, log.read_text()
             process.kill()

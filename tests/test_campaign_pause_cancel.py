@@ -24,6 +24,7 @@ from bridge.store import CampaignState, ContactRecord, ContactState, Store
 from tests.cli_support import run_cli
 from tests.store_support import sqlite_only
 from tests.test_campaign_cli import TEXT, rig, write
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -51,14 +52,14 @@ async def start_run(
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(HANG):
         while not (line := (await process.stdout.readline()).decode()).startswith("campaign "):
             assert line, "the run ended before printing its campaign"
     return process, line.split()[1]
 
 
 async def ended(process: asyncio.subprocess.Process) -> str:
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(HANG):
         output, _ = await process.communicate()
     return output.decode()
 
@@ -102,7 +103,7 @@ async def test_pause_stops_the_runner_after_its_calls_in_progress_and_resume_goe
     async with rig(tmp_path, database_url, slow) as (lb, env):
         assert lb.twilio is not None
         process, campaign_id = await start_run(path, env, "--cps", "2")
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             await lb.twilio.wait_until(lambda s: len(s.calls) >= 2)
         code, said = await run_cli("campaign", "pause", campaign_id, env=env)
         paused = time.monotonic()  # the state changed in the store before this
@@ -160,7 +161,7 @@ async def test_cancel_places_no_further_call_and_resume_refuses_it(
     async with rig(tmp_path, database_url, slow) as (lb, env):
         assert lb.twilio is not None
         process, campaign_id = await start_run(path, env, "--cps", "2", "--name", "clinic")
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             await lb.twilio.wait_until(lambda s: len(s.calls) >= 2)
         code, said = await run_cli("campaign", "cancel", "clinic", env=env)
         cancelled = time.monotonic()
@@ -220,7 +221,7 @@ async def test_cancel_settles_the_calls_a_stopped_runner_left_in_progress(
     async with rig(tmp_path, database_url, slow) as (lb, env):
         assert lb.twilio is not None
         process, campaign_id = await start_run(path, env, "--cps", "1")
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             await lb.twilio.wait_until(lambda s: len(s.calls) >= 1)
         process.send_signal(signal.SIGINT)  # Ctrl-C: the first call still rings
         text = await ended(process)

@@ -283,7 +283,7 @@ async def test_a_planned_attempt_whose_call_exists_is_attributed_not_redialled(
             planned = await store.plan_attempt(campaign.id, 0, spec, now=time.time() - 5)
             request = call_request(lb.settings, planned.id, spec, now=time.time())
             sent = await asyncio.to_thread(lambda: TwilioApi(lb.settings).create_call(**request))
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(HANG):
                 await CampaignRunner(
                     store, lb.settings, campaign, api=lambda: TwilioApi(lb.settings)
                 ).run()
@@ -313,7 +313,7 @@ async def test_a_planned_attempt_without_a_call_is_redialled_without_consuming_a
                 lb.settings, contact.number, contact.text
             )
             planned = await store.plan_attempt(campaign.id, 0, spec, now=time.time() - 5)
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(HANG):
                 await CampaignRunner(
                     store, lb.settings, campaign, api=lambda: TwilioApi(lb.settings)
                 ).run()
@@ -358,7 +358,7 @@ async def test_a_create_without_an_answer_is_reconciled_before_anything_else(
                 return flaky.pop() if flaky else TwilioApi(lb.settings)
 
             runner = CampaignRunner(store, lb.settings, campaign, api=api, backoff=0.1)
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(HANG):
                 await runner.run()
             attempts = await store.attempts(campaign.id)
             [contact] = await store.contacts(campaign.id)
@@ -421,7 +421,7 @@ async def test_a_lease_of_a_dead_local_process_is_taken_over_at_once(
         await Lease(store, campaign.id, owner=dead, wall_clock=time.time, ttl=60).take()
         mine = Lease(store, campaign.id, wall_clock=time.time)
         waits: list[str] = []
-        async with asyncio.timeout(30):  # far below its 60 s TTL, which is not waited out
+        async with asyncio.timeout(HANG):  # far below its 60 s TTL, which is not waited out
             await mine.take(lambda holder, until: waits.append(holder))
         assert waits == []  # never waited: the holder is a process of this host that is gone
         held = await store.get_campaign(campaign.id)

@@ -34,7 +34,7 @@ from bridge.dev.hamsa_emulator import (
 )
 from bridge.hamsa_trace import parse_trace, read_trace
 from tests.cli_support import run_cli
-from tests.timing import LATE  # how late a frame may arrive on a busy machine (never early)
+from tests.timing import HANG, LATE  # how late a frame may arrive on a busy machine (never early)
 
 pytestmark = pytest.mark.anyio
 
@@ -216,7 +216,7 @@ async def speak(ws: ClientConnection, text: str) -> Heard:
     request = {"text": text, "speaker": "Majd", "dialect": "ksa", "languageId": "ar", "mulaw": True}
     heard = Heard(time.monotonic())
     await ws.send(json.dumps({"type": "tts", "payload": request}, ensure_ascii=False))
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(HANG):
         while heard.end_at is None:
             message = await ws.recv()
             now = time.monotonic()

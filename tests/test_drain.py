@@ -116,11 +116,12 @@ async def test_sigterm_lets_two_calls_finish_refuses_new_ones_then_exits() -> No
         assert result.leg is not None
         assert [m.echoed_at is not None for m in result.leg.timeline.marks] == [True]
         expected = len(request_a.audio) + (-len(request_a.audio) % 160)
-        assert len(result.heard) == expected
+        # every byte played (``heard`` would add the silence of a late frame on a busy machine)
+        assert len(result.leg.played) == expected
     assert [s["outcome"] for s in summaries] == ["completed", "completed"]
     assert bridge.count("drain_complete") == 1
     assert bridge.count("drain_timeout_ending_calls") == 0
-    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert code == -signal.SIGTERM  # it ends by the signal it drained on: status 143
     assert_call_lines_carry_call_sid(bridge)
     joined = "".join(bridge.lines)
     assert TOKEN not in joined
@@ -136,7 +137,7 @@ async def test_calls_still_running_at_the_drain_timeout_are_ended_and_counted() 
         async with asyncio.timeout(HANG):
             code = await bridge.process.wait()
 
-    assert code in (0, -signal.SIGTERM)
+    assert code == -signal.SIGTERM
     [ending] = [e for e in bridge.events() if e["event"] == "drain_timeout_ending_calls"]
     assert ending["calls"] == 2
     [complete] = [e for e in bridge.events() if e["event"] == "drain_complete"]
@@ -161,7 +162,7 @@ async def test_a_second_signal_exits_at_once() -> None:
         bridge.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(HANG):
             code = await bridge.process.wait()
-    assert code in (0, -signal.SIGTERM)
+    assert code == -signal.SIGTERM
     result = call.result()
     assert result.ended_by == "bridge"
     assert result.close_code == 1012  # cut at once by uvicorn's own shutdown

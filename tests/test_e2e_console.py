@@ -21,6 +21,7 @@ import pytest
 from bridge.audio.codec import lin16_to_ulaw
 from tests.cli_support import free_port, run_cli
 from tests.log_audit import record_output
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +53,7 @@ async def process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[
             lines.append(line.decode(errors="replace"))
 
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             while not any(ready in line for line in lines):
                 line = await stdout.readline()
                 if not line:

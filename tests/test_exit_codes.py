@@ -37,6 +37,7 @@ from tests.cli_support import (
     run_cli_streams,
 )
 from tests.log_audit import record_output
+from tests.timing import HANG
 
 SID = "AC" + "5" * 32
 KEY = "exit-codes-test-key"
@@ -491,6 +492,7 @@ async def test_ctrl_c_exits_130(tmp_path: Path) -> None:
     """Ctrl-C while ``hamsa probe`` waits at its question on a terminal."""
     controller, terminal = os.openpty()
     env = {**os.environ, "HAMSA_API_KEY": KEY, "HAMSA_WS_URL": "ws://127.0.0.1:9/x"}
+    process: asyncio.subprocess.Process | None = None
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -503,13 +505,17 @@ async def test_ctrl_c_exits_130(tmp_path: Path) -> None:
             stderr=asyncio.subprocess.STDOUT,
         )
         assert process.stdout is not None
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             output = await process.stdout.readuntil(b"[y/N] ")
             process.send_signal(signal.SIGINT)
             rest, _ = await process.communicate()
     finally:
         os.close(terminal)
         os.close(controller)
+        if process is not None and process.returncode is None:  # a hang: kill it, or a later
+            # test gets its ResourceWarning
+            process.kill()
+            await process.wait()
     record_output((output + rest).decode())
     assert process.returncode == ExitCode.INTERRUPTED, (output + rest).decode()
     assert not (tmp_path / "t.jsonl").exists()
@@ -576,7 +582,7 @@ async def test_servers_stop_gracefully_on_ctrl_c_and_exit_130(command: str) -> N
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             while True:
                 try:
                     _, writer = await asyncio.open_connection("127.0.0.1", port)

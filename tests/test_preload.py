@@ -13,6 +13,7 @@ from bridge.errors import PreloadError
 from bridge.preload import preload_voices
 from bridge.settings import Settings
 from tests.log_audit import record_output
+from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -97,7 +98,7 @@ async def test_serve_refuses_to_start_on_an_unknown_voice_and_names_it() -> None
         process = await start_serve(
             0, env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(HANG):
             output, _ = await process.communicate()
     text = output.decode()
     record_output(text)

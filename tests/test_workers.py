@@ -163,7 +163,9 @@ async def test_sigterm_drains_every_worker_no_call_is_cut_new_ones_are_refused()
         result = task.result()
         assert result.ended_by == "bridge"
         assert result.close_code == 1000
-        assert len(result.heard) == length + (-length % 160)
+        assert result.leg is not None
+        # every byte played (``heard`` would add the silence of a late frame on a busy machine)
+        assert len(result.leg.played) == length + (-length % 160)
     assert [s["outcome"] for s in summaries] == ["completed"] * len(calls)
     assert {s["pid"] for s in summaries} == pids
     drained = [e for e in events if e["event"] == "drain_complete"]
@@ -172,7 +174,7 @@ async def test_sigterm_drains_every_worker_no_call_is_cut_new_ones_are_refused()
     exited = [e for e in events if e["event"] == "worker_exited"]
     assert {(e["worker_pid"], e["exit_status"]) for e in exited} == {(p, "SIGTERM") for p in pids}
     assert not [e for e in events if e["event"] in ("worker_died", "worker_failed")]
-    assert code in (0, -signal.SIGTERM)  # the supervisor raises the signal again, as uvicorn
+    assert code == -signal.SIGTERM  # the supervisor ends by the signal, as one serve does
     assert TOKEN not in "".join(bridge.lines)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import Any
 
 import uvicorn
 
-from bridge.uvicorn_setup import uvicorn_config
+from bridge.uvicorn_setup import SignalledServer, uvicorn_config
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -44,7 +45,7 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-class _PromptServer(uvicorn.Server):
+class _PromptServer(SignalledServer):
     """uvicorn's server with a prompt exit (no 100 ms poll) and optional signal handling."""
 
     def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
@@ -174,6 +175,11 @@ class AppServer:
         if self._sock is not None:
             self._sock.close()
 
+    @property
+    def stop_signal(self) -> signal.Signals | None:
+        """The shutdown signal the server stopped on (``handle_signals``), else None."""
+        return None if self._server is None else self._server.stop_signal
+
     async def wait_closed(self) -> None:
         """Wait until the server stops (a signal, or ``stop`` from elsewhere)."""
         if self._task is not None:
@@ -216,8 +222,10 @@ async def serve_until_stopped(
     *,
     banner: Callable[[AppServer], Iterable[str]],
     ready: asyncio.Event | None = None,
-) -> None:
-    """Serve until a signal (or cancellation). Once listening, print ``banner(server)``'s lines
+) -> signal.Signals | None:
+    """Serve until a signal (or cancellation); the signal it stopped on (for
+    :func:`~bridge.uvicorn_setup.exit_as_signalled`), None if stopped otherwise. Once listening,
+    print ``banner(server)``'s lines
     on stdout (plain words, flushed: the first says where it listens, so a script reading it can
     connect at once) and set ``ready``. The command-line runner of the emulators."""
     async with server:
@@ -226,3 +234,4 @@ async def serve_until_stopped(
         if ready is not None:
             ready.set()
         await server.wait_closed()
+    return server.stop_signal

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ from bridge.dev.servers import (
 from bridge.errors import TraceError
 from bridge.hamsa_trace import read_trace
 from bridge.settings import Settings
+from bridge.uvicorn_setup import exit_as_signalled
 
 
 class EmulatorServer(AppServer):
@@ -78,7 +80,7 @@ async def serve_emulator(
     handle_signals: bool = True,
     log_config: dict[str, Any] | None = None,
     banner: Callable[[EmulatorServer], Iterable[str]] | None = None,
-) -> None:
+) -> signal.Signals | None:
     """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening.
 
     Once listening, ``banner(server)``'s lines are printed on stdout (default: the one line
@@ -94,7 +96,7 @@ async def serve_emulator(
         log_config=log_config,
     )
     lines = banner or (lambda s: [f"Hamsa emulator listening on {_shown_ws_url(s)}"])
-    await serve_until_stopped(server, banner=lambda _: lines(server), ready=ready)
+    return await serve_until_stopped(server, banner=lambda _: lines(server), ready=ready)
 
 
 def _shown_ws_url(server: EmulatorServer) -> str:
@@ -116,7 +118,7 @@ def run_emulator(
     which the command line turns into 130).
     """
     quiet_uvicorn()
-    asyncio.run(serve_emulator(config, host, port, banner=banner))
+    exit_as_signalled(asyncio.run(serve_emulator(config, host, port, banner=banner)))
 
 
 MODEL_SUMMARIES: Final[Mapping[str, str]] = {

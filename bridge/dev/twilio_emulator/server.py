@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -30,6 +31,7 @@ from bridge.dev.twilio_emulator.config import ApiKey, NumberConfig, TwilioEmulat
 from bridge.dev.twilio_emulator.rest_api import RestApi
 from bridge.dev.twilio_emulator.state import TwilioEmulatorState
 from bridge.settings import Settings
+from bridge.uvicorn_setup import exit_as_signalled
 
 __all__ = [
     "DEFAULT_PORT",
@@ -179,7 +181,7 @@ async def serve_twilio_emulator(
     handle_signals: bool = True,
     log_config: dict[str, Any] | None = None,
     banner: Callable[[AppServer], Iterable[str]] | None = None,
-) -> None:
+) -> signal.Signals | None:
     """Serve the emulator until a signal (or cancellation). ``ready`` is set once listening.
 
     Once listening, ``banner(server)``'s lines are printed on stdout (default: the one line
@@ -189,7 +191,7 @@ async def serve_twilio_emulator(
         config, host=host, port=port, handle_signals=handle_signals, log_config=log_config
     )
     lines = banner or (lambda s: [f"Twilio emulator listening on {reachable_url(s)}"])
-    await serve_until_stopped(server, banner=lines, ready=ready)
+    return await serve_until_stopped(server, banner=lines, ready=ready)
 
 
 def run_twilio_emulator(
@@ -205,7 +207,7 @@ def run_twilio_emulator(
     uvicorn's own lines are kept quiet (:func:`~bridge.dev.servers.quiet_uvicorn`): what the
     user reads is ``banner``'s."""
     quiet_uvicorn()
-    asyncio.run(serve_twilio_emulator(config, host, port, banner=banner))
+    exit_as_signalled(asyncio.run(serve_twilio_emulator(config, host, port, banner=banner)))
 
 
 def _number_option(value: str) -> tuple[str, str | None]:
