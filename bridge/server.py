@@ -26,7 +26,7 @@ from bridge.drain import DrainingServer
 from bridge.exit_codes import ExitCode
 from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
 from bridge.settings import Settings
-from bridge.uvicorn_setup import exit_as_signalled, uvicorn_config
+from bridge.uvicorn_setup import exit_as_signalled, listening_socket, uvicorn_config
 from bridge.workers import WorkerSlot, supervise
 
 log = structlog.get_logger("bridge.server")
@@ -44,11 +44,20 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
     app = create_app(settings)
     state: BridgeState = app.state.bridge_state
     config = _config(app, host, port)
+    try:
+        # Listening before the app's startup: once it logs ``bridge_ready`` a call connects.
+        sock = listening_socket(host, port)
+    except OSError as exc:
+        log.error("startup_failed", reason=f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        return ExitCode.FAILURE
     if settings.bridge_metrics_port:
         # Its own (internal) port: scraped by Prometheus, never routed by the public ingress.
         start_http_server(settings.bridge_metrics_port, addr=host, registry=state.metrics.exposed)
         log.info("metrics_listening", port=settings.bridge_metrics_port)
-    return _run(config, state, None)
+    try:
+        return _run(config, state, [sock])
+    finally:
+        sock.close()
 
 
 def serve_worker(settings: Settings, slot: WorkerSlot) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,3 +72,28 @@ def exit_as_signalled(stop_signal: signal.Signals | None) -> None:
         raise KeyboardInterrupt
     signal.signal(stop_signal, signal.SIG_DFL)
     signal.raise_signal(stop_signal)
+
+
+LISTEN_BACKLOG = 2048
+"""Connections the kernel queues before the server accepts them (uvicorn's default)."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening, for ``uvicorn.Server.serve(sockets)``.
+
+    Bound before the app starts, so that once the app says it is ready the port takes
+    connections (queued until the loop accepts them) rather than refusing them until uvicorn
+    binds after startup. ``IPPROTO_TCP`` is explicit: the asyncio loop disables Nagle's
+    algorithm only on sockets whose protocol says TCP (accepted sockets inherit it), and a small
+    frame would otherwise wait ~40 ms for a delayed ACK. ``OSError`` if it cannot listen.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock

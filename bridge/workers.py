@@ -53,6 +53,7 @@ from bridge.calls.registry import SharedUsedTokens
 from bridge.exit_codes import ExitCode
 from bridge.logs import bind_process_fields
 from bridge.settings import Settings
+from bridge.uvicorn_setup import listening_socket
 
 log = structlog.get_logger("bridge.workers")
 
@@ -61,8 +62,6 @@ _HANDLED = (*STOP_SIGNALS, signal.SIGCHLD)
 RESTART_QUICK = 10.0
 """A worker that died sooner than this after it started is replaced after a pause."""
 RESTART_BACKOFF_MAX = 30.0
-BACKLOG = 2048
-"""The listening socket's backlog (uvicorn's default)."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -200,14 +199,10 @@ class _Supervisor:
         return self._stopping if self._stopping is not None else ExitCode.OK
 
     def _listen(self) -> list[socket.socket]:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         ports = [self._port]
         if self._settings.bridge_metrics_port:
             ports.append(self._settings.bridge_metrics_port)
-        return [
-            socket.create_server((self._host, port), family=family, backlog=BACKLOG)
-            for port in ports
-        ]
+        return [listening_socket(self._host, port) for port in ports]
 
     def _slot(self, index: int) -> WorkerSlot:
         return WorkerSlot(

@@ -50,15 +50,9 @@ async def running_bridge(**settings: str) -> AsyncIterator[tuple[ServedBridge, E
         bridge: ServedBridge | None = None
         try:
             async with served_bridge(port, env) as bridge:
-                # ``bridge_ready`` ends the app's startup; uvicorn binds the port after it and
-                # then says "Uvicorn running on …": a call placed between the two is refused,
-                # and on a busy machine that takes a while
-                await bridge.wait_for(
-                    lambda es: (
-                        any(e["event"] == "bridge_ready" for e in es)
-                        and any(e["event"].startswith("Uvicorn running on ") for e in es)
-                    )
-                )
+                # ``serve`` listens before the app starts: once it says ``bridge_ready`` a
+                # call connects (tests/test_serve_listening.py)
+                await bridge.wait_for(lambda es: any(e["event"] == "bridge_ready" for e in es))
                 yield bridge, emulator.state.emulator
         finally:
             if bridge is not None:
