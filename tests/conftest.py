@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +43,18 @@ def _empty_working_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 pytest_plugins = ["tests.log_audit", "tests.store_support"]
 """``tests.store_support`` provides ``database_url`` (every test on SQLite and on PostgreSQL)
 and ``postgres_url`` (PostgreSQL only)."""
+
+
+def _interruptible() -> None:
+    """Let Ctrl-C reach the commands the suite starts, as it does from a terminal.
+
+    A shell starts a background job (``pytest &``, ``nohup``) with SIGINT ignored, and every
+    process it starts inherits that: the tests that press Ctrl-C on ``serve`` or ``hamsa probe``
+    would then see it ignored. The suite puts back Python's own handler (so children start with
+    the default action) in pytest and in each xdist worker, which loads this file too.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_interruptible()
