@@ -117,6 +117,8 @@ class DrainingServer(SignalledServer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._signalled = False
+        self.announce_listening = False
+        """Log uvicorn's "running on" line for sockets passed in (one ``serve`` process)."""
         self.failed = False
         """Startup failed after the server started listening (a voice preload)."""
 
@@ -128,6 +130,14 @@ class DrainingServer(SignalledServer):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets is not None and self.started and self.announce_listening:
+            # uvicorn says "Uvicorn running on …" only for sockets it bound itself; ``serve``
+            # binds its own (listening before the app starts) and still says it, at the moment
+            # uvicorn would
+            self._log_started_message(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in the main thread, between any two bytecodes: only hand work to the loop.

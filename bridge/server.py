@@ -55,7 +55,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
         start_http_server(settings.bridge_metrics_port, addr=host, registry=state.metrics.exposed)
         log.info("metrics_listening", port=settings.bridge_metrics_port)
     try:
-        return _run(config, state, [sock])
+        return _run(config, state, [sock], announce_listening=True)
     finally:
         sock.close()
 
@@ -85,8 +85,15 @@ def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
     return config
 
 
-def _run(config: uvicorn.Config, state: BridgeState, sockets: list[socket.socket] | None) -> int:
+def _run(
+    config: uvicorn.Config,
+    state: BridgeState,
+    sockets: list[socket.socket] | None,
+    *,
+    announce_listening: bool = False,
+) -> int:
     server = DrainingServer(config, state.drain)
+    server.announce_listening = announce_listening
     state.on_startup_failure = server.fail
     # The start-up heap lives as long as the process: keep it out of the full collections that
     # paused the event loop for ~88 ms at 130 calls (bench/capacity.py; BENCHMARKS.md)
