@@ -55,11 +55,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from capacity import Ticker
+    from capacity import LeanCall, Ticker
 
 SCRIPT: Final = Path(__file__).resolve()
 BENCH_DIR: Final = SCRIPT.parent
 ROOT: Final = BENCH_DIR.parent
+
+
+PROJECT_DIRS: Final = ("/bridge/", "/twiml/", "/bench/")
+"""A file in one of these (and not in ``site-packages``) is the project's: of this checkout or
+of another one whose interpreter runs this script."""
 
 
 def package(filename: str) -> str | None:
@@ -67,7 +72,7 @@ def package(filename: str) -> str | None:
     for the project's own files."""
     if "site-packages/" in filename:
         return filename.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
-    if filename.startswith(str(ROOT) + "/"):
+    if any(d in filename for d in PROJECT_DIRS):
         return None
     parts = Path(filename).parts
     if "asyncio" in parts:
@@ -137,6 +142,8 @@ class Taken:
     rss: int
     tracemalloc: int
     calls_playing: int
+    streams: int
+    """Calls whose stream was open (playing or not yet)."""
 
 
 def allocated(size: int) -> int:
@@ -172,7 +179,10 @@ def report(idle: Taken, steady: Taken, after: Taken, calls: int, top: int, trace
     t_after, _, _ = totals(after_s)
     rss_growth = steady.rss - idle.rss
     own_growth = steady.tracemalloc - idle.tracemalloc
-    print(f"calls playing at the steady snapshot: {steady.calls_playing} of {calls}")
+    print(
+        f"at the steady snapshot: {steady.calls_playing} calls playing, {steady.streams} "
+        f"streams open; per call = / {calls}"
+    )
     print()
     print("| per call | KB |")
     print("|---|---|")
@@ -220,9 +230,14 @@ def report(idle: Taken, steady: Taken, after: Taken, calls: int, top: int, trace
 
 
 def short(filename: str) -> str:
-    for marker in ("site-packages/", "/lib/python3", str(ROOT) + "/"):
-        if marker in filename:
-            return filename.split(marker, 1)[1].removeprefix(".11/")
+    """``filename`` from its package or project directory on."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
+    for d in PROJECT_DIRS:
+        if d in filename:
+            return d[1:] + filename.split(d, 1)[1]
+    if "/lib/python3" in filename:
+        return filename.split("/lib/python3", 1)[1].split("/", 1)[1]
     return filename
 
 
@@ -236,7 +251,6 @@ async def measure(args: argparse.Namespace) -> int:
         MS_PER_CHAR,
         SYNTHESIS_SPEED,
         Bench,
-        LeanCall,
         Tally,
         Ticker,
         expected_frames,
@@ -316,7 +330,7 @@ async def measure(args: argparse.Namespace) -> int:
                     return 1
                 count = 0
 
-                async def take(label: str, playing: int) -> Taken:
+                async def take(label: str, playing: int, streams: int = 0) -> Taken:
                     nonlocal count
                     count += 1
                     os.kill(bridge.pid, signal.SIGUSR1 if label == "steady" else signal.SIGUSR2)
@@ -331,7 +345,9 @@ async def measure(args: argparse.Namespace) -> int:
                         path.rename(Path(args.keep) / f"{label}-{count}.snap")
                     else:
                         path.unlink()
-                    return Taken(label, snapshot, info["rss"], info["tracemalloc"], playing)
+                    return Taken(
+                        label, snapshot, info["rss"], info["tracemalloc"], playing, streams
+                    )
 
                 idle = await take("idle", 0)
                 ticker = Ticker()
@@ -355,18 +371,14 @@ async def measure(args: argparse.Namespace) -> int:
                 try:
                     # every call playing: each has its first media frame, none has ended
                     begin = time.monotonic()
-                    while time.monotonic() - begin < ramp + 30:
+                    while time.monotonic() - begin < ramp + args.duration / 2:
                         await asyncio.sleep(0.2)
-                        if all(t.done() for t in tasks):
-                            break
-                        if playing_calls(ticker) == calls:
+                        if playing_calls(ticker) == calls or all(t.done() for t in tasks):
                             break
                     await asyncio.sleep(args.settle)
                     while True:
                         playing = playing_calls(ticker)
-                        if playing < calls and steadies:
-                            break
-                        steadies.append(await take("steady", playing))
+                        steadies.append(await take("steady", playing, len(open_calls(ticker))))
                         print(
                             f"steady snapshot {len(steadies)}: {playing} calls playing, "
                             f"RSS {kb(steadies[-1].rss)} KB",
@@ -393,14 +405,24 @@ async def measure(args: argparse.Namespace) -> int:
         f"{calls} calls, {len(greeting)} chars each ({expected_frames(greeting)} frames); "
         f"tracemalloc depth {args.depth}; failed calls: {len(failed)}"
     )
-    report(idle, steady, after, calls, args.top, args.tracebacks)
+    per = steady.streams or calls
+    if steady.calls_playing < calls:
+        print(
+            f"note: only {steady.calls_playing} of {calls} calls were playing at the snapshot "
+            f"(a busy machine delays first audio): figures are per open stream ({per})"
+        )
+    report(idle, steady, after, per, args.top, args.tracebacks)
     return 1 if failed and args.smoke else 0
 
 
+def open_calls(ticker: Ticker) -> set[LeanCall]:
+    """The calls whose stream is open (the ticker holds each from its connect to its end)."""
+    return set().union(*ticker.groups)
+
+
 def playing_calls(ticker: Ticker) -> int:
-    """Calls whose first frame was heard and that have not ended (the ticker holds every call
-    whose stream is open)."""
-    calls = set().union(*ticker.groups)
+    """Calls whose first frame was heard and that have not ended."""
+    calls = open_calls(ticker)
     return sum(1 for call in calls if call.first_media_at and call.ended_at is None)
 
 
