@@ -211,3 +211,22 @@ def test_capacity_comparison_table() -> None:
     assert lines[4].startswith("| 200 | 0.300% (333) | 0.100% (1000) | 186 | 8 |")
     assert lines[4].endswith("| 3.00 | 23.25 |")
     assert len(lines) == 5
+
+
+@pytest.mark.timeout(RUN_LIMIT + 20)
+def test_memory_per_call_smoke() -> None:
+    """``bench/memory_per_call.py --smoke``: 3 short calls through a bridge under tracemalloc,
+    the snapshots taken and the breakdown printed (no figure judged)."""
+    done = run_smoke("memory_per_call.py")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output  # non-zero: a call failed or the run crashed
+    for figure in (
+        "3 calls, ",
+        "| traced growth (tracemalloc, steady - idle) |",
+        "| left after the calls (after - idle) |",
+        "| area | KB per call | blocks per call |",
+        "lines (innermost frame), per call:",
+        "tracebacks, per call (innermost first):",
+        "run time:",
+    ):
+        assert figure in done.stdout, output

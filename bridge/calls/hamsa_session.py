@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
@@ -63,10 +64,26 @@ class Connector(Protocol):
 
 
 class Reply:
-    """The audio of one request, chunk by chunk, as it arrives."""
+    """The audio of one request, chunk by chunk, as it arrives.
+
+    Cost: a ``deque`` of the chunks not yet read and, while the reader waits, one future; not
+    an ``asyncio.Queue`` (three deques and an ``Event`` each, ~3 KB a reply: see
+    ``bench/memory_per_call.py``).
+    """
+
+    __slots__ = (
+        "_items",
+        "_waiter",
+        "_first_byte_timeout",
+        "_chunk_timeout",
+        "finished",
+        "abandoned",
+        "audio_received",
+    )
 
     def __init__(self, first_byte_timeout: float, chunk_timeout: float) -> None:
-        self._queue: asyncio.Queue[bytes | HamsaError | None] = asyncio.Queue()
+        self._items: deque[bytes | HamsaError | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._first_byte_timeout = first_byte_timeout
         self._chunk_timeout = chunk_timeout
         self.finished = False
@@ -79,26 +96,42 @@ class Reply:
         elif not self.abandoned:
             self.audio_received = True
         if not self.abandoned:
-            self._queue.put_nowait(item)
+            self._items.append(item)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def abandon(self) -> None:
         self.abandoned = True
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._items.clear()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
+
+    async def _next(self) -> bytes | HamsaError | None:
+        """The next item, waiting for it if none is there (one reader at a time)."""
+        items = self._items
+        while not items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         first = True
         while True:
             timeout = self._first_byte_timeout if first else self._chunk_timeout
-            try:
-                async with asyncio.timeout(timeout):
-                    item = await self._queue.get()
-            except TimeoutError:
-                what = "first audio byte" if first else "next audio chunk or end"
-                raise HamsaTimeout(f"no {what} from Hamsa within {timeout:g} s") from None
+            if self._items:
+                item = self._items.popleft()  # already here: no timer to arm
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        item = await self._next()
+                except TimeoutError:
+                    what = "first audio byte" if first else "next audio chunk or end"
+                    raise HamsaTimeout(f"no {what} from Hamsa within {timeout:g} s") from None
             if item is None:
                 return
             if isinstance(item, HamsaError):
@@ -217,7 +250,9 @@ class HamsaSession:
         self._metrics = metrics
         self._tasks = tasks
         self._connector = connector
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        # Jitter, not security; the module's shared generator unless a test passes its own: a
+        # ``random.Random()`` per call would cost ~2.8 KB of Mersenne Twister state.
+        self._random = rng.random if rng is not None else random.random  # noqa: S311
         self._lock = asyncio.Lock()
         self._conn: _Connection | None = None
         self._fatal: HamsaAuthError | None = None
@@ -299,7 +334,7 @@ class HamsaSession:
         last: HamsaError | None = None
         for attempt in range(attempts):
             if attempt:
-                delay = min(2.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + self._rng.random())
+                delay = min(2.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + self._random())
                 await asyncio.sleep(delay)
             try:
                 ws: ClientConnection = await self._connector(

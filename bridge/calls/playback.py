@@ -94,7 +94,6 @@ class PlaybackStats:
     """How long each underrun's silence lasted, in seconds (0 if nothing had played yet)."""
     frames_dropped: int = 0
     first_frame_at: float | None = None
-    mark_round_trips: list[float] = field(default_factory=list)
 
 
 class Playback:
@@ -181,9 +180,8 @@ class Playback:
         if entry is None:
             return  # stale: cleared already, or not ours
         mark, sent_at = entry
-        round_trip = self._clock() - sent_at
-        self.stats.mark_round_trips.append(round_trip)
-        self._metrics.mark_round_trip.observe(round_trip)
+        # Into the histogram only: a list of every round trip would grow for the whole call.
+        self._metrics.mark_round_trip.observe(self._clock() - sent_at)
         if not mark.future.done():
             mark.future.set_result(True)
 
