@@ -1202,8 +1202,10 @@ def stall_report(step: StepResult) -> list[str]:
     if step.stall_summary is not None:
         gens = step.stall_summary.get("gc", {})
         lines.append(
-            "  bridge GC over its life (runs, total ms, longest ms): "
-            + ", ".join(f"{gen} {v[0]} / {v[1]:.0f} / {v[2]:.1f}" for gen, v in gens.items())
+            "  bridge GC over its life (runs, total ms, longest ms, collected): "
+            + ", ".join(
+                f"{gen} {v[0]} / {v[1]:.0f} / {v[2]:.1f} / {v[3]}" for gen, v in gens.items()
+            )
         )
     return lines
 

@@ -13,14 +13,16 @@ stalls by cause and the collections by generation (:func:`summarise`).
 Causes, in the order they are decided:
 
 * ``GC gen N``: collections overlapping the stall took at least half of it;
-* ``no Python frame: the process was not scheduled``: the watchdog itself did not run for half
-  the stall (it needs the CPU and the GIL) and the loop thread used under half a CPU meanwhile;
-  ``no Python frame: C code held the GIL`` when the loop thread was on the CPU instead;
+* ``no Python frame: the process was not scheduled``: the watchdog itself overslept half the
+  stall (it needs the CPU and the GIL) and the loop thread used under half a CPU meanwhile (the
+  frames shown are where it was); ``no Python frame: C code held the GIL`` when the loop thread
+  was on the CPU instead and the watchdog got at most one sample;
 * from the samples that show the loop running Python (most common first, at least half of them):
-  ``logging``, ``store/file I/O`` (``bridge/store``, sqlite3, psycopg, pathlib, shutil),
-  ``metrics`` (prometheus_client), ``JSON``, each ``at`` our innermost frame (``file:line``);
-  else ``our code at file:line (function)``; else ``library at file:line (function)``; with no
-  site holding half the samples, ``busy: many callbacks``;
+  ``GC`` (a sample inside this module's GC hook), ``logging``, ``store/file I/O``
+  (``bridge/store``, sqlite3, psycopg, pathlib, shutil), ``metrics`` (prometheus_client),
+  ``JSON``, each ``at`` our innermost frame (``file:line``); else ``our code at file:line
+  (function)``; else ``library at file:line (function)``; with no site holding half the
+  samples, ``busy: many callbacks``;
 * samples that only ever show the loop between callbacks (epoll or uvloop's C code):
   ``no Python frame: in the loop's C code`` (loop thread on the CPU) or ``… the process was not
   scheduled``.
@@ -76,8 +78,11 @@ Frame = tuple[str, int, str]
 """``(file, line, function)``; ``file`` as :func:`short_path` gives it."""
 
 _OUR_PACKAGES: Final = ("bridge/", "twiml/", "tests/", "bench/")
+_OWN_FILE: Final = "bridge/stall_report.py"
+"""This module: a sample inside its GC hook is a collection starting or ending."""
 _CATEGORIES: Final = (
     # (name, file prefixes or fragments); first match wins, so a logger's JSON counts as logging
+    ("GC", (_OWN_FILE,)),
     ("logging", ("logging/", "structlog/", "bridge/logs.py")),
     (
         "store/file I/O",
@@ -172,7 +177,7 @@ def sample_site(frames: Sequence[Frame]) -> str:
     ``library at …``; "" for no Python frame."""
     if not frames:
         return ""
-    ours = next((f for f in frames if f[0].startswith(_OUR_PACKAGES)), None)
+    ours = next((f for f in frames if f[0].startswith(_OUR_PACKAGES) and f[0] != _OWN_FILE), None)
     for name, markers in _CATEGORIES:
         if any(marker in f[0] for f in frames for marker in markers):
             where = ours or frames[0]
@@ -187,34 +192,37 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
-def _cpu_share(polls: Sequence[Poll], start: float, end: float) -> tuple[float | None, float]:
-    """(the loop thread's CPU ÷ wall time over the polls bracketing ``start..end``, the
-    longest gap between two consecutive polls overlapping it)."""
+def _cpu_share(
+    polls: Sequence[Poll], start: float, end: float, every: float
+) -> tuple[float | None, float]:
+    """(the loop thread's CPU ÷ wall time over the polls bracketing ``start..end``, how long
+    the watchdog overslept its ``every`` within ``start..end``: it needs the CPU and the GIL)."""
     readings = [(p.at, p.loop_cpu) for p in polls if p.loop_cpu is not None]
     before = [r for r in readings if r[0] <= start]
     after = [r for r in readings if r[0] >= end]
-    gap = 0.0
+    overslept = 0.0
     ordered = sorted(polls, key=lambda p: p.at)
     for a, b in zip(ordered, ordered[1:], strict=False):
-        if b.at > start and a.at < end:
-            gap = max(gap, b.at - a.at)
+        late_from = max(a.at + every, start)
+        overslept += max(0.0, min(b.at, end) - late_from)
     if not before or not after:
-        return None, gap
+        return None, overslept
     (first_at, first_cpu), (last_at, last_cpu) = before[-1], after[0]
     wall = last_at - first_at
-    return ((last_cpu - first_cpu) / wall if wall > 0 else None), gap
+    return ((last_cpu - first_cpu) / wall if wall > 0 else None), overslept
 
 
-def classify(stall: Stall) -> Verdict:
-    """The cause of ``stall`` (the module's docstring gives the rules, in order)."""
+def classify(stall: Stall, poll: float) -> Verdict:
+    """The cause of ``stall``, the watchdog waking every ``poll`` s (the module's docstring
+    gives the rules, in order)."""
     late = stall.late
     gc_time = sum(_overlap(r.start, r.end, stall.since, stall.end) for r in stall.gc_runs)
     overlapping = [r for r in stall.gc_runs if _overlap(r.start, r.end, stall.since, stall.end)]
-    cpu, gap = _cpu_share(stall.polls, stall.since, stall.end)
+    cpu, overslept = _cpu_share(stall.polls, stall.since, stall.end, poll)
     detail: dict[str, Any] = {
         "gc_ms": round(gc_time * 1000, 1),
         "loop_cpu": None if cpu is None else round(cpu, 2),
-        "watchdog_gap_ms": round(gap * 1000, 1),
+        "watchdog_late_ms": round(overslept * 1000, 1),
     }
     if overlapping and gc_time >= SHARE * late:
         generation = max(r.generation for r in overlapping)
@@ -222,12 +230,15 @@ def classify(stall: Stall) -> Verdict:
     samples = [s for s in stall.samples if stall.since <= s.at <= stall.end]
     work = [s for s in samples if s.frames]
     detail["samples"] = len(samples)
-    if gap >= SHARE * late and len(work) < 2:
-        # The watchdog could not run either: no CPU for the process, or the GIL held in C.
-        hint = work[0].frames if work else ()
-        if cpu is not None and cpu >= SHARE:
+    if overslept >= SHARE * late:
+        # The watchdog could not run either: no CPU for the process (the loop thread did not
+        # run, wherever it was), or the GIL held by C code (the loop thread ran; what the
+        # samples show after it is a hint: the caller of that C code).
+        hint = work[-1].frames if work else ()
+        if cpu is None or cpu < SHARE:
+            return Verdict(NOT_SCHEDULED, hint, detail)
+        if len(work) < 2:
             return Verdict(GIL_HELD, hint, detail)
-        return Verdict(NOT_SCHEDULED, hint, detail)
     if work:
         sites = Counter(sample_site(s.frames) for s in work)
         site, count = sites.most_common(1)[0]
@@ -339,7 +350,7 @@ class StallWatchdog:
 
     def summary(self) -> dict[str, Any]:
         """The summary line's fields: stalls by cause (count, worst and total ms) and the
-        collections by generation."""
+        collections by generation (count, total and longest ms, objects collected)."""
         stalls = summarise((v.cause, s.late) for s, v in self.verdicts)
         return {
             "threshold_ms": round(self.threshold * 1000, 1),
@@ -349,7 +360,12 @@ class StallWatchdog:
                 for cause, t in stalls
             },
             "gc": {
-                f"gen{gen}": [t.runs, round(t.seconds * 1000, 1), round(t.longest * 1000, 1)]
+                f"gen{gen}": [
+                    t.runs,
+                    round(t.seconds * 1000, 1),
+                    round(t.longest * 1000, 1),
+                    t.collected,
+                ]
                 for gen, t in sorted(self.gc.items())
             },
         }
@@ -431,7 +447,7 @@ class StallWatchdog:
             gc_runs=tuple(r for r in self._gc_runs if r.end >= since and r.start <= end),
             polls=tuple(p for p in polls if p.at >= start_at),
         )
-        verdict = classify(stall)
+        verdict = classify(stall, self.poll)
         self.verdicts.append((stall, verdict))
         if len(self.verdicts) > HISTORY:
             del self.verdicts[0]

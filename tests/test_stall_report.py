@@ -30,6 +30,7 @@ from bridge.stall_report import (
 )
 from tests.timing import HANG
 
+POLL = 0.005
 PLAYBACK = ("bridge/calls/playback.py", 120, "_run")
 APP = ("bridge/app.py", 88, "inbound_webhook")
 JSON = ("json/encoder.py", 200, "encode")
@@ -75,7 +76,7 @@ def test_a_sample_is_named_by_category_then_by_our_innermost_frame() -> None:
 
 def test_collections_covering_half_the_stall_are_the_cause() -> None:
     runs = (GcRun(1.005, 1.008, 0, 10), GcRun(1.02, 1.055, 2, 300))
-    verdict = classify(stall(0.05, gc_runs=runs, polls=polls(0.99, 1.07, 0.005, 1.0)))
+    verdict = classify(stall(0.05, gc_runs=runs, polls=polls(0.99, 1.07, 0.005, 1.0)), POLL)
     assert verdict.cause == "GC gen 2"
     assert verdict.detail["gc_ms"] == pytest.approx(38.0)
 
@@ -83,39 +84,56 @@ def test_collections_covering_half_the_stall_are_the_cause() -> None:
 def test_a_short_collection_in_a_long_stall_is_not_the_cause() -> None:
     runs = (GcRun(1.02, 1.022, 0, 10),)
     stacks = samples(*[(PLAYBACK,)] * 8)
-    verdict = classify(stall(0.05, gc_runs=runs, samples=stacks, polls=polls(0.99, 1.07, 0.005, 1)))
+    verdict = classify(
+        stall(0.05, gc_runs=runs, samples=stacks, polls=polls(0.99, 1.07, 0.005, 1)), POLL
+    )
     assert verdict.cause == "our code at bridge/calls/playback.py:120 (_run)"
     assert verdict.frames == (PLAYBACK,)
 
 
 def test_no_watchdog_wake_and_no_loop_cpu_means_not_scheduled() -> None:
     wakes = (Poll(0.995, 0.0), Poll(1.0, 0.001), Poll(1.058, 0.004), Poll(1.063, 0.008))
-    assert classify(stall(0.05, polls=wakes)).cause == NOT_SCHEDULED
+    assert classify(stall(0.05, polls=wakes), POLL).cause == NOT_SCHEDULED
 
 
 def test_no_watchdog_wake_while_the_loop_thread_ran_means_the_gil_was_held() -> None:
     wakes = (Poll(0.995, 0.0), Poll(1.0, 0.005), Poll(1.058, 0.061), Poll(1.063, 0.066))
-    assert classify(stall(0.05, polls=wakes)).cause == GIL_HELD
+    assert classify(stall(0.05, polls=wakes), POLL).cause == GIL_HELD
+
+
+def test_a_loop_preempted_in_our_code_was_not_scheduled_whatever_the_samples_show() -> None:
+    # two samples in the playback writer, but the watchdog overslept 40 of the 50 ms and the
+    # loop thread used a tenth of a CPU: the kernel ran someone else
+    wakes = (Poll(1.0, 0.0), Poll(1.005, 0.001), Poll(1.048, 0.004), Poll(1.062, 0.006))
+    stacks = (Sample(1.005, (PLAYBACK,)), Sample(1.048, (PLAYBACK,)))
+    verdict = classify(stall(0.05, samples=stacks, polls=wakes), POLL)
+    assert verdict.cause == NOT_SCHEDULED
+    assert verdict.frames == (PLAYBACK,)
+
+
+def test_a_sample_in_the_gc_hook_names_where_the_collection_started() -> None:
+    hook = ("bridge/stall_report.py", 378, "_on_gc")
+    assert sample_site((hook, PLAYBACK)) == "GC at bridge/calls/playback.py:120"
 
 
 def test_samples_between_callbacks_only_name_the_loop_or_the_scheduler() -> None:
     idle = samples(*[()] * 8)
-    on_cpu = classify(stall(0.05, samples=idle, polls=polls(0.99, 1.07, 0.005, 0.9)))
+    on_cpu = classify(stall(0.05, samples=idle, polls=polls(0.99, 1.07, 0.005, 0.9)), POLL)
     assert on_cpu.cause == LOOP_C_CODE
-    off_cpu = classify(stall(0.05, samples=idle, polls=polls(0.99, 1.07, 0.005, 0.1)))
+    off_cpu = classify(stall(0.05, samples=idle, polls=polls(0.99, 1.07, 0.005, 0.1)), POLL)
     assert off_cpu.cause == NOT_SCHEDULED
 
 
 def test_mixed_samples_are_a_busy_loop() -> None:
     stacks = samples((PLAYBACK,), (APP,), (UVICORN,), (JSON, APP), (PLAYBACK,), (APP,), (UVICORN,))
-    verdict = classify(stall(0.05, samples=stacks, polls=polls(0.99, 1.07, 0.005, 1)))
+    verdict = classify(stall(0.05, samples=stacks, polls=polls(0.99, 1.07, 0.005, 1)), POLL)
     assert verdict.cause == BUSY
     assert len(verdict.detail["sites"]) == 3
 
 
 def test_samples_outside_the_stall_are_ignored() -> None:
     stacks = samples(*[(PLAYBACK,)] * 4, start=0.9) + samples(*[(JSON, APP)] * 3)
-    verdict = classify(stall(0.05, samples=stacks, polls=polls(0.99, 1.07, 0.005, 1)))
+    verdict = classify(stall(0.05, samples=stacks, polls=polls(0.99, 1.07, 0.005, 1)), POLL)
     assert verdict.cause == "JSON at bridge/app.py:88"
 
 
