@@ -306,9 +306,11 @@ class StallWatchdog:
         """Every stall reported (bounded by ``HISTORY``, oldest dropped)."""
         self.gc: dict[int, GcTally] = {}
         self._late: deque[tuple[float, float, float]] = deque()
-        self._samples: deque[Sample] = deque(maxlen=HISTORY)
-        self._polls: deque[Poll] = deque(maxlen=HISTORY)
-        self._gc_runs: deque[GcRun] = deque(maxlen=HISTORY)
+        # Plain tuples of floats, ints and strings: the cyclic GC untracks them, so the rings add
+        # nothing to the collections they time (a dataclass instance would be scanned by each).
+        self._samples: deque[tuple[float, tuple[Frame, ...]]] = deque(maxlen=HISTORY)
+        self._polls: deque[tuple[float, float | None]] = deque(maxlen=HISTORY)
+        self._gc_runs: deque[tuple[float, float, int, int]] = deque(maxlen=HISTORY)
         self._gc_started = 0.0
         self._base: set[CodeType] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -396,13 +398,14 @@ class StallWatchdog:
         if phase == "start":
             self._gc_started = now
             return
-        run = GcRun(self._gc_started, now, info.get("generation", 0), info.get("collected", 0))
-        self._gc_runs.append(run)
-        tally = self.gc.setdefault(run.generation, GcTally())
+        generation, collected = info.get("generation", 0), info.get("collected", 0)
+        self._gc_runs.append((self._gc_started, now, generation, collected))
+        tally = self.gc.setdefault(generation, GcTally())
+        duration = now - self._gc_started
         tally.runs += 1
-        tally.seconds += run.duration
-        tally.longest = max(tally.longest, run.duration)
-        tally.collected += run.collected
+        tally.seconds += duration
+        tally.longest = max(tally.longest, duration)
+        tally.collected += collected
 
     # --- the watchdog thread --------------------------------------------------------------
 
@@ -416,10 +419,10 @@ class StallWatchdog:
                     cpu = time.clock_gettime(clock)
                 except OSError:
                     clock = None
-            self._polls.append(Poll(now, cpu))
+            self._polls.append((now, cpu))
             if self._due and now - self._due > self.poll:
                 frame = sys._current_frames().get(self._loop_thread)
-                self._samples.append(Sample(now, self._work(frame)))
+                self._samples.append((now, self._work(frame)))
             while self._late and self._late[0][2] <= now:
                 self._report(*self._late.popleft())
 
@@ -437,15 +440,14 @@ class StallWatchdog:
 
     def _report(self, since: float, due: float, end: float) -> None:
         polls = list(self._polls)
-        before = [p for p in polls if p.at <= since]
-        start_at = before[-1].at if before else since
+        start_at = max((at for at, _ in polls if at <= since), default=since)
         stall = Stall(
             since=since,
             due=due,
             end=end,
-            samples=tuple(s for s in self._samples if since <= s.at <= end),
-            gc_runs=tuple(r for r in self._gc_runs if r.end >= since and r.start <= end),
-            polls=tuple(p for p in polls if p.at >= start_at),
+            samples=tuple(Sample(at, f) for at, f in self._samples if since <= at <= end),
+            gc_runs=tuple(GcRun(*r) for r in self._gc_runs if r[1] >= since and r[0] <= end),
+            polls=tuple(Poll(at, cpu) for at, cpu in polls if at >= start_at),
         )
         verdict = classify(stall, self.poll)
         self.verdicts.append((stall, verdict))
