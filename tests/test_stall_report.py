@@ -5,6 +5,7 @@ frame of a callback that blocked the loop for 100 ms."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 
@@ -184,3 +185,29 @@ def test_a_callback_that_blocks_the_loop_is_reported_with_its_frame(loop: str) -
     assert verdict.cause.startswith("our code at tests/test_stall_report.py:")
     assert verdict.cause.endswith("(_block_the_loop)")
     assert verdict.frames[0][2] == "_block_the_loop"
+
+
+@pytest.mark.anyio
+async def test_a_call_that_ends_is_freed_without_the_cyclic_gc() -> None:
+    """Full collections are rare (``bridge.server.GC_FULL_EVERY``) because an ended call leaves
+    no cycle behind: with the cyclic GC off, no ``Call`` outlives its loopback bridge."""
+    from bridge.calls.call import Call
+    from bridge.dev.hamsa_emulator import EmulatorConfig
+    from bridge.dev.loopback import loopback
+
+    def calls_alive() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is Call)
+
+    gc.collect()
+    before = calls_alive()
+    gc.disable()
+    try:
+        async with loopback(EmulatorConfig(), bridge_greeting="مرحبا بك.") as rig:
+            result = await rig.call()
+            async with asyncio.timeout(HANG):
+                await rig.bridge.streams.wait_empty()
+        assert result.close_code == 1000
+        del rig, result
+        assert calls_alive() == before
+    finally:
+        gc.enable()
