@@ -1194,10 +1194,21 @@ def stall_report(step: StepResult) -> list[str]:
                 f"{cause} {t.stalls} (max {t.late_max * 1000:.0f} ms)" for cause, t in groups
             )
         )
+        worst: dict[str, dict[str, Any]] = {}
+        for event in step.stalls:
+            cause = str(event.get("cause", "?"))
+            if float(event.get("late_ms", 0)) >= float(worst.get(cause, {}).get("late_ms", -1)):
+                worst[cause] = event
         for cause, tally in summarise(stalls)[:8]:
+            example = worst[cause]
+            frames = " < ".join(str(f) for f in example.get("frames", [])[:3])
+            gc_runs = ", ".join(str(r) for r in example.get("gc", [])[:3])
             lines.append(
                 f"  {tally.stalls:4d} × {cause}: max {tally.late_max * 1000:.0f} ms, "
-                f"total {tally.late_total * 1000:.0f} ms"
+                f"total {tally.late_total * 1000:.0f} ms; worst: loop CPU "
+                f"{example.get('loop_cpu')}, watchdog late {example.get('watchdog_late_ms')} ms"
+                + (f", frames {frames}" if frames else "")
+                + (f", GC {gc_runs}" if gc_runs else "")
             )
     if step.stall_summary is not None:
         gens = step.stall_summary.get("gc", {})

@@ -1,8 +1,8 @@
 """What the event loop was doing when it stalled (``BRIDGE_STALL_REPORT_MS``; 0, the default: off).
 
 A stall is a heartbeat that ran ``threshold`` or more late: the loop schedules a timer every
-``interval`` (``threshold``/2, 5–50 ms) and notes when it really ran. A watchdog thread wakes every
-``poll`` (``threshold``/4, 2–25 ms), reads the loop thread's CPU clock
+``interval`` (``threshold``/2, 5–50 ms) and notes when it really ran. A watchdog thread wakes as
+often (``poll``), reads the loop thread's CPU clock
 (``time.pthread_getcpuclockid``) and, while the heartbeat is overdue, samples the loop thread's
 Python stack (``sys._current_frames()``). A ``gc.callbacks`` hook times every collection
 (generation, duration, objects collected). When a late heartbeat has run, the watchdog joins the
@@ -32,12 +32,13 @@ socket callbacks, where ``data_received`` runs) and captures a traceback for eve
 (``uvloop/cbhandles.pyx``; https://docs.python.org/3/library/asyncio-dev.html#debug-mode): far too
 costly for production. The samples name the frame instead.
 
-Cost. Off: nothing (no thread, no timer, no GC hook). On (measured at 200 calls, see
-BENCHMARKS.md): the heartbeat timer (``1/interval`` callbacks a second, a few µs each), ``1/poll``
-watchdog wakes a second (each takes the GIL once: a clock read and an attribute compare, ~5 µs,
-and a context switch when the loop is busy), two clock reads per collection, and a stack walk
-(~20 µs) per poll only while the heartbeat is overdue: well under 1 % of a core. Memory: bounded
-rings (``HISTORY`` polls, samples and collections).
+Cost. Off: nothing (no thread, no timer, no GC hook). On, with the 20 ms threshold: 100
+heartbeats and 100 watchdog wakes a second (each takes the GIL for a clock read and a compare,
+and for a stack walk of ~20 µs only while the heartbeat is overdue), two clock reads per
+collection. Measured on the 2-vCPU VM of BENCHMARKS.md: 0.9–1.1 % of a core in an otherwise idle
+process (mostly the VM's timer wake-ups: a bare 100 Hz timer costs 0.5 %), and no difference
+beyond the noise (±1 point) under a loop busy with 300 tasks. Memory: bounded rings (``HISTORY``
+polls, samples and collections, plain tuples the cyclic GC does not track).
 
 References: https://docs.python.org/3/library/gc.html#gc.callbacks,
 https://docs.python.org/3/library/sys.html#sys._current_frames,
@@ -67,6 +68,9 @@ HISTORY: Final = 2048
 MAX_FRAMES: Final = 40
 """Frames kept per sample (innermost first); the log line shows ``SHOWN_FRAMES``."""
 SHOWN_FRAMES: Final = 8
+OVERDUE: Final = 0.002
+"""How late the heartbeat must be for a watchdog wake to sample the loop's stack (uvloop's timers
+run to the millisecond)."""
 SHARE: Final = 0.5
 """The share of a stall (or of its samples) a cause must hold to be named."""
 NOT_SCHEDULED: Final = "no Python frame: the process was not scheduled"
@@ -301,7 +305,7 @@ class StallWatchdog:
         self.threshold = threshold
         self._on_stall = on_stall
         self.interval = min(max(threshold / 2, 0.005), 0.05)
-        self.poll = min(max(threshold / 4, 0.002), 0.025)
+        self.poll = self.interval
         self.verdicts: list[tuple[Stall, Verdict]] = []
         """Every stall reported (bounded by ``HISTORY``, oldest dropped)."""
         self.gc: dict[int, GcTally] = {}
@@ -420,7 +424,7 @@ class StallWatchdog:
                 except OSError:
                     clock = None
             self._polls.append((now, cpu))
-            if self._due and now - self._due > self.poll:
+            if self._due and now - self._due > OVERDUE:
                 frame = sys._current_frames().get(self._loop_thread)
                 self._samples.append((now, self._work(frame)))
             while self._late and self._late[0][2] <= now:
