@@ -13,10 +13,11 @@ stalls by cause and the collections by generation (:func:`summarise`).
 Causes, in the order they are decided:
 
 * ``GC gen N``: collections overlapping the stall took at least half of it;
-* ``no Python frame: the process was not scheduled``: the watchdog itself overslept half the
-  stall (it needs the CPU and the GIL) and the loop thread used under half a CPU meanwhile (the
-  frames shown are where it was); ``no Python frame: C code held the GIL`` when the loop thread
-  was on the CPU instead and the watchdog got at most one sample;
+* ``no Python frame: the process was not scheduled``: the watchdog itself overslept a third of
+  the stall (it needs the CPU and the GIL) and the loop thread used under half a CPU meanwhile
+  (the frames shown are where it was); ``no Python frame: C code held the GIL`` when the loop
+  thread was on the CPU instead, the watchdog overslept half the stall and got at most one
+  sample;
 * from the samples that show the loop running Python (most common first, at least half of them):
   ``GC`` (a sample inside this module's GC hook), ``logging``, ``store/file I/O``
   (``bridge/store``, sqlite3, psycopg, pathlib, shutil), ``metrics`` (prometheus_client),
@@ -71,6 +72,9 @@ SHOWN_FRAMES: Final = 8
 OVERDUE: Final = 0.002
 """How late the heartbeat must be for a watchdog wake to sample the loop's stack (uvloop's timers
 run to the millisecond)."""
+STARVED: Final = 1 / 3
+"""The share of a stall the watchdog must have overslept for a loop thread off the CPU to count
+as not scheduled."""
 SHARE: Final = 0.5
 """The share of a stall (or of its samples) a cause must hold to be named."""
 NOT_SCHEDULED: Final = "no Python frame: the process was not scheduled"
@@ -234,15 +238,16 @@ def classify(stall: Stall, poll: float) -> Verdict:
     samples = [s for s in stall.samples if stall.since <= s.at <= stall.end]
     work = [s for s in samples if s.frames]
     detail["samples"] = len(samples)
-    if overslept >= SHARE * late:
-        # The watchdog could not run either: no CPU for the process (the loop thread did not
-        # run, wherever it was), or the GIL held by C code (the loop thread ran; what the
-        # samples show after it is a hint: the caller of that C code).
-        hint = work[-1].frames if work else ()
-        if cpu is None or cpu < SHARE:
-            return Verdict(NOT_SCHEDULED, hint, detail)
-        if len(work) < 2:
-            return Verdict(GIL_HELD, hint, detail)
+    hint = work[-1].frames if work else ()
+    if overslept >= STARVED * late and (cpu is None or cpu < SHARE):
+        # The watchdog was held up too, and the loop thread mostly did not run, wherever it
+        # was: the process did not get the CPU. (A loop blocked in a system call, or sleeping,
+        # lets the watchdog run on time.)
+        return Verdict(NOT_SCHEDULED, hint, detail)
+    if overslept >= SHARE * late and len(work) < 2:
+        # The loop thread ran, but the watchdog could not take the GIL: C code held it. What
+        # the samples show after it is a hint: the caller of that C code.
+        return Verdict(GIL_HELD, hint, detail)
     if work:
         sites = Counter(sample_site(s.frames) for s in work)
         site, count = sites.most_common(1)[0]
