@@ -1213,9 +1213,10 @@ def stall_report(step: StepResult) -> list[str]:
     if step.stall_summary is not None:
         gens = step.stall_summary.get("gc", {})
         lines.append(
-            "  bridge GC over its life (runs, total ms, longest ms, collected): "
+            "  bridge GC over its life (runs, total ms, longest ms, collected, longest CPU ms): "
             + ", ".join(
-                f"{gen} {v[0]} / {v[1]:.0f} / {v[2]:.1f} / {v[3]}" for gen, v in gens.items()
+                f"{gen} {v[0]} / {v[1]:.0f} / {v[2]:.1f} / {v[3]} / {v[4]:.1f}"
+                for gen, v in gens.items()
             )
         )
     return lines

@@ -294,6 +294,8 @@ class GcTally:
     runs: int = 0
     seconds: float = 0.0
     longest: float = 0.0
+    longest_cpu: float = 0.0
+    """The longest collection in CPU time (``longest`` is wall time: a preempted one is long)."""
     collected: int = 0
 
 
@@ -321,6 +323,7 @@ class StallWatchdog:
         self._polls: deque[tuple[float, float | None]] = deque(maxlen=HISTORY)
         self._gc_runs: deque[tuple[float, float, int, int]] = deque(maxlen=HISTORY)
         self._gc_started = 0.0
+        self._gc_cpu_started = 0.0
         self._base: set[CodeType] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -361,7 +364,8 @@ class StallWatchdog:
 
     def summary(self) -> dict[str, Any]:
         """The summary line's fields: stalls by cause (count, worst and total ms) and the
-        collections by generation (count, total and longest ms, objects collected)."""
+        collections by generation (count, total and longest ms, objects collected, longest in
+        CPU ms)."""
         stalls = summarise((v.cause, s.late) for s, v in self.verdicts)
         return {
             "threshold_ms": round(self.threshold * 1000, 1),
@@ -376,6 +380,7 @@ class StallWatchdog:
                     round(t.seconds * 1000, 1),
                     round(t.longest * 1000, 1),
                     t.collected,
+                    round(t.longest_cpu * 1000, 1),
                 ]
                 for gen, t in sorted(self.gc.items())
             },
@@ -404,8 +409,10 @@ class StallWatchdog:
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         now = time.monotonic()
+        cpu = time.thread_time()  # the collecting thread's CPU: its cost whatever the load
         if phase == "start":
             self._gc_started = now
+            self._gc_cpu_started = cpu
             return
         generation, collected = info.get("generation", 0), info.get("collected", 0)
         self._gc_runs.append((self._gc_started, now, generation, collected))
@@ -414,6 +421,7 @@ class StallWatchdog:
         tally.runs += 1
         tally.seconds += duration
         tally.longest = max(tally.longest, duration)
+        tally.longest_cpu = max(tally.longest_cpu, cpu - self._gc_cpu_started)
         tally.collected += collected
 
     # --- the watchdog thread --------------------------------------------------------------
