@@ -84,6 +84,11 @@ the calls, loop lag, writer lateness and frame lateness p99 at most 10 ms, first
 verdict. A step that fails while other processes use ``OTHER_CPU_LIMIT`` of a core or more is
 repeated (``--retries``, once by default).
 
+``--stall-report [MS]``: the bridge runs with ``BRIDGE_STALL_REPORT_MS`` (20 ms by default;
+``bridge.stall_report``) and each step (and the soak) ends with the event-loop stalls of MS or
+more seen during it, by cause (GC generation, the frame, JSON, logging, store I/O, "not
+scheduled"), and the bridge's collections by generation over its life.
+
 ``--soak``: one bridge, ``--soak-calls`` calls at once for ``--soak-seconds``, each replaced by a
 new call as it ends; every ``--soak-interval`` seconds the bridge's RSS, open file descriptors,
 active calls and CPU are printed; at the end the same per-frame figures, failed calls, and idle
@@ -160,6 +165,7 @@ from bridge.dev.servers import serving
 from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.sentences import split_text
 from bridge.signatures import TwilioSignatures
+from bridge.stall_report import cause_group, summarise
 
 MS_PER_CHAR: Final = 80.0
 """Audio per character of the emulator (the logged Hamsa replies carry 80-100 ms)."""
@@ -317,6 +323,7 @@ async def running_bridge(
     cpu: int | None,
     log_level: str,
     workers: int = 1,
+    stall_report_ms: float = 0.0,
 ) -> AsyncIterator[ServedBridge]:
     """``hamsa-bridge serve`` in a subprocess (pinned to ``cpu``), ready, until the block exits;
     ``workers`` > 1: ``serve --workers`` (``max_calls`` is per worker).
@@ -338,6 +345,7 @@ async def running_bridge(
             BRIDGE_MAX_CALLS=str(max_calls),
             BRIDGE_DATABASE_URL=f"sqlite:///{workdir}/bench.db",
             BRIDGE_WORKERS=str(workers),
+            BRIDGE_STALL_REPORT_MS=f"{stall_report_ms:g}",
         )
         async with served_bridge(port, env, graceful=True, cwd=workdir, preexec_fn=pin) as bridge:
             async with httpx2.AsyncClient(timeout=2.0) as http:
@@ -965,6 +973,11 @@ class StepResult:
     stuck: str | None = None
     """Why the server was not idle after the step (None: it was)."""
     warnings: dict[str, int] = field(default_factory=dict)
+    stalls: list[dict[str, Any]] = field(default_factory=list)
+    """The bridge's ``event_loop_stall`` lines during the step (``--stall-report``)."""
+    stall_summary: dict[str, Any] | None = None
+    """Its ``event_loop_stall_summary`` line at exit: every stall and collection of the
+    process, warm-up included."""
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     seconds: float = 0.0
 
@@ -1059,6 +1072,8 @@ class Bench:
     cpus: tuple[int | None, int | None]
     """(bridge CPU, generator CPU), or Nones without pinning."""
     log_level: str
+    stall_report_ms: float = 0.0
+    """The bridge's ``BRIDGE_STALL_REPORT_MS`` (``--stall-report``; 0: off)."""
     plan_margin: float = PLAN_MARGIN_DEFAULT
     """The current target's (``PLAN_MARGINS``), set with its server."""
     pipecat_python: str = sys.executable
@@ -1123,6 +1138,7 @@ def running_target(
             cpu=bench.cpus[0],
             log_level=bench.log_level,
             workers=bench.workers if target == "workers" else 1,
+            stall_report_ms=bench.stall_report_ms,
         )
     script, python = {
         "floor": (BENCH_DIR / "floor_server.py", sys.executable),
@@ -1163,7 +1179,67 @@ async def measure_step(
         step = await run_step(bench, bridge, calls, label, ramp=ramp)
     step.target = target
     step.processes = bench.workers if target == "workers" else 1
+    step.stall_summary = stall_summary(bridge.lines)
     return step
+
+
+STALL_EVENT: Final = "event_loop_stall"
+STALL_SUMMARY_EVENT: Final = "event_loop_stall_summary"
+
+
+def stall_summary(lines: Sequence[str]) -> dict[str, Any] | None:
+    """The bridge's ``event_loop_stall_summary`` line (logged as it stops), if any."""
+    for line in reversed(lines):
+        if STALL_SUMMARY_EVENT in line:
+            event = log_event(line)
+            if event.get("event") == STALL_SUMMARY_EVENT:
+                return event
+    return None
+
+
+def stall_report(step: StepResult) -> list[str]:
+    """The step's stalls by cause (most frequent first, with the worst and total lateness),
+    the same grouped coarsely, and the bridge's collections by generation."""
+    stalls = [(str(e.get("cause", "?")), float(e.get("late_ms", 0)) / 1000) for e in step.stalls]
+    total = sum(late for _, late in stalls)
+    lines = [
+        f"{step.label}: {len(stalls)} event-loop stalls during the step ({total * 1000:.0f} ms "
+        "late in all)"
+    ]
+    if stalls:
+        groups = summarise((cause_group(cause), late) for cause, late in stalls)
+        lines.append(
+            "  by kind: "
+            + "; ".join(
+                f"{cause} {t.stalls} (max {t.late_max * 1000:.0f} ms)" for cause, t in groups
+            )
+        )
+        worst: dict[str, dict[str, Any]] = {}
+        for event in step.stalls:
+            cause = str(event.get("cause", "?"))
+            if float(event.get("late_ms", 0)) >= float(worst.get(cause, {}).get("late_ms", -1)):
+                worst[cause] = event
+        for cause, tally in summarise(stalls)[:8]:
+            example = worst[cause]
+            frames = " < ".join(str(f) for f in example.get("frames", [])[:3])
+            gc_runs = ", ".join(str(r) for r in example.get("gc", [])[:3])
+            lines.append(
+                f"  {tally.stalls:4d} × {cause}: max {tally.late_max * 1000:.0f} ms, "
+                f"total {tally.late_total * 1000:.0f} ms; worst: loop CPU "
+                f"{example.get('loop_cpu')}, watchdog late {example.get('watchdog_late_ms')} ms"
+                + (f", frames {frames}" if frames else "")
+                + (f", GC {gc_runs}" if gc_runs else "")
+            )
+    if step.stall_summary is not None:
+        gens = step.stall_summary.get("gc", {})
+        lines.append(
+            "  bridge GC over its life (runs, total ms, longest ms, collected, longest CPU ms): "
+            + ", ".join(
+                f"{gen} {v[0]} / {v[1]:.0f} / {v[2]:.1f} / {v[3]} / {v[4]:.1f}"
+                for gen, v in gens.items()
+            )
+        )
+    return lines
 
 
 def read_histograms(step: StepResult, after: Samples, before: Samples) -> None:
@@ -1302,12 +1378,22 @@ async def run_step(
     step.rss_peak = max(s.bridge_rss for s in sampler.samples)
     step.other_cpu = sampler.other_cpu()
     read_histograms(step, after, before)
-    for line in bridge.lines[first_log:]:
-        name = log_kind(line)
-        step.warnings[name] = step.warnings.get(name, 0) + 1
+    read_log(step, bridge.lines[first_log:])
     bench.hamsa.requests.clear()  # the emulator keeps every reply's audio: free it
     bench.hamsa.connections.clear()
     return step
+
+
+def read_log(step: StepResult, lines: Sequence[str]) -> None:
+    """The server's log lines during the step: stall reports apart, the rest counted by kind."""
+    for line in lines:
+        if STALL_EVENT in line:
+            event = log_event(line)
+            if event.get("event") == STALL_EVENT:
+                step.stalls.append(event)
+                continue
+        name = log_kind(line)
+        step.warnings[name] = step.warnings.get(name, 0) + 1
 
 
 async def latency_one(bench: Bench, calls: int) -> StepResult:
@@ -1380,6 +1466,7 @@ async def soak(
         idle_rss, idle_fds = tree_rss_bytes(pid), open_fds(pid)
         step = StepResult(label=f"soak {calls}", calls=calls, rss_idle=idle_rss)
         tally, ticker, sampler = Tally(), Ticker(), Sampler(pid)
+        first_log = len(bridge.lines)
         results: list[LeanCall | str] = []
         rows: list[SoakRow] = []
         gc.collect()
@@ -1444,8 +1531,10 @@ async def soak(
         read_histograms(step, after, before)
         step.other_cpu = sampler.other_cpu()
         step.rss_peak = max(r.rss for r in rows) if rows else end_rss
+        read_log(step, bridge.lines[first_log:])
         bench.hamsa.requests.clear()
         bench.hamsa.connections.clear()
+    step.stall_summary = stall_summary(bridge.lines)
 
     print()
     print(f"| elapsed s | active calls | RSS MB | open fds | {target} CPU |")
@@ -1487,6 +1576,10 @@ async def soak(
         f" / {ms_bound(step.writer_max)} ms; loop lag p99/max {ms_bound(step.lag_p99)} / "
         f"{ms_bound(step.lag_max)} ms; other CPU {pct(step.other_cpu)}",
     ]
+    if step.warnings:
+        verdict_lines.append(f"{target} log: {dict(sorted(step.warnings.items()))}")
+    if bench.stall_report_ms and target == "bridge":
+        verdict_lines += stall_report(step)
     for line in verdict_lines:
         print(line)
     return 1 if strict and (step.failed or step.bad_frames) else 0
@@ -1714,6 +1807,7 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             duration=args.duration,
             cpus=cpus,
             log_level=args.log_level,
+            stall_report_ms=args.stall_report,
             pipecat_python=args.pipecat_python,
             workers=usable_cpus(),
         )
@@ -1794,6 +1888,9 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             if problems:
                 notes.append(f"problems: {', '.join(problems)}")
             print(f"{step.label}: {' | '.join(notes)}")
+            if bench.stall_report_ms and step.target == "bridge":
+                for line in stall_report(step):
+                    print(line)
         for target, steps in by_target.items():
             line, _ = verdict(steps[0], steps[1:])
             print(f"{target}: {line}" if named else line)
@@ -1906,6 +2003,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="warning", help="the bridge's BRIDGE_LOG_LEVEL")
     parser.add_argument(
+        "--stall-report",
+        type=float,
+        nargs="?",
+        const=20.0,
+        default=0.0,
+        metavar="MS",
+        help="the bridge reports every event-loop stall of MS (20) or more "
+        "(BRIDGE_STALL_REPORT_MS): each step ends with its stalls by cause and the GC runs",
+    )
+    parser.add_argument(
         "--target",
         type=parse_targets,
         default=["bridge"],
@@ -1965,6 +2072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["--calls", "2", "--duration", "3", "--ramp", "0.5", "--latency-calls", "3"]
         )
         steps.log_level, steps.strict = args.log_level, True
+        steps.stall_report = args.stall_report
         steps.target, steps.pipecat_python = args.target, args.pipecat_python
         code = run(steps, cpus)
         if code == 0:
@@ -1974,6 +2082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             soak_args.duration, soak_args.log_level, soak_args.strict = 3.0, args.log_level, True
             soak_args.target, soak_args.pipecat_python = args.target, args.pipecat_python
+            soak_args.stall_report = args.stall_report
             code = run(soak_args, cpus)
     else:
         if args.calls is None:

@@ -65,6 +65,7 @@ from bridge.preload import preload_voices, voices_to_preload
 from bridge.protocols.twilio_ids import CALL_SID as _CALL_SID
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
+from bridge.stall_report import StallWatchdog
 from bridge.store import check_database_url
 from bridge.stream_token import issue_token
 from bridge.twilio_rest_client import TwilioApi
@@ -276,6 +277,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
+        stall_watchdog = None
+        if settings.bridge_stall_report_ms:
+            stall_watchdog = StallWatchdog(settings.bridge_stall_report_ms / 1000)
+            stall_watchdog.start()
         sweeper = asyncio.create_task(_sweep_held_audio(cache))
         if voices_to_preload(settings):
             # Listen while preloading: /livez answers, /readyz and new streams say "starting".
@@ -298,6 +303,8 @@ def create_app(
                 monitor.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await monitor
+            if stall_watchdog is not None:
+                stall_watchdog.stop()
             if warm_pool is not None:
                 await warm_pool.aclose()
             if service is not None:

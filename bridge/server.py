@@ -31,6 +31,11 @@ from bridge.workers import WorkerSlot, supervise
 
 log = structlog.get_logger("bridge.server")
 
+GC_FULL_EVERY = 1000
+"""Generation-1 collections between two full collections (CPython's default: 10). About 45 min
+at 200 speaking calls (~0.37 a second), longer when less busy: cyclic garbage from rarer paths
+(errors, IVR, announcements) still gets collected, a call's normal end makes none."""
+
 
 def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
     """Run until stopped (0, or the stopping signal raised again); 1 when startup fails (for
@@ -99,6 +104,13 @@ def _run(
     # paused the event loop for ~88 ms at 130 calls (bench/capacity.py; BENCHMARKS.md)
     gc.collect()
     gc.freeze()
+    # A full collection still scans every live call (~300 objects each: 20-30 ms at 200 calls,
+    # found by BRIDGE_STALL_REPORT_MS), and with the default threshold one ran every ~50 calls
+    # ended. An ended call is freed by reference counting (``Call.run`` breaks its one cycle),
+    # so those collections found nothing: make them rare (https://docs.python.org/3/library/
+    # gc.html#gc.set_threshold). Young collections stay as they are (a few ms).
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, GC_FULL_EVERY)
     server.run(sockets)
     exit_as_signalled(server.stop_signal)
     if not server.started or server.failed:

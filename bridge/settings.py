@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     """On SIGTERM, how long calls in progress may continue before they are ended."""
     bridge_metrics_port: int = Field(default=0, ge=0, le=65535)
     """0: ``/metrics`` on the main port; otherwise only on this (internal) port."""
+    bridge_stall_report_ms: float = Field(default=0.0, ge=0, le=10000)
+    """Log what the event loop was doing whenever it stalls this long or longer (a watchdog
+    thread, ``bridge.stall_report``; well under 1 % of a core): 0, off."""
     bridge_workers: int = Field(default=0, ge=0, le=256)
     """``serve``'s processes sharing its port (``bridge.workers``): 0, one per usable CPU; 1, one
     process and no supervisor (containers: scale with replicas)."""

@@ -30,12 +30,12 @@ that while the suite and other jobs share the machine; a capacity step that miss
 a busy machine is run twice (``--retries``). A bound on a hang, not a figure."""
 
 
-def run_smoke(script: str) -> subprocess.CompletedProcess[str]:
+def run_smoke(script: str, *options: str) -> subprocess.CompletedProcess[str]:
     """``bench/SCRIPT --smoke`` in a process group of its own, whose processes (the bridges the
     benchmark starts) must all be gone when it exits; on a timeout the whole group is killed,
     not the benchmark alone (its bridges would live on)."""
     with subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / script), "--smoke"],
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -83,8 +83,9 @@ def test_capacity_smoke() -> None:
     """``bench/capacity.py --smoke``: the 1-call latency pass, the unloaded step, a step of 2
     calls and a soak, each for seconds with a handful of calls; every call complete, every
     figure printed. The verdict is printed but not required to pass: a step passes on the
-    jitter the machine allows (loop lag, writer and frame lateness within 10 ms)."""
-    done = run_smoke("capacity.py")
+    jitter the machine allows (loop lag, writer and frame lateness within 10 ms). With the
+    bridge's stall report on, each step and the soak end with their stalls and the GC runs."""
+    done = run_smoke("capacity.py", "--stall-report")
     output = done.stdout + done.stderr
     # non-zero: a call failed, a frame was malformed, or the run crashed; a missed goal is 0
     assert done.returncode == 0, output
@@ -100,6 +101,8 @@ def test_capacity_smoke() -> None:
         "RSS at full load:",
         "frame lateness beyond the plan p50/p99/max:",
         "run time:",
+        "event-loop stalls during the step",
+        "bridge GC over its life (runs, total ms, longest ms, collected, longest CPU ms): gen0 ",
     ):
         assert figure in done.stdout, output
     # the verdict, whichever it is: passing a step is the machine's business, not the code's

@@ -194,6 +194,11 @@ class Call:
                     self._finish_summary()
                     log.info("call_summary", **_public(self.summary))
                     self._log_underruns()
+                    # The playback holds this call's ``_send`` (a bound method): a cycle that only
+                    # the cyclic GC's full collections would free, each scanning every live call
+                    # (a loop stall of tens of ms at 200 calls; BENCHMARKS.md). Let go of it so
+                    # the call is freed by reference counting when it ends.
+                    self._playback = self._speaker = self._context = None
         finally:
             if self.phase is CallPhase.ACTIVE:
                 self.phase = CallPhase.ENDED
