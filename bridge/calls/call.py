@@ -367,10 +367,8 @@ class Call:
             if self._asgi_send is not None:
                 context = contextvars.copy_context()  # the call's log bindings, for the handler
                 handler = functools.partial(self._on_text, context)
-                try:
+                with contextlib.suppress(OSError):  # lost already: receive() says how
                     await self._asgi_send({"type": TEXT_HANDLER, "handler": handler})
-                except OSError:
-                    return
             while True:
                 try:
                     message = await self._ws.receive()
