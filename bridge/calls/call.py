@@ -334,6 +334,7 @@ class Call:
                                 await playback.flush()
                 finally:
                     # Runs on every exit, a crashed task included: nothing outlives the call.
+                    self._reading = False  # the direct text handler too (``_on_text``)
                     for task in running:
                         task.cancel()
                     playback.cancel_pending()
