@@ -40,6 +40,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
@@ -321,7 +322,7 @@ def create_app(
         routes=[
             Route(INBOUND_PATH, inbound_webhook, methods=["POST"]),
             Route(STATUS_PATH, call_status, methods=["POST"]),
-            WebSocketRoute(settings.bridge_stream_path, media_stream),
+            WebSocketRoute(settings.bridge_stream_path, _MediaStreamRoute()),
             Route("/livez", livez, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *(
@@ -457,8 +458,16 @@ async def _announcement_status(
     return Response(status_code=204)
 
 
-async def media_stream(websocket: WebSocket[Any]) -> None:
-    """The Twilio Media Streams WebSocket of one call."""
+class _MediaStreamRoute:
+    """The stream route as a plain ASGI app, so the call gets the raw ASGI ``send``: Starlette's
+    ``WebSocket.send`` refuses the ``hamsa.stream`` messages (bridge/stream_transport.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await media_stream(WebSocket(scope, receive=receive, send=send), asgi_send=send)
+
+
+async def media_stream(websocket: WebSocket[Any], *, asgi_send: Send | None = None) -> None:
+    """The Twilio Media Streams WebSocket of one call (``asgi_send``: see ``Call``)."""
     state = _state(websocket)
     signature = websocket.headers.get("x-twilio-signature")
     refusal = _refusal(state, signature)
@@ -470,7 +479,7 @@ async def media_stream(websocket: WebSocket[Any]) -> None:
         return
     # Twilio may not sign <Connect><Stream> handshakes; the per-call token decides either way.
     await websocket.accept()
-    call = Call(websocket, state.deps, handshake_signed=signature is not None)
+    call = Call(websocket, state.deps, handshake_signed=signature is not None, asgi_send=asgi_send)
     state.streams.add(call)
     try:
         await call.run()

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     bridge_start_timeout: float = Field(default=10.0, gt=0)
     bridge_max_pending_streams: int = Field(default=64, ge=1)
     bridge_playback_lead_ms: float = Field(default=200.0, ge=20, le=1000)
+    bridge_playback_refill_ms: float = Field(default=60.0, ge=20, le=1000)
+    """How far the lead drains before the writer wakes to top it up: refill ÷ 20 ms frames per
+    wake, and a smallest margin of lead − 20 ms − refill at Twilio (``PacingClock``)."""
     bridge_lookahead_seconds: float = Field(default=8.0, gt=0)
     bridge_start_hold_max_ms: float = Field(default=3000.0, ge=0, le=10000)
     """Longest the start policy holds a sentence's audio back (0: play from the first byte)."""

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import enum
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bridge.calls.context import (
@@ -52,6 +55,7 @@ from bridge.errors import HamsaError, InvalidState
 from bridge.metrics import Metrics
 from bridge.protocols.twilio_stream_server import (
     DtmfReceived,
+    Event,
     MarkReceived,
     Started,
     Stopped,
@@ -59,6 +63,7 @@ from bridge.protocols.twilio_stream_server import (
     Violation,
 )
 from bridge.settings import Settings
+from bridge.stream_transport import EXTENSION, SEND_BATCH, TEXT_HANDLER
 
 log = structlog.get_logger("bridge.call")
 
@@ -130,9 +135,22 @@ class Call:
     """Drives one accepted Twilio stream WebSocket from ``connected`` to close."""
 
     def __init__(
-        self, websocket: WebSocket[Any], deps: CallDeps, *, handshake_signed: bool = False
+        self,
+        websocket: WebSocket[Any],
+        deps: CallDeps,
+        *,
+        handshake_signed: bool = False,
+        asgi_send: Send | None = None,
     ) -> None:
+        """``asgi_send``: the route's raw ASGI ``send``. With it, and the server's ``hamsa.stream``
+        extension in the scope (``bridge.stream_transport``), a playback wake's frames leave in
+        one write and Twilio's messages are handled as they are parsed; without either, one
+        ``send_text`` per message and one ``receive()`` per message (any ASGI server)."""
         self._ws = websocket
+        extensions = websocket.scope.get("extensions") or {}
+        self._asgi_send = asgi_send if EXTENSION in extensions else None
+        self._reading = True
+        """False once ``stop`` was read: nothing Twilio sends after it is looked at."""
         self._deps = deps
         self._handshake_signed = handshake_signed
         self._started_clock: float | None = None
@@ -283,6 +301,7 @@ class Call:
                     self._stream,
                     self._send,
                     lead=settings.bridge_playback_lead_ms / 1000,
+                    refill=settings.bridge_playback_refill_ms / 1000,
                     clock=deps.clock,
                     metrics=deps.metrics,
                 )
@@ -320,6 +339,7 @@ class Call:
                                 await playback.flush()
                 finally:
                     # Runs on every exit, a crashed task included: nothing outlives the call.
+                    self._reading = False  # the direct text handler too (``_on_text``)
                     for task in running:
                         task.cancel()
                     playback.cancel_pending()
@@ -346,16 +366,22 @@ class Call:
             self._script_done = True
 
     async def _read(self) -> None:
-        """The Twilio socket's one reader."""
-        stream = self._stream
-        playback = self._playback
-        assert playback is not None
+        """The Twilio socket's one reader. With the server's extension, messages are handled in
+        ``_on_text`` as they are parsed (no task wake per message) and only what was queued
+        before, and the disconnect, come through ``receive()``."""
         try:
+            if self._asgi_send is not None:
+                context = contextvars.copy_context()  # the call's log bindings, for the handler
+                handler = functools.partial(self._on_text, context)
+                with contextlib.suppress(OSError):  # lost already: receive() says how
+                    await self._asgi_send({"type": TEXT_HANDLER, "handler": handler})
             while True:
                 try:
                     message = await self._ws.receive()
                 except (WebSocketDisconnect, RuntimeError):
                     message = {"type": "websocket.disconnect"}
+                if not self._reading:
+                    return
                 if message["type"] == "websocket.disconnect":
                     too_big = _too_big(message)
                     if too_big is not None:
@@ -369,32 +395,61 @@ class Call:
                         self.summary.outcome if self.summary.outcome != "unknown" else "hung_up"
                     )
                     return
-                for event in stream.receive(_payload(message)):
-                    match event:
-                        case MarkReceived(name=name):
-                            playback.on_mark(name)
-                        case DtmfReceived(digit=digit):
-                            self._on_dtmf(digit)
-                        case Stopped():
-                            if self.summary.outcome == "unknown":
-                                self.summary.outcome = "hung_up"
-                                self.summary.reason = "caller hung up (stop)"
-                            return
-                        case Violation(kind=kind, detail=detail):
-                            log.warning("twilio_violation", kind=kind, detail=detail)
-                        case _:
-                            pass
+                events = self._stream.receive(_payload(message))
+                if events:
+                    self._on_events(events)
+                    if not self._reading:
+                        return
         finally:
             self._hangup.set()
+
+    def _on_text(self, context: contextvars.Context, text: str) -> None:
+        """One message from Twilio, handed over by the server as it was parsed (in the server's
+        context: ``context`` is the call's, for what logs)."""
+        if not self._reading:
+            return
+        events = self._stream.receive(text)
+        if events:  # inbound media yields none: the common case costs nothing more
+            context.run(self._on_events, events)
+            if not self._reading:
+                self._hangup.set()
+
+    def _on_events(self, events: list[Event]) -> None:
+        """Act on Twilio's events; after ``stop``, stop reading (``_reading`` False)."""
+        playback = self._playback
+        assert playback is not None
+        for event in events:
+            match event:
+                case MarkReceived(name=name):
+                    playback.on_mark(name)
+                case DtmfReceived(digit=digit):
+                    self._on_dtmf(digit)
+                case Stopped():
+                    if self.summary.outcome == "unknown":
+                        self.summary.outcome = "hung_up"
+                        self.summary.reason = "caller hung up (stop)"
+                    self._reading = False
+                    return
+                case Violation(kind=kind, detail=detail):
+                    log.warning("twilio_violation", kind=kind, detail=detail)
+                case _:
+                    pass
 
     def _on_dtmf(self, digit: str) -> None:
         log.info("dtmf", digit=digit)
         if self._context is not None:
             self._context.key_pressed(digit)
 
-    async def _send(self, text: str) -> None:
+    async def _send(self, texts: list[str]) -> None:
+        """Send Twilio messages in order: one write with the server's extension, else one
+        ``send_text`` each."""
         try:
-            await self._ws.send_text(text)
+            asgi_send = self._asgi_send
+            if asgi_send is not None:
+                await asgi_send({"type": SEND_BATCH, "texts": texts})
+            else:
+                for text in texts:
+                    await self._ws.send_text(text)
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             raise _SocketGone(str(exc)) from None
 

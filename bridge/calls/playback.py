@@ -97,14 +97,19 @@ class PlaybackStats:
 
 
 class Playback:
-    """Owns every write to the Twilio socket of one call."""
+    """Owns every write to the Twilio socket of one call.
+
+    ``send`` takes a list of Twilio messages and sends them in order (one write where it can);
+    if it raises, the writer stops with that error.
+    """
 
     def __init__(
         self,
         stream: TwilioMediaStream,
-        send: Callable[[str], Awaitable[None]],
+        send: Callable[[list[str]], Awaitable[None]],
         *,
         lead: float,
+        refill: float = 0.060,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics,
     ) -> None:
@@ -113,7 +118,7 @@ class Playback:
         self._clock = clock
         self._metrics = metrics
         self._lead = lead
-        self._pacer = PacingClock(lead=lead)
+        self._pacer = PacingClock(lead=lead, refill=refill)
         self._latency_probes: deque[tuple[int, float]] = deque()
         """(frame number, when its audio arrived from Hamsa): frames whose send time is measured."""
         self._queue: deque[bytes | _Mark] = deque()
@@ -232,9 +237,13 @@ class Playback:
     async def run(self) -> None:
         """Send until cancelled. The only coroutine that writes to the Twilio socket.
 
-        Cost: this loop runs once per frame. A wait is one future (plus one timer handle when
-        pacing), not an ``asyncio.Event`` under ``asyncio.timeout``; ``frames_sent`` is counted
-        in bulk, before each wait and when the writer stops, not once per frame.
+        Cost: this loop runs once per frame, but awaits ``send`` once per wake: the frames (and
+        any mark or ``clear`` between them, in queue order) that a wake lets go are handed over
+        as one list, which the call writes with one syscall where the server offers it
+        (``bridge/stream_transport.py``). Each frame is still accounted on its own (underruns,
+        latency probes, lateness) at the instant it joins the batch. A wait is one future (plus
+        one timer handle when pacing), not an ``asyncio.Event`` under ``asyncio.timeout``;
+        ``frames_sent`` is counted in bulk, before each wait and when the writer stops.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -258,6 +267,7 @@ class Playback:
         probes = self._latency_probes
         lateness = metrics.pacing_lateness
         paced: float | None = None  # when the pacing clock let the frame at the head go
+        batch: list[str] = []  # what this wake sends, in queue order: one ``send`` before a wait
         while True:
             if self._clear_requested:
                 self._clear_requested = False
@@ -266,9 +276,13 @@ class Playback:
                 pacer.reset()
                 stats.clears_sent += 1
                 metrics.clears.inc()
-                await send(stream.clear())
+                batch.append(stream.clear())
                 continue
             if not queue:
+                if batch:
+                    await send(batch)
+                    batch = []
+                    continue  # the send may have waited: look again before sleeping
                 self._count_sent()
                 self._idle.set()
                 waiter = self._waiter = loop.create_future()
@@ -284,11 +298,15 @@ class Playback:
                 self._in_utterance = False
                 self._sent_marks[item.name] = (item, clock())
                 stats.marks_sent += 1
-                await send(stream.mark(item.name))
+                batch.append(stream.mark(item.name))
                 continue
             now = clock()
             wait = pacer.delay(now)
             if wait > 0:
+                if batch:
+                    await send(batch)
+                    batch = []
+                    continue  # the send may have waited: the clock has moved
                 self._count_sent()
                 waiter = self._waiter = loop.create_future()
                 timer = loop.call_later(wait, _expire, waiter)
@@ -318,7 +336,7 @@ class Playback:
                 number, arrived = probes.popleft()
                 if number == stats.frames_sent:
                     metrics.bridge_latency.observe(now - arrived)
-            await send(stream.media(item))
+            batch.append(stream.media(item))
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

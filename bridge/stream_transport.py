@@ -1,0 +1,162 @@
+"""uvicorn's sans-I/O WebSocket protocol, plus the ``hamsa.stream`` ASGI extension.
+
+:class:`StreamProtocol` is uvicorn's ``WebSocketsSansIOProtocol`` (``ws="websockets-sansio"``,
+https://www.uvicorn.org/settings/#implementation) with two additions for the media stream's hot
+path, advertised in ``scope["extensions"]["hamsa.stream"]`` (ASGI extensions:
+https://asgi.readthedocs.io/en/latest/extensions.html). Everything else is uvicorn's, unchanged.
+
+``{"type": "hamsa.websocket.send_batch", "texts": [...]}`` (:data:`SEND_BATCH`)
+    Sends each string as its own text message, in order, with **one** ``transport.write``: a
+    playback wake's 3-5 frames cost one syscall instead of one each. The connection state is
+    checked exactly as uvicorn's ``websocket.send`` checks it: it waits while the transport is
+    paused (flow control); a lost connection, or one whose peer has begun the closing handshake,
+    raises uvicorn's ``ClientDisconnected`` (an ``OSError``); before ``websocket.accept`` or after
+    ``websocket.close`` it raises ``RuntimeError``. With no WebSocket extension negotiated (the
+    bridge turns per-message-deflate off) the frames are built here: a server's frames are
+    unmasked (RFC 6455 §5.1, https://datatracker.ietf.org/doc/html/rfc6455#section-5.1), so a
+    frame is a 2-4 byte header (§5.2) and the UTF-8 text, byte for byte what websockets' own
+    ``send_text`` writes; otherwise websockets frames them.
+
+``{"type": "hamsa.websocket.text_handler", "handler": callable | None}`` (:data:`TEXT_HANDLER`)
+    From then on, each complete text message is passed to ``handler(text)`` synchronously, from
+    the protocol's ``data_received``, instead of being queued for ``receive()``: no queue, no
+    pause/resume of the socket's reads, no task wake per message. Order is kept: a message that
+    arrives while earlier ones still wait in the queue is queued behind them (the app drains them
+    with ``receive()``), and the disconnect always arrives through ``receive()``, after every
+    message the handler was given. Binary messages, and anything after ``websocket.close``, take
+    uvicorn's path. The handler must be cheap and must not raise: it runs inside the socket's
+    read callback, in the server's context (not the app task's), so it must carry its own
+    context (for example ``contextvars.Context.run``) where it logs. If it raises anyway, the
+    error is logged and the connection failed with 1011 (the app then receives that disconnect).
+    ``None`` unregisters it.
+
+Where the extension is absent (another server, Starlette's ``TestClient``), an app falls back to
+``websocket.send`` per message and ``receive()`` per message; the bridge does (``bridge.calls``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any, Final, cast
+
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+from websockets.protocol import State
+
+__all__ = ["EXTENSION", "SEND_BATCH", "TEXT_HANDLER", "StreamProtocol", "text_frame_header"]
+
+EXTENSION: Final = "hamsa.stream"
+"""The key in ``scope["extensions"]`` that says the server takes the two messages below."""
+SEND_BATCH: Final = "hamsa.websocket.send_batch"
+TEXT_HANDLER: Final = "hamsa.websocket.text_handler"
+
+_SHORT: Final = struct.Struct("!BB").pack
+_MEDIUM: Final = struct.Struct("!BBH").pack
+_LONG: Final = struct.Struct("!BBQ").pack
+_FIN_TEXT: Final = 0x81
+"""FIN set, opcode 1 (text): RFC 6455 §5.2."""
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, unfragmented text frame of ``length`` payload bytes (RFC 6455
+    §5.2: a 7-bit length, or 126 and 16 bits, or 127 and 64 bits)."""
+    if length < 126:
+        return _SHORT(_FIN_TEXT, length)
+    if length < 65536:
+        return _MEDIUM(_FIN_TEXT, 126, length)
+    return _LONG(_FIN_TEXT, 127, length)
+
+
+class StreamProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol with the ``hamsa.stream`` extension (see the
+    module docstring). Pass the class itself as uvicorn's ``ws`` setting."""
+
+    _text_handler: Callable[[str], None] | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            # The app task was created but has not run yet: it sees the extension.
+            extensions = self.scope.get("extensions")
+            if extensions is not None:
+                extensions[EXTENSION] = {}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._text_handler = None  # the handler (the app's call) holds this protocol: let go
+        super().connection_lost(exc)
+
+    async def send(self, message: ASGISendEvent) -> None:
+        ours = cast(Mapping[str, Any], message)  # uvicorn's types list only ASGI's own messages
+        kind = ours["type"]
+        if kind == SEND_BATCH:
+            await self._send_batch(ours["texts"])
+        elif kind == TEXT_HANDLER:
+            self._set_text_handler(ours["handler"])
+        else:
+            await super().send(message)
+
+    async def _send_batch(self, texts: list[str]) -> None:
+        """uvicorn's checks for ``websocket.send``, in its order, then one write for all."""
+        if not self.writable.is_set():
+            await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if not self.handshake_complete or self.initial_response is not None:
+            raise RuntimeError(f"Expected 'websocket.accept' before '{SEND_BATCH}'.")
+        if self.close_sent:
+            raise RuntimeError(
+                f"Unexpected ASGI message '{SEND_BATCH}', after sending 'websocket.close'."
+            )
+        conn = self.conn
+        if conn.state is not State.OPEN:
+            raise ClientDisconnected()  # uvicorn: websockets' InvalidState → ClientDisconnected
+        if not texts:
+            return
+        if conn.extensions:
+            for text in texts:
+                conn.send_text(text.encode())
+            self.transport.write(b"".join(conn.data_to_send()))
+            return
+        chunks = conn.data_to_send()  # empty: uvicorn writes what it queues at once
+        header = text_frame_header
+        for text in texts:
+            data = text.encode()
+            chunks.append(header(len(data)))
+            chunks.append(data)
+        self.transport.write(b"".join(chunks))
+
+    def _set_text_handler(self, handler: Callable[[str], None] | None) -> None:
+        if self.disconnected:
+            raise ClientDisconnected()
+        self._text_handler = handler
+
+    def send_receive_event_to_app(self) -> None:
+        handler = self._text_handler
+        if (
+            handler is None
+            or self.curr_msg_data_type != "text"
+            or self.close_sent
+            or not self.queue.empty()  # earlier messages wait for receive(): keep the order
+        ):
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self.logger.exception("Invalid UTF-8 sequence received from client.")
+            self.conn.send_close(1007)
+            self.handle_parser_exception()
+            return
+        try:
+            handler(text)
+        except Exception:
+            self.logger.exception("Exception in the hamsa.stream text handler")
+            self._text_handler = None
+            self.conn.fail(1011, "internal error")
+            self.handle_parser_exception()

@@ -1,0 +1,267 @@
+"""``bridge.stream_transport.StreamProtocol`` over real sockets: uvicorn on port 0 (the bridge's
+settings, ``uvicorn_config``), a websockets client, a raw ASGI app using the extension; and the
+bridge's calls with the extension absent (uvicorn's own protocol: the per-message path)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+import bridge.dev.servers as servers
+from bridge.dev.servers import AppServer
+from bridge.stream_transport import EXTENSION, SEND_BATCH, TEXT_HANDLER, text_frame_header
+from tests import test_e2e_call as e2e
+from tests.timing import HANG
+
+pytestmark = pytest.mark.anyio
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def asgi(session: Callable[[Scope, Receive, Send], Awaitable[None]]) -> App:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        assert scope["type"] == "websocket"
+        await session(scope, receive, send)
+
+    return app
+
+
+def test_text_frame_header_is_rfc6455_5_2() -> None:
+    assert text_frame_header(0) == b"\x81\x00"
+    assert text_frame_header(125) == b"\x81\x7d"
+    assert text_frame_header(126) == b"\x81\x7e\x00\x7e"
+    assert text_frame_header(65535) == b"\x81\x7e\xff\xff"
+    assert text_frame_header(65536) == b"\x81\x7f" + (65536).to_bytes(8, "big")
+
+
+async def test_a_batch_arrives_as_separate_messages_in_order() -> None:
+    texts = ["a", "", "x" * 125, "y" * 126, "ز" * 200, "z" * 70_000, '{"event":"media"}']
+    seen: dict[str, Any] = {}
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        seen["extension"] = scope["extensions"].get(EXTENSION)
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await send({"type": SEND_BATCH, "texts": texts[:3]})
+        await send({"type": "websocket.send", "text": "single"})
+        await send({"type": SEND_BATCH, "texts": []})
+        await send({"type": SEND_BATCH, "texts": texts[3:]})
+        await send({"type": "websocket.close", "code": 1000})
+
+    async with (
+        AppServer(asgi(session)) as server,
+        connect(f"ws://127.0.0.1:{server.port}/s") as ws,
+    ):
+        received = [message async for message in ws]
+        assert ws.close_code == 1000
+    assert seen["extension"] == {}
+    assert received == [*texts[:3], "single", *texts[3:]]
+
+
+async def _errors_of_sends(send: Send) -> tuple[type[BaseException] | None, ...]:
+    """What a single ``websocket.send`` and a batch each raise now."""
+    result: list[type[BaseException] | None] = []
+    for message in (
+        {"type": "websocket.send", "text": "late"},
+        {"type": SEND_BATCH, "texts": ["late", "later"]},
+    ):
+        try:
+            await send(message)
+        except BaseException as exc:  # noqa: BLE001 - the type is the point
+            result.append(type(exc))
+        else:
+            result.append(None)
+    return tuple(result)
+
+
+async def test_a_batch_after_the_peer_closed_raises_as_a_single_send_does() -> None:
+    outcome: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        assert message["type"] == "websocket.disconnect"
+        outcome.set_result(await _errors_of_sends(send))
+
+    async with AppServer(asgi(session)) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/s"):
+            pass  # closes 1000 at once
+        errors = await asyncio.wait_for(outcome, HANG)
+    assert errors == (ClientDisconnected, ClientDisconnected)
+
+
+async def test_a_batch_while_the_peer_is_closing_raises_as_a_single_send_does() -> None:
+    """The peer's close frame parsed but the connection not yet lost: websockets' state is
+    CLOSING, and uvicorn's send raises ClientDisconnected (from websockets' InvalidState)."""
+    outcome: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        text = await receive()  # reads pause while it waits; the close frame follows it
+        assert text.get("text") == "bye"
+        while not outcome.done():
+            errors = await _errors_of_sends(send)
+            if errors != (None, None):
+                outcome.set_result(errors)
+            await asyncio.sleep(0.001)
+
+    async with AppServer(asgi(session)) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/s") as ws:
+            await ws.send("bye")
+        errors = await asyncio.wait_for(outcome, HANG)
+    assert errors == (ClientDisconnected, ClientDisconnected)
+
+
+async def test_a_batch_after_the_app_closed_raises_as_a_single_send_does() -> None:
+    outcome: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        outcome.set_result(await _errors_of_sends(send))
+
+    async with AppServer(asgi(session)) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/s") as ws:
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        errors = await asyncio.wait_for(outcome, HANG)
+    assert errors == (RuntimeError, RuntimeError)
+
+
+def _recording_session(
+    log: list[str], done: asyncio.Future[None], *, register_after: float = 0.0
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """Accept, (optionally wait while messages queue), register a handler that logs each text,
+    then log what ``receive()`` returns until the disconnect."""
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        if register_after:
+            await asyncio.sleep(register_after)
+        await send({"type": TEXT_HANDLER, "handler": lambda text: log.append("direct:" + text)})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                log.append("disconnect")
+                break
+            log.append("queued:" + message["text"])
+        done.set_result(None)
+
+    return session
+
+
+@pytest.mark.parametrize("register_after", [0.0, 0.2])
+async def test_direct_delivery_never_reorders_messages_or_the_disconnect(
+    register_after: float,
+) -> None:
+    """Messages sent before the handler exists are queued and come first through ``receive()``;
+    later ones reach the handler; the disconnect comes last, after every message."""
+    log: list[str] = []
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    session = _recording_session(log, done, register_after=register_after)
+    sent = [f"m{i}" for i in range(300)]
+    async with AppServer(asgi(session)) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/s") as ws:
+            for i, text in enumerate(sent):
+                await ws.send(text)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+        await asyncio.wait_for(done, HANG)
+    assert log[-1] == "disconnect"
+    assert [entry.split(":", 1)[1] for entry in log[:-1]] == sent
+    assert any(entry.startswith("direct:") for entry in log)
+    if register_after:
+        assert log[0].startswith("queued:")  # the first messages waited in uvicorn's queue
+
+
+async def test_a_failing_handler_fails_the_connection_with_1011() -> None:
+    outcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def handler(text: str) -> None:
+        raise ValueError(text)
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": TEXT_HANDLER, "handler": handler})
+        outcome.set_result(await receive())
+
+    async with AppServer(asgi(session)) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/s") as ws:
+            await ws.send("boom")
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 1011
+        message = await asyncio.wait_for(outcome, HANG)
+    assert message["type"] == "websocket.disconnect"
+    assert message["code"] == 1011
+
+
+# --- the bridge's calls without the extension (uvicorn's own protocol) ----------------------
+
+
+@pytest.fixture
+def uvicorns_own_protocol(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every server a test starts runs uvicorn's ``websockets-sansio`` protocol: no
+    ``hamsa.stream`` extension, so calls take the per-message path."""
+    real = servers.uvicorn_config
+    made: list[uvicorn.Config] = []
+
+    def plain(*args: Any, **kwargs: Any) -> uvicorn.Config:
+        config = real(*args, **kwargs)
+        config.ws = "websockets-sansio"
+        made.append(config)
+        return config
+
+    monkeypatch.setattr(servers, "uvicorn_config", plain)
+    yield
+    assert made
+    assert all(
+        config.ws_protocol_class is not None
+        and config.ws_protocol_class.__name__ == "WebSocketsSansIOProtocol"
+        for config in made
+    )
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        e2e.test_inbound_call_hears_hamsa_audio_byte_for_byte,
+        e2e.test_key_during_greeting_clears_at_once_and_stops_the_audio,
+        e2e.test_barge_in_drains_the_reply_so_it_cannot_leak_into_the_next,
+        e2e.test_caller_hanging_up_ends_the_call_and_the_hamsa_socket,
+        e2e.test_malformed_frames_mid_call_do_not_break_the_call_or_the_server,
+    ],
+    ids=lambda scenario: scenario.__name__.removeprefix("test_"),
+)
+async def test_a_call_without_the_extension(
+    uvicorns_own_protocol: None, scenario: Callable[[], Awaitable[None]]
+) -> None:
+    await scenario()
