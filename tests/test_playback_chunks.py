@@ -45,18 +45,20 @@ def playback(after_frames: int = 0) -> tuple[Playback, list[str]]:
     sent: list[str] = []
     holder: list[Playback] = []
 
-    async def send(text: str) -> None:
-        message = json.loads(text)
-        if message["event"] == "media":
-            payload = base64.b64decode(message["media"]["payload"])
-            assert len(payload) == 160
-            assert payload == payload[:1] * 160  # never a slice across two frames
-            sent.append(f"f{payload[0]}")
-            if len(sent) == after_frames:
-                holder[0].interrupt()
-                holder[0].push_frames([frames(100, 101)])
-        else:
-            sent.append(message["event"])
+    async def send(texts: str | list[str]) -> None:
+        # one message, or a list of them (a writer that batches a wake's messages)
+        for text in [texts] if isinstance(texts, str) else texts:
+            message = json.loads(text)
+            if message["event"] == "media":
+                payload = base64.b64decode(message["media"]["payload"])
+                assert len(payload) == 160
+                assert payload == payload[:1] * 160  # never a slice across two frames
+                sent.append(f"f{payload[0]}")
+                if len(sent) == after_frames:
+                    holder[0].interrupt()
+                    holder[0].push_frames([frames(100, 101)])
+            else:
+                sent.append(message["event"])
 
     holder.append(Playback(stream, send, lead=1.0, metrics=Metrics()))
     return holder[0], sent
