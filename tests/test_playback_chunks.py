@@ -89,5 +89,8 @@ async def test_a_clear_in_the_middle_of_a_chunk_drops_its_rest() -> None:
             await player.flush()
     finally:
         writer.cancel()
-    assert sent == ["f1", "f2", "f3", "clear", "f100", "f101"]
-    assert player.stats.frames_dropped == 56
+    # the barge-in came with the 3rd frame; a writer that batches may have sent more with it
+    played = sent.index("clear")
+    assert played >= 3
+    assert sent == [f"f{n}" for n in range(1, played + 1)] + ["clear", "f100", "f101"]
+    assert player.stats.frames_dropped == 59 - played
