@@ -94,3 +94,16 @@ def test_empty_push_is_a_no_op() -> None:
 def test_single_exact_frame_is_not_copied() -> None:
     frame = bytes(range(FRAME_BYTES))
     assert Framer().push(frame)[0] is frame
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks_st)
+def test_push_whole_gives_the_same_frames_joined(chunks: list[bytes]) -> None:
+    """``push_whole`` hands out exactly ``push``'s frames, each call's joined into one object
+    of whole frames, and leaves the same remainder for ``flush``."""
+    frames, last = run(chunks)
+    framer = Framer()
+    pieces = [framer.push_whole(c) for c in chunks]
+    assert all(len(p) % FRAME_BYTES == 0 for p in pieces)
+    assert b"".join(pieces) == b"".join(frames)
+    assert framer.flush() == last

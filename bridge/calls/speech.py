@@ -491,7 +491,7 @@ class Speaker:
             if audio is not None:
                 self.cache_hits += 1
                 self._metrics.prompt_cache.labels(result="hit").inc()
-                playback.push_frames(framer.push(audio))
+                playback.push_frames((framer.push_whole(audio),))
                 return True
             self._metrics.prompt_cache.labels(result="miss").inc()
         captured = bytearray() if cache is not None else None
@@ -640,13 +640,13 @@ class StartGate:
         if self._held:
             audio = b"".join(self._held) if len(self._held) > 1 else self._held[0]
             self._held.clear()
-            frames = self._framer.push(audio)
+            frames = self._framer.push_whole(audio)
             if frames and not self._pushed_any:
                 # The first frames of the utterance: playable since now (bridge-added latency).
                 self._pushed_any = True
-                self._playback.push_frames(frames, first_byte_at=self._clock())
-            else:
-                self._playback.push_frames(frames)
+                self._playback.push_frames((frames,), first_byte_at=self._clock())
+            elif frames:
+                self._playback.push_frames((frames,))
         holds = self.policy.holds
         while self._reported < len(holds):
             hold = holds[self._reported]
