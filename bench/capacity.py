@@ -1777,6 +1777,19 @@ def pick_cpus() -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
+def bench_emulator_config() -> EmulatorConfig:
+    """The Hamsa emulator every capacity-style benchmark talks to: first byte after
+    ``FIRST_BYTE_DELAY``, ``SYNTHESIS_SPEED``× real time, ``MS_PER_CHAR``, frames of at most
+    ``CHUNK_BYTES``, no faults."""
+    return EmulatorConfig(
+        api_keys=frozenset({KEY}),
+        first_byte_delay=FIRST_BYTE_DELAY,
+        synthesis_speed=SYNTHESIS_SPEED,
+        ms_per_char=MS_PER_CHAR,
+        max_chunk_bytes=CHUNK_BYTES,
+    )
+
+
 def default_ramp(calls: int, ramp: float | None) -> float:
     """Arrivals at ``SETUP_RATE`` calls a second, over at least 2 s (``--ramp`` overrides)."""
     return ramp if ramp is not None else max(2.0, calls / SETUP_RATE)
@@ -1785,14 +1798,7 @@ def default_ramp(calls: int, ramp: float | None) -> float:
 async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> int:
     greeting = greeting_for(args.duration)
     frames_per_call = expected_frames(greeting)
-    config = EmulatorConfig(
-        api_keys=frozenset({KEY}),
-        first_byte_delay=FIRST_BYTE_DELAY,
-        synthesis_speed=SYNTHESIS_SPEED,
-        ms_per_char=MS_PER_CHAR,
-        max_chunk_bytes=CHUNK_BYTES,
-    )
-    emulator = create_emulator_app(config)
+    emulator = create_emulator_app(bench_emulator_config())
     loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; Python {platform.python_version()}")
     bridge_uvloop = uvloop_installed()

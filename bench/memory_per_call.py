@@ -246,13 +246,10 @@ async def measure(args: argparse.Namespace) -> int:
     import httpx2
     from _common import KEY, TOKEN, free_port, serve_env, served_bridge
     from capacity import (
-        CHUNK_BYTES,
-        FIRST_BYTE_DELAY,
-        MS_PER_CHAR,
-        SYNTHESIS_SPEED,
         Bench,
         Tally,
         Ticker,
+        bench_emulator_config,
         expected_frames,
         greeting_for,
         lean_call,
@@ -261,18 +258,11 @@ async def measure(args: argparse.Namespace) -> int:
         warm_up,
     )
 
-    from bridge.dev.hamsa_emulator import EmulatorConfig, create_emulator_app
+    from bridge.dev.hamsa_emulator import create_emulator_app
     from bridge.dev.servers import serving
 
     greeting = greeting_for(args.duration)
-    config = EmulatorConfig(
-        api_keys=frozenset({KEY}),
-        first_byte_delay=FIRST_BYTE_DELAY,
-        synthesis_speed=SYNTHESIS_SPEED,
-        ms_per_char=MS_PER_CHAR,
-        max_chunk_bytes=CHUNK_BYTES,
-    )
-    emulator = create_emulator_app(config)
+    emulator = create_emulator_app(bench_emulator_config())
     calls = args.calls
     with tempfile.TemporaryDirectory(prefix="hamsa-mem-") as workdir:
         snapdir = Path(workdir) / "snapshots"

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from bridge.calls.playback import Playback
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.metrics import Metrics
 from bridge.protocols.twilio_stream_server import TwilioMediaStream
 from tests.timing import HANG
@@ -17,19 +18,7 @@ from tests.timing import HANG
 pytestmark = pytest.mark.anyio
 
 SID = "MZ" + "0" * 32
-START = json.dumps(
-    {
-        "event": "start",
-        "streamSid": SID,
-        "start": {
-            "streamSid": SID,
-            "callSid": "CA" + "0" * 32,
-            "accountSid": "AC" + "0" * 32,
-            "tracks": ["inbound"],
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        },
-    }
-)
+START = TwilioMediaLeg(SID, "CA" + "0" * 32, "AC" + "0" * 32).start()
 
 
 def frames(*numbers: int) -> bytes:

@@ -32,26 +32,10 @@ class Framer:
         return len(self._rest)
 
     def push(self, data: bytes) -> list[bytes]:
-        """Append ``data``; return every frame it completes (in order, each 160 bytes)."""
-        rest = self._rest
-        size = len(data)
-        start = 0
-        frames: list[bytes] = []
-        if rest:
-            need = FRAME_BYTES - len(rest)
-            if size < need:
-                rest += data
-                return frames
-            rest += memoryview(data)[:need]
-            frames.append(bytes(rest))
-            rest.clear()
-            start = need
-        end = size - (size - start) % FRAME_BYTES
-        if end > start:
-            frames.extend([data[i : i + FRAME_BYTES] for i in range(start, end, FRAME_BYTES)])
-        if end < size:
-            rest += memoryview(data)[end:]
-        return frames
+        """Append ``data``; return every frame it completes (in order, each 160 bytes): what
+        :meth:`push_whole` returns, cut into frames."""
+        whole = self.push_whole(data)
+        return [whole[i : i + FRAME_BYTES] for i in range(0, len(whole), FRAME_BYTES)]
 
     def push_whole(self, data: bytes) -> bytes:
         """Append ``data``; return every frame it completes as one ``bytes`` of whole frames
