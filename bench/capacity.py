@@ -127,7 +127,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,9 +324,11 @@ async def running_bridge(
     log_level: str,
     workers: int = 1,
     stall_report_ms: float = 0.0,
+    settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ServedBridge]:
     """``hamsa-bridge serve`` in a subprocess (pinned to ``cpu``), ready, until the block exits;
-    ``workers`` > 1: ``serve --workers`` (``max_calls`` is per worker).
+    ``workers`` > 1: ``serve --workers`` (``max_calls`` is per worker). ``settings``: more
+    ``BRIDGE_*``/``HAMSA_*`` variables (``--set``), applied last.
 
     The environment is this one without any ``BRIDGE_*``, ``HAMSA_*`` or ``TWILIO_*`` variable
     (an IVR flow or a metrics port set in the shell would change what is measured).
@@ -346,6 +348,7 @@ async def running_bridge(
             BRIDGE_DATABASE_URL=f"sqlite:///{workdir}/bench.db",
             BRIDGE_WORKERS=str(workers),
             BRIDGE_STALL_REPORT_MS=f"{stall_report_ms:g}",
+            **(settings or {}),
         )
         async with served_bridge(port, env, graceful=True, cwd=workdir, preexec_fn=pin) as bridge:
             async with httpx2.AsyncClient(timeout=2.0) as http:
@@ -1079,6 +1082,8 @@ class Bench:
     pipecat_python: str = sys.executable
     workers: int = 1
     """The ``workers`` target's process count (one per CPU)."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """The bridge's extra settings (``--set NAME=VALUE``)."""
     started: set[str] = field(default_factory=set)
     """The targets whose pinning has been printed."""
 
@@ -1139,6 +1144,7 @@ def running_target(
             log_level=bench.log_level,
             workers=bench.workers if target == "workers" else 1,
             stall_report_ms=bench.stall_report_ms,
+            settings=bench.settings,
         )
     script, python = {
         "floor": (BENCH_DIR / "floor_server.py", sys.executable),
@@ -1827,10 +1833,14 @@ async def bench_main(args: argparse.Namespace, cpus: tuple[int | None, int | Non
             stall_report_ms=args.stall_report,
             pipecat_python=args.pipecat_python,
             workers=usable_cpus(),
+            settings=dict(args.set),
         )
         targets: list[str] = args.target
         named = targets != ["bridge"]  # rows carry their target's name
         print(f"targets: {', '.join(targets)}")
+        if bench.settings:
+            chosen = " ".join(f"{name}={value}" for name, value in bench.settings.items())
+            print(f"bridge settings (--set): {chosen}")
         print(f"load average before: {load_average()}")
         if args.soak:
             calls = args.soak_calls
@@ -2051,8 +2061,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the interpreter with pipecat-ai installed (.venv-pipecat/bin/python if it exists)",
     )
+    parser.add_argument(
+        "--set",
+        type=bridge_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the bridge under test, e.g. BRIDGE_LOOKAHEAD_SECONDS=3 (repeatable; "
+        "only BRIDGE_* and HAMSA_* names; default: none, the production defaults)",
+    )
     parser.set_defaults(strict=False)  # --smoke: a failed call or a malformed frame exits 1
     return parser
+
+
+def bridge_setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` for ``--set``: a ``BRIDGE_*`` or ``HAMSA_*`` variable."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.startswith(("BRIDGE_", "HAMSA_")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BRIDGE_…=VALUE or HAMSA_…=VALUE")
+    return name, value
 
 
 def run(args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> int:
