@@ -2118,6 +2118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.log_level, steps.strict = args.log_level, True
         steps.stall_report = args.stall_report
         steps.target, steps.pipecat_python = args.target, args.pipecat_python
+        steps.set = args.set
         code = run(steps, cpus)
         if code == 0:
             print()
@@ -2127,6 +2128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             soak_args.duration, soak_args.log_level, soak_args.strict = 3.0, args.log_level, True
             soak_args.target, soak_args.pipecat_python = args.target, args.pipecat_python
             soak_args.stall_report = args.stall_report
+            soak_args.set = args.set
             code = run(soak_args, cpus)
     else:
         if args.calls is None:

@@ -85,7 +85,7 @@ def test_capacity_smoke() -> None:
     figure printed. The verdict is printed but not required to pass: a step passes on the
     jitter the machine allows (loop lag, writer and frame lateness within 10 ms). With the
     bridge's stall report on, each step and the soak end with their stalls and the GC runs."""
-    done = run_smoke("capacity.py", "--stall-report")
+    done = run_smoke("capacity.py", "--stall-report", "--set", "BRIDGE_LOOKAHEAD_SECONDS=8")
     output = done.stdout + done.stderr
     # non-zero: a call failed, a frame was malformed, or the run crashed; a missed goal is 0
     assert done.returncode == 0, output
@@ -101,6 +101,7 @@ def test_capacity_smoke() -> None:
         "RSS at full load:",
         "frame lateness beyond the plan p50/p99/max:",
         "run time:",
+        "bridge settings (--set): BRIDGE_LOOKAHEAD_SECONDS=8",
         "event-loop stalls during the step",
         "bridge GC over its life (runs, total ms, longest ms, collected, longest CPU ms): gen0 ",
     ):
