@@ -209,6 +209,9 @@ class EmulatorConfig:
     stt_fixed_transcript: str = ""
     """The transcript of audio in which :func:`bridge.dev.stt_tones.recognize` hears no tones
     (espeak-ng speech, noise, silence); ``""``: an empty transcript."""
+    stt_ms_per_char: float = 80.0
+    """The length of each character's tone in the audio :func:`bridge.dev.stt_tones.recognize`
+    hears: the simulated caller's rate (``bridge.dev.tone``'s default), not :attr:`ms_per_char`."""
     stt_faults: Mapping[int, SttFault] = field(default_factory=dict)
     """Answer per ``stt`` request, keyed by its 1-based number among the ``stt`` requests only
     (copied into :attr:`EmulatorState.stt_faults`, which tests may change while it runs)."""
@@ -263,6 +266,8 @@ class EmulatorConfig:
             raise ValueError("stt fault keys are 1-based stt request numbers")
         if any(n < 1 for n in self.faults):
             raise ValueError("fault keys are 1-based request numbers")
+        if not self.stt_ms_per_char > 0:
+            raise ValueError("stt_ms_per_char must be positive")
         if self.max_chunk_bytes < 1 or self.ms_per_char <= 0:
             raise ValueError("max_chunk_bytes and ms_per_char must be positive")
         if self.speech not in ("tones", "espeak"):

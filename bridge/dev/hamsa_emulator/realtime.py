@@ -329,9 +329,11 @@ class _Connection:
         if audio is not None:
             pcm, rate = audio
             rec.audio_seconds = len(pcm) / 2 / rate
-            rec.recognized = await asyncio.to_thread(
-                recognize, pcm, rate, ms_per_char=cfg.ms_per_char
-            )
+            if fault not in (SttFault.ERROR, SttFault.THINKING, SttFault.SILENT):
+                # numpy in a thread: a busy event loop would delay every other socket's frames
+                rec.recognized = await asyncio.to_thread(
+                    recognize, pcm, rate, ms_per_char=cfg.stt_ms_per_char
+                )
         await _until(rec.received_at + delay)
         if audio is None or fault is SttFault.ERROR:
             rec.error = UNSUPPORTED_AUDIO_MESSAGE if audio is None else STT_FAILED_MESSAGE
