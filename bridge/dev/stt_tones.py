@@ -25,7 +25,7 @@ How, and why not simpler:
    explains under 60 % of its energy is not a tone; if more than a fifth of the loud windows are
    not tones (speech, noise), the audio is not this module's speech and the answer is ``""``.
 
-Pure numpy: no I/O, deterministic. About 10 ms per second of 16 kHz audio.
+Pure numpy: no I/O, deterministic; a few milliseconds per second of 16 kHz audio.
 """
 
 from __future__ import annotations
