@@ -599,6 +599,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="inject FAULT on the N-th request, e.g. 2=TRUNCATE_640 (repeatable)",
     )
     emulate.add_argument(
+        "--stt-delay",
+        default="0.2-0.4",
+        metavar="SECONDS",
+        help="how long each speech-to-text answer takes: SECONDS or MIN-MAX (default 0.2-0.4)",
+    )
+    emulate.add_argument(
+        "--stt-answer",
+        choices=("text", "json"),
+        default="text",
+        help='the transcript form: plain text, or a {"type":"response",...} frame (default text)',
+    )
+    emulate.add_argument(
+        "--stt-transcript",
+        default="",
+        metavar="TEXT",
+        help="the transcript of audio without the emulator's tones in it (default: empty)",
+    )
+    emulate.add_argument(
+        "--stt-error-rate",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of speech-to-text requests answered with an error (0 to 1)",
+    )
+    emulate.add_argument(
+        "--stt-thinking-rate",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of speech-to-text requests answered [THINKING] and nothing more (0 to 1)",
+    )
+    emulate.add_argument(
+        "--stt-fault",
+        action="append",
+        default=[],
+        metavar="N=FAULT",
+        help="answer the N-th speech-to-text request so, e.g. 1=THINKING (repeatable)",
+    )
+    emulate.add_argument(
         "--custom-voice",
         action="append",
         default=[],

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     hamsa_drain_timeout: float = Field(default=1.5, ge=0)
     hamsa_warm_connections: int = Field(default=2, ge=0, le=50)
     """Hamsa sockets kept open ahead of the calls (each taken by one call, then refilled): 0 off."""
+    hamsa_stt_timeout: float = Field(default=6.0, gt=0)
+    """Seconds for Hamsa's transcript of one utterance (``[THINKING]`` does not extend it)."""
+    hamsa_stt_language: str = Field(default="ar", min_length=1)
+    """The ``language`` of each speech-to-text request."""
 
     # --- Twilio ------------------------------------------------------------------------------
     twilio_account_sid: str = ""

@@ -11,15 +11,21 @@
   the URL.
 - Connect failures: bounded retries with backoff and jitter on the call's time scale; HTTP
   401/403 or close codes 4001/4003 are not retried (``HamsaAuthError``).
+- Speech to text (:meth:`HamsaSession.transcribe`) goes on the **same** socket, under the same
+  lock as ``reply()``: TTS and STT requests leave in the order they were asked for, one in flight
+  (docs/hamsa-ws.md §10). Hamsa's answers are outcomes (:class:`SttOutcome`), never exceptions;
+  a request abandoned by its time limit is drained like an abandoned reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -45,6 +51,8 @@ from bridge.protocols.hamsa_client import (
     HamsaProtocol,
     Info,
     ReplyError,
+    Thinking,
+    Transcript,
     Unexpected,
     classify_close,
     classify_connect_error,
@@ -140,6 +148,53 @@ class Reply:
             yield item
 
 
+class SttOutcome(enum.Enum):
+    """How one speech-to-text request ended (:attr:`SttResult.outcome`)."""
+
+    TEXT = "text"
+    """A transcript with something in it."""
+    EMPTY = "empty"
+    """A transcript that is empty or only whitespace."""
+    THINKING = "thinking"
+    """``[THINKING]`` came, then nothing more within ``HAMSA_STT_TIMEOUT``."""
+    ERROR = "error"
+    """An ``error`` frame, the socket closed under the request, or no socket could be opened."""
+    TIMEOUT = "timeout"
+    """Nothing at all within ``HAMSA_STT_TIMEOUT``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SttResult:
+    """The result of :meth:`HamsaSession.transcribe`.
+
+    ``text``: the transcript, stripped of surrounding whitespace (``""`` unless
+    :attr:`SttOutcome.TEXT`); ``via``: the form it came in (``"text"`` or ``"json"``, ``None``
+    without a transcript); ``seconds``: from sending the request to its end (the time limit for
+    THINKING and TIMEOUT).
+    """
+
+    outcome: SttOutcome
+    text: str = ""
+    via: str | None = None
+    seconds: float = 0.0
+
+
+class _Stt:
+    """One STT request in flight: settled once, by its transcript or an error."""
+
+    __slots__ = ("settled", "answer", "thinking")
+
+    def __init__(self) -> None:
+        self.settled = asyncio.Event()
+        self.answer: Transcript | HamsaError | None = None
+        self.thinking = False
+
+    def settle(self, answer: Transcript | HamsaError) -> None:
+        if not self.settled.is_set():
+            self.answer = answer
+            self.settled.set()
+
+
 class _Connection:
     """An open socket, its protocol core and its reader task."""
 
@@ -148,6 +203,7 @@ class _Connection:
         self.number = number
         self.protocol = HamsaProtocol()
         self.reply: Reply | None = None
+        self.stt: _Stt | None = None
         self.idle = asyncio.Event()
         self.idle.set()
         self.dirty = False
@@ -181,11 +237,21 @@ class _Connection:
                 self._finish(
                     HamsaReplyError("Hamsa socket closed", audio_received=self.reply.audio_received)
                 )
+            if self.stt is not None:
+                self._finish(HamsaReplyError("Hamsa socket closed", audio_received=False))
 
     def _finish(self, item: HamsaError | None) -> None:
         if self.reply is not None:
             self.reply.feed(item)
+        if self.stt is not None:
+            self.stt.settle(
+                item
+                or HamsaReplyError(
+                    "Hamsa ended the STT request without a transcript", audio_received=False
+                )
+            )
         self.reply = None
+        self.stt = None
         self.idle.set()
 
     def _dispatch(self, event: Event) -> None:
@@ -206,6 +272,14 @@ class _Connection:
                     self.fatal = error
                 log.info("hamsa_closed", connection=self.number, code=code, reason=reason)
                 self._finish(error)
+            case Transcript():
+                if self.stt is not None:
+                    self.stt.settle(event)
+                self._finish(None)
+            case Thinking():
+                if self.stt is not None:
+                    self.stt.thinking = True
+                log.info("stt_thinking", connection=self.number)
             case Info() | Ack():
                 pass
             case Unexpected(kind=kind, detail=detail):
@@ -217,6 +291,12 @@ class _Connection:
         self.reply = Reply(first_byte_timeout, chunk_timeout)
         self.idle.clear()
         return self.protocol.request(text, voice, mulaw=True)
+
+    def start_stt(self, wav: bytes, language: str) -> tuple[str, _Stt]:
+        message = self.protocol.request_stt(wav, language=language)
+        self.stt = stt = _Stt()
+        self.idle.clear()
+        return message, stt
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
@@ -279,15 +359,7 @@ class HamsaSession:
     async def reply(self, text: str, voice: Voice) -> AsyncIterator[Reply]:
         """Send one ``tts`` request and yield its ``Reply``; one request in flight per call."""
         async with self._lock:
-            conn = await self._ensure()
-            if not conn.idle.is_set():
-                try:
-                    async with asyncio.timeout(self._settings.hamsa_drain_timeout):
-                        await conn.idle.wait()
-                except TimeoutError:
-                    log.info("hamsa_drain_timeout", connection=conn.number)
-                    conn.dirty = True
-                conn = await self._ensure()
+            conn = await self._ready()
             settings = self._settings
             message = conn.start(
                 text, voice, settings.hamsa_first_byte_timeout, settings.hamsa_chunk_timeout
@@ -308,6 +380,96 @@ class HamsaSession:
             finally:
                 if not reply.finished:
                     reply.abandon()
+
+    async def transcribe(self, wav: bytes, *, language: str) -> SttResult:
+        """Send one ``stt`` request for ``wav`` (a whole utterance) and wait for its transcript.
+
+        Under the lock ``reply()`` takes: requests of both kinds leave in the order they were
+        asked for, one in flight; a socket that is not usable is replaced first, and a reply or
+        transcript still draining is waited for up to ``HAMSA_DRAIN_TIMEOUT``.
+
+        Never raises for Hamsa's answers or for a socket that cannot be opened: an ``error``
+        frame, a close under the request or a failed connect is :attr:`SttOutcome.ERROR`; no
+        answer within ``HAMSA_STT_TIMEOUT`` is :attr:`SttOutcome.TIMEOUT`
+        (:attr:`SttOutcome.THINKING` if ``[THINKING]`` came), and the request is left to drain.
+        Raises :class:`~bridge.errors.HamsaAuthError` like ``reply()`` (the key or the balance),
+        and :class:`~bridge.errors.InvalidState` for a ``wav`` the protocol refuses (our bug).
+        """
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            try:
+                conn = await self._ready()
+            except HamsaAuthError:
+                raise
+            except HamsaError as exc:
+                log.warning("stt_connect_failed", error=str(exc))
+                return self._stt_result(SttOutcome.ERROR, None, 0.0)
+            message, stt = conn.start_stt(wav, language)
+            started = loop.time()
+            try:
+                await conn.ws.send(message)
+            except ConnectionClosed:
+                pass  # closed between the state check and the send: the reader reports it
+            except asyncio.CancelledError:
+                conn.dirty = True  # the frame may or may not have left: don't trust the socket
+                raise
+            self.requests_sent += 1
+            try:
+                async with asyncio.timeout(settings.hamsa_stt_timeout):
+                    await stt.settled.wait()
+            except TimeoutError:
+                # Left in flight: the reader drains its late answer; the next request waits for
+                # that up to HAMSA_DRAIN_TIMEOUT, then swaps the socket.
+                outcome = SttOutcome.THINKING if stt.thinking else SttOutcome.TIMEOUT
+                return self._stt_result(outcome, None, loop.time() - started)
+            seconds = loop.time() - started
+            answer = stt.answer
+            if isinstance(answer, HamsaAuthError):
+                raise answer
+            if isinstance(answer, Transcript):
+                text = answer.text.strip()
+                outcome = SttOutcome.TEXT if text else SttOutcome.EMPTY
+                return self._stt_result(outcome, answer, seconds, truncated=answer.truncated)
+            log.info("stt_error", connection=conn.number, error=str(answer))
+            return self._stt_result(SttOutcome.ERROR, None, seconds)
+
+    def _stt_result(
+        self,
+        outcome: SttOutcome,
+        answer: Transcript | None,
+        seconds: float,
+        *,
+        truncated: bool = False,
+    ) -> SttResult:
+        text = answer.text.strip() if answer is not None else ""
+        via = answer.via if answer is not None else None
+        log.info(
+            "stt_answer",
+            via=via,
+            chars=len(text),
+            seconds=round(seconds, 3),
+            outcome=outcome.value,
+            truncated=truncated,
+        )
+        if text:
+            log.debug("stt_transcript", text=text)
+        return SttResult(outcome, text, via, seconds)
+
+    async def _ready(self) -> _Connection:
+        """The socket for the next request (the lock held): usable, nothing in flight. A reply
+        or transcript still draining is waited for up to ``HAMSA_DRAIN_TIMEOUT``; then the socket
+        is marked dirty and replaced."""
+        conn = await self._ensure()
+        if not conn.idle.is_set():
+            try:
+                async with asyncio.timeout(self._settings.hamsa_drain_timeout):
+                    await conn.idle.wait()
+            except TimeoutError:
+                log.info("hamsa_drain_timeout", connection=conn.number)
+                conn.dirty = True
+            conn = await self._ensure()
+        return conn
 
     async def _ensure(self) -> _Connection:
         if self._fatal is not None:

@@ -1,16 +1,17 @@
-"""Sans-I/O client core for Hamsa's realtime WebSocket (text-to-speech).
+"""Sans-I/O client core for Hamsa's realtime WebSocket (text-to-speech and speech-to-text).
 
 The object in this module never touches a socket, a clock or a task. The I/O layer feeds it what
 the socket delivered (:meth:`HamsaProtocol.receive_text`, :meth:`~HamsaProtocol.receive_bytes`,
 :meth:`~HamsaProtocol.receive_close`) and gets back a list of events; it asks it for the text of a
-request (:meth:`~HamsaProtocol.request`) and writes that string itself. Timeouts, retries and
-truncation checks belong to the caller: the core only says what happened, in order.
+request (:meth:`~HamsaProtocol.request` for TTS, :meth:`~HamsaProtocol.request_stt` for STT) and
+writes that string itself. Timeouts, retries and truncation checks belong to the caller: the core
+only says what happened, in order.
 
-Wire protocol (``docs/hamsa-ws.md`` §2–§3)
---------------------------------------
+Wire protocol (``docs/hamsa-ws.md`` §2, §3, §10)
+-------------------------------------------------
 
-Every server text frame is a JSON envelope ``{"type": …, "payload": {"message": …}}``; audio comes
-as bare binary frames. One reply looks like::
+Every server text frame of TTS is a JSON envelope ``{"type": …, "payload": {"message": …}}``;
+audio comes as bare binary frames. One TTS reply looks like::
 
     server: {"type": "info", ...}            once, right after the upgrade
     client: {"type":"tts","payload":{...}}
@@ -18,48 +19,87 @@ as bare binary frames. One reply looks like::
     server: <binary> <binary> ...            zero or more audio chunks, arbitrary sizes
     server: {"type": "end", ...}             "End of TTS stream"
 
-There is **no request id** and **no cancel**: only one request may be in flight per socket and
-every frame belongs to the request at the head of the line (§3.3). An ``error`` frame ends the
-request in flight; whether an ``end`` follows it is unknown (§3.4), so a trailing ``end`` that
-arrives right after an ``error`` — before anything of the next request — is reported as
-:class:`Unexpected` instead of ending the next request early.
+An STT request carries one whole utterance (a WAV, base64) and is answered by one transcript,
+whose form is uncertain (§10), so the core accepts both that have been seen::
+
+    client: {"type":"stt","payload":{"audioBase64":…,"language":"ar","isEosEnabled":false}}
+    server: [THINKING]                       optional, plain text: still working
+    server: <the transcript as plain text>   or {"type":"response","payload":{"text":…}}
+    server: {"type": "end", ...}             perhaps; reported as Unexpected(trailing_end)
+
+There is **no request id** and **no cancel**: only one request (of either kind) may be in flight
+per socket and every frame belongs to the request at the head of the line (§3.3). The core
+remembers which kind is in flight (:attr:`HamsaProtocol.in_flight_kind`) and reads each frame
+for that kind:
+
+===============================  =======================================  ======================
+frame                            TTS in flight                            STT in flight
+===============================  =======================================  ======================
+text, not a JSON object          ``Unexpected(not_json)``                 ``[THINKING]`` (after
+                                                                          strip): ``Thinking``;
+                                                                          else ``Transcript(via=
+                                                                          "text")``, request ends
+``response`` with a string at    ``Unexpected(unknown_type)``             ``Transcript(via=
+payload.text / transcript /                                               "json")``, request ends
+message, or payload itself
+``ack``                          ``Ack`` (then STREAMING)                 ``Ack`` (tolerated)
+binary                           ``Audio`` (counted)                      ``Unexpected(binary_
+                                                                          during_stt)``, not
+                                                                          counted
+``end``                          ``End``, request ends                    ``Unexpected(end_during
+                                                                          _stt)``, stays
+``error``                        ``ReplyError``, request ends             ``ReplyError``, ends
+===============================  =======================================  ======================
+
+"Not a JSON object" includes JSON scalars: a transcript such as ``123`` or ``true`` parses as
+JSON but is still a transcript. A transcript longer than :data:`MAX_TRANSCRIPT_CHARS` is cut
+there (:attr:`Transcript.truncated`).
+
+An ``error`` frame, or a transcript, ends the request in flight; whether an ``end`` follows it is
+unknown (§3.4, §10), so a trailing ``end`` that arrives right after one — before anything of the
+next request — is reported as :class:`Unexpected` (``trailing_end``) instead of ending the next
+request early.
 
 State machine
 -------------
 
 ::
 
-                    info                   request()                ack / audio
+                    info              request() / request_stt()        ack / audio
     AWAITING_INFO ─────────▶ IDLE ──────────────────▶ AWAITING_ACK ─────────────▶ STREAMING
           │                   ▲                          │   ▲                        │
-          │ request()         │  end / error             │   └── (info: no change)    │
+          │ request()         │ end / error / transcript │   └── (info, [THINKING]:   │
+          │ request_stt()     │                          │        no change)          │
           └───────────────────┼──────────────────────────┘                            │
                               └───────────────────────────────────────────────────────┘
-                                                     end / error
+                                          end / error (TTS); transcript / error (STT)
     any state ── close ──▶ CLOSED (terminal; later input is reported as Unexpected)
 
-A request may be sent before the server's ``info`` arrived (it may still be on the way), so
-AWAITING_INFO also accepts :meth:`~HamsaProtocol.request`; the late ``info`` is then reported
-without changing state. Audio before ``ack`` is accepted (tolerant) and moves to STREAMING; a late
-``ack`` is still reported as :class:`Ack`.
+For an STT request only ``ack`` moves AWAITING_ACK to STREAMING (binary frames are not its
+answer). A request may be sent before the server's ``info`` arrived (it may still be on the way),
+so AWAITING_INFO also accepts a request; the late ``info`` is then reported without changing
+state. Audio before ``ack`` is accepted (tolerant) and moves to STREAMING; a late ``ack`` is still
+reported as :class:`Ack`.
 
 Errors
 ------
 
 Peer input never raises: anything odd becomes an :class:`Unexpected` event (``kind`` is one of the
 ``UNEXPECTED_*`` constants). Only misuse by our own code raises :class:`~bridge.errors.InvalidState`
-(a request while one is in flight or after close, an empty or over-long text). The close code
-of a finished socket maps to the error tree with :func:`classify_close`; whether a refused
-connection (close code or HTTP status of the upgrade) was the key or the balance is
+(a request while one is in flight or after close, an empty or over-long text, an STT audio that
+is empty, not a RIFF/WAVE file or over :data:`MAX_STT_WAV_BYTES`). The close code of a finished
+socket maps to the error tree with :func:`classify_close`; whether a refused connection (close
+code or HTTP status of the upgrade) was the key or the balance is
 :func:`classify_connect_error`, the one place Hamsa's refusal codes are read.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from bridge.errors import (
     HamsaAuthError,
@@ -71,7 +111,10 @@ from bridge.errors import (
 from bridge.voice import Voice
 
 __all__ = [
+    "MAX_STT_WAV_BYTES",
     "MAX_TEXT_CHARS",
+    "MAX_TRANSCRIPT_CHARS",
+    "THINKING_TEXT",
     "Ack",
     "Audio",
     "Closed",
@@ -82,6 +125,9 @@ __all__ = [
     "HamsaState",
     "Info",
     "ReplyError",
+    "RequestKind",
+    "Thinking",
+    "Transcript",
     "Unexpected",
     "classify_close",
     "classify_connect_error",
@@ -89,10 +135,22 @@ __all__ = [
 
 MAX_TEXT_CHARS: Final = 2000
 """Hamsa's documented limit for ``text``, counted in characters (code points), not UTF-8 bytes."""
+MAX_TRANSCRIPT_CHARS: Final = 1000
+"""The longest transcript the core passes on; a longer one is cut (:attr:`Transcript.truncated`).
+An utterance is at most a few seconds of speech: more than this is the peer misbehaving."""
+MAX_STT_WAV_BYTES: Final = 2 * 1024 * 1024
+"""The largest WAV :meth:`HamsaProtocol.request_stt` sends (2 MiB: over a minute of 16 kHz PCM16,
+six times the longest utterance the bridge cuts). Hamsa documents no limit (``docs/hamsa-ws.md``
+§10); this one keeps a runaway caller of ours from sending megabytes of base64."""
+THINKING_TEXT: Final = "[THINKING]"
+"""The plain-text frame Hamsa's STT sends while it is still working (after ``strip()``)."""
+
+RequestKind: TypeAlias = Literal["tts", "stt"]
+"""Which kind of request is in flight (:attr:`HamsaProtocol.in_flight_kind`)."""
 
 # ``Unexpected.kind`` values: what the peer did that the protocol does not allow or expect.
 UNEXPECTED_NOT_JSON: Final = "not_json"
-"""A text frame that is not JSON (on this socket, an STT transcript; never valid for TTS)."""
+"""A text frame that is not JSON while no STT request is in flight (valid only as a transcript)."""
 UNEXPECTED_BAD_ENVELOPE: Final = "bad_envelope"
 """JSON that is not an object with a string ``type``."""
 UNEXPECTED_UNKNOWN_TYPE: Final = "unknown_type"
@@ -102,7 +160,13 @@ UNEXPECTED_NO_REQUEST: Final = "no_request"
 UNEXPECTED_DUPLICATE_ACK: Final = "duplicate_ack"
 """A second ``ack`` for the same request."""
 UNEXPECTED_TRAILING_END: Final = "trailing_end"
-"""An ``end`` right after an ``error`` frame, before any sign of the next request."""
+"""An ``end`` right after an ``error`` or a transcript, before any sign of the next request."""
+UNEXPECTED_BINARY_DURING_STT: Final = "binary_during_stt"
+"""A binary frame while an STT request is in flight (its answer is text): ignored, not counted."""
+UNEXPECTED_END_DURING_STT: Final = "end_during_stt"
+"""An ``end`` while an STT request awaits its transcript (not right after one): ignored."""
+UNEXPECTED_NO_TRANSCRIPT: Final = "no_transcript"
+"""A ``response`` for an STT request with no string where a transcript could be: ignored."""
 UNEXPECTED_AFTER_CLOSE: Final = "after_close"
 """Any input after :meth:`HamsaProtocol.receive_close`."""
 
@@ -165,6 +229,25 @@ class ReplyError:
 
 
 @dataclass(frozen=True, slots=True)
+class Transcript:
+    """The answer to the STT request in flight, which it ends.
+
+    ``via`` is the form it came in: ``"text"`` (a plain text frame) or ``"json"`` (a ``response``
+    envelope). ``text`` is exactly what came (not stripped; possibly empty), cut to
+    :data:`MAX_TRANSCRIPT_CHARS` characters when ``truncated``.
+    """
+
+    text: str
+    via: Literal["text", "json"]
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    """Hamsa's ``[THINKING]``: the STT request in flight is still being worked on (stays)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """The socket closed. ``in_flight`` says whether a request was cut off, and if so
     ``audio_received`` whether any of its audio had arrived (so it may have been partly played).
@@ -191,7 +274,9 @@ class Unexpected:
     detail: str
 
 
-Event: TypeAlias = Info | Ack | Audio | End | ReplyError | Closed | Unexpected
+Event: TypeAlias = (
+    Info | Ack | Audio | End | ReplyError | Transcript | Thinking | Closed | Unexpected
+)
 """Everything :class:`HamsaProtocol` can report."""
 
 _IN_FLIGHT: Final = frozenset({HamsaState.AWAITING_ACK, HamsaState.STREAMING})
@@ -201,6 +286,30 @@ _DETAIL_LIMIT: Final = 200
 def _excerpt(text: str) -> str:
     """Shorten peer text for an :class:`Unexpected` detail (it may be a large transcript)."""
     return text if len(text) <= _DETAIL_LIMIT else text[:_DETAIL_LIMIT] + "…"
+
+
+def _transcript(text: str, via: Literal["text", "json"]) -> Transcript:
+    if len(text) > MAX_TRANSCRIPT_CHARS:
+        return Transcript(text[:MAX_TRANSCRIPT_CHARS], via, truncated=True)
+    return Transcript(text, via)
+
+
+def _transcript_of(envelope: dict[str, Any]) -> str | None:
+    """The transcript of a ``response`` envelope: a string at ``payload.text``,
+    ``payload.transcript``, ``payload.message`` (in that order) or ``payload`` itself."""
+    payload = envelope.get("payload")
+    if isinstance(payload, str):
+        return payload
+    if isinstance(payload, dict):
+        for key in ("text", "transcript", "message"):
+            value = payload.get(key)
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def _is_wav(data: bytes) -> bool:
+    return len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE"
 
 
 def _message_of(envelope: dict[str, Any]) -> str:
@@ -221,7 +330,7 @@ def _message_of(envelope: dict[str, Any]) -> str:
 
 
 class HamsaProtocol:
-    """The client side of one Hamsa realtime socket, for text-to-speech.
+    """The client side of one Hamsa realtime socket, for text-to-speech and speech-to-text.
 
     Create one per socket, right after the upgrade succeeded. Drive it with what the socket
     delivers; send what :meth:`request` returns. All methods are synchronous and cheap.
@@ -230,11 +339,13 @@ class HamsaProtocol:
 
     * :attr:`state` — a :class:`HamsaState`;
     * :attr:`info_received` — whether the ``info`` greeting has been seen;
-    * :attr:`in_flight` — whether a request awaits its ``end``/``error``;
+    * :attr:`in_flight` — whether a request awaits its ``end``/``error`` (TTS) or its
+      transcript/``error`` (STT);
+    * :attr:`in_flight_kind` — ``"tts"``, ``"stt"`` or ``None`` (nothing in flight);
     * :attr:`acked` — whether the request in flight (or the last one) was acknowledged;
     * :attr:`bytes_received` — audio bytes of the current (or, once ended, the last) reply;
     * :attr:`frames_received` — binary frames of that reply;
-    * :attr:`requests_sent` — requests built on this socket.
+    * :attr:`requests_sent` — requests (of both kinds) built on this socket.
     """
 
     def __init__(self) -> None:
@@ -244,9 +355,10 @@ class HamsaProtocol:
         self._bytes_received = 0
         self._frames_received = 0
         self._requests_sent = 0
-        # True between an ``error`` frame and the first sign of the next reply: an ``end`` seen
-        # then is the errored request's trailing ``end`` (docs/hamsa-ws.md §3.4), not the next
-        # one's.
+        self._kind: RequestKind = "tts"
+        # True between an ``error`` frame (or a transcript) and the first sign of the next reply:
+        # an ``end`` seen then is the finished request's trailing ``end`` (docs/hamsa-ws.md §3.4,
+        # §10), not the next one's.
         self._after_error = False
 
     # --- read-only view ----------------------------------------------------------------------
@@ -262,6 +374,10 @@ class HamsaProtocol:
     @property
     def in_flight(self) -> bool:
         return self._state in _IN_FLIGHT
+
+    @property
+    def in_flight_kind(self) -> RequestKind | None:
+        return self._kind if self._state in _IN_FLIGHT else None
 
     @property
     def acked(self) -> bool:
@@ -320,12 +436,58 @@ class HamsaProtocol:
             ensure_ascii=False,
             separators=(",", ":"),
         )
+        self._start("tts")
+        return frame
+
+    def request_stt(self, wav: bytes, *, language: str) -> str:
+        """Build the text frame of an STT request for one whole utterance and mark it in flight.
+
+        Returns exactly
+        ``{"type":"stt","payload":{"audioBase64":…,"language":…,"isEosEnabled":false}}``
+        (compact separators). ``isEosEnabled`` is always ``false``: with ``true`` Hamsa may answer
+        ``[THINKING]`` and nothing more (``docs/hamsa-ws.md`` §10).
+
+        Raises :class:`~bridge.errors.InvalidState` — our bug, never the peer's — when a request is
+        already in flight, when the socket is closed, when ``wav`` is empty, is not a RIFF/WAVE
+        file or is larger than :data:`MAX_STT_WAV_BYTES`, or when ``language`` is blank.
+        """
+        if self._state is HamsaState.CLOSED:
+            raise InvalidState("cannot send a Hamsa STT request: the socket is closed")
+        if self._state in _IN_FLIGHT:
+            raise InvalidState("cannot send a Hamsa STT request: another request is in flight")
+        if not wav:
+            raise InvalidState("cannot send a Hamsa STT request: the audio is empty")
+        if not _is_wav(wav):
+            raise InvalidState("cannot send a Hamsa STT request: the audio is not a RIFF/WAVE file")
+        if len(wav) > MAX_STT_WAV_BYTES:
+            raise InvalidState(
+                f"cannot send a Hamsa STT request: {len(wav)} bytes of audio, "
+                f"over the limit of {MAX_STT_WAV_BYTES}"
+            )
+        if not language.strip():
+            raise InvalidState("cannot send a Hamsa STT request: the language is empty")
+        frame = json.dumps(
+            {
+                "type": "stt",
+                "payload": {
+                    "audioBase64": base64.b64encode(wav).decode("ascii"),
+                    "language": language,
+                    "isEosEnabled": False,
+                },
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        self._start("stt")
+        return frame
+
+    def _start(self, kind: RequestKind) -> None:
         self._state = HamsaState.AWAITING_ACK
+        self._kind = kind
         self._acked = False
         self._bytes_received = 0
         self._frames_received = 0
         self._requests_sent += 1
-        return frame
 
     # --- server → client ---------------------------------------------------------------------
 
@@ -333,15 +495,24 @@ class HamsaProtocol:
         """Feed one text frame. Never raises."""
         if self._state is HamsaState.CLOSED:
             return [Unexpected(UNEXPECTED_AFTER_CLOSE, f"text frame: {_excerpt(text)}")]
+        stt = self.in_flight_kind == "stt"
         try:
             envelope = json.loads(text)
         except ValueError:  # JSONDecodeError; also "Out of range float values" and the like
+            if stt:
+                return self._on_plain_text(text)
             return [Unexpected(UNEXPECTED_NOT_JSON, _excerpt(text))]
         except RecursionError:  # absurdly nested JSON: still the peer's fault, not ours
+            if stt:
+                return self._on_plain_text(text)
             return [Unexpected(UNEXPECTED_BAD_ENVELOPE, "JSON nested too deeply")]
+        if stt and not isinstance(envelope, dict):
+            return self._on_plain_text(text)  # "123", "true": a transcript that parses as JSON
         if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str):
             return [Unexpected(UNEXPECTED_BAD_ENVELOPE, _excerpt(text))]
         kind: str = envelope["type"]
+        if stt and kind == "response":
+            return self._on_response(envelope, text)
         message = _message_of(envelope)
         if kind == "info":
             return self._on_info(message)
@@ -363,6 +534,8 @@ class HamsaProtocol:
             return [Unexpected(UNEXPECTED_AFTER_CLOSE, f"binary frame of {len(data)} bytes")]
         if self._state not in _IN_FLIGHT:
             return [Unexpected(UNEXPECTED_NO_REQUEST, f"binary frame of {len(data)} bytes")]
+        if self._kind == "stt":
+            return [Unexpected(UNEXPECTED_BINARY_DURING_STT, f"binary frame of {len(data)} bytes")]
         self._state = HamsaState.STREAMING
         self._after_error = False
         self._bytes_received += len(data)
@@ -383,6 +556,25 @@ class HamsaProtocol:
         return [Closed(code, reason, in_flight, audio)]
 
     # --- handlers ------------------------------------------------------------------------------
+
+    def _on_plain_text(self, text: str) -> list[Event]:
+        """A text frame that is not a JSON object, while an STT request is in flight."""
+        self._after_error = False  # a sign of this request, whatever it says
+        if text.strip() == THINKING_TEXT:
+            return [Thinking()]
+        return self._answer(_transcript(text, "text"))
+
+    def _on_response(self, envelope: dict[str, Any], text: str) -> list[Event]:
+        self._after_error = False
+        transcript = _transcript_of(envelope)
+        if transcript is None:
+            return [Unexpected(UNEXPECTED_NO_TRANSCRIPT, _excerpt(text))]
+        return self._answer(_transcript(transcript, "json"))
+
+    def _answer(self, transcript: Transcript) -> list[Event]:
+        self._state = HamsaState.IDLE
+        self._after_error = True  # a trailing ``end`` may follow (§10): never the next request's
+        return [transcript]
 
     def _on_info(self, message: str) -> list[Event]:
         self._info_received = True
@@ -408,6 +600,8 @@ class HamsaProtocol:
             return [Unexpected(UNEXPECTED_TRAILING_END, _excerpt(message))]
         if self._state not in _IN_FLIGHT:
             return [Unexpected(UNEXPECTED_NO_REQUEST, f"end: {_excerpt(message)}")]
+        if self._kind == "stt":
+            return [Unexpected(UNEXPECTED_END_DURING_STT, _excerpt(message))]
         self._state = HamsaState.IDLE
         return [End(message)]
 

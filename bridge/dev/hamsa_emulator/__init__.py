@@ -15,6 +15,14 @@ Routes
   :func:`bridge.dev.tone.synthesize`'s one tone per character (the default: deterministic), or
   with :attr:`EmulatorConfig.speech` ``"espeak"`` the text spoken by espeak-ng's Arabic voice
   (:mod:`bridge.dev.espeak`).
+* The same socket answers ``stt`` frames (docs/hamsa-ws.md §10), FIFO with ``tts``: the WAV in
+  ``audioBase64`` is decoded and its tones heard back as text by
+  :func:`bridge.dev.stt_tones.recognize` (audio without tones gets
+  :attr:`EmulatorConfig.stt_fixed_transcript`), answered after :attr:`EmulatorConfig.stt_delay`
+  as a plain text frame or a ``response`` envelope (:attr:`EmulatorConfig.stt_answer`); on
+  request an error, ``[THINKING]``, silence, a 100 KB transcript, a binary frame, a trailing
+  ``end`` (:class:`SttFault`). Audio that is not base64 of a PCM WAV gets Hamsa's documented
+  "Error generating transcription: Audio format not supported".
 * ``POST /v2/tts/voices/custom/preload`` — ``{"voiceId": UUID}`` with Token/Bearer auth.
 * ``GET /_emulator/log`` — everything recorded, as JSON (``?audio=base64`` adds the audio).
 
@@ -25,9 +33,10 @@ go at absolute times from the ``ack`` (sending time never accumulates). Or the t
 recorded from the real API (:attr:`EmulatorConfig.replay`, :mod:`bridge.hamsa_trace`).
 
 Everything lives in one :class:`EmulatorState` per app (``app.state.emulator``); the module
-holds no mutable state. Request numbers are global and 1-based: every ``tts`` frame, on every
-connection, valid or not, takes the next number when the emulator starts working on it; faults
-are keyed by that number.
+holds no mutable state. Request numbers are global and 1-based: every ``tts`` or ``stt`` frame,
+on every connection, valid or not, takes the next number when the emulator starts working on it;
+:attr:`EmulatorConfig.faults` are keyed by that number, :attr:`EmulatorConfig.stt_faults` by the
+number among ``stt`` requests only.
 
 Run it in-process on an ephemeral port (tests)::
 
@@ -40,13 +49,20 @@ Run it in-process on an ephemeral port (tests)::
 
 from __future__ import annotations
 
-from bridge.dev.hamsa_emulator.config import DELIVERY_MODELS, EmulatorConfig, Fault, Range
+from bridge.dev.hamsa_emulator.config import (
+    DELIVERY_MODELS,
+    EmulatorConfig,
+    Fault,
+    Range,
+    SttFault,
+)
 from bridge.dev.hamsa_emulator.realtime import create_emulator_app
 from bridge.dev.hamsa_emulator.records import (
     ConnectionRecord,
     EmulatorState,
     PreloadRecord,
     RequestRecord,
+    SttRecord,
 )
 from bridge.dev.hamsa_emulator.schedule import replay_schedule, reply_schedule
 from bridge.dev.hamsa_emulator.server import (
@@ -63,8 +79,11 @@ from bridge.dev.hamsa_emulator.wire import (
     DEFAULT_API_KEY,
     END_FRAME,
     INFO_FRAME,
+    OVERSIZED_STT_BYTES,
     PRELOAD_OK_BODY,
+    STT_FAILED_MESSAGE,
     TRUNCATED_BYTES,
+    UNSUPPORTED_AUDIO_MESSAGE,
     canonical_pcm16_header,
     streaming_mulaw_header,
 )
@@ -84,11 +103,16 @@ __all__ = [
     "INFO_FRAME",
     "MAX_TEXT_CHARS",
     "MODEL_SUMMARIES",
+    "OVERSIZED_STT_BYTES",
     "PRELOAD_OK_BODY",
     "PreloadRecord",
     "Range",
     "RequestRecord",
+    "STT_FAILED_MESSAGE",
+    "SttFault",
+    "SttRecord",
     "TRUNCATED_BYTES",
+    "UNSUPPORTED_AUDIO_MESSAGE",
     "canonical_pcm16_header",
     "create_emulator_app",
     "replay_schedule",

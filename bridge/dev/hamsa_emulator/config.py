@@ -68,6 +68,24 @@ class Fault(enum.Enum):
     """16 kHz PCM16 audio behind :func:`canonical_pcm16_header`, even though μ-law was requested."""
 
 
+class SttFault(enum.Enum):
+    """A deterministic answer to one ``stt`` request (see :attr:`EmulatorConfig.stt_faults`)."""
+
+    ERROR = "error"
+    """An ``error`` frame (:data:`~bridge.dev.hamsa_emulator.wire.STT_FAILED_MESSAGE`)."""
+    THINKING = "thinking"
+    """``[THINKING]`` and nothing more (the next request is answered as usual)."""
+    SILENT = "silent"
+    """Nothing at all (the next request is answered as usual)."""
+    OVERSIZED = "oversized"
+    """A transcript of :data:`~bridge.dev.hamsa_emulator.wire.OVERSIZED_STT_BYTES` (100 KB): the
+    recognised text (or ``كلام``) repeated, in the :attr:`EmulatorConfig.stt_answer` form."""
+    BINARY = "binary"
+    """The transcript's UTF-8 bytes as a **binary** frame instead of text, and nothing more."""
+    TRAILING_END = "trailing_end"
+    """The transcript as usual, then an ``end`` frame (whether Hamsa sends one is unknown)."""
+
+
 _CLOSING_FAULTS: Final[Mapping[Fault, tuple[int, str]]] = {
     Fault.CLOSE_4001: (4001, _AUTH_FAILED),
     Fault.CLOSE_4003: (4003, _NO_FUNDS),
@@ -176,6 +194,28 @@ class EmulatorConfig:
     """Probability that a request without an explicit fault gets :attr:`Fault.TRUNCATE_640`,
     drawn from an RNG seeded with :attr:`seed`."""
 
+    # --- speech to text (docs/hamsa-ws.md §10)
+    stt_delay: float | Range = (0.2, 0.4)
+    """From an ``stt`` request's arrival to its answer, drawn per request (seeded)."""
+    stt_error_rate: float = 0.0
+    """Probability that an ``stt`` request without an explicit fault gets :attr:`SttFault.ERROR`
+    (seeded)."""
+    stt_thinking_rate: float = 0.0
+    """Probability that an ``stt`` request without an explicit fault (nor an error drawn) gets
+    :attr:`SttFault.THINKING` (seeded)."""
+    stt_answer: Literal["text", "json"] = "text"
+    """The transcript's form: a plain text frame, or
+    ``{"type":"response","payload":{"text":…}}``."""
+    stt_fixed_transcript: str = ""
+    """The transcript of audio in which :func:`bridge.dev.stt_tones.recognize` hears no tones
+    (espeak-ng speech, noise, silence); ``""``: an empty transcript."""
+    stt_ms_per_char: float = 80.0
+    """The length of each character's tone in the audio :func:`bridge.dev.stt_tones.recognize`
+    hears: the simulated caller's rate (``bridge.dev.tone``'s default), not :attr:`ms_per_char`."""
+    stt_faults: Mapping[int, SttFault] = field(default_factory=dict)
+    """Answer per ``stt`` request, keyed by its 1-based number among the ``stt`` requests only
+    (copied into :attr:`EmulatorState.stt_faults`, which tests may change while it runs)."""
+
     # --- connection level
     refuse_connections: int = 0
     """The first N upgrades (counted across all connections) are denied with HTTP 503."""
@@ -201,6 +241,7 @@ class EmulatorConfig:
             "stall_seconds",
             "first_chunk_seconds",
             "chunk_seconds",
+            "stt_delay",
         ):
             value = getattr(self, name)
             low, high = value if isinstance(value, tuple) else (value, value)
@@ -216,8 +257,17 @@ class EmulatorConfig:
             raise ValueError("stall_probability must be within [0, 1]")
         if not 0.0 <= self.truncate_rate <= 1.0:
             raise ValueError("truncate_rate must be within [0, 1]")
+        for name in ("stt_error_rate", "stt_thinking_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        if self.stt_answer not in ("text", "json"):
+            raise ValueError(f"stt_answer must be 'text' or 'json', not {self.stt_answer!r}")
+        if any(n < 1 for n in self.stt_faults):
+            raise ValueError("stt fault keys are 1-based stt request numbers")
         if any(n < 1 for n in self.faults):
             raise ValueError("fault keys are 1-based request numbers")
+        if not self.stt_ms_per_char > 0:
+            raise ValueError("stt_ms_per_char must be positive")
         if self.max_chunk_bytes < 1 or self.ms_per_char <= 0:
             raise ValueError("max_chunk_bytes and ms_per_char must be positive")
         if self.speech not in ("tones", "espeak"):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import io
 import itertools
 import json
 import time
+import wave
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,12 +20,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from bridge.dev.hamsa_emulator.config import _CLOSING_FAULTS, EmulatorConfig, Fault
+from bridge.dev.hamsa_emulator.config import _CLOSING_FAULTS, EmulatorConfig, Fault, SttFault
 from bridge.dev.hamsa_emulator.records import (
     ConnectionRecord,
     EmulatorState,
     PreloadRecord,
     RequestRecord,
+    SttRecord,
 )
 from bridge.dev.hamsa_emulator.schedule import _audio_mulaw, _Plan, _plan_reply, _replay_plan
 from bridge.dev.hamsa_emulator.wire import (
@@ -33,11 +38,15 @@ from bridge.dev.hamsa_emulator.wire import (
     ACK_FRAME,
     END_FRAME,
     INFO_FRAME,
+    OVERSIZED_STT_BYTES,
     PRELOAD_OK_BODY,
+    STT_FAILED_MESSAGE,
+    UNSUPPORTED_AUDIO_MESSAGE,
     _error_frame,
     logger,
 )
-from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
+from bridge.dev.stt_tones import recognize
+from bridge.protocols.hamsa_client import MAX_TEXT_CHARS, THINKING_TEXT
 
 
 def _ws_credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
@@ -188,9 +197,7 @@ class _Connection:
         if kind == "tts":
             await self._tts(message.get("payload"))
         elif kind == "stt":
-            await self.send_text(
-                _error_frame("Error generating transcription: STT is not supported by the emulator")
-            )
+            await self._stt(message.get("payload"))
         else:
             await self.send_text(_error_frame(f"Unsupported message type: {kind}"))
 
@@ -300,6 +307,71 @@ class _Connection:
         if fault is Fault.CLOSE_AFTER_END:
             await self.close(1000, "")
 
+    async def _stt(self, payload: Any) -> None:
+        """One ``stt`` request: decode the WAV, hear its tones, answer after the drawn delay (or
+        as the request's :class:`SttFault` says). FIFO with ``tts``: the worker waits for it."""
+        state, cfg = self.state, self.state.config
+        number, stt_number = state.next_stt()
+        body = payload if isinstance(payload, dict) else {}
+        rec = SttRecord(
+            number=number,
+            stt_number=stt_number,
+            connection_id=self.record.id,
+            received_at=time.monotonic(),
+            language=body.get("language"),
+            eos=body.get("isEosEnabled"),
+        )
+        state.stt_requests.append(rec)
+        fault, delay = state.stt_plan(stt_number)
+        rec.fault = fault
+        state.notify()
+        audio = _wav_pcm16(body.get("audioBase64"))
+        if audio is not None:
+            pcm, rate = audio
+            rec.audio_seconds = len(pcm) / 2 / rate
+            if fault not in (SttFault.ERROR, SttFault.THINKING, SttFault.SILENT):
+                # numpy in a thread: a busy event loop would delay every other socket's frames
+                rec.recognized = await asyncio.to_thread(
+                    recognize, pcm, rate, ms_per_char=cfg.stt_ms_per_char
+                )
+        await _until(rec.received_at + delay)
+        if audio is None or fault is SttFault.ERROR:
+            rec.error = UNSUPPORTED_AUDIO_MESSAGE if audio is None else STT_FAILED_MESSAGE
+            await self._stt_answered(rec, "error", None)
+            await self.send_text(_error_frame(rec.error))
+            return
+        if fault is SttFault.THINKING:
+            await self._stt_answered(rec, "thinking", None)
+            await self.send_text(THINKING_TEXT)
+            return
+        if fault is SttFault.SILENT:
+            await self._stt_answered(rec, "none", None)
+            return
+        text = rec.recognized or cfg.stt_fixed_transcript
+        if fault is SttFault.OVERSIZED:
+            unit = (text or "كلام") + " "
+            size = len(unit.encode())
+            text = (unit * (OVERSIZED_STT_BYTES // size + 1)).strip()
+        if fault is SttFault.BINARY:
+            await self._stt_answered(rec, "binary", text)
+            await self.send_bytes(text.encode())
+            return
+        if cfg.stt_answer == "json":
+            frame = json.dumps({"type": "response", "payload": {"text": text}}, ensure_ascii=False)
+        else:
+            frame = text
+        await self._stt_answered(rec, cfg.stt_answer, text)
+        if not await self.send_text(frame):
+            return
+        if fault is SttFault.TRAILING_END:
+            await self.send_text(END_FRAME)
+
+    async def _stt_answered(self, rec: SttRecord, via: Any, answer: str | None) -> None:
+        rec.answered_via = via
+        rec.answer = answer
+        rec.answered_at = time.monotonic()
+        self.state.notify()
+
     async def _stream_forever(self, plan: _Plan, rec: RequestRecord) -> None:
         """:attr:`Fault.ENDLESS`: the reply's frames again and again until the socket is gone."""
         if not plan.frames:
@@ -311,6 +383,26 @@ class _Connection:
             rec.audio += frame
             rec.frames.append(len(frame))
             self.state.notify()
+
+
+def _wav_pcm16(audio_base64: Any) -> tuple[bytes, int] | None:
+    """The PCM16 samples (first channel) and rate of a base64 PCM WAV; ``None`` for anything else
+    (not a string, not base64, not a WAV, not 16-bit PCM): Hamsa's "Audio format not supported"."""
+    if not isinstance(audio_base64, str) or not audio_base64:
+        return None
+    try:
+        data = base64.b64decode(audio_base64, validate=True)
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+            frames = wav.readframes(wav.getnframes())
+    except (binascii.Error, wave.Error, EOFError, ValueError):
+        return None
+    if width != 2 or rate <= 0 or channels < 1:
+        return None
+    if channels > 1:
+        step = 2 * channels
+        frames = b"".join(frames[i : i + 2] for i in range(0, len(frames), step))
+    return frames, rate
 
 
 async def _until(deadline: float) -> None:

@@ -14,7 +14,7 @@ from bridge.dev.espeak import (
     EspeakError,
     render,
 )
-from bridge.dev.hamsa_emulator.config import EmulatorConfig, Fault
+from bridge.dev.hamsa_emulator.config import EmulatorConfig, Fault, SttFault, _draw
 from bridge.dev.hamsa_emulator.wire import _SPEECH_CACHE_ENTRIES, logger
 from bridge.dev.tone import synthesize
 
@@ -63,6 +63,34 @@ class RequestRecord:
 
 
 @dataclass
+class SttRecord:
+    """One ``stt`` frame and what the emulator answered."""
+
+    number: int
+    """The global request number (shared with ``tts``: the order of requests of both kinds)."""
+    stt_number: int
+    """The 1-based number among ``stt`` requests only (the key of
+    :attr:`EmulatorState.stt_faults`)."""
+    connection_id: int
+    received_at: float
+    language: Any = None
+    eos: Any = None
+    """The request's ``isEosEnabled``, as sent."""
+    audio_seconds: float | None = None
+    """The WAV's length; ``None`` if it could not be read."""
+    recognized: str | None = None
+    """What :func:`bridge.dev.stt_tones.recognize` heard (``""``: no tones)."""
+    fault: SttFault | None = None
+    answer: str | None = None
+    """The transcript sent (text or JSON form, or the bytes of a binary frame decoded)."""
+    answered_via: Literal["text", "json", "binary", "error", "thinking", "none"] | None = None
+    """How it was answered; ``None`` until it is."""
+    error: str | None = None
+    """The message of the ``error`` frame sent, if any."""
+    answered_at: float | None = None
+
+
+@dataclass
 class PreloadRecord:
     """One ``POST /v2/tts/voices/custom/preload``."""
 
@@ -85,6 +113,9 @@ class EmulatorState:
         self.faults: dict[int, Fault] = dict(config.faults)
         self.connections: list[ConnectionRecord] = []
         self.requests: list[RequestRecord] = []
+        self.stt_requests: list[SttRecord] = []
+        self.stt_faults: dict[int, SttFault] = dict(config.stt_faults)
+        self.stt_count = 0
         self.preloads: list[PreloadRecord] = []
         self.preloaded: set[str] = set()
         self.upgrades = 0
@@ -92,6 +123,7 @@ class EmulatorState:
         # Seeded for reproducibility, not security.
         self._fault_rng = random.Random(f"faults:{config.seed}")  # noqa: S311
         self._latency_rng = random.Random(f"latency:{config.seed}")  # noqa: S311
+        self._stt_rng = random.Random(f"stt:{config.seed}")  # noqa: S311
         self._text_requests: dict[str, int] = {}
         self.connects_started = 0
         """Upgrades that began their connect delay (replay: the j-th takes the j-th delay)."""
@@ -115,6 +147,24 @@ class EmulatorState:
         if fault is None and rate > 0 and self._fault_rng.random() < rate:
             fault = Fault.TRUNCATE_640
         return fault
+
+    def next_stt(self) -> tuple[int, int]:
+        """The global and the ``stt``-only number of the next ``stt`` request."""
+        self.stt_count += 1
+        return self.next_request(), self.stt_count
+
+    def stt_plan(self, stt_number: int) -> tuple[SttFault | None, float]:
+        """The fault (explicit, else drawn from the error and thinking rates) and the delay of
+        ``stt`` request ``stt_number``. Draw order per request: delay, error, thinking."""
+        cfg, rng = self.config, self._stt_rng
+        delay = _draw(rng, cfg.stt_delay)
+        error, thinking = rng.random(), rng.random()
+        fault = self.stt_faults.get(stt_number)
+        if fault is None and error < cfg.stt_error_rate:
+            fault = SttFault.ERROR
+        elif fault is None and thinking < cfg.stt_thinking_rate:
+            fault = SttFault.THINKING
+        return fault, delay
 
     def reply_rngs(self, number: int, text: str) -> tuple[random.Random, random.Random]:
         """The RNGs of request ``number``'s reply: its cuts (seeded by seed, number and text)
@@ -205,11 +255,17 @@ class EmulatorState:
             item["header"] = base64.b64encode(r.header).decode()
             item["audio"] = base64.b64encode(r.audio).decode() if include_audio else None
             requests.append(item)
+        stt_requests = []
+        for record in self.stt_requests:
+            item = asdict(record)
+            item["fault"] = record.fault.value if record.fault else None
+            stt_requests.append(item)
         return {
             "upgrades": self.upgrades,
             "request_count": self.request_count,
             "connections": [asdict(c) for c in self.connections],
             "requests": requests,
+            "stt_requests": stt_requests,
             "preloads": [asdict(p) for p in self.preloads],
             "preloaded": sorted(self.preloaded),
         }

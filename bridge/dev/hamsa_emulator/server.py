@@ -13,7 +13,7 @@ from typing import Any, Final
 from bridge.dev.espeak import (
     resolve_speech,
 )
-from bridge.dev.hamsa_emulator.config import EmulatorConfig, Fault
+from bridge.dev.hamsa_emulator.config import EmulatorConfig, Fault, Range, SttFault
 from bridge.dev.hamsa_emulator.realtime import create_emulator_app
 from bridge.dev.hamsa_emulator.records import EmulatorState
 from bridge.dev.hamsa_emulator.wire import _WS_PATH, TRUNCATED_BYTES
@@ -156,6 +156,11 @@ def startup_lines(
     else:
         lines.append(f"  delivery: {model} ({MODEL_SUMMARIES.get(model, 'see EmulatorConfig')})")
     lines.append(f"  {speech}")
+    delay = config.stt_delay
+    shown = f"{delay[0]:g}-{delay[1]:g}" if isinstance(delay, tuple) else f"{delay:g}"
+    lines.append(
+        f"  speech to text: the caller's tones heard back, as {config.stt_answer}, after {shown} s"
+    )
     if key_source:
         lines.append(f"  API key: the value of {key_source}")
     else:
@@ -163,12 +168,25 @@ def startup_lines(
     faults = [f"request {n} {f.name}" for n, f in sorted(config.faults.items())]
     if config.truncate_rate:
         faults.append(f"{config.truncate_rate:.0%} of replies cut to {TRUNCATED_BYTES} bytes")
+    faults += [f"stt request {n} {f.name}" for n, f in sorted(config.stt_faults.items())]
+    if config.stt_error_rate:
+        faults.append(f"{config.stt_error_rate:.0%} of stt requests answered with an error")
+    if config.stt_thinking_rate:
+        faults.append(f"{config.stt_thinking_rate:.0%} of stt requests answered [THINKING]")
     if faults:
         lines.append(f"  faults: {', '.join(faults)}")
     if config.custom_voices:
         lines.append(f"  custom voices: {', '.join(sorted(config.custom_voices))}")
     lines.append(f"  records: GET {http}/_emulator/log; Ctrl-C stops it")
     return lines
+
+
+def _seconds_or_range(text: str) -> float | Range:
+    """``--stt-delay``: ``"0.3"`` or ``"0.2-0.4"`` (``ValueError`` otherwise)."""
+    low, dash, high = text.strip().partition("-")
+    if not dash:
+        return float(low)
+    return float(low), float(high)
 
 
 def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -185,6 +203,27 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    stt_faults: dict[int, SttFault] = {}
+    for item in getattr(args, "stt_fault", []):
+        number, _, name = item.partition("=")
+        try:
+            stt_faults[int(number)] = SttFault[name.strip().upper()]
+        except (KeyError, ValueError):
+            choices = ", ".join(f.name for f in SttFault)
+            print(
+                f"emulate-hamsa: bad --stt-fault {item!r}; expected N=NAME with NAME one of "
+                f"{choices}",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        stt_delay = _seconds_or_range(getattr(args, "stt_delay", "0.2-0.4"))
+    except ValueError:
+        print(
+            f"emulate-hamsa: bad --stt-delay {args.stt_delay!r}; expected SECONDS or MIN-MAX",
+            file=sys.stderr,
+        )
+        return 2
     key = settings.hamsa_api_key.get_secret_value()
     try:
         speech, speech_line = resolve_speech(getattr(args, "speech", "auto"))
@@ -198,6 +237,12 @@ def run_emulator_command(settings: Settings, args: argparse.Namespace) -> int:
         "custom_voices": frozenset(args.custom_voice),
         "seed": args.seed,
         "speech": speech,
+        "stt_faults": stt_faults,
+        "stt_delay": stt_delay,
+        "stt_answer": getattr(args, "stt_answer", "text"),
+        "stt_fixed_transcript": getattr(args, "stt_transcript", ""),
+        "stt_error_rate": getattr(args, "stt_error_rate", 0.0),
+        "stt_thinking_rate": getattr(args, "stt_thinking_rate", 0.0),
     }
     name = "realistic" if args.realistic else (args.model or "instant")
     if args.realistic and args.model not in (None, "realistic"):

@@ -30,6 +30,13 @@ PRELOAD_OK_BODY: Final[Mapping[str, Any]] = {
 DEFAULT_API_KEY: Final = "emulator-key"
 
 ABORTED_MESSAGE: Final = "TTS stream error: aborted"
+UNSUPPORTED_AUDIO_MESSAGE: Final = "Error generating transcription: Audio format not supported"
+"""The one STT error text Hamsa documents (docs/hamsa-ws.md §3.4): any ``audioBase64`` that is not
+base64 of a PCM WAV gets it."""
+STT_FAILED_MESSAGE: Final = "Error generating transcription: Internal server error"
+"""The injected STT error (:attr:`SttFault.ERROR`): the prefix is Hamsa's, the rest a guess."""
+OVERSIZED_STT_BYTES: Final = 100_000
+"""The size of an :attr:`SttFault.OVERSIZED` transcript, in UTF-8 bytes."""
 TRUNCATED_BYTES: Final = 640
 
 _SPEECH_CACHE_ENTRIES: Final = 1024
