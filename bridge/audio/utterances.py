@@ -5,20 +5,24 @@ from the first push), so the same frames always give the same events at the same
 ``webrtcvad`` (the WebRTC voice activity detector, 8 kHz, 20 ms frames, aggressiveness
 ``mode`` 0–3) says whether each frame is voiced; the rules around it are these:
 
-* **Start.** Idle, the detector starts an utterance when at least 3 of the last 5 frames are
-  voiced (py-webrtcvad's example ring buffer, shortened: one click or a lone voiced frame in a
-  silence starts nothing, 60 ms of speech does). The utterance's onset (``started_ms``) is the
-  first voiced frame of that window; its audio begins ``start_pad_ms`` before the onset (fewer
-  if the stream or the previous utterance's end is closer), so a soft first syllable is kept.
-  ``SpeechStarted(at_ms)`` is reported on the frame that completes the rule (the onset is at
-  most 80 ms before it).
+* **Start.** Idle, the detector starts an utterance when at least 8 of the last 10 frames are
+  voiced (160 ms of voice in 200 ms: py-webrtcvad's example ring buffer, shorter). Why not
+  fewer: webrtcvad keeps flagging about 5 frames (100 ms) after any sound stops (its hangover),
+  so a 20 ms click looks like 100 ms of voice, and on a noisy line its first 4 frames are voiced
+  while it adapts; both stay under the rule, while a short "نعم" (~250 ms) passes it. The
+  utterance's onset (``started_ms``) is the first voiced frame of that window; its audio begins
+  ``start_pad_ms`` before the onset (less if the stream, or the previous utterance's end, is
+  closer), so a soft first syllable is kept. ``SpeechStarted(at_ms=onset)`` is reported on the
+  frame that completes the rule, 140–180 ms after the onset.
 * **End.** ``end_silence_ms`` of silence in a row ends it; those frames stay in its audio as end
   padding, and ``ended_ms`` is the end of the last of them. A frame counts as silence when it is
-  unvoiced, or voiced while fewer than 3 of the last 5 are (a lone voiced blip in the silence
-  neither ends nor restarts the count; speech resuming for 3 frames of 5 does).
+  unvoiced, or voiced while fewer than 8 of the last 10 are (a blip in the silence neither ends
+  nor restarts the count; speech resuming does). With webrtcvad's hangover the silence is
+  counted from ~100 ms after the voice stopped: an utterance ends ``end_silence_ms`` + ~100 ms
+  after the caller's last sound.
 * **Cut.** An utterance reaching ``max_ms`` from its onset (end padding included) is ended there
-  with ``cut=True``. A caller still talking at that instant (3 of the last 5 frames voiced) starts
-  the next utterance at once, on the same frame: ``SpeechStarted`` at the cut, no start padding
+  with ``cut=True``. A caller still talking at that instant (the start rule holds) starts the
+  next utterance at once, on the same frame: ``SpeechStarted`` at the cut, no start padding
   (that audio was the cut utterance's). So a minute of talk without a pause is six 10 s cuts,
   and nothing the caller says between two cuts is lost.
 
@@ -27,7 +31,7 @@ Each ``UtteranceEnded`` carries its 8 kHz PCM16 (for :func:`bridge.audio.wav.stt
 Peer input never raises: a frame of the wrong length (Twilio sends 160 bytes) is still one 20 ms
 step of the clock, cut to 160 bytes or padded with μ-law silence (0xFF), and counted in
 ``odd_frames``. Memory is bounded whatever is pushed: the audio held is at most ``start_pad_ms``
-plus ``max_ms`` (plus the 5-frame window), 10.3 s of PCM16 (165 KB) with the defaults.
+plus ``max_ms`` (plus the 10-frame window), 10.3 s of PCM16 (165 KB) with the defaults.
 
 Cost per frame: one ``ulaw_to_lin16`` of 160 samples (C), one ``Vad.is_speech`` (C, the bulk of
 it), a ``deque`` append and, while speaking, a 320-byte append to one ``bytearray``; no per-sample
@@ -56,9 +60,9 @@ __all__ = [
 
 FRAME_MS: Final = 20
 """Stream time of one pushed frame."""
-START_WINDOW: Final = 5
+START_WINDOW: Final = 10
 """Frames looked at by the start rule..."""
-START_VOICED: Final = 3
+START_VOICED: Final = 8
 """...of which this many voiced start an utterance (and keep one going)."""
 _SAMPLE_RATE: Final = 8000
 _PAD: Final = bytes([ULAW_SILENCE])
@@ -97,6 +101,7 @@ class UtteranceDetector:
         "_before",
         "_end_frames",
         "_frame",
+        "_idle_from",
         "_max_frames",
         "_onset",
         "_pad_frames",
@@ -126,6 +131,8 @@ class UtteranceDetector:
         self._max_frames = max(START_WINDOW + 1, _frames(max_ms))
         self._frame = 0
         """Frames pushed so far (the clock)."""
+        self._idle_from = 0
+        """The first frame after the last utterance (an onset is never before it)."""
         self._voiced: deque[bool] = deque(maxlen=START_WINDOW)
         self._voiced_count = 0
         self._before: deque[bytes] = deque(maxlen=self._pad_frames + START_WINDOW)
@@ -203,12 +210,13 @@ class UtteranceDetector:
         self._voiced.clear()
         self._voiced_count = 0
         self._silent = 0
+        self._idle_from = self._frame
 
     def _start(self, index: int) -> SpeechStarted:
         """The start rule held on frame ``index``: the onset is the window's first voiced frame."""
         window = self._voiced
         first = next(i for i, flag in enumerate(window) if flag)
-        onset = index - (len(window) - 1 - first)
+        onset = max(self._idle_from, index - (len(window) - 1 - first))
         before = self._before
         keep = min(len(before), index - onset + 1 + self._pad_frames)
         self._pcm = bytearray(b"".join(before[i] for i in range(len(before) - keep, len(before))))
@@ -225,4 +233,5 @@ class UtteranceDetector:
         self._pcm = bytearray()
         self._speaking = False
         self._silent = 0
+        self._idle_from = self._frame
         return ended
