@@ -172,9 +172,11 @@ def test_reset_drops_the_utterance_in_progress_and_the_clock_keeps_counting() ->
     det = detector()
     events = run(det, synthesize("مواعيد", mulaw=True))
     assert [type(e) for e in events] == [SpeechStarted]
-    assert det.speaking and det.held_bytes
+    assert det.speaking
+    assert det.held_bytes
     det.reset()
-    assert not det.speaking and det.held_bytes == 0
+    assert not det.speaking
+    assert det.held_bytes == 0
     assert run(det, silence(2000)) == []
     assert det.now_ms == 480 + 2000
 
@@ -243,10 +245,12 @@ def test_stt_wav_is_16_khz_pcm16_mono_twice_the_samples() -> None:
     )
     assert len(wav) == 44 + 2 * len(pcm)
     verdict = WavHeaderParser().feed(wav)
-    assert verdict is not None and verdict.header is not None
+    assert verdict is not None
+    assert verdict.header is not None
     assert verdict.header.format.sample_rate == STT_RATE
     assert verdict.header.data_size == len(verdict.body) == 2 * len(pcm)
-    assert stt_wav(b"") == stt_wav(b"\x01")[:44] and len(stt_wav(b"")) == 44
+    assert stt_wav(b"") == stt_wav(b"\x01")[:44]
+    assert len(stt_wav(b"")) == 44
 
 
 def test_stt_wav_resamples_the_tone_to_the_same_pitch() -> None:
