@@ -128,8 +128,9 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 async def soon(condition: Callable[[], bool]) -> None:
+    """Wait (bounded) until ``condition()`` holds: polled, since it is a count or a list."""
     async with asyncio.timeout(HANG):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but a value
             await asyncio.sleep(0.005)
 
 
