@@ -311,3 +311,16 @@ def test_record_match_counts_the_result_and_refuses_anything_else() -> None:
     assert value(metrics, "speech_matches_total", result="digits") == 1
     with pytest.raises(ValueError, match="unknown"):
         ctx.record_match(PHRASE)
+
+
+async def test_closing_the_listener_cancels_the_transcriptions_still_pending() -> None:
+    stt = FakeHamsaStt(Answer(Outcome.TEXT, PHRASE), delay=HANG)
+    async with asyncio.timeout(HANG / 2):  # the task group does not wait for Hamsa
+        async with listening(stt) as (ctx, listener, metrics):
+            waiting = asyncio.create_task(ctx.next_input(HANG, speech=True))
+            await asyncio.sleep(0)
+            say(listener)
+            await soon(lambda: bool(stt.wavs))
+            waiting.cancel()  # the caller hung up: the script is cancelled
+            listener.close()
+    assert value(metrics, "stt_results_total", outcome="text") == 0

@@ -382,6 +382,8 @@ class Call:
                     self._stream.inbound_audio = False
                     for task in running:
                         task.cancel()
+                    if self._listener is not None:
+                        self._listener.close()
                     playback.cancel_pending()
                     await hamsa.close()
                     self.summary.hamsa_connections = hamsa.connections_opened

@@ -93,6 +93,7 @@ class Listener:
         "_language",
         "_lock",
         "_metrics",
+        "_pending",
         "_tagged",
         "_tasks",
         "_transcriber",
@@ -119,6 +120,7 @@ class Listener:
         self._language = language
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[None]] = set()
         self._tagged: int | None = None
         """The window the utterance in progress answers (None: nobody listened at its start)."""
         self.utterances = 0
@@ -153,7 +155,18 @@ class Listener:
             ms=utterance.ended_ms - utterance.started_ms,
             end=end,
         )
-        self._tasks.create_task(self._transcribe(window, utterance, self._clock()))
+        try:
+            task = self._tasks.create_task(self._transcribe(window, utterance, self._clock()))
+        except RuntimeError:  # the call's task group is ending: nobody will read the answer
+            return
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def close(self) -> None:
+        """The call is ending: cancel the transcriptions still pending (their answers could no
+        longer be used), so the call's task group need not wait for Hamsa."""
+        for task in self._pending:
+            task.cancel()
 
     async def _transcribe(self, window: int, utterance: UtteranceEnded, ended_at: float) -> None:
         """Send one utterance (after any earlier one: one at a time) and deliver its answer."""
