@@ -63,6 +63,17 @@ def _key_press(value: str) -> tuple[float, str]:
         raise argparse.ArgumentTypeError("expected SECONDS:DIGIT, for example 1.5:1") from None
 
 
+def _spoken(value: str) -> tuple[float, str]:
+    seconds, _, phrase = value.partition(":")
+    try:
+        at = float(seconds)
+    except ValueError:
+        at = -1.0
+    if at < 0 or not phrase.strip():
+        raise argparse.ArgumentTypeError("expected SECONDS:PHRASE, for example 2.0:المواعيد")
+    return at, phrase
+
+
 def _add_press_and_answer(
     parser: argparse.ArgumentParser, *, out: str, press: str = "", answer: str = ""
 ) -> None:
@@ -81,8 +92,8 @@ def _add_press_and_answer(
         action="append",
         default=[],
         metavar="KEYS",
-        help="keys pressed after the next IVR prompt that waits for input (repeatable, in "
-        f"order){answer}",
+        help="keys pressed after the next IVR prompt that waits for input, or say:PHRASE to "
+        f"say PHRASE instead (tone speech; repeatable, in order){answer}",
     )
     parser.add_argument(
         "--out",
@@ -221,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         examples="""
             hamsa-bridge call --url http://127.0.0.1:8080/twiml/inbound
             hamsa-bridge call --url https://bridge.example.com/twiml/inbound --press 1.5:1
+            hamsa-bridge call --url http://127.0.0.1:8080/twiml/inbound --say 2.0:المواعيد
+            hamsa-bridge call --url http://127.0.0.1:8080/twiml/inbound --answer say:المواعيد
         """,
     )
     call.add_argument(
@@ -255,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect-url",
         metavar="URL",
         help="open the stream here instead of the TwiML's URL (same path; e.g. behind a tunnel)",
+    )
+    call.add_argument(
+        "--say",
+        type=_spoken,
+        action="append",
+        default=[],
+        metavar="SECONDS:PHRASE",
+        help="the caller says PHRASE this many seconds into the call (repeatable): tone speech, "
+        "80 ms a character, sent as its audio (a flow listening for speech hears it)",
     )
     call.add_argument(
         "--no-sign-handshake",

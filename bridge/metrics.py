@@ -62,6 +62,12 @@ START_HOLD_REASONS = ("immediate", "covered", "cap", "ended")
 """Why the start policy let a held sentence go (``bridge.calls.start_policy.HoldRecord``)."""
 
 PRESYNTH_EVENTS = ("started", "completed", "failed", "skipped", "used", "streamed")
+STT_OUTCOMES = ("text", "empty", "thinking", "error", "timeout", "stale")
+"""What became of an utterance sent to speech-to-text (``stale``: its answer came after the
+script had moved on, and was dropped)."""
+UTTERANCE_ENDS = ("silence", "cut")
+SPEECH_MATCH_RESULTS = ("matched", "no_match", "digits", "invalid")
+"""What an IVR node made of a transcript (``CallContext.record_match``)."""
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -309,6 +315,52 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        # --- speech input (never a transcript in a label)
+        self.stt_requests = Counter(
+            "stt_requests",
+            "Utterances sent to Hamsa's speech-to-text",
+            namespace=ns,
+            registry=r,
+        )
+        self.stt_seconds = Histogram(
+            "stt_seconds",
+            "Hamsa's time to answer one utterance (request sent to transcript, error or timeout)",
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.stt_results = Counter(
+            "stt_results",
+            "Speech-to-text answers, by outcome: text, empty, thinking (only [THINKING] in "
+            "time), error, timeout, and stale (dropped: the script had moved on)",
+            ["outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        self.speech_utterances = Counter(
+            "speech_utterances",
+            "Caller utterances the voice activity detector cut out, by how each ended: silence, "
+            "or cut at BRIDGE_SPEECH_MAX_SECONDS (sent to speech-to-text or not)",
+            ["end"],
+            namespace=ns,
+            registry=r,
+        )
+        self.speech_matches = Counter(
+            "speech_matches",
+            "Transcripts an IVR node used, by result: matched (an option), no_match, digits "
+            "(a gather's), invalid (no valid digits)",
+            ["result"],
+            namespace=ns,
+            registry=r,
+        )
+        self.stt_bridge_latency = Histogram(
+            "stt_bridge_latency_seconds",
+            "The bridge's own time per transcript: from the end of an utterance detected to "
+            "its transcript handed to the script, minus Hamsa's answer time",
+            namespace=ns,
+            registry=r,
+            buckets=_FINE_BUCKETS,
+        )
         # --- process
         self.event_loop_lag = Histogram(
             "event_loop_lag_seconds",
@@ -325,6 +377,12 @@ class Metrics:
             self.start_hold.labels(reason=reason)
         for event in PRESYNTH_EVENTS:
             self.presynth.labels(event=event)
+        for outcome in STT_OUTCOMES:
+            self.stt_results.labels(outcome=outcome)
+        for end in UTTERANCE_ENDS:
+            self.speech_utterances.labels(end=end)
+        for result in SPEECH_MATCH_RESULTS:
+            self.speech_matches.labels(result=result)
         for result in ("hit", "miss"):
             self.prompt_cache.labels(result=result)
             self.hamsa_warm_takes.labels(result=result)

@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     bridge_prompt_cache_dir: str = ""
     bridge_prompt_cache_mb: int = Field(default=32, ge=0)
     bridge_prompt_cache_min_ms_per_char: float = Field(default=40.0, ge=0)
+    bridge_speech_start_pad_ms: int = Field(default=300, ge=0, le=1000)
+    """Caller audio kept from before an utterance's detected start (``UtteranceDetector``)."""
+    bridge_speech_end_silence_ms: int = Field(default=700, ge=200, le=3000)
+    """Silence that ends an utterance (kept in it as end padding)."""
+    bridge_speech_max_seconds: float = Field(default=10.0, ge=1, le=30)
+    """The longest utterance: cut there and sent to speech-to-text."""
+    bridge_speech_vad_mode: int = Field(default=2, ge=0, le=3)
+    """webrtcvad's aggressiveness: 0 (calls most things speech) to 3 (least)."""
+    bridge_speech_no_input_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Silence before a script listening for speech gives up, when it does not say."""
     bridge_log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     bridge_log_level: str = "info"
 

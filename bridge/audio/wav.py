@@ -28,6 +28,10 @@ them. The RIFF size is not used: the ``data`` size alone bounds the audio.
 other 14 bytes must be the ``KSDATAFORMAT`` base, RFC 2361); mono or stereo; any positive rate.
 Anything else (24-bit PCM, IEEE float, MP3, more than two channels, ``data`` before ``fmt ``, a
 header not complete within ``MAX_HEADER_BYTES``) raises ``AudioFormatError``.
+
+Writing: :func:`stt_wav` wraps one caller utterance (8 kHz PCM16) as the 16 kHz PCM16 mono WAV
+Hamsa's speech-to-text takes, resampled once, whole, with soxr (never ``audioop.ratecv``, which
+has no anti-alias filter).
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ import enum
 import struct
 from dataclasses import dataclass
 from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import soxr
 
 from bridge.audio.formats import AudioFormat, Encoding
 from bridge.errors import AudioFormatError, InvalidState
@@ -267,3 +275,44 @@ def _encoding(tag: int, bits: int) -> Encoding:
     if tag == WAVE_FORMAT_IEEE_FLOAT:
         raise AudioFormatError(f"unsupported WAV IEEE float audio ({bits}-bit)")
     raise AudioFormatError(f"unsupported WAV format tag 0x{tag:04X}")
+
+
+STT_RATE: Final = 16000
+"""The sample rate of the WAV sent to Hamsa's speech-to-text (docs/speech-input.md)."""
+_CALLER_RATE: Final = 8000
+_WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
+
+
+def stt_wav(pcm8k: bytes) -> bytes:
+    """8 kHz PCM16 mono (a caller's utterance) as a 16 kHz PCM16 mono WAV file: a 44-byte
+    canonical header, then ``2 × len(pcm8k)`` bytes of audio (a trailing odd byte is dropped).
+
+    Resampled in one call (the whole utterance is known: no stream state, no tail to flush) with
+    soxr HQ in float32, like the reply decoder, so the output depends only on the input.
+    Cost: about 10 s of audio in a few milliseconds, once per utterance sent to Hamsa.
+    """
+    samples = len(pcm8k) // 2
+    x = np.frombuffer(pcm8k, dtype="<i2", count=samples).astype(np.float32)
+    x *= 1.0 / 32768.0
+    y: npt.NDArray[np.float32] = soxr.resample(x, _CALLER_RATE, STT_RATE, quality="HQ")
+    y *= 32768.0
+    np.rint(y, out=y)
+    np.clip(y, -32768.0, 32767.0, out=y)
+    audio = y.astype("<i2").tobytes()
+    audio = audio[: 4 * samples].ljust(4 * samples, b"\x00")
+    header = _WAV_HEADER.pack(
+        _RIFF,
+        36 + len(audio),
+        _WAVE,
+        b"fmt ",
+        _FMT_MIN,
+        WAVE_FORMAT_PCM,
+        1,
+        STT_RATE,
+        STT_RATE * 2,
+        2,
+        16,
+        b"data",
+        len(audio),
+    )
+    return header + audio

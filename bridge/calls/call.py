@@ -15,6 +15,9 @@ does, is documented in ``bridge.calls.context``.
 While ACTIVE, an ``asyncio.TaskGroup`` supervises one reader of the Twilio socket, the playback
 writer (the only writer of that socket), the Hamsa socket's reader, and the script the
 admission named (e.g. ``greeting_script``: speak the greeting; a key pressed during it skips it).
+A script that ``Listens`` (and says so at ``start``) also gets a ``Listener``: the caller's audio
+is decoded from then on and cut into utterances, whose transcripts are asked for in tasks of the
+same group; every other call counts the caller's audio without decoding it.
 When the script ends the bridge closes the stream; with nothing after ``</Connect>`` in the
 TwiML, Twilio then hangs up.
 """
@@ -31,7 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from starlette.types import Send
@@ -43,9 +46,11 @@ from bridge.calls.context import (
     CallContext,
     CallScript,
     KnowsItsFirstWords,
+    Listens,
     Rejection,
 )
 from bridge.calls.hamsa_session import Connector, HamsaSession
+from bridge.calls.listener import STT_LANGUAGE_DEFAULT, Listener, Transcriber, detector_for
 from bridge.calls.playback import Playback
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
@@ -57,6 +62,7 @@ from bridge.protocols.twilio_stream_server import (
     DtmfReceived,
     Event,
     MarkReceived,
+    MediaReceived,
     Started,
     Stopped,
     TwilioMediaStream,
@@ -113,6 +119,18 @@ def opens_hamsa_at_start(script: CallScript, ctx: CallContext) -> bool:
         return True
 
 
+def takes_speech(script: CallScript, ctx: CallContext) -> bool:
+    """Whether the call decodes the caller's audio for its script (see ``Listens``); any doubt,
+    including a failing check, says no: a call that cannot listen still takes keys."""
+    if not isinstance(script, Listens):
+        return False
+    try:
+        return bool(script.takes_speech(ctx))
+    except Exception:  # a bug in a check must cost speech input, not the call
+        log.exception("takes_speech_check_failed")
+        return False
+
+
 @dataclass(slots=True)
 class CallDeps:
     """What a call needs from the app (built once, in ``create_app``)."""
@@ -157,13 +175,14 @@ class Call:
         self._end_reason: str | None = None
         self._script_done = False
         self._closer: asyncio.Task[None] | None = None
-        self._stream = TwilioMediaStream(inbound_audio=False)  # the bridge doesn't listen (yet)
+        self._stream = TwilioMediaStream(inbound_audio=False)  # on at start if the script listens
         self.phase = CallPhase.AWAITING_START
         self.summary = CallSummary(started_at=deps.clock())
         self._hangup = asyncio.Event()
         self._context: CallContext | None = None
         self._playback: Playback | None = None
         self._speaker: Speaker | None = None
+        self._listener: Listener | None = None
 
     def end(self, reason: str) -> bool:
         """End the call now, deliberately (a drain timeout): the stream closes with 1001 and
@@ -217,6 +236,7 @@ class Call:
                     # (a loop stall of tens of ms at 200 calls; BENCHMARKS.md). Let go of it so
                     # the call is freed by reference counting when it ends.
                     self._playback = self._speaker = self._context = None
+                    self._listener = None
         finally:
             if self.phase is CallPhase.ACTIVE:
                 self.phase = CallPhase.ENDED
@@ -317,8 +337,27 @@ class Call:
                 self._playback = playback
                 self._speaker = speaker
                 self._context = context = CallContext(
-                    settings, started, speaker, self._hangup, prompt_cache=deps.prompt_cache
+                    settings,
+                    started,
+                    speaker,
+                    self._hangup,
+                    prompt_cache=deps.prompt_cache,
+                    metrics=deps.metrics,
                 )
+                if takes_speech(call_script, context):
+                    context.listens = True
+                    # TODO(issue 17 merge): HamsaSession.transcribe comes with the stt branch.
+                    transcriber = cast(Transcriber, hamsa)
+                    self._listener = Listener(
+                        context,
+                        transcriber,
+                        tasks,
+                        detector=detector_for(settings),
+                        metrics=deps.metrics,
+                        language=getattr(settings, "hamsa_stt_language", STT_LANGUAGE_DEFAULT),
+                        clock=deps.clock,
+                    )
+                    self._stream.inbound_audio = True
                 running: list[asyncio.Task[Any]] = [
                     tasks.create_task(self._guard(playback.run())),
                     tasks.create_task(self._read()),
@@ -340,8 +379,11 @@ class Call:
                 finally:
                     # Runs on every exit, a crashed task included: nothing outlives the call.
                     self._reading = False  # the direct text handler too (``_on_text``)
+                    self._stream.inbound_audio = False
                     for task in running:
                         task.cancel()
+                    if self._listener is not None:
+                        self._listener.close()
                     playback.cancel_pending()
                     await hamsa.close()
                     self.summary.hamsa_connections = hamsa.connections_opened
@@ -409,7 +451,7 @@ class Call:
         if not self._reading:
             return
         events = self._stream.receive(text)
-        if events:  # inbound media yields none: the common case costs nothing more
+        if events:  # inbound media yields none unless the script listens (``Listener``)
             context.run(self._on_events, events)
             if not self._reading:
                 self._hangup.set()
@@ -420,6 +462,9 @@ class Call:
         assert playback is not None
         for event in events:
             match event:
+                case MediaReceived(payload=payload):
+                    if self._listener is not None:
+                        self._listener.on_media(payload)
                 case MarkReceived(name=name):
                     playback.on_mark(name)
                 case DtmfReceived(digit=digit):
@@ -490,6 +535,11 @@ class Call:
                 s.outcome = context.outcome  # e.g. transferred: Twilio then stops the stream
                 s.reason = context.reason or s.reason
             s.details = dict(context.details, keys="".join(context.keys_pressed))
+            if self._listener is not None:
+                s.details["speech"] = {
+                    "utterances": self._listener.utterances,
+                    "transcribed": self._listener.heard,
+                }
         if self._end_reason is not None:
             s.outcome = "ended_by_drain"
             s.reason = self._end_reason

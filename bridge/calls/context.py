@@ -58,6 +58,11 @@ app calls it once, at shutdown (:func:`aclose`). Whatever a feature needs beyond
 store, the REST client, a clock) it gets at construction, in ``create_app``: the ``Call`` knows
 nothing of them.
 
+**Speech input** (docs/speech-input.md). A script that :class:`Listens` and says so at the
+stream's start has its caller's audio decoded and cut into utterances (``bridge.calls.listener``);
+it then reads keys *and* speech with :meth:`CallContext.next_input`, and may let speech interrupt
+a prompt (``say(..., speech_barge_in=True)``). Other calls never decode the caller's audio.
+
 This module imports nothing heavy (no Starlette, no store, no feature): a feature and its tests
 can import it alone.
 """
@@ -68,11 +73,12 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
     from bridge.calls.prompt_cache import PromptCache
     from bridge.calls.speech import Speaker, SpeechOutcome
+    from bridge.metrics import Metrics
     from bridge.protocols.twilio_stream_server import Started
     from bridge.settings import Settings
     from bridge.voice import Voice
@@ -82,10 +88,45 @@ __all__ = [
     "AdmissionHook",
     "CallContext",
     "CallScript",
+    "Heard",
+    "Input",
     "KnowsItsFirstWords",
+    "Listens",
+    "NotUnderstood",
     "Rejection",
     "aclose",
 ]
+
+SPEECH_MATCH_RESULTS: Final = frozenset({"matched", "no_match", "digits", "invalid"})
+"""What :meth:`CallContext.record_match` accepts (``bridge.metrics.SPEECH_MATCH_RESULTS``)."""
+STT_TIMEOUT_DEFAULT: Final = 6.0
+"""``HAMSA_STT_TIMEOUT``'s default, used while ``Settings`` has no ``hamsa_stt_timeout``.
+TODO(issue 17 merge): read ``settings.hamsa_stt_timeout`` (the ``stt`` branch adds it)."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Heard:
+    """What the caller said: a transcript (normalised by the IVR, not here).
+
+    The caller's personal data: its ``repr`` shows the length only, so an input logged by
+    mistake does not leak it (docs/speech-input.md, "Privacy")."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return f"Heard(<{len(self.text)} chars>)"
+
+
+@dataclass(frozen=True, slots=True)
+class NotUnderstood:
+    """The caller spoke but no transcript came: ``reason`` is ``error``, ``timeout``,
+    ``thinking`` or ``empty`` (Hamsa's answer), or ``timeout`` when the bridge gave up waiting."""
+
+    reason: str
+
+
+Input: TypeAlias = str | Heard | NotUnderstood
+"""What :meth:`CallContext.next_input` returns: one key (a ``str``), or what was heard."""
 
 
 class CallContext:
@@ -99,6 +140,7 @@ class CallContext:
         hangup: asyncio.Event,
         *,
         prompt_cache: PromptCache | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.prompt_cache = prompt_cache
@@ -121,6 +163,27 @@ class CallContext:
         """Anything the script wants in the call's summary line (e.g. the IVR path)."""
         self._speaker = speaker
         self._hangup = hangup
+        self._metrics = metrics
+        # --- speech input (docs/speech-input.md)
+        self.listens = False
+        """The script takes speech: the caller's audio is decoded and cut into utterances (set
+        by the call at the stream's start, from :class:`Listens`)."""
+        self.speech_barge_in = False
+        """During a ``say(..., speech_barge_in=True)``: the caller's speech interrupts it."""
+        self._window = 0
+        """The current listening window's number: a transcript for another one is stale."""
+        self._accepting = False
+        """An utterance starting now is taken as input (for window ``_window``)."""
+        self._claimed = False
+        """An utterance of window ``_window`` started; its transcript is awaited."""
+        self._result: Heard | NotUnderstood | None = None
+        """The transcript of window ``_window``, delivered and not yet taken."""
+        self._changed = asyncio.Event()
+        """Set on a key, an utterance's start and a transcript: ``next_input`` looks again."""
+        stt_timeout = getattr(settings, "hamsa_stt_timeout", STT_TIMEOUT_DEFAULT)
+        self.transcript_wait = settings.bridge_speech_max_seconds + float(stt_timeout) + 1.0
+        """Longest ``next_input`` waits for the transcript of an utterance that started:
+        ``BRIDGE_SPEECH_MAX_SECONDS + HAMSA_STT_TIMEOUT + 1``."""
 
     async def say(
         self,
@@ -131,18 +194,28 @@ class CallContext:
         cacheable: bool = False,
         barge_in: bool = True,
         interrupt_keys: str | None = None,
+        speech_barge_in: bool = False,
     ) -> SpeechOutcome:
         """Speak and wait until it was played, or interrupted by a key (when ``barge_in``;
-        only by one of ``interrupt_keys`` when given: the others are just queued)."""
+        only by one of ``interrupt_keys`` when given: the others are just queued).
+
+        ``speech_barge_in`` (a call that :attr:`listens`): the caller starting to speak
+        interrupts it too, exactly as a key does, and that utterance is the answer the next
+        :meth:`next_input` returns (once transcribed). Otherwise speech over a prompt is
+        ignored: a noisy line, or the prompt's own echo, must not answer it. A prompt begins a
+        new listening window: a transcript still awaited from before is dropped (stale)."""
+        self._close_window()
         self.speaking = True
         self.barge_in = barge_in
         self.interrupt_keys = interrupt_keys
+        self.speech_barge_in = self._accepting = speech_barge_in and self.listens
         try:
             return await self._speaker.say(text, voice, label=label, cacheable=cacheable)
         finally:
             self.speaking = False
             self.barge_in = True
             self.interrupt_keys = None
+            self.speech_barge_in = self._accepting = False
 
     @property
     def marks_lost(self) -> int:
@@ -179,10 +252,102 @@ class CallContext:
             return False
         return True
 
+    async def next_input(self, within: float, *, speech: bool) -> Input | None:
+        """The caller's next answer: a key, what was heard, or ``None`` (nothing within
+        ``within`` seconds: silence).
+
+        A key already waiting is returned at once. Without ``speech`` (or in a call that does
+        not :attr:`listen <listens>`) this is :meth:`key`. With it the call listens: the first
+        of a key or the start of an utterance within ``within`` seconds; an utterance that
+        started (here, or during a prompt with ``speech_barge_in``) is waited for to its
+        transcript, bounded by :attr:`transcript_wait` (then ``NotUnderstood("timeout")``), and
+        a key pressed meanwhile wins. When it returns the window is closed: a transcript still
+        to come is dropped as stale.
+        """
+        try:
+            if self._keys:
+                return self._keys.popleft()
+            if not (speech and self.listens):
+                return await self.key(within)
+            if not self._claimed and self._result is None:
+                self._accepting = True  # nothing carried over from the prompt: listen now
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            while not self._claimed and self._result is None:
+                if self._keys:
+                    return self._keys.popleft()
+                if not await self._changed_within(deadline - loop.time()):
+                    return None
+            self._accepting = False
+            deadline = loop.time() + self.transcript_wait
+            while True:
+                if self._keys:
+                    return self._keys.popleft()  # a key pressed meanwhile wins
+                if self._result is not None:
+                    return self._result
+                if not await self._changed_within(deadline - loop.time()):
+                    return NotUnderstood("timeout")
+        finally:
+            self._close_window()
+
+    async def _changed_within(self, seconds: float) -> bool:
+        """Wait (at most ``seconds``) for a key, an utterance's start or a transcript."""
+        if seconds <= 0:
+            return False
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _close_window(self) -> None:
+        """The current window is over: what it awaited is stale from now on."""
+        self._window += 1
+        self._accepting = self._claimed = False
+        self._result = None
+
+    @property
+    def window(self) -> int:
+        """The current listening window's number (the listener tags utterances with it)."""
+        return self._window
+
+    def speech_started(self) -> int | None:
+        """The caller started an utterance (``bridge.calls.listener``): the window it answers,
+        or ``None`` if nothing listens for it now (it is then never transcribed). During a
+        prompt with ``speech_barge_in`` the prompt is interrupted, as by a key."""
+        if not self._accepting:
+            return None
+        self._accepting = False
+        self._claimed = True
+        if self.speaking and self.speech_barge_in:
+            self._speaker.interrupt()
+        self._changed.set()
+        return self._window
+
+    def speech_heard(self, window: int, result: Heard | NotUnderstood) -> bool:
+        """The transcript of the utterance that started in ``window``; False if that window is
+        over (the answer is stale: dropped)."""
+        if window != self._window or not self._claimed:
+            return False
+        self._result = result
+        self._changed.set()
+        return True
+
+    def record_match(self, result: str) -> None:
+        """What the script made of a transcript: ``matched``, ``no_match``, ``digits`` or
+        ``invalid`` (the ``speech_matches`` metric; never the text)."""
+        if result not in SPEECH_MATCH_RESULTS:
+            raise ValueError(f"unknown speech match result {result!r}")
+        if self._metrics is not None:
+            self._metrics.speech_matches.labels(result=result).inc()
+
     def key_pressed(self, digit: str) -> None:
         self.keys_pressed.append(digit)
         self._keys.append(digit)
         self._key_arrived.set()
+        self._changed.set()
         wanted = self.interrupt_keys is None or digit in self.interrupt_keys
         if self.speaking and self.barge_in and wanted:
             self._speaker.interrupt()
@@ -211,6 +376,20 @@ class KnowsItsFirstWords(Protocol):
     only, and a call that never needs one never opens one."""
 
     def needs_synthesis_at_start(self, ctx: CallContext) -> bool: ...
+
+
+@runtime_checkable
+class Listens(Protocol):
+    """A script that may take speech: asked once, at the stream's start.
+
+    True: the call decodes the caller's audio and cuts it into utterances (a ``Listener``:
+    a few µs per 20 ms frame, ~0.02 % of a core per call, ``bench/listening.py``), and
+    :attr:`CallContext.listens` is set,
+    so ``next_input(speech=True)`` and ``say(..., speech_barge_in=True)`` take speech. A script
+    that is not a ``Listens``, says False, or whose check fails, never decodes the caller's
+    audio (today's cost) and its ``next_input`` reads keys only."""
+
+    def takes_speech(self, ctx: CallContext) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,9 @@
 1. POST the signed Voice webhook (``CallSid``, ``AccountSid``, ``From``, ``To``, …) and parse the
    TwiML it returns; find ``<Connect><Stream url>`` and its ``<Parameter>``s.
 2. Run the media stream as Twilio does (``media_leg.run_media_stream``): signed handshake,
-   ``connected``, ``start``, caller audio every 20 ms, keys at given times, Twilio's playout buffer
-   and mark echoes, ``stop`` when the caller hangs up.
+   ``connected``, ``start``, caller audio every 20 ms (phrases said at given times, ``--say``),
+   keys at given times, Twilio's playout buffer and mark echoes, ``stop`` when the caller hangs
+   up.
 3. Write what the caller heard to a WAV and report a timeline: time to first audio, underruns,
    marks, clears, protocol warnings.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import httpx2
 
 from bridge.dev.media_leg import CallerBehaviour, StreamResult, run_media_stream
+from bridge.dev.tone import synthesize
 from bridge.exit_codes import ExitCode
 from bridge.settings import Settings
 from bridge.signatures import TwilioSignatures
@@ -133,6 +135,7 @@ async def run_call_command(settings: Settings, args: argparse.Namespace) -> int:
         keys=list(args.press),
         hangup_after=args.hangup_after,
         answers=list(args.answer),
+        speech=[(at, synthesize(phrase, mulaw=True)) for at, phrase in args.say],
         max_duration=args.max_duration,
         sign_handshake=not args.no_sign_handshake,
         connect_url=args.connect_url,

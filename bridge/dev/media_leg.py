@@ -6,6 +6,10 @@ audio every 20 ms, keys at given times, model Twilio's playout buffer (``TwilioM
 marks when their audio has played, and hang up (``stop``, then close 1000) after a delay, at a
 maximum duration or when the ``hangup`` event is set. What the caller heard is kept for a WAV file
 and a timeline.
+
+The caller's audio is silence (0xFF) except when the caller speaks: :attr:`CallerBehaviour.speech`
+at given times, or a ``say:`` entry of :attr:`CallerBehaviour.answers` after a prompt. What is
+said goes out as the same 20 ms ``media`` frames, in place of silence.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.audio.codec import ulaw_to_lin16
+from bridge.dev.tone import synthesize
 from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.signatures import TwilioSignatures
 
 SILENCE_FRAME = b"\xff" * 160
+SAY: Final = "say:"
+"""An answer starting with this is said (tone speech of the rest), not keyed."""
 
 
 def mulaw_to_wav(mulaw: bytes) -> bytes:
@@ -56,9 +63,15 @@ class CallerBehaviour:
     raw: list[tuple[float, str | bytes]] = field(default_factory=list)
     """(seconds after ``start``, message) sent as is: malformed frames, to test robustness."""
     answers: list[str] = field(default_factory=list)
-    """Keys to press in answer to prompts: after each IVR prompt that waits for input (a mark
-    named ``menu:…`` or ``gather:…`` echoed as played) the next string is pressed, a key every
-    150 ms, starting 300 ms after the prompt ended."""
+    """Answers to prompts: after each IVR prompt that waits for input (a mark named ``menu:…``
+    or ``gather:…`` echoed as played) the next string is answered, starting 300 ms after the
+    prompt ended: its keys pressed, one every 150 ms, or, for ``say:PHRASE``, PHRASE said (tone
+    speech, ``bridge.dev.tone.synthesize(PHRASE, mulaw=True)``: 80 ms a character). Keys and
+    spoken answers mix in one list, in the order of the prompts."""
+    speech: list[tuple[float, bytes]] = field(default_factory=list)
+    """(seconds after ``start``, 8 kHz μ-law) pairs: audio the caller says, sent as its
+    ``media`` frames in place of silence (160 bytes each, the last padded with 0xFF). Speech
+    due while the caller is still saying something follows it."""
     echo_marks: bool = True
     """False: never echo marks (to test a Twilio whose echoes are lost)."""
     before_start: list[str | bytes] = field(default_factory=list)
@@ -100,7 +113,8 @@ class Silence:
     """``underrun``: inside speech, the audio came later than playback needed it;
     ``waiting``: the IVR waited for the caller's keys; ``between``: between two prompts."""
     keyed: bool = False
-    """``waiting``: the wait ended with a key (else it lasted until the next prompt)."""
+    """``waiting``: the wait ended with a key, or the caller speaking (else it lasted until the
+    next prompt)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -115,6 +129,8 @@ class StreamResult:
     close_code: int | None = None
     handshake_status: int | None = None
     keys_sent: list[tuple[float, str]] = field(default_factory=list)
+    speech_sent: list[tuple[float, float]] = field(default_factory=list)
+    """(clock, seconds of audio) of each thing the caller began to say."""
     hung_up: bool = False
     """The caller hung up: sent ``stop`` and closed the socket with 1000."""
     ended_by: EndedBy | None = None
@@ -167,7 +183,7 @@ class StreamResult:
             for m in self.leg.timeline.marks
             if m.echoed_at is not None and not m.cleared
         ]
-        keys = [at for at, _ in self.keys_sent]
+        keys = sorted([at for at, _ in self.keys_sent] + [at for at, _ in self.speech_sent])
         out: list[Silence] = []
         for underrun in self.leg.timeline.underruns:
             if underrun.duration is None:
@@ -205,6 +221,8 @@ class StreamResult:
             lines.append(f"IVR nodes heard:    {' > '.join(self.prompts())}")
         for at, digit in self.keys_sent:
             lines.append(f"key {digit!r} pressed:     {ms(at)}")
+        for at, seconds in self.speech_sent:
+            lines.append(f"caller spoke:       {ms(at)} for {seconds:.2f} s")
         for mark in tl.marks:
             state = "cleared" if mark.cleared else "played"
             lines.append(
@@ -363,6 +381,8 @@ async def _run_stream(
         flood = sorted(plan.flood)
         vanish_at = None if plan.vanish_after is None else t0 + plan.vanish_after
         answers = list(plan.answers)
+        speech = sorted(plan.speech, key=lambda item: item[0])
+        talking = bytearray()  # what the caller is saying, a frame at a time
         marks_seen = 0
         frame = 0
         deadline = t0 + (plan.hangup_after if plan.hangup_after is not None else plan.max_duration)
@@ -378,16 +398,25 @@ async def _run_stream(
             while answers and marks_seen < len(marks) and marks[marks_seen].echoed_at is not None:
                 mark = marks[marks_seen]
                 marks_seen += 1
-                if not mark.cleared and mark.name.startswith(("menu:", "gather:")):
-                    at = now - t0 + 0.3
-                    keys.extend((at + 0.15 * i, digit) for i, digit in enumerate(answers.pop(0)))
-                    keys.sort()
+                if not mark.cleared and mark.name.startswith(_INPUT_MARKS):
+                    at, answer = now - t0 + 0.3, answers.pop(0)
+                    if answer.startswith(SAY):
+                        speech.append((at, synthesize(answer[len(SAY) :], mulaw=True)))
+                        speech.sort(key=lambda item: item[0])
+                    else:
+                        keys.extend((at + 0.15 * i, digit) for i, digit in enumerate(answer))
+                        keys.sort()
             while keys and t0 + keys[0][0] <= now:
                 _, digit = keys.pop(0)
                 result.keys_sent.append((now, digit))
                 outbox.put_nowait(leg.dtmf(digit))
             while raw and t0 + raw[0][0] <= now:
                 outbox.put_nowait(raw.pop(0)[1])
+            while speech and t0 + speech[0][0] <= now:
+                said = speech.pop(0)[1]
+                result.speech_sent.append((now, len(said) / 8000))
+                talking += said
+                talking += SILENCE_FRAME[: -len(talking) % len(SILENCE_FRAME)]
             while flood and t0 + flood[0][0] <= now:
                 burst = leg.media(SILENCE_FRAME, int((now - t0) * 1000))
                 for _ in range(flood.pop(0)[1]):
@@ -399,7 +428,11 @@ async def _run_stream(
             next_media = t0 + 0.020 * (frame + 1)
             if now >= next_media:
                 frame += 1
-                outbox.put_nowait(leg.media(SILENCE_FRAME, int(frame * 20)))
+                payload = SILENCE_FRAME
+                if talking:
+                    payload = bytes(talking[:160])
+                    del talking[:160]
+                outbox.put_nowait(leg.media(payload, int(frame * 20)))
                 continue
             if now >= deadline:
                 hang_up("hangup_after" if plan.hangup_after is not None else "max_duration")
@@ -412,6 +445,8 @@ async def _run_stream(
                 wake_at = min(wake_at, t0 + keys[0][0])
             if raw:
                 wake_at = min(wake_at, t0 + raw[0][0])
+            if speech:
+                wake_at = min(wake_at, t0 + speech[0][0])
             if flood:
                 wake_at = min(wake_at, t0 + flood[0][0])
             if vanish_at is not None:

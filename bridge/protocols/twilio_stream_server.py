@@ -300,6 +300,17 @@ class TwilioMediaStream:
     # --- properties ----------------------------------------------------------------------------
 
     @property
+    def inbound_audio(self) -> bool:
+        """Caller audio is decoded and delivered as ``MediaReceived`` (else only counted)."""
+        return self._inbound_audio
+
+    @inbound_audio.setter
+    def inbound_audio(self, on: bool) -> None:
+        """Switch decoding on or off from the next message (a call learns at ``start``, from
+        its script, whether anything listens to the caller)."""
+        self._inbound_audio = on
+
+    @property
     def state(self) -> StreamState:
         return self._state
 
