@@ -2,8 +2,9 @@
 bridge's call decodes it (only for a script that ``Listens``), cuts it into utterances and asks
 for transcripts; the script hears them through ``next_input`` and may be interrupted by them.
 
-Hamsa's speech-to-text is stood in by ``FakeHamsaStt`` (what Hamsa answers, set on the session
-class: the ``stt`` branch brings ``HamsaSession.transcribe`` and the emulator's own STT).
+Hamsa's speech-to-text is the emulator's: it hears the caller's tones back as text
+(``bridge.dev.stt_tones``), so the phrase goes through the whole path: μ-law on the stream, the
+detector, the 16 kHz WAV, the ``stt`` request on the call's one socket, the transcript.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import pytest
 import structlog.testing
 
 from bridge.calls.context import CallContext, Heard
-from bridge.calls.hamsa_session import HamsaSession
 from bridge.calls.speech import SpeechOutcome
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.loopback import loopback
 from bridge.dev.tone import synthesize
-from tests.test_speech_listener import Answer, FakeHamsaStt, Outcome
 from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
@@ -55,17 +54,6 @@ class ListeningScript:
         ctx.outcome = "completed"
 
 
-@pytest.fixture
-def stt(monkeypatch: pytest.MonkeyPatch) -> FakeHamsaStt:
-    fake = FakeHamsaStt(Answer(Outcome.TEXT, PHRASE, via="text", seconds=0.1))
-
-    async def transcribe(self: HamsaSession, wav: bytes, *, language: str) -> Answer:
-        return await fake.transcribe(wav, language=language)
-
-    monkeypatch.setattr(HamsaSession, "transcribe", transcribe, raising=False)
-    return fake
-
-
 def summary(logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:
     [line] = [line for line in logs if line["event"] == "call_summary"]
     return line
@@ -76,7 +64,7 @@ def metric(rig: Any, name: str, **labels: str) -> float:
     return float(value or 0.0)
 
 
-async def test_the_caller_answers_a_prompt_by_voice(stt: FakeHamsaStt) -> None:
+async def test_the_caller_answers_a_prompt_by_voice() -> None:
     script = ListeningScript(SHORT_PROMPT, speech_barge_in=False)
     async with loopback(EmulatorConfig(), script=script) as rig:
         with structlog.testing.capture_logs() as logs:
@@ -84,9 +72,12 @@ async def test_the_caller_answers_a_prompt_by_voice(stt: FakeHamsaStt) -> None:
                 result = await rig.call(answers=[f"say:{PHRASE}"], max_duration=HANG)
         requests = metric(rig, "stt_requests_total")
         heard = metric(rig, "stt_results_total", outcome="text")
+        stt = list(rig.hamsa.stt_requests)
+        connections = len(rig.hamsa.connections)
     assert script.said == [SpeechOutcome.PLAYED]
     assert script.got == [Heard(PHRASE)]
-    assert len(stt.wavs) == 1
+    assert [r.recognized for r in stt] == [PHRASE]
+    assert connections == 1  # the prompt and the transcript on the call's one socket
     assert (requests, heard) == (1, 1)
     assert len(result.speech_sent) == 1
     line = summary(logs)
@@ -97,7 +88,7 @@ async def test_the_caller_answers_a_prompt_by_voice(stt: FakeHamsaStt) -> None:
 
 @pytest.mark.parametrize("barge_in", [True, False])
 async def test_speech_over_a_prompt_interrupts_it_only_with_speech_barge_in(
-    stt: FakeHamsaStt, barge_in: bool
+    barge_in: bool,
 ) -> None:
     script = ListeningScript(LONG_PROMPT, speech_barge_in=barge_in, within=0.5)
     speech = [(1.5, synthesize(PHRASE, mulaw=True))]
@@ -105,6 +96,7 @@ async def test_speech_over_a_prompt_interrupts_it_only_with_speech_barge_in(
         async with asyncio.timeout(HANG):
             result = await rig.call(speech=speech, max_duration=HANG)
         utterances = metric(rig, "speech_utterances_total", end="silence")
+        stt = list(rig.hamsa.stt_requests)
     assert result.leg is not None
     assert utterances == 1
     if barge_in:
@@ -115,23 +107,22 @@ async def test_speech_over_a_prompt_interrupts_it_only_with_speech_barge_in(
         # the start rule needs 160 ms of voice; the rest is the loop and the socket
         assert clear.at - spoke_at >= 0.14
         assert script.got == [Heard(PHRASE)]  # the utterance that interrupted is the answer
-        assert len(stt.wavs) == 1
+        assert [r.recognized for r in stt] == [PHRASE]
     else:
         assert script.said == [SpeechOutcome.PLAYED]
         assert result.leg.timeline.clears == []
         assert script.got == [None]  # nothing said while it listened
-        assert stt.wavs == []  # speech over the prompt was never sent
+        assert stt == []  # speech over the prompt was never sent
 
 
-async def test_a_call_whose_script_does_not_listen_never_decodes_the_caller(
-    stt: FakeHamsaStt,
-) -> None:
+async def test_a_call_whose_script_does_not_listen_never_decodes_the_caller() -> None:
     speech = [(0.2, synthesize(PHRASE, mulaw=True))]
     async with loopback(EmulatorConfig(), bridge_greeting=SHORT_PROMPT) as rig:
         with structlog.testing.capture_logs() as logs:
             async with asyncio.timeout(HANG):
                 await rig.call(speech=speech, max_duration=HANG)
         utterances = metric(rig, "speech_utterances_total", end="silence")
+        stt = list(rig.hamsa.stt_requests)
     assert utterances == 0
     assert "speech" not in summary(logs)["details"]
-    assert stt.wavs == []
+    assert stt == []

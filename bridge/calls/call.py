@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from starlette.types import Send
@@ -50,7 +50,7 @@ from bridge.calls.context import (
     Rejection,
 )
 from bridge.calls.hamsa_session import Connector, HamsaSession
-from bridge.calls.listener import STT_LANGUAGE_DEFAULT, Listener, Transcriber, detector_for
+from bridge.calls.listener import Listener, detector_for
 from bridge.calls.playback import Playback
 from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.registry import CallRegistry
@@ -346,15 +346,13 @@ class Call:
                 )
                 if takes_speech(call_script, context):
                     context.listens = True
-                    # TODO(issue 17 merge): HamsaSession.transcribe comes with the stt branch.
-                    transcriber = cast(Transcriber, hamsa)
                     self._listener = Listener(
                         context,
-                        transcriber,
+                        hamsa,
                         tasks,
                         detector=detector_for(settings),
                         metrics=deps.metrics,
-                        language=getattr(settings, "hamsa_stt_language", STT_LANGUAGE_DEFAULT),
+                        language=settings.hamsa_stt_language,
                         clock=deps.clock,
                     )
                     self._stream.inbound_audio = True

@@ -99,9 +99,6 @@ __all__ = [
 
 SPEECH_MATCH_RESULTS: Final = frozenset({"matched", "no_match", "digits", "invalid"})
 """What :meth:`CallContext.record_match` accepts (``bridge.metrics.SPEECH_MATCH_RESULTS``)."""
-STT_TIMEOUT_DEFAULT: Final = 6.0
-"""``HAMSA_STT_TIMEOUT``'s default, used while ``Settings`` has no ``hamsa_stt_timeout``.
-TODO(issue 17 merge): read ``settings.hamsa_stt_timeout`` (the ``stt`` branch adds it)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -180,8 +177,7 @@ class CallContext:
         """The transcript of window ``_window``, delivered and not yet taken."""
         self._changed = asyncio.Event()
         """Set on a key, an utterance's start and a transcript: ``next_input`` looks again."""
-        stt_timeout = getattr(settings, "hamsa_stt_timeout", STT_TIMEOUT_DEFAULT)
-        self.transcript_wait = settings.bridge_speech_max_seconds + float(stt_timeout) + 1.0
+        self.transcript_wait = settings.bridge_speech_max_seconds + settings.hamsa_stt_timeout + 1.0
         """Longest ``next_input`` waits for the transcript of an utterance that started:
         ``BRIDGE_SPEECH_MAX_SECONDS + HAMSA_STT_TIMEOUT + 1``."""
 

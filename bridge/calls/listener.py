@@ -41,9 +41,6 @@ log = structlog.get_logger("bridge.listener")
 __all__ = ["Listener", "SttAnswer", "Transcriber", "detector_for"]
 
 _OUTCOMES = frozenset({"text", "empty", "thinking", "error", "timeout"})
-STT_LANGUAGE_DEFAULT = "ar"
-"""``HAMSA_STT_LANGUAGE``'s default, used while ``Settings`` has no ``hamsa_stt_language``.
-TODO(issue 17 merge): read ``settings.hamsa_stt_language`` (the ``stt`` branch adds it)."""
 
 
 class _Named(Protocol):
