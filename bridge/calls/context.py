@@ -82,10 +82,32 @@ __all__ = [
     "AdmissionHook",
     "CallContext",
     "CallScript",
+    "Heard",
+    "Input",
     "KnowsItsFirstWords",
+    "NotUnderstood",
     "Rejection",
     "aclose",
 ]
+
+
+# PLACEHOLDER (branch ivrspeech): the speech-input contract of docs/speech-input.md, just enough
+# for bridge.ivr to import and type-check; the integrator replaces it with listen's real one.
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A transcript of what the caller said."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotUnderstood:
+    """Speech-to-text failed: "error", "timeout", "thinking", "empty"."""
+
+    reason: str
+
+
+Input = str | Heard | NotUnderstood
 
 
 class CallContext:
@@ -131,6 +153,7 @@ class CallContext:
         cacheable: bool = False,
         barge_in: bool = True,
         interrupt_keys: str | None = None,
+        speech_barge_in: bool = False,  # PLACEHOLDER: ignored until listen's context lands
     ) -> SpeechOutcome:
         """Speak and wait until it was played, or interrupted by a key (when ``barge_in``;
         only by one of ``interrupt_keys`` when given: the others are just queued)."""
@@ -165,6 +188,13 @@ class CallContext:
             except TimeoutError:
                 return None
         return self._keys.popleft()
+
+    async def next_input(self, within: float, *, speech: bool) -> Input | None:
+        """PLACEHOLDER: keys only (listen's context adds what the caller said)."""
+        return await self.key(within)
+
+    def record_match(self, result: str) -> None:
+        """PLACEHOLDER: counts a speech answer's result (matched, no_match, digits, invalid)."""
 
     def unread(self, digit: str) -> None:
         """Put a key back in front: the next ``key()`` returns it."""
