@@ -1,4 +1,4 @@
-"""Speech matching: normalisation, phrase matching and spoken digits (``bridge.ivr.speech_match``)."""
+"""Speech matching: normalisation, phrases, spoken digits (``bridge.ivr.speech_match``)."""
 
 from __future__ import annotations
 

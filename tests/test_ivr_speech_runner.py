@@ -242,7 +242,8 @@ async def test_a_speech_only_menu_ignores_keys() -> None:
     # one window: each wait after an ignored key has what is left of the timeout
     assert [w.split()[0] for w in caller.waits] == ["speech"] * 3
     lefts = [float(w.split()[1]) for w in caller.waits]
-    assert lefts[0] == 4 and lefts == sorted(lefts, reverse=True)
+    assert lefts[0] == 4
+    assert lefts == sorted(lefts, reverse=True)
     assert caller.said[0].barge_in is False  # a key does not interrupt a speech-only prompt
 
 
@@ -277,7 +278,8 @@ async def test_the_summary_says_speech_results_and_never_the_transcript() -> Non
     assert (retry["via"], retry["match"]) == ("speech", "no_match")
     for entry in logs:
         if entry["log_level"] != "debug":
-            assert secret not in repr(entry) and "no idea" not in repr(entry), entry
+            assert secret not in repr(entry), entry
+            assert "no idea" not in repr(entry), entry
     heard = [e for e in logs if e["event"] == "ivr_heard"]
     assert [e["log_level"] for e in heard] == ["debug", "debug"]
 
