@@ -23,10 +23,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Every transition of the example flow: (from, label, to).
 EXAMPLE_EDGES = [
     ("welcome", "next", "main_menu"),
-    ("main_menu", "1", "recording_notice"),
-    ("main_menu", "2", "opening_hours"),
-    ("main_menu", "3", "english_menu"),
-    ("main_menu", "0", "reception"),
+    ("main_menu", '1 / "موعدي", "موعد", "حجز", …', "recording_notice"),
+    ("main_menu", '2 / "المواعيد", "أوقات الدوام", "ساعات العمل", …', "opening_hours"),
+    ("main_menu", '3 / "إنجليزي", "الإنجليزية", "English"', "english_menu"),
+    ("main_menu", '0 / "الاستقبال", "موظف", "reception"', "reception"),
     ("main_menu", "timeout/invalid", "goodbye"),
     ("recording_notice", "next", "ask_file_number"),
     ("ask_file_number", "next", "lookup_appointment"),
@@ -70,7 +70,7 @@ def example() -> Flow:
 
 def _mermaid_ids(text: str) -> dict[str, str]:
     """Node name → Mermaid id, read back from the node lines."""
-    pattern = r'^ {4}(n\d+)\W{1,2}"([^" ]+) \(\w+\)<br/>'
+    pattern = r'^ {4}(n\d+)\W{1,2}"([^" ]+) \(\w+(?: · speech(?: only)?)?\)<br/>'
     return {name: node_id for node_id, name in re.findall(pattern, text, re.M)}
 
 
@@ -102,13 +102,17 @@ def test_mermaid_has_every_node_and_edge_of_the_example(example: Flow) -> None:
     assert text.startswith("flowchart TD\n")
     ids = _mermaid_ids(text)
     assert list(ids) == list(example.nodes)
+    listening = {"main_menu", "ask_file_number"}
     for name, node in example.nodes.items():
-        assert f'"{name} ({type(node).__name__.lower()})<br/>' in text
+        kind = type(node).__name__.lower() + (" · speech" if name in listening else "")
+        assert f'"{name} ({kind})<br/>' in text
     assert f"    start --> {ids['welcome']}\n" in text
     edge_lines = [line for line in text.splitlines() if "-->|" in line]
     assert edge_lines == [
-        f'    {ids[src]} -->|"{label}"| {ids[dst]}' for src, label, dst in EXAMPLE_EDGES
+        f'    {ids[src]} -->|"{label.replace(chr(34), "#quot;")}"| {ids[dst]}'
+        for src, label, dst in EXAMPLE_EDGES
     ]
+    assert text.endswith(f"    class {ids['main_menu']},{ids['ask_file_number']} speech\n")
 
 
 def test_mermaid_shapes_follow_the_node_type(example: Flow) -> None:
@@ -163,13 +167,16 @@ def test_dot_has_every_node_and_edge_of_the_example(example: Flow) -> None:
     text = to_dot(example)
     assert text.startswith('digraph "clinic" {\n')
     assert text.rstrip().endswith("}")
-    pattern = r'^ {4}(n\d+) \[shape=\w+, label="(\w+) \('
+    pattern = r'^ {4}(n\d+) \[shape=\w+(?:, peripheries=2)?, label="(\w+) \('
     ids = {name: node_id for node_id, name in re.findall(pattern, text, re.M)}
     assert list(ids) == list(example.nodes)
     edge_lines = [line for line in text.splitlines() if "->" in line and "[label=" in line]
     assert edge_lines == [
-        f'    {ids[src]} -> {ids[dst]} [label="{label}"];' for src, label, dst in EXAMPLE_EDGES
+        f'    {ids[src]} -> {ids[dst]} [label="{label.replace(chr(34), chr(92) + chr(34))}"];'
+        for src, label, dst in EXAMPLE_EDGES
     ]
+    double = [line.split()[0] for line in text.splitlines() if "peripheries=2" in line]
+    assert double == [ids["main_menu"], ids["ask_file_number"]]
     assert f"    start -> {ids['welcome']};" in text
 
 

@@ -18,7 +18,7 @@ from bridge.calls.prompt_cache import PromptCache
 from bridge.calls.speech import Synthesizer, cache_refusal
 from bridge.errors import FlowInvalid, HamsaError
 from bridge.exit_codes import ExitCode
-from bridge.ivr.flow import Flow
+from bridge.ivr.flow import Flow, Gather, Menu
 from bridge.ivr.graph import render_png, to_mermaid
 from bridge.ivr.load import EXAMPLES, flow_path, load_flow
 from bridge.metrics import Metrics
@@ -44,7 +44,13 @@ def validate(path: Path, *, out: Print = print) -> int:
             out(f"✗ {error.location}: {error.message}")
         out(f"{len(exc.errors)} error(s) in {path}")
         return ExitCode.FAILURE
-    out(f"✓ {path}: flow {flow.name!r}, {len(flow.nodes)} nodes, start {flow.start!r}")
+    listening = [
+        name
+        for name, node in flow.nodes.items()
+        if isinstance(node, Menu | Gather) and node.takes_speech
+    ]
+    speech = f"; takes speech at {', '.join(listening)}" if listening else ""
+    out(f"✓ {path}: flow {flow.name!r}, {len(flow.nodes)} nodes, start {flow.start!r}{speech}")
     return ExitCode.OK
 
 

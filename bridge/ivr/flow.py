@@ -5,6 +5,10 @@ next node(s) by name. Prompts may use ``{variables}``: ``{from}``, ``{to}``, ``{
 ``{digits}`` (the last keys collected), any ``gather.store`` name, and any value a webhook
 answered with. A prompt without ``{…}`` is *static*: its audio is cached and replayed.
 
+A ``menu`` or ``gather`` may also take speech (``input = ["dtmf", "speech"]``): a menu option
+then carries the phrases a caller may say for it (``phrases``), matched by
+``bridge.ivr.speech_match``; a gather reads the digits said.
+
 Loading and validation live in ``bridge.ivr.load`` (file → ``Flow`` or a list of located
 errors); running a flow lives in ``bridge.ivr.runner``.
 """
@@ -13,8 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bridge.voice import Voice
+
+InputKind = Literal["dtmf", "speech"]
+INPUT_KINDS: tuple[InputKind, ...] = ("dtmf", "speech")
+KEYS_ONLY: tuple[InputKind, ...] = ("dtmf",)
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -72,6 +81,23 @@ class Menu:
     on_failure: str = ""
     voice: VoiceOverride = VoiceOverride()
     barge_in: bool = True
+    input: tuple[InputKind, ...] = KEYS_ONLY
+    """What the caller may answer with: keys (``dtmf``), speech, or both."""
+    phrases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Option key → what a caller may say to choose it (``options."2".say``); keys without
+    phrases are absent."""
+    speech_barge_in: bool = False
+    """Caller speech during the prompt interrupts it (a speech node only)."""
+    keys_prompt: str = ""
+    """Said when speech-to-text fails and the node falls back to keys ("": the prompt)."""
+
+    @property
+    def takes_speech(self) -> bool:
+        return "speech" in self.input
+
+    @property
+    def takes_keys(self) -> bool:
+        return "dtmf" in self.input
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +119,20 @@ class Gather:
     on_failure: str = ""
     voice: VoiceOverride = VoiceOverride()
     barge_in: bool = True
+    input: tuple[InputKind, ...] = KEYS_ONLY
+    """What the caller may answer with: keys (``dtmf``), spoken digits (``speech``), or both."""
+    speech_barge_in: bool = False
+    """Caller speech during the prompt interrupts it (a speech node only)."""
+    keys_prompt: str = ""
+    """Said when speech-to-text fails and the node falls back to keys ("": the prompt)."""
+
+    @property
+    def takes_speech(self) -> bool:
+        return "speech" in self.input
+
+    @property
+    def takes_keys(self) -> bool:
+        return "dtmf" in self.input
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +179,11 @@ class Flow:
     voice: VoiceOverride = VoiceOverride()
     name: str = "flow"
 
+    @property
+    def takes_speech(self) -> bool:
+        """A node of the flow listens to what the caller says (its calls decode inbound audio)."""
+        return any(isinstance(n, Menu | Gather) and n.takes_speech for n in self.nodes.values())
+
     def static_prompts(self, base: Voice) -> list[tuple[str, Voice]]:
         """Every static text the flow can speak, with its voice (for warming the cache)."""
         return [(text, voice) for _, text, voice in self.static_prompt_sources(base)]
@@ -163,10 +208,15 @@ def _texts(node: Node) -> list[tuple[str, str]]:
     match node:
         case Say(text=text):
             return [("text", text)]
-        case Menu(prompt=prompt, invalid=invalid, no_input=no_input):
-            return [("prompt", prompt), ("invalid", invalid), ("no_input", no_input)]
-        case Gather(prompt=prompt, invalid=invalid):
-            return [("prompt", prompt), ("invalid", invalid)]
+        case Menu(prompt=prompt, invalid=invalid, no_input=no_input, keys_prompt=keys):
+            return [
+                ("prompt", prompt),
+                ("invalid", invalid),
+                ("no_input", no_input),
+                ("keys_prompt", keys),
+            ]
+        case Gather(prompt=prompt, invalid=invalid, keys_prompt=keys):
+            return [("prompt", prompt), ("invalid", invalid), ("keys_prompt", keys)]
         case Transfer(message=message):
             return [("message", message)]
         case Hangup(text=text):

@@ -4,6 +4,11 @@ One graph node per flow node, shaped by type, labelled with its name, its type a
 excerpt of what it says (or where it transfers / posts to). Edges carry the keypad digit, the
 webhook branch name, ``next``, ``fallback``, or ``timeout/invalid`` for the path taken after
 the last failed attempt of a menu or gather (``on_failure``).
+
+Speech: a menu option's phrases follow its key on the edge (``2 / "المواعيد", "hours"``; at
+most ``PHRASES_SHOWN`` of them, then ``…``), and a node that takes speech says so after its type
+(``main_menu (menu · speech)``; ``speech only`` when it takes no keys) — in Mermaid it also gets
+the ``speech`` class, in DOT a double outline.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = ["Edge", "edges", "render_png", "to_dot", "to_mermaid"]
 
 EXCERPT_CHARS = 40
 FAILURE_LABEL = "timeout/invalid"
+PHRASES_SHOWN = 3
 _SPACE = re.compile(r"\s+")
 
 # Mermaid shapes: (open, close) around the quoted label.
@@ -73,8 +79,9 @@ def _transitions(node: Node) -> list[tuple[str, str]]:
     match node:
         case Say(next=next_):
             return [("next", next_)]
-        case Menu(options=options, on_failure=on_failure):
-            return [*options.items(), (FAILURE_LABEL, on_failure)]
+        case Menu(options=options, phrases=phrases, on_failure=on_failure):
+            labelled = [(_option_label(key, phrases.get(key, ())), t) for key, t in options.items()]
+            return [*labelled, (FAILURE_LABEL, on_failure)]
         case Gather(next=next_, on_failure=on_failure):
             return [("next", next_), (FAILURE_LABEL, on_failure)]
         case Webhook(branches=branches, next=next_, fallback=fallback):
@@ -83,8 +90,22 @@ def _transitions(node: Node) -> list[tuple[str, str]]:
             return []
 
 
+def _option_label(key: str, phrases: tuple[str, ...]) -> str:
+    if not phrases:
+        return key
+    shown = ", ".join(f'"{_SPACE.sub(" ", p).strip()}"' for p in phrases[:PHRASES_SHOWN])
+    return f"{key} / {shown}" + (", …" if len(phrases) > PHRASES_SHOWN else "")
+
+
+def _listens(node: Node) -> bool:
+    return isinstance(node, Menu | Gather) and node.takes_speech
+
+
 def _kind(node: Node) -> str:
-    return type(node).__name__.lower()
+    kind = type(node).__name__.lower()
+    if isinstance(node, Menu | Gather) and node.takes_speech:
+        return f"{kind} · speech" + ("" if node.takes_keys else " only")
+    return kind
 
 
 def _excerpt(node: Node) -> str:
@@ -132,6 +153,10 @@ def to_mermaid(flow: Flow) -> str:
     for edge in edges(flow):
         source, target = ids[edge.source], ids[edge.target]
         lines.append(f'    {source} -->|"{_mermaid_text(edge.label)}"| {target}')
+    listening = [ids[name] for name, node in flow.nodes.items() if _listens(node)]
+    if listening:
+        lines.append("    classDef speech stroke-width:3px,stroke-dasharray:6 3")
+        lines.append(f"    class {','.join(listening)} speech")
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +183,8 @@ def to_dot(flow: Flow) -> str:
         label = "\\n".join(
             _dot_string(part)[1:-1] for part in (f"{name} ({_kind(node)})", _excerpt(node))
         )
-        lines.append(f'    {ids[name]} [shape={_DOT_SHAPES[type(node)]}, label="{label}"];')
+        extra = ", peripheries=2" if _listens(node) else ""
+        lines.append(f'    {ids[name]} [shape={_DOT_SHAPES[type(node)]}{extra}, label="{label}"];')
     lines.append(f"    start -> {ids[flow.start]};")
     for edge in edges(flow):
         source, target = ids[edge.source], ids[edge.target]

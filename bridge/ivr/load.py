@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError, FlowError, FlowInvalid
 from bridge.ivr.flow import (
+    INPUT_KINDS,
     Flow,
     Gather,
     Hangup,
@@ -41,6 +42,7 @@ from bridge.ivr.flow import (
     Webhook,
     placeholders,
 )
+from bridge.ivr.speech_match import DIGIT_WORDS, normalise, phrase_key
 from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
 from bridge.protocols.twilio_ids import E164
 from bridge.protocols.twilio_stream_server import is_dtmf_key
@@ -69,6 +71,7 @@ _TOML_POSITION = re.compile(
     r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$", re.S
 )
 _REF_FIELDS = ("next", "on_failure", "fallback")
+MAX_PHRASE_CHARS = 100
 _BAD: Any = object()
 """Returned by a field parser for an invalid value (the error is already recorded)."""
 
@@ -218,7 +221,10 @@ class _Checker:
         """Variables a prompt may use; ``None`` when a webhook may set any variable."""
 
     def error(self, loc: Loc, message: str) -> None:
-        where = ".".join(_key(part) for part in loc)
+        where = "".join(
+            f"[{part}]" if isinstance(part, int) else ("." if i else "") + _key(part)
+            for i, part in enumerate(loc)
+        )
         self.errors.append(FlowError(f"{self.source}: {where}" if where else self.source, message))
 
     def edge(self, target: Any) -> None:
@@ -419,9 +425,70 @@ class _Checker:
                 "retries is set but on_failure is missing: name the node to go to after the "
                 "last failed attempt",
             )
+        if kind in ("menu", "gather"):
+            self.speech_rules(loc, kind, raw, values)
         if len(self.errors) != before:
             return None
+        if isinstance(values.get("options"), _Options):
+            options: _Options = values.pop("options")
+            values["options"] = options.targets
+            if options.said:
+                values["phrases"] = options.said
         return _CLASSES[kind](**values)
+
+    def speech_rules(
+        self, loc: Loc, kind: str, raw: Mapping[Any, Any], values: dict[str, Any]
+    ) -> None:
+        """The fields of speech input that depend on each other (``input`` decides)."""
+        kinds = values.get("input", ("dtmf",))
+        if kinds is _BAD:
+            return  # already reported: whether the node listens is unknown
+        options = values.get("options")
+        said = options.said if isinstance(options, _Options) else {}
+        if "speech" not in kinds:
+            why = 'only a node that takes speech has it: add input = ["dtmf", "speech"], or '
+            for field in ("speech_barge_in", "keys_prompt"):
+                if field in raw:
+                    self.error((*loc, field), why + f"remove {field}")
+            for key in said:
+                self.error((*loc, "options", key, "say"), why + "remove say")
+            return
+        if kind == "gather" and "num_digits" not in raw and "pattern" not in raw:
+            self.error(
+                loc,
+                "a gather that takes speech needs num_digits or pattern: the digits a caller "
+                "says are checked against them (speech has no finish key)",
+            )
+        if kind != "menu" or not isinstance(options, _Options):
+            return
+        if not said:
+            self.error(
+                (*loc, "options"),
+                'a menu that takes speech needs phrases: give its options say = ["…"], what a '
+                'caller says to choose each (e.g. options."2" = { next = "hours", say = '
+                '["المواعيد", "hours"] })',
+            )
+            return
+        owner: dict[tuple[str, ...], str] = {}
+        for key, phrases in said.items():
+            for index, phrase in enumerate(phrases):
+                where = (*loc, "options", key, "say", index)
+                words = phrase_key(phrase)
+                first = owner.setdefault(words, key)
+                if first != key:
+                    self.error(
+                        where,
+                        f"{_quote(phrase)} is also a phrase of option {_quote(first)} (phrases "
+                        'compare normalised: case, diacritics, hamza forms and "ال" do not '
+                        "count): a caller saying it would choose neither",
+                    )
+                digit = DIGIT_WORDS.get(normalise(phrase), normalise(phrase))
+                if digit != key and digit in options.targets:
+                    self.error(
+                        where,
+                        f"{_quote(phrase)} says the key of option {_quote(digit)}: a caller "
+                        f"saying it would reach option {_quote(key)}, not {_quote(digit)}",
+                    )
 
     def bad_type(self, loc: Loc, raw: Mapping[Any, Any]) -> None:
         kind = raw.get("type")
@@ -444,7 +511,7 @@ class _Checker:
             table = raw.get(field)
             if isinstance(table, Mapping):
                 for target in table.values():
-                    self.edge(target)
+                    self.edge(target.get("next") if isinstance(target, Mapping) else target)
 
     def reachability(self, start: str) -> None:
         seen = {start}
@@ -547,6 +614,14 @@ def _flag(c: _Checker, loc: Loc, value: Any) -> Any:
     return _BAD
 
 
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """A menu's parsed options: key → node, and key → phrases for those that have ``say``."""
+
+    targets: dict[str, str]
+    said: dict[str, tuple[str, ...]]
+
+
 def _options(c: _Checker, loc: Loc, value: Any) -> Any:
     if not isinstance(value, Mapping):
         c.error(loc, f'must be a table of keypad key = "node", not {_describe(value)}')
@@ -557,6 +632,7 @@ def _options(c: _Checker, loc: Loc, value: Any) -> Any:
         c.open_end()
         return _BAD
     out: dict[str, str] = {}
+    said: dict[str, tuple[str, ...]] = {}
     for key, target in value.items():
         ok = True
         if not is_dtmf_key(key):
@@ -564,10 +640,82 @@ def _options(c: _Checker, loc: Loc, value: Any) -> Any:
                 (*loc, key), f"option key {_quote(str(key))} is not a single keypad key ({_KEYPAD})"
             )
             ok = False
-        ref = _ref(c, (*loc, key), target)
+        if isinstance(target, Mapping):
+            ref, phrases = _option_table(c, (*loc, key), target)
+            if phrases is _BAD:
+                ok = False
+            elif phrases:
+                said[key] = phrases
+        else:
+            ref = _ref(c, (*loc, key), target)
         if ok and ref is not _BAD:
             out[key] = ref
-    return out if len(out) == len(value) else _BAD
+    return _Options(out, said) if len(out) == len(value) else _BAD
+
+
+def _option_table(c: _Checker, loc: Loc, value: Mapping[Any, Any]) -> tuple[Any, Any]:
+    """``{ next = "node", say = ["phrase", …] }``: the target, and the phrases (or ``()``)."""
+    c.fields(loc, value, _OPTION_FIELDS, ("next",), "an option has: next, say")
+    if "next" in value:
+        ref = _ref(c, (*loc, "next"), value["next"])
+    else:
+        c.open_end()
+        ref = _BAD
+    if "say" not in value:
+        return ref, ()
+    return ref, _phrases(c, (*loc, "say"), value["say"])
+
+
+def _phrases(c: _Checker, loc: Loc, value: Any) -> Any:
+    if not isinstance(value, list):
+        c.error(
+            loc,
+            f'must be an array of phrases, e.g. say = ["المواعيد", "hours"], not '
+            f"{_describe(value)}",
+        )
+        return _BAD
+    if not value:
+        c.error(loc, "is empty: list what a caller may say for this option, or remove say")
+        return _BAD
+    out: list[str] = []
+    for index, phrase in enumerate(value):
+        if not isinstance(phrase, str):
+            c.error((*loc, index), f"must be a string, not {_describe(phrase)}")
+        elif not phrase_key(phrase):
+            c.error(
+                (*loc, index),
+                f"{_quote(phrase)} has no words once normalised (punctuation and diacritics "
+                "do not count): write what a caller would say",
+            )
+        elif len(phrase) > MAX_PHRASE_CHARS:
+            c.error(
+                (*loc, index), f"is over {MAX_PHRASE_CHARS} characters: a phrase is a few words"
+            )
+        else:
+            out.append(phrase)
+    return tuple(out) if len(out) == len(value) else _BAD
+
+
+def _input(c: _Checker, loc: Loc, value: Any) -> Any:
+    kinds = ", ".join(f'"{kind}"' for kind in INPUT_KINDS)
+    if not isinstance(value, list):
+        c.error(loc, f"must be an array of {kinds} (either or both), not {_describe(value)}")
+        return _BAD
+    if not value:
+        c.error(loc, f'must not be empty: list {kinds} or both (default ["dtmf"])')
+        return _BAD
+    out: list[str] = []
+    for index, kind in enumerate(value):
+        if not isinstance(kind, str):
+            c.error((*loc, index), f"must be one of {kinds}, not {_describe(kind)}")
+        elif kind not in INPUT_KINDS:
+            hint = _did_you_mean(_suggest(kind, INPUT_KINDS))
+            c.error((*loc, index), f"unknown input {_quote(kind)}{hint} (inputs: {kinds})")
+        elif kind in out:
+            c.error((*loc, index), f"{_quote(kind)} is listed twice")
+        else:
+            out.append(kind)
+    return tuple(out) if len(out) == len(value) else _BAD
 
 
 def _branches(c: _Checker, loc: Loc, value: Any) -> Any:
@@ -675,11 +823,15 @@ def _url(c: _Checker, loc: Loc, value: Any) -> Any:
 
 
 _FLOW_FIELDS = ("name", "start", "voice")
+_OPTION_FIELDS = ("next", "say")
 _VOICE_FIELDS = ("speaker", "dialect", "language")
 _VOICE = _Field(_voice)
 _BARGE_IN = _Field(_flag)
 _SECONDS = _Field(_seconds)
 _RETRIES = _Field(_whole(0))
+_INPUT = _Field(_input)
+_SPEECH_BARGE_IN = _Field(_flag)
+_KEYS_PROMPT = _Field(_optional_text)
 _SPECS: dict[str, dict[str, _Field]] = {
     "say": {
         "text": _Field(_spoken, required=True),
@@ -697,6 +849,9 @@ _SPECS: dict[str, dict[str, _Field]] = {
         "on_failure": _Field(_ref),
         "voice": _VOICE,
         "barge_in": _BARGE_IN,
+        "input": _INPUT,
+        "speech_barge_in": _SPEECH_BARGE_IN,
+        "keys_prompt": _KEYS_PROMPT,
     },
     "gather": {
         "prompt": _Field(_spoken, required=True),
@@ -712,6 +867,9 @@ _SPECS: dict[str, dict[str, _Field]] = {
         "on_failure": _Field(_ref),
         "voice": _VOICE,
         "barge_in": _BARGE_IN,
+        "input": _INPUT,
+        "speech_barge_in": _SPEECH_BARGE_IN,
+        "keys_prompt": _KEYS_PROMPT,
     },
     "transfer": {
         "to": _Field(_dial_to, required=True),

@@ -6,6 +6,13 @@ Hamsa reply drained) and is taken as input; ``barge_in = false`` plays the promp
 keeps the key for after it. Keys typed ahead stay queued: a menu whose key is already waiting
 does not play its prompt. A summary line per call logs the path, the keys and the outcome.
 
+A menu or gather with ``input = ["dtmf", "speech"]`` waits with ``CallContext.next_input``
+instead of ``key``: a key, or what the caller said (matched against the options' phrases, or
+read as digits), or speech-to-text's failure (then keys only for the rest of the visit, after
+``keys_prompt``). What each answer means is decided in ``bridge.ivr.answers`` (pure). The
+summary line and ``ivr_retry`` say ``speech`` and the match result; the transcript itself is
+logged at debug level only (``ivr_heard``): it is the caller's personal data.
+
 The call's Hamsa socket is opened when the stream starts unless every prompt spoken before the
 caller's first input (from ``flow.start`` through ``say`` nodes to the first menu, gather,
 transfer or hang-up) is static and already in the prompt cache: then it is opened, or taken
@@ -23,9 +30,10 @@ from typing import Any
 import httpx2
 import structlog
 
-from bridge.calls.context import CallContext
+from bridge.calls.context import CallContext, Heard, Input, NotUnderstood
 from bridge.calls.speech import SpeechOutcome
 from bridge.errors import TwilioApiError
+from bridge.ivr.answers import Answer, accepts_keys, gather_answer, gather_valid, menu_answer
 from bridge.ivr.flow import Flow, Gather, Hangup, Menu, Node, Say, Transfer, Webhook, is_static
 from bridge.protocols.hamsa_client import MAX_TEXT_CHARS
 from bridge.protocols.twilio_ids import E164_NUMBER
@@ -86,6 +94,11 @@ class FlowRunner:
 
         return cls(flow, transfer=transfer)
 
+    def takes_speech(self, ctx: CallContext) -> bool:
+        """``Listens``: a node of the flow takes speech, so its calls decode the caller's audio
+        (a keys-only flow keeps the cost of a call that does not listen)."""
+        return self.flow.takes_speech
+
     def needs_synthesis_at_start(self, ctx: CallContext) -> bool:
         """True unless the prompts up to the caller's first input are all cached."""
         cache = ctx.prompt_cache
@@ -122,11 +135,15 @@ class FlowRunner:
             await run.execute()
         finally:
             ctx.details["path"] = run.path[-PATH_IN_LOGS:]
+            speech: dict[str, str] = {}
+            if self.flow.takes_speech:
+                speech["speech"] = " ".join(run.answers[-PATH_IN_LOGS:])
             log.info(
                 "ivr_summary",
                 flow=self.flow.name,
                 path=" > ".join(run.path[-PATH_IN_LOGS:]),
                 keys="".join(ctx.keys_pressed),
+                **speech,
                 outcome=ctx.outcome or "hung_up",
             )
 
@@ -139,6 +156,8 @@ class _Run:
         self.flow = runner.flow
         self.ctx = ctx
         self.path: list[str] = []
+        self.answers: list[str] = []
+        """``node:result`` for each speech answer and fallback (never what was said)."""
         params = ctx.parameters
         self.variables: dict[str, str] = {
             "from": params.get("from", ""),
@@ -167,16 +186,37 @@ class _Run:
         base = self.flow.voice.apply(self.ctx.settings.voice)
         return base if isinstance(node, Webhook) else node.voice.apply(base)
 
-    async def say(self, name: str, node: Node, text: str, *, barge_in: bool) -> SpeechOutcome:
+    async def say(
+        self,
+        name: str,
+        node: Node,
+        text: str,
+        *,
+        barge_in: bool,
+        speech_barge_in: bool | None = None,
+    ) -> SpeechOutcome:
+        """Speak ``text`` as ``node``; ``speech_barge_in`` is passed on only when given (by the
+        nodes that take speech): every other prompt is spoken exactly as before."""
         if not text:
             return SpeechOutcome.PLAYED
         kind = type(node).__name__.lower()
+        rendered = render(text, self.variables)[:MAX_TEXT_CHARS]
+        label = f"{kind}:{name}"
+        if speech_barge_in is None:
+            return await self.ctx.say(
+                rendered,
+                self.voice(node),
+                label=label,
+                cacheable=is_static(text),
+                barge_in=barge_in,
+            )
         return await self.ctx.say(
-            render(text, self.variables)[:MAX_TEXT_CHARS],
+            rendered,
             self.voice(node),
-            label=f"{kind}:{name}",
+            label=label,
             cacheable=is_static(text),
             barge_in=barge_in,
+            speech_barge_in=speech_barge_in,
         )
 
     async def visit(self, name: str, node: Node) -> _Step:
@@ -200,41 +240,124 @@ class _Run:
 
     async def menu(self, name: str, node: Menu) -> _Step:
         failures = 0
+        listening = node.takes_speech
+        prompt = node.prompt
         while True:
-            if not self.ctx.has_key():  # a key typed ahead answers at once
-                await self.say(name, node, node.prompt, barge_in=node.barge_in)
-            key = await self.ctx.key(node.timeout)
-            if key is not None and key in node.options:
-                self.variables["digits"] = key
-                return _Step(node.options[key])
+            keys = accepts_keys(node, listening=listening)
+            if not (keys and self.ctx.has_key()):  # a key typed ahead answers at once
+                await self.prompt(name, node, prompt, listening=listening)
+            got = await self.wait(node, node.timeout, listening=listening)
+            answer = menu_answer(node, got, listening=listening)
+            if answer.action == "fallback":
+                listening, prompt = False, self.fall_back(name, node, got)
+                continue
+            self.noted(name, answer)
+            if answer.action == "next" and answer.next is not None and answer.value is not None:
+                self.variables["digits"] = answer.value
+                return _Step(answer.next)
             failures += 1
-            log.info("ivr_retry", node=name, key=key, failures=failures)
+            self.retry_log(name, node, answer, failures)
             if failures > node.retries:
                 return self.gave_up(name, node.on_failure)
-            retry_text = node.no_input if key is None else node.invalid
-            await self.say(name, node, retry_text, barge_in=node.barge_in)
+            retry_text = node.no_input if answer.action == "no_input" else node.invalid
+            await self.prompt(name, node, retry_text, listening=listening)
 
     async def gather(self, name: str, node: Gather) -> _Step:
         failures = 0
-        pattern = re.compile(node.pattern) if node.pattern else None
+        listening = node.takes_speech
+        prompt = node.prompt
         while True:
-            if not self.ctx.has_key():
-                await self.say(name, node, node.prompt, barge_in=node.barge_in)
-            entered = await self.collect(node)
-            valid = entered is not None and (
-                (pattern.fullmatch(entered) if pattern else bool(entered))
-                and (node.num_digits is None or len(entered) == node.num_digits or pattern)
-            )
-            if entered is not None and valid:
+            keys = accepts_keys(node, listening=listening)
+            if not (keys and self.ctx.has_key()):
+                await self.prompt(name, node, prompt, listening=listening)
+            got = await self.wait(node, node.timeout, listening=listening)
+            answer = gather_answer(node, got, listening=listening)
+            if answer.action == "fallback":
+                listening, prompt = False, self.fall_back(name, node, got)
+                continue
+            self.noted(name, answer)
+            entered = answer.value
+            if answer.action == "collect" and entered is not None:
+                entered = await self.collect(node, entered)
+                if gather_valid(node, entered):
+                    answer = Answer("next", next=node.next, value=entered)
+                else:
+                    answer = Answer("invalid", value=entered)
+            if answer.action == "next" and entered is not None:
                 self.variables[node.store] = entered
                 self.variables["digits"] = entered
                 return _Step(node.next)
             failures += 1
-            log.info("ivr_retry", node=name, entered=entered, failures=failures)
+            self.retry_log(name, node, answer, failures)
             if failures > node.retries:
                 return self.gave_up(name, node.on_failure)
-            if entered is not None:
-                await self.say(name, node, node.invalid, barge_in=node.barge_in)
+            if answer.action == "invalid":
+                await self.prompt(name, node, node.invalid, listening=listening)
+
+    async def prompt(self, name: str, node: Menu | Gather, text: str, *, listening: bool) -> None:
+        """A menu's or gather's text. A keys-only node speaks as it always did; a node that
+        takes speech lets the caller's voice interrupt it (``speech_barge_in``) while it still
+        listens, and keys only when they answer it."""
+        if not node.takes_speech:
+            await self.say(name, node, text, barge_in=node.barge_in)
+            return
+        keys = accepts_keys(node, listening=listening)
+        await self.say(
+            name,
+            node,
+            text,
+            barge_in=node.barge_in and keys,
+            speech_barge_in=listening and node.speech_barge_in,
+        )
+
+    async def wait(self, node: Menu | Gather, within: float, *, listening: bool) -> Input | None:
+        """The caller's answer within ``within`` seconds (None: silence). A keys-only node (or
+        one that fell back to keys) reads the keypad only, exactly as before speech existed; a
+        listening node takes what was said too, and drops keys if it takes speech only."""
+        if not listening:
+            return await self.ctx.key(within)
+        if node.takes_keys:
+            got = await self.ctx.next_input(within, speech=True)
+        else:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            got = None
+            while (left := deadline - loop.time()) > 0:
+                got = await self.ctx.next_input(left, speech=True)
+                if not isinstance(got, str):
+                    break
+                log.debug("ivr_key_ignored", node=self.path[-1], why="the node takes speech only")
+                got = None
+        if isinstance(got, Heard):
+            # The caller's words are personal data: debug level only, never in a summary.
+            log.debug("ivr_heard", node=self.path[-1], text=got.text)
+        return got
+
+    def fall_back(self, name: str, node: Menu | Gather, got: Input | None) -> str:
+        """Speech-to-text failed: keys only for the rest of the visit; the text to say now."""
+        reason = got.reason if isinstance(got, NotUnderstood) else "unknown"
+        log.info("ivr_speech_fallback", node=name, reason=reason)
+        self.answers.append(f"{name}:fallback")
+        return node.keys_prompt or node.prompt
+
+    def noted(self, name: str, answer: Answer) -> None:
+        """A speech answer's result, counted and remembered for the summary (the transcript
+        itself only ever reaches the debug log)."""
+        if answer.match is not None:
+            self.ctx.record_match(answer.match)
+            self.answers.append(f"{name}:{answer.match}")
+
+    def retry_log(self, name: str, node: Menu | Gather, answer: Answer, failures: int) -> None:
+        fields: dict[str, object] = {"node": name, "failures": failures}
+        if answer.match is not None:
+            fields |= {"via": "speech", "match": answer.match}
+        elif isinstance(node, Menu):
+            fields |= {"key": answer.value}
+        else:
+            fields |= {"entered": answer.value}
+        if node.takes_speech and answer.action == "no_input":
+            fields["via"] = "none"
+        log.info("ivr_retry", **fields)
 
     def gave_up(self, name: str, on_failure: str) -> _Step:
         if on_failure:
@@ -242,11 +365,8 @@ class _Run:
         self.ctx.outcome, self.ctx.reason = "failed", f"no valid input at {name}"
         return _Step(None)
 
-    async def collect(self, node: Gather) -> str | None:
-        """Digits up to ``num_digits``, ``finish_on`` or the inter-digit timeout; None: no input."""
-        first = await self.ctx.key(node.timeout)
-        if first is None:
-            return None
+    async def collect(self, node: Gather, first: str) -> str:
+        """Digits from ``first`` up to ``num_digits``, ``finish_on`` or the inter-digit timeout."""
         entered = ""
         key: str | None = first
         while key is not None and key != node.finish_on:
