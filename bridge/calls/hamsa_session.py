@@ -262,7 +262,12 @@ class _Connection:
             case End():
                 self._finish(None)
             case ReplyError(message=message):
-                self.dirty = True
+                # After a TTS error more audio of the failed reply may still come, and nothing
+                # tells it from the next reply's: replace the socket. An STT error leaves no
+                # such tail (a trailing ``end`` is already told apart by the core), so the
+                # call keeps its one socket.
+                if self.stt is None:
+                    self.dirty = True
                 audio = self.reply is not None and self.reply.audio_received
                 self._finish(HamsaReplyError(f"Hamsa error: {message}", audio_received=audio))
             case Closed(code=code, reason=reason, in_flight=in_flight, audio_received=audio):
