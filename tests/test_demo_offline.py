@@ -97,3 +97,22 @@ async def test_a_flow_in_the_environment_is_not_run_by_the_plain_demo(
     output = capsys.readouterr().out
     assert code == 0, output
     assert "IVR nodes heard" not in output  # the greeting, not the flow of BRIDGE_IVR_FLOW
+
+
+async def test_the_readme_speech_demo_reaches_the_hours_by_voice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: ``hamsa-bridge demo --flow clinic --answer say:المواعيد`` — the caller says the
+    phrase at the clinic's main menu and hears the opening hours (``--fast`` here)."""
+    code = await run_demo(
+        Settings.from_env({}),
+        out=tmp_path / "heard.wav",
+        fast=True,
+        flow="clinic",
+        answers=["say:المواعيد"],
+        speech="tones",
+    )
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert "IVR nodes heard:    welcome > main_menu > opening_hours" in output
+    assert "caller spoke:" in output

@@ -139,3 +139,25 @@ def test_the_offline_path_runs_as_written(tmp_path: Path) -> None:
         assert heard.getnframes() > 8000
     assert "all checks passed" in outputs["offline"]
     assert "outcome: heard" in outputs["offline"]
+
+
+def test_the_speech_settings_in_the_readme_are_the_defaults() -> None:
+    """The README's speech section lists each setting with its default: they are the code's."""
+    from bridge.settings import Settings
+
+    section = readme().split("### Callers may speak instead of pressing keys", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    listed = re.findall(r"`((?:BRIDGE|HAMSA)_[A-Z_]+)` \(`?([^`)]+?)`?(?::[^)]*)?\)", section)
+    assert {name for name, _ in listed} >= {
+        "BRIDGE_SPEECH_START_PAD_MS",
+        "BRIDGE_SPEECH_END_SILENCE_MS",
+        "BRIDGE_SPEECH_MAX_SECONDS",
+        "BRIDGE_SPEECH_VAD_MODE",
+        "BRIDGE_SPEECH_NO_INPUT_SECONDS",
+        "HAMSA_STT_TIMEOUT",
+        "HAMSA_STT_LANGUAGE",
+    }
+    fields = Settings.model_fields
+    for name, default in listed:
+        expected = fields[name.lower()].default
+        assert str(expected).removesuffix(".0") == default, name
