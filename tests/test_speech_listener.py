@@ -9,7 +9,9 @@ of a prompt is in ``test_speech_e2e``), so the context has no speaker.
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,13 +19,18 @@ from typing import Any
 
 import pytest
 import structlog.testing
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from bridge.audio.utterances import START_WINDOW
 from bridge.audio.wav import WavHeaderParser
 from bridge.calls.context import CallContext, Heard, NotUnderstood
 from bridge.calls.listener import Listener, detector_for
 from bridge.dev.tone import synthesize
+from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.metrics import Metrics
-from bridge.protocols.twilio_stream_server import Started
+from bridge.protocols.twilio_stream_server import MediaReceived, Started, TwilioMediaStream
 from bridge.settings import Settings
 from tests.timing import HANG
 
@@ -324,3 +331,74 @@ async def test_closing_the_listener_cancels_the_transcriptions_still_pending() -
             waiting.cancel()  # the caller hung up: the script is cancelled
             listener.close()
     assert value(metrics, "stt_results_total", outcome="text") == 0
+
+
+# --- fuzzed inbound media: Twilio's parser, then the listener, as ``Call._on_events`` does
+
+_SIDS = ("MZ" + "0" * 32, "CA" + "0" * 32, "AC" + "0" * 32)
+
+
+def _media(payload: object) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": "3",
+            "streamSid": _SIDS[0],
+            "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload},
+        }
+    )
+
+
+_PAYLOADS = st.one_of(
+    st.binary(max_size=2000).map(lambda data: base64.b64encode(data).decode()),  # any bytes
+    st.binary(min_size=160, max_size=160).map(lambda data: base64.b64encode(data).decode()),
+    st.text(max_size=200),  # not base64, not ASCII, empty
+    st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=3)),  # not a string
+)
+_MESSAGES = st.lists(
+    st.one_of(
+        # a payload held for a run of frames (random bytes are loud: long enough, an utterance)
+        st.tuples(_PAYLOADS.map(_media), st.integers(min_value=1, max_value=40)),
+        st.tuples(st.one_of(st.text(max_size=100), st.binary(max_size=100)), st.just(1)),
+    ),
+    max_size=25,
+).map(lambda runs: [message for message, times in runs for _ in range(times)])
+
+
+async def _fuzzed_call(messages: list[str | bytes]) -> None:
+    stt = FakeHamsaStt(Answer(Outcome.TEXT, PHRASE))
+    async with listening(stt) as (ctx, listener, _):
+        settings = ctx.settings
+        held_at_most = 320 * (
+            settings.bridge_speech_start_pad_ms // 20
+            + round(settings.bridge_speech_max_seconds * 50)
+            + START_WINDOW
+        )
+        stream = TwilioMediaStream(inbound_audio=True)
+        leg = TwilioMediaLeg(*_SIDS)
+        for text in (leg.connected(), leg.start()):
+            stream.receive(text)
+        waiting = asyncio.create_task(ctx.next_input(HANG, speech=True))
+        await asyncio.sleep(0)
+        for message in [*messages, *[_media(base64.b64encode(SILENCE).decode())] * 100]:
+            for event in stream.receive(message):
+                if isinstance(event, MediaReceived):
+                    listener.on_media(event.payload)
+            assert listener.detector.held_bytes <= held_at_most
+        assert not listener.detector.speaking  # 2 s of silence ended whatever was said
+        ctx.key_pressed("5")
+        async with asyncio.timeout(HANG):
+            got = await waiting
+        if got != "5":  # an utterance was heard first: the key is still there for the next
+            assert got == Heard(PHRASE)
+            assert await ctx.next_input(0.0, speech=True) == "5"
+        assert len(stt.wavs) <= 1  # one window: at most one utterance sent
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=_MESSAGES)
+def test_fuzzed_inbound_media_never_breaks_the_listener(messages: list[str | bytes]) -> None:
+    """Any payload (bytes of any length, not base64, not a string) and any message, through
+    ``TwilioMediaStream(inbound_audio=True)`` into a listening call's ``Listener``: nothing
+    raises, the audio held stays bounded, and the call still takes its next input."""
+    asyncio.run(_fuzzed_call(messages))
