@@ -177,6 +177,8 @@ class CallContext:
         """The transcript of window ``_window``, delivered and not yet taken."""
         self._changed = asyncio.Event()
         """Set on a key, an utterance's start and a transcript: ``next_input`` looks again."""
+        self.on_window_closed: Callable[[], None] | None = None
+        """Called when a listening window ends (the listener stops waiting for its answers)."""
         self.transcript_wait = settings.bridge_speech_max_seconds + settings.hamsa_stt_timeout + 1.0
         """Longest ``next_input`` waits for the transcript of an utterance that started:
         ``BRIDGE_SPEECH_MAX_SECONDS + HAMSA_STT_TIMEOUT + 1``."""
@@ -303,6 +305,8 @@ class CallContext:
         self._window += 1
         self._accepting = self._claimed = False
         self._result = None
+        if self.on_window_closed is not None:
+            self.on_window_closed()
 
     @property
     def window(self) -> int:

@@ -94,6 +94,7 @@ class Listener:
         "_tagged",
         "_tasks",
         "_transcriber",
+        "_abandoned",
         "heard",
         "utterances",
     )
@@ -117,7 +118,11 @@ class Listener:
         self._language = language
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], int] = {}
+        """Transcriptions not yet delivered, with the window each answers."""
+        self._abandoned: set[asyncio.Task[None]] = set()
+        """Those cancelled because their window closed (not because the call ends)."""
+        context.on_window_closed = self._window_closed
         self._tagged: int | None = None
         """The window the utterance in progress answers (None: nobody listened at its start)."""
         self.utterances = 0
@@ -156,8 +161,27 @@ class Listener:
             task = self._tasks.create_task(self._transcribe(window, utterance, self._clock()))
         except RuntimeError:  # the call's task group is ending: nobody will read the answer
             return
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending[task] = window
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        window = self._pending.pop(task, None)
+        if task in self._abandoned:
+            self._abandoned.discard(task)
+            if task.cancelled():  # before or while Hamsa answered: its answer is not awaited
+                self._metrics.stt_results.labels(outcome="stale").inc()
+                log.info("stt_abandoned", window=window, reason="the script moved on")
+
+    def _window_closed(self) -> None:
+        """The script stopped waiting (a key won, the node moved on): a transcription for an
+        earlier window is abandoned at once, so the next prompt never waits for Hamsa's answer
+        to it (up to ``HAMSA_STT_TIMEOUT``). Hamsa's late answer is drained by the session, the
+        next request waiting for it up to ``HAMSA_DRAIN_TIMEOUT``, as for an abandoned reply."""
+        current = self._context.window
+        for task, window in self._pending.items():
+            if window != current and task not in self._abandoned:
+                self._abandoned.add(task)
+                task.cancel()
 
     def close(self) -> None:
         """The call is ending: cancel the transcriptions still pending (their answers could no
@@ -166,7 +190,8 @@ class Listener:
             task.cancel()
 
     async def _transcribe(self, window: int, utterance: UtteranceEnded, ended_at: float) -> None:
-        """Send one utterance (after any earlier one: one at a time) and deliver its answer."""
+        """Send one utterance (after any earlier one: one at a time) and deliver its answer.
+        Cancelled when its window closes first (``_window_closed``: ``_done`` counts it)."""
         metrics = self._metrics
         async with self._lock:
             if window != self._context.window:
