@@ -329,10 +329,10 @@ async def test_an_stt_error_falls_back_to_keys_without_counting_a_failure(
         {"node": "menu", "failures": 2, "key": "5"},
     ]
     assert c.summary["speech"] == "menu:fallback"
-    # an error frame ends the request, and the socket is replaced before the next one, as after
-    # a TTS error (docs/hamsa-ws.md §10.2): one socket up to the error, one after it
-    assert c.sockets == [1, 1, 2, 2, 2]
-    assert c.connections == 2
+    # an error frame ends the request and leaves nothing behind it: unlike after a TTS error,
+    # the call keeps its one socket (docs/hamsa-ws.md §10.2)
+    assert c.sockets == [1, 1, 1, 1, 1]
+    assert c.connections == 1
     assert c.details["speech"] == {"utterances": 2, "transcribed": 1}
 
 
@@ -365,7 +365,7 @@ async def test_the_fallback_lasts_for_that_visit_only(tmp_path: Path) -> None:
     assert c.summary["path"] == "menu > menu > hours"
     assert c.hamsa == [PROMPT, stt("error"), KEYS_PROMPT, stt("المواعيد"), HOURS]
     assert c.summary["speech"] == "menu:fallback menu:matched"
-    assert c.sockets == [1, 1, 2, 2, 2]  # the error's socket replaced (docs/hamsa-ws.md §10.2)
+    assert c.sockets == [1, 1, 1, 1, 1]  # an STT error keeps the socket (docs/hamsa-ws.md §10.2)
 
 
 # --- a gather ------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ async def test_a_speech_only_node_takes_keys_after_the_fallback(tmp_path: Path) 
         "رقمك 123.",
     ]
     assert c.summary["speech"] == "menu:fallback ask:digits"
-    assert c.sockets == [1, 1, 2, 2, 2, 2]  # the error's socket replaced (docs/hamsa-ws.md §10.2)
+    assert c.sockets == [1, 1, 1, 1, 1, 1]  # an STT error keeps the socket (docs/hamsa-ws.md §10.2)
 
 
 # --- voice barge-in ------------------------------------------------------------------------------

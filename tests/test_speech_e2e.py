@@ -104,8 +104,9 @@ async def test_speech_over_a_prompt_interrupts_it_only_with_speech_barge_in(
         assert len(result.leg.timeline.clears) == 1
         (clear,) = result.leg.timeline.clears
         (spoke_at, _) = result.speech_sent[0]
-        # the start rule needs 160 ms of voice; the rest is the loop and the socket
-        assert clear.at - spoke_at >= 0.14
+        # after the caller began (how long after is the start rule's, 8 voiced frames of 10:
+        # tests/test_speech_utterances.py; a stalled caller may send its frames in a burst)
+        assert clear.at > spoke_at
         assert script.got == [Heard(PHRASE)]  # the utterance that interrupted is the answer
         assert [r.recognized for r in stt] == [PHRASE]
     else:
