@@ -371,14 +371,7 @@ class HamsaSession:
             )
             reply = conn.reply
             assert reply is not None
-            try:
-                await conn.ws.send(message)
-            except ConnectionClosed:
-                pass  # closed between the state check and the send: the reader reports it
-            except asyncio.CancelledError:
-                conn.dirty = True  # the frame may or may not have left: don't trust the socket
-                raise
-            self.requests_sent += 1
+            await self._send(conn, message)
             self._metrics.hamsa_requests.inc()
             try:
                 yield reply
@@ -412,14 +405,7 @@ class HamsaSession:
                 return self._stt_result(SttOutcome.ERROR, None, 0.0)
             message, stt = conn.start_stt(wav, language)
             started = loop.time()
-            try:
-                await conn.ws.send(message)
-            except ConnectionClosed:
-                pass  # closed between the state check and the send: the reader reports it
-            except asyncio.CancelledError:
-                conn.dirty = True  # the frame may or may not have left: don't trust the socket
-                raise
-            self.requests_sent += 1
+            await self._send(conn, message)
             try:
                 async with asyncio.timeout(settings.hamsa_stt_timeout):
                     await stt.settled.wait()
@@ -438,6 +424,18 @@ class HamsaSession:
                 return self._stt_result(outcome, answer, seconds, truncated=answer.truncated)
             log.info("stt_error", connection=conn.number, error=str(answer))
             return self._stt_result(SttOutcome.ERROR, None, seconds)
+
+    async def _send(self, conn: _Connection, message: str) -> None:
+        """Write one request's frame (the lock held; the request already in flight in ``conn``'s
+        core) and count it."""
+        try:
+            await conn.ws.send(message)
+        except ConnectionClosed:
+            pass  # closed between the state check and the send: the reader reports it
+        except asyncio.CancelledError:
+            conn.dirty = True  # the frame may or may not have left: don't trust the socket
+            raise
+        self.requests_sent += 1
 
     def _stt_result(
         self,

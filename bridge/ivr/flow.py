@@ -64,8 +64,23 @@ class Say:
     barge_in: bool = True
 
 
+class _TakesInput:
+    """What a node that waits for the caller (a menu, a gather) answers about its ``input``."""
+
+    __slots__ = ()
+    input: tuple[InputKind, ...]
+
+    @property
+    def takes_speech(self) -> bool:
+        return "speech" in self.input
+
+    @property
+    def takes_keys(self) -> bool:
+        return "dtmf" in self.input
+
+
 @dataclass(frozen=True, slots=True)
-class Menu:
+class Menu(_TakesInput):
     """A prompt and keypad options (digit → node); re-prompts on no input or an invalid key."""
 
     prompt: str
@@ -91,17 +106,9 @@ class Menu:
     keys_prompt: str = ""
     """Said when speech-to-text fails and the node falls back to keys ("": the prompt)."""
 
-    @property
-    def takes_speech(self) -> bool:
-        return "speech" in self.input
-
-    @property
-    def takes_keys(self) -> bool:
-        return "dtmf" in self.input
-
 
 @dataclass(frozen=True, slots=True)
-class Gather:
+class Gather(_TakesInput):
     """Collect digits (a fixed count, or until ``finish_on``), check them, store them."""
 
     prompt: str
@@ -125,14 +132,6 @@ class Gather:
     """Caller speech during the prompt interrupts it (a speech node only)."""
     keys_prompt: str = ""
     """Said when speech-to-text fails and the node falls back to keys ("": the prompt)."""
-
-    @property
-    def takes_speech(self) -> bool:
-        return "speech" in self.input
-
-    @property
-    def takes_keys(self) -> bool:
-        return "dtmf" in self.input
 
 
 @dataclass(frozen=True, slots=True)
