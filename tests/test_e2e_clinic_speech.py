@@ -10,8 +10,6 @@ before the prompt that follows.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,9 @@ from starlette.routing import Route
 
 from bridge.dev.hamsa_emulator import EmulatorConfig
 from bridge.dev.hamsa_emulator.config import SttFault
-from bridge.dev.loopback import Loopback, loopback
+from bridge.dev.loopback import Loopback
 from bridge.dev.servers import serving
-from tests.test_e2e_ivr import CLINIC, FAST, stream_of
+from tests.test_e2e_ivr import clinic, stream_of
 
 pytestmark = pytest.mark.anyio
 
@@ -33,21 +31,6 @@ HOURS = "say:المواعيد"
 FILE_NUMBER_SAID = "say:واحد اثنين ثلاثة اربعة خمسة ستة"
 MENU_ENDS = "وللاستقبال اضغط صفر"
 """The main menu prompt's last sentence (a prompt goes to Hamsa a sentence at a time)."""
-
-
-@asynccontextmanager
-async def clinic(
-    tmp_path: Path, *, webhook: str | None = None, emulator: EmulatorConfig | None = None
-) -> AsyncIterator[Loopback]:
-    """The shipped clinic flow, its booking lookup pointed at ``webhook`` (else unreachable)."""
-    text = CLINIC.read_text(encoding="utf-8")
-    if webhook is not None:
-        text = text.replace("https://clinic.example.com/ivr/appointments", webhook)
-    path = tmp_path / "clinic.toml"
-    path.write_text(text, encoding="utf-8")
-    config = emulator or EmulatorConfig(ms_per_char=12)
-    async with loopback(config, bridge_ivr_flow=str(path), twilio=True, **FAST) as rig:
-        yield rig
 
 
 def requests_in_order(rig: Loopback) -> list[tuple[int, str, str]]:

@@ -327,13 +327,17 @@ CLINIC = Path(__file__).parents[1] / "bridge" / "ivr" / "examples" / "clinic.tom
 
 
 @asynccontextmanager
-async def clinic(tmp_path: Path, webhook: str | None = None) -> AsyncIterator[Loopback]:
+async def clinic(
+    tmp_path: Path, webhook: str | None = None, *, emulator: EmulatorConfig | None = None
+) -> AsyncIterator[Loopback]:
+    """The shipped clinic flow through the Twilio emulator, its booking lookup pointed at
+    ``webhook`` (else unreachable)."""
     text = CLINIC.read_text(encoding="utf-8")
     if webhook is not None:  # point the booking lookup at our local service
         text = text.replace("https://clinic.example.com/ivr/appointments", webhook)
     path = tmp_path / "clinic.toml"
     path.write_text(text, encoding="utf-8")
-    emulator = EmulatorConfig(ms_per_char=12)
+    emulator = emulator or EmulatorConfig(ms_per_char=12)
     async with loopback(emulator, bridge_ivr_flow=str(path), twilio=True, **FAST) as rig:
         yield rig
 
