@@ -39,7 +39,7 @@ from bridge.dev.hamsa_emulator import TRUNCATED_BYTES, EmulatorConfig, Fault, Re
 from bridge.dev.loopback import Loopback, loopback
 from bridge.logs import configure_logging
 from tests.leaks import Holdings, settle
-from tests.timing import assert_gapless, stall_watch
+from tests.timing import LATE, assert_gapless, stall_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -760,7 +760,9 @@ async def run_batch(batch: Batch, first: int) -> None:
             if not result.hung_up:
                 assert result.leg.warnings == [], where
             else:  # frames the bridge sent before the caller's ``stop`` reached it: in flight
-                assert len(result.leg.warnings) <= 12, where
+                # for at most LATE on a busy machine, at 50 a second, plus one wake's batch; a
+                # bridge that went on playing after ``stop`` would send hundreds
+                assert len(result.leg.warnings) <= round(LATE * 50) + 5, where
             assert bytes(result.leg.received) in batch.heard(rig, texts[sid]), where
             summary = tap.summary(sid)
             assert summary["outcome"] == batch.outcome, where
