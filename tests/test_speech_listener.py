@@ -12,6 +12,7 @@ import asyncio
 import base64
 import enum
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 from bridge.audio.utterances import START_WINDOW
 from bridge.audio.wav import WavHeaderParser
 from bridge.calls.context import CallContext, Heard, NotUnderstood
-from bridge.calls.listener import Listener, detector_for
+from bridge.calls.listener import EARLY_START_GRACE, Listener, detector_for
 from bridge.dev.tone import synthesize
 from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.metrics import Metrics
@@ -102,7 +103,11 @@ def context(metrics: Metrics, *, listens: bool = True, **settings: Any) -> CallC
 
 @asynccontextmanager
 async def listening(
-    stt: FakeHamsaStt, *, listens: bool = True, **settings: Any
+    stt: FakeHamsaStt,
+    *,
+    listens: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    **settings: Any,
 ) -> AsyncIterator[tuple[CallContext, Listener, Metrics]]:
     metrics = Metrics()
     ctx = context(metrics, listens=listens, **settings)
@@ -114,6 +119,7 @@ async def listening(
             detector=detector_for(ctx.settings),
             metrics=metrics,
             language="ar",
+            clock=clock,
         )
         yield ctx, listener, metrics
 
@@ -402,3 +408,52 @@ def test_fuzzed_inbound_media_never_breaks_the_listener(messages: list[str | byt
     ``TwilioMediaStream(inbound_audio=True)`` into a listening call's ``Listener``: nothing
     raises, the audio held stays bounded, and the call still takes its next input."""
     asyncio.run(_fuzzed_call(messages))
+
+
+def begin(listener: Listener, phrase: str = PHRASE) -> bytes:
+    """The caller starts ``phrase`` (the utterance begins) and is still speaking; the rest of
+    the phrase is returned, to be pushed later."""
+    for _ in range(20):
+        listener.on_media(SILENCE)
+    audio = synthesize(phrase, mulaw=True)
+    half = len(audio) // 2 // 160 * 160
+    for i in range(0, half, 160):
+        listener.on_media(audio[i : i + 160])
+    return audio[half:]
+
+
+def finish(listener: Listener, rest: bytes) -> None:
+    for i in range(0, len(rest), 160):
+        listener.on_media(rest[i : i + 160].ljust(160, b"\xff"))
+    for _ in range(50):
+        listener.on_media(SILENCE)
+
+
+@pytest.mark.parametrize(
+    ("began_before", "taken"),
+    [(0.3, True), (EARLY_START_GRACE, True), (EARLY_START_GRACE + 0.5, False)],
+)
+async def test_an_utterance_begun_just_before_the_node_listens_answers_it(
+    began_before: float, taken: bool
+) -> None:
+    # A caller who starts answering as the prompt's last words play: the utterance began before
+    # the window opened. Within EARLY_START_GRACE it is the answer; begun earlier (well inside
+    # the prompt: talk over it, its echo) it is not, and the node hears nothing.
+    now = [100.0]
+    stt = FakeHamsaStt(Answer(Outcome.TEXT, PHRASE))
+    async with listening(stt, clock=lambda: now[0]) as (ctx, listener, metrics):
+        rest = begin(listener)
+        assert ctx.window == 0  # nobody listened when it began
+        assert not stt.wavs
+        now[0] += began_before
+        waiting = asyncio.create_task(ctx.next_input(0.5 if not taken else HANG, speech=True))
+        await asyncio.sleep(0)
+        finish(listener, rest)
+        async with asyncio.timeout(HANG):
+            got = await waiting
+    if taken:
+        assert got == Heard(PHRASE)
+        assert len(stt.wavs) == 1
+    else:
+        assert got is None
+        assert stt.wavs == []

@@ -179,6 +179,9 @@ class CallContext:
         """Set on a key, an utterance's start and a transcript: ``next_input`` looks again."""
         self.on_window_closed: Callable[[], None] | None = None
         """Called when a listening window ends (the listener stops waiting for its answers)."""
+        self.on_window_opened: Callable[[], None] | None = None
+        """Called when a listening window opens (the listener may hand it the utterance the
+        caller began just before: see ``Listener``)."""
         self.transcript_wait = settings.bridge_speech_max_seconds + settings.hamsa_stt_timeout + 1.0
         """Longest ``next_input`` waits for the transcript of an utterance that started:
         ``BRIDGE_SPEECH_MAX_SECONDS + HAMSA_STT_TIMEOUT + 1``."""
@@ -269,6 +272,8 @@ class CallContext:
                 return await self.key(within)
             if not self._claimed and self._result is None:
                 self._accepting = True  # nothing carried over from the prompt: listen now
+                if self.on_window_opened is not None:
+                    self.on_window_opened()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + within
             while not self._claimed and self._result is None:

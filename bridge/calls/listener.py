@@ -41,6 +41,10 @@ log = structlog.get_logger("bridge.listener")
 __all__ = ["Listener", "SttAnswer", "Transcriber", "detector_for"]
 
 _OUTCOMES = frozenset({"text", "empty", "thinking", "error", "timeout"})
+EARLY_START_GRACE = 1.0
+"""Seconds an utterance may have begun before a node started listening and still answer it:
+callers often start answering as the prompt's last words play. An utterance begun earlier, well
+inside the prompt, is not taken (without ``speech_barge_in``, speech over a prompt is ignored)."""
 
 
 class _Named(Protocol):
@@ -95,6 +99,7 @@ class Listener:
         "_tasks",
         "_transcriber",
         "_abandoned",
+        "_began",
         "heard",
         "utterances",
     )
@@ -123,6 +128,9 @@ class Listener:
         self._abandoned: set[asyncio.Task[None]] = set()
         """Those cancelled because their window closed (not because the call ends)."""
         context.on_window_closed = self._window_closed
+        context.on_window_opened = self._window_opened
+        self._began: float | None = None
+        """When the utterance in progress began (this listener's clock); None between them."""
         self._tagged: int | None = None
         """The window the utterance in progress answers (None: nobody listened at its start)."""
         self.utterances = 0
@@ -138,13 +146,28 @@ class Listener:
         """One inbound frame (20 ms of the caller's μ-law)."""
         for event in self._detector.push(payload):
             if isinstance(event, SpeechStarted):
+                self._began = self._clock()
                 self._tagged = self._context.speech_started()
                 if self._tagged is not None:
                     log.info("speech_started", at_ms=event.at_ms, window=self._tagged)
             else:
                 self._ended(event)
 
+    def _window_opened(self) -> None:
+        """A node starts listening while the caller is already speaking: the utterance is its
+        answer if it began at most ``EARLY_START_GRACE`` before (a caller answering as the
+        prompt ends), else it is left alone (it began well inside the prompt: talk over it, or
+        the prompt's own echo, which must not answer)."""
+        began = self._began
+        if self._tagged is not None or began is None:
+            return
+        if self._clock() - began <= EARLY_START_GRACE:
+            self._tagged = self._context.speech_started()
+            if self._tagged is not None:
+                log.info("speech_started", window=self._tagged, early=True)
+
     def _ended(self, utterance: UtteranceEnded) -> None:
+        self._began = None
         self.utterances += 1
         end = "cut" if utterance.cut else "silence"
         self._metrics.speech_utterances.labels(end=end).inc()
