@@ -143,7 +143,9 @@ async def test_calls_still_running_at_the_drain_timeout_are_ended_and_counted() 
         result = call.result()
         assert result.ended_by == "bridge"
         assert result.close_code == 1001  # going away: Twilio moves on past </Connect>
-        assert 0 < len(result.heard) < len(hamsa.requests[0].audio)  # cut before its end
+        assert result.leg is not None
+        # cut before its end (bytes played: ``heard`` would count a busy machine's gaps too)
+        assert 0 < len(result.leg.played) < len(hamsa.requests[0].audio)
     assert_call_lines_carry_call_sid(bridge)
 
 
