@@ -708,9 +708,11 @@ BATCHES = [
     Batch(
         "idle_close",
         9,
-        lambda _: emulator(idle_close_after=0.3),
+        # 1 s: a new socket whose first request a busy machine sends later than the idle limit
+        # is closed under it (a reply error, retried): more reconnects than calls, still whole
+        lambda _: emulator(idle_close_after=1.0),
         whole_twice,
-        counted=lambda m, calls: m["hamsa_bridge_hamsa_reconnects_total"] == calls,
+        counted=lambda m, calls: m["hamsa_bridge_hamsa_reconnects_total"] >= calls,
         two_utterances=True,
     ),
     Batch(
