@@ -30,6 +30,14 @@ https://asgi.readthedocs.io/en/latest/extensions.html). Everything else is uvico
     error is logged and the connection failed with 1011 (the app then receives that disconnect).
     ``None`` unregisters it.
 
+A connection the protocol **fails** (a message over ``ws_max_size``: 1009; invalid UTF-8: 1007;
+a failing handler: 1011) closes by lingering, not at once: the close frame and the TCP FIN are
+sent, then whatever the peer still sends is read and discarded until it closes, or for at most
+:data:`LINGER_SECONDS`. uvicorn closes the socket at once, with the rest of the refused message
+still unread; the kernel then answers with a reset, and a peer that is still writing loses the
+close frame it had not yet read and sees 1006 instead of the code (RFC 6455 §7.1.1 wants the
+server to close the TCP connection after the closing handshake, not before).
+
 Where the extension is absent (another server, Starlette's ``TestClient``), an app falls back to
 ``websocket.send`` per message and ``receive()`` per message; the bridge does (``bridge.calls``).
 """
@@ -46,12 +54,23 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
-__all__ = ["EXTENSION", "SEND_BATCH", "TEXT_HANDLER", "StreamProtocol", "text_frame_header"]
+__all__ = [
+    "EXTENSION",
+    "LINGER_SECONDS",
+    "SEND_BATCH",
+    "TEXT_HANDLER",
+    "StreamProtocol",
+    "text_frame_header",
+]
 
 EXTENSION: Final = "hamsa.stream"
 """The key in ``scope["extensions"]`` that says the server takes the two messages below."""
 SEND_BATCH: Final = "hamsa.websocket.send_batch"
 TEXT_HANDLER: Final = "hamsa.websocket.text_handler"
+
+LINGER_SECONDS: Final = 2.0
+"""How long a failed connection keeps reading (and discarding) the peer's data, waiting for it
+to close, before the socket is closed anyway."""
 
 _SHORT: Final = struct.Struct("!BB").pack
 _MEDIUM: Final = struct.Struct("!BBH").pack
@@ -75,6 +94,7 @@ class StreamProtocol(WebSocketsSansIOProtocol):
     module docstring). Pass the class itself as uvicorn's ``ws`` setting."""
 
     _text_handler: Callable[[str], None] | None = None
+    _lingering: bool = False
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -83,6 +103,28 @@ class StreamProtocol(WebSocketsSansIOProtocol):
             extensions = self.scope.get("extensions")
             if extensions is not None:
                 extensions[EXTENSION] = {}
+
+    def handle_parser_exception(self) -> None:
+        """uvicorn's, with a lingering close (see the module docstring). websockets has already
+        queued the close frame (``Protocol.fail``; ``send_close`` for 1007), and after ``fail``
+        discards what it is given; each later ``data_received`` lands here again and returns."""
+        if self._lingering:
+            return
+        self._lingering = True
+        self.stop_keepalive()
+        close = self.conn.close_sent
+        assert close is not None
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._text_handler = None  # the handler (the app's call) holds this protocol: let go

@@ -6,11 +6,15 @@ import contextlib
 import signal
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 
 from bridge.stream_transport import StreamProtocol
+
+WS_MAX_SIZE: Final = 1024 * 1024
+"""The largest WebSocket message the bridge and the emulators take: a larger one fails the
+connection with 1009 (``bridge.stream_transport``: a lingering close)."""
 
 
 def uvicorn_config(
@@ -31,7 +35,7 @@ def uvicorn_config(
         host=host,
         port=port,
         ws=StreamProtocol,
-        ws_max_size=1024 * 1024,
+        ws_max_size=WS_MAX_SIZE,
         ws_ping_interval=ws_ping_interval,
         ws_per_message_deflate=False,
         lifespan="on",

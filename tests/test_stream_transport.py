@@ -5,8 +5,13 @@ bridge's calls with the extension absent (uvicorn's own protocol: the per-messag
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import uvicorn
@@ -17,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 import bridge.dev.servers as servers
 from bridge.dev.servers import AppServer
 from bridge.stream_transport import EXTENSION, SEND_BATCH, TEXT_HANDLER, text_frame_header
+from bridge.uvicorn_setup import WS_MAX_SIZE
 from tests import test_e2e_call as e2e
 from tests.timing import HANG
 
@@ -222,6 +228,53 @@ async def test_a_failing_handler_fails_the_connection_with_1011() -> None:
         message = await asyncio.wait_for(outcome, HANG)
     assert message["type"] == "websocket.disconnect"
     assert message["code"] == 1011
+
+
+def _oversize_then_keep_writing(port: int, limit: int) -> tuple[bytes, str]:
+    """A raw client: the opening handshake, one text frame of ``limit + 1`` bytes, then 2 MB
+    more (a peer still writing when the server refuses), then its reading until the server's
+    EOF. What it read after the handshake, and how its socket ended."""
+    with socket.create_connection(("127.0.0.1", port), timeout=HANG) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            b"GET /s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            + f"Sec-WebSocket-Key: {key}\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        read = head.split(b"\r\n\r\n", 1)[1]
+        size = limit + 1
+        frame = b"\x81\xff" + struct.pack("!Q", size) + b"\0\0\0\0" + b"x" * size
+        try:
+            sock.sendall(frame + b"y" * 2_000_000)
+            while chunk := sock.recv(65536):
+                read += chunk
+        except OSError as exc:
+            return read, type(exc).__name__
+        return read, "eof"
+
+
+async def test_a_message_over_the_limit_closes_1009_without_a_reset() -> None:
+    """The refused message's rest, and what the peer writes after it, are read and discarded:
+    the peer reads the close frame and then the end of the stream, never a reset."""
+    outcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        outcome.set_result(await receive())
+
+    async with AppServer(asgi(session)) as server:
+        read, end = await asyncio.to_thread(_oversize_then_keep_writing, server.port, WS_MAX_SIZE)
+        message = await asyncio.wait_for(outcome, HANG)
+    assert end == "eof"
+    assert read[:1] == b"\x88"  # FIN + close, then a 7-bit length: RFC 6455 §5.2
+    assert struct.unpack("!H", read[2:4]) == (1009,)
+    assert len(read) == 2 + read[1]
+    assert message == {"type": "websocket.disconnect", "code": 1009, "reason": ANY}
 
 
 # --- the bridge's calls without the extension (uvicorn's own protocol) ----------------------
