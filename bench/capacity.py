@@ -114,6 +114,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import gc
 import json
@@ -558,6 +559,9 @@ class Tally:
 
     def __init__(self) -> None:
         self.margins = [0] * (MARGIN_BINS + 1)
+        self.late: list[tuple[float, float]] = []
+        """(arrival, lateness) of each counted frame more than ``JITTER_LIMIT`` late, for the
+        soak's attribution (``late_causes``)."""
 
     def margin_quantile(self, q: float) -> float | None:
         total = sum(self.margins)
@@ -737,6 +741,8 @@ class LeanCall(asyncio.Protocol):
             self._established = True
         if self._established:
             self.tally.margins[min(MARGIN_BINS, int(margin / MARGIN_BIN))] += 1
+            if margin < self.plan_margin - JITTER_LIMIT:
+                self.tally.late.append((now, self.plan_margin - margin))
         if self.hangup_after_frames is not None and self.frames >= self.hangup_after_frames:
             self.hangup_after_frames = None
             self.hang_up("caller")
@@ -1443,6 +1449,34 @@ async def latency_one(bench: Bench, calls: int) -> StepResult:
 
 # --- soak --------------------------------------------------------------------------------------
 
+SOAK_LATE: Final = 0.020
+"""The soak's goal: no frame later than this beyond the plan."""
+GEN_STALL: Final = 0.010
+"""A generator loop lag at least this long is a stall of the generator's own (``late_causes``)."""
+
+
+def late_causes(
+    late: Sequence[tuple[float, float]], gen_lag: Sequence[tuple[float, float]], over: float
+) -> tuple[int, int]:
+    """Of the frames more than ``over`` late: (how many, how many arrived while or just after the
+    generator's own loop stalled). A lag sample ``(at, lag)`` says the generator's loop was
+    blocked for ``lag`` before ``at``; a frame stamped then was read late by the generator, not
+    necessarily sent late by the server: it counts for the generator when it arrived within
+    ``[at - lag - 10 ms, at + one lag interval]`` of a stall of ``GEN_STALL`` or more."""
+    stalls = sorted(
+        (at - lag - 0.010, at + GEN_LAG_INTERVAL) for at, lag in gen_lag if lag >= GEN_STALL
+    )
+    starts = [a for a, _ in stalls]
+    total = generator = 0
+    for t, lateness in late:
+        if lateness <= over:
+            continue
+        total += 1
+        i = bisect.bisect_right(starts, t)
+        if any(a <= t <= b for a, b in stalls[max(0, i - 3) : i]):
+            generator += 1
+    return total, generator
+
 
 @dataclass
 class SoakRow:
@@ -1475,8 +1509,14 @@ async def soak(
         first_log = len(bridge.lines)
         results: list[LeanCall | str] = []
         rows: list[SoakRow] = []
+        # As in a step, the generator's cyclic GC is off: a collection pauses every caller at
+        # once, and its frames would read late (a generation-2 pass over 10 minutes of callers
+        # and the emulator's records took ~100 ms). Its garbage is collected at the end; the
+        # emulator's records are dropped as the soak goes (``watch``).
         gc.collect()
         gc.freeze()  # the bench's long-lived objects are never scanned again
+        gc.disable()
+        gen_rss_before = rss_bytes(os.getpid())
         ticker.start()
         sampler.start()
         t0 = time.monotonic()
@@ -1511,6 +1551,8 @@ async def soak(
                 samples = await scrape(bridge, http)
                 active = samples.get(("hamsa_bridge_active_calls", ()), 0.0)
                 rows.append(SoakRow(now - t0, active, tree_rss_bytes(pid), open_fds(pid), cpu))
+                bench.hamsa.requests.clear()  # every reply's audio: the generator's, not needed
+                bench.hamsa.connections.clear()
                 print(
                     f"  soak {now - t0:5.0f} s: {active:4.0f} calls, RSS "
                     f"{rows[-1].rss / 2**20:6.1f} MB, {rows[-1].fds} fds, CPU {pct(cpu)}",
@@ -1527,6 +1569,8 @@ async def soak(
                 await watcher
             await ticker.stop()
             await sampler.stop()
+            gen_rss_after = rss_bytes(os.getpid())
+            gc.enable()
             gc.unfreeze()
         after = await wait_idle(bridge, http)
         gc.collect()
@@ -1581,6 +1625,16 @@ async def soak(
         f"writer lateness p50/p99/max: {ms_bound(step.writer_p50)} / {ms_bound(step.writer_p99)}"
         f" / {ms_bound(step.writer_max)} ms; loop lag p99/max {ms_bound(step.lag_p99)} / "
         f"{ms_bound(step.lag_max)} ms; other CPU {pct(step.other_cpu)}",
+    ]
+    lags = [lag for _, lag in sampler.gen_lag]
+    late, of_generator = late_causes(tally.late, sampler.gen_lag, SOAK_LATE)
+    verdict_lines += [
+        f"generator: loop lag p99/max {ms1(quantile(lags, 0.99))} / "
+        f"{ms1(max(lags, default=None))} ms, {sum(lag >= GEN_STALL for lag in lags)} stalls "
+        f"of {GEN_STALL * 1000:.0f} ms or more; RSS {gen_rss_before / 2**20:.0f} → "
+        f"{gen_rss_after / 2**20:.0f} MB (its GC off)",
+        f"frames more than {SOAK_LATE * 1000:.0f} ms late: {late}, of which {of_generator} "
+        f"arrived while the generator's own loop stalled (see late_causes)",
     ]
     if step.warnings:
         verdict_lines.append(f"{target} log: {dict(sorted(step.warnings.items()))}")

@@ -104,6 +104,8 @@ def test_capacity_smoke() -> None:
         "bridge settings (--set): BRIDGE_LOOKAHEAD_SECONDS=8",
         "event-loop stalls during the step",
         "bridge GC over its life (runs, total ms, longest ms, collected, longest CPU ms): gen0 ",
+        "generator: loop lag p99/max ",
+        "arrived while the generator's own loop stalled",
     ):
         assert figure in done.stdout, output
     # the verdict, whichever it is: passing a step is the machine's business, not the code's
@@ -215,6 +217,28 @@ def test_capacity_comparison_table() -> None:
     assert lines[4].startswith("| 200 | 0.300% (333) | 0.100% (1000) | 186 | 8 |")
     assert lines[4].endswith("| 3.00 | 23.25 |")
     assert len(lines) == 5
+
+
+def test_soak_late_frames_are_split_by_the_generators_stalls() -> None:
+    """A late frame that arrived during (or just after) a stall of the generator's own loop is
+    counted for the generator; frames at most the threshold late are not counted at all."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        capacity = importlib.import_module("capacity")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    gen_lag = [(10.0, 0.0), (10.15, 0.1), (20.0, 0.005), (30.0, 0.03)]  # stalls end 10.15, 30.0
+    late = [
+        (10.1, 0.09),  # inside the 100 ms stall: the generator's
+        (10.16, 0.05),  # just after it: the generator's
+        (15.0, 0.05),  # no stall near: the server's (or the wire's)
+        (19.99, 0.05),  # a 5 ms lag is no stall
+        (29.98, 0.025),  # inside the 30 ms stall
+        (30.5, 0.015),  # not later than the threshold: not counted
+    ]
+    assert capacity.late_causes(late, gen_lag, 0.020) == (5, 3)
+    assert capacity.late_causes([], gen_lag, 0.020) == (0, 0)
+    assert capacity.late_causes(late, [], 0.020) == (5, 0)
 
 
 @pytest.mark.timeout(RUN_LIMIT + 20)
