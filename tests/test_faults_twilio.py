@@ -836,6 +836,8 @@ async def test_100_faulty_calls_leave_nothing_behind(caplog: pytest.LogCaptureFi
             assert_heard(result, audio, whole=hears == "whole")
         if fault == "oversize_before_start":
             continue  # never a call: its stream_rejected line has no CallSid (counted below)
+        mine = [e for e in logs if e.get("call_sid") == result.plan.call_sid]
+        assert [e["event"] for e in mine].count("call_summary") == 1, (fault, mine)
         summary = summary_of(logs, result)
         assert summary["outcome"] in outcomes, (fault, summary)
         assert summary["reason"] == reason if reason else summary["reason"], (fault, summary)

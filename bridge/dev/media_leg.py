@@ -80,8 +80,8 @@ class CallerBehaviour:
     """(seconds after ``start``, n) pairs: n extra caller ``media`` frames sent at once, on top of
     the 50 a second (one frame built at that instant, repeated: a broken or hostile peer)."""
     vanish_after: float | None = None
-    """The caller's connection vanishes this long after ``start``: the TCP connection is aborted
-    with no ``stop`` and no close frame (a network drop, a crashed Twilio edge)."""
+    """The caller's connection vanishes this long after ``start`` was written: the TCP connection
+    is aborted with no ``stop`` and no close frame (a network drop, a crashed Twilio edge)."""
     hangup_after: float | None = None
     """The caller hangs up (``stop``) this long after ``start``; None: wait for the bridge."""
     max_duration: float = 300.0
@@ -335,12 +335,17 @@ async def _run_stream(
     bridge_closed = asyncio.Event()
     wake = asyncio.Event()  # the bridge closed the socket or ``hangup`` was set: stop sleeping
 
+    start: list[str] = []  # the ``start`` message, once made
+    start_sent: list[float] = []  # when it was written (the vanish counts from it)
+
     async def writer() -> None:
         while (message := await outbox.get()) is not None:
             try:
                 await ws.send(message)
             except ConnectionClosed:
                 return
+            if start and message is start[0]:
+                start_sent.append(clock())
         with contextlib.suppress(ConnectionClosed):
             await ws.close()
 
@@ -375,11 +380,11 @@ async def _run_stream(
             outbox.put_nowait(message)
         t0 = clock()
         result.started_at = t0
-        outbox.put_nowait(leg.start())
+        start.append(leg.start())
+        outbox.put_nowait(start[0])
         keys = sorted(plan.keys)
         raw = sorted(plan.raw, key=lambda item: item[0])
         flood = sorted(plan.flood)
-        vanish_at = None if plan.vanish_after is None else t0 + plan.vanish_after
         answers = list(plan.answers)
         speech = sorted(plan.speech, key=lambda item: item[0])
         talking = bytearray()  # what the caller is saying, a frame at a time
@@ -421,7 +426,13 @@ async def _run_stream(
                 burst = leg.media(SILENCE_FRAME, int((now - t0) * 1000))
                 for _ in range(flood.pop(0)[1]):
                     outbox.put_nowait(burst)
-            if vanish_at is not None and now >= vanish_at:
+            # counted from when ``start`` was written, not queued: on a busy machine the writer
+            # may not have run yet, and aborting then would vanish before the call existed
+            if (
+                plan.vanish_after is not None
+                and start_sent
+                and now >= start_sent[0] + plan.vanish_after
+            ):
                 result.ended_by = "vanished"
                 ws.transport.abort()  # no stop, no close frame: the TCP connection just goes
                 return
@@ -449,8 +460,8 @@ async def _run_stream(
                 wake_at = min(wake_at, t0 + speech[0][0])
             if flood:
                 wake_at = min(wake_at, t0 + flood[0][0])
-            if vanish_at is not None:
-                wake_at = min(wake_at, vanish_at)
+            if plan.vanish_after is not None and start_sent:
+                wake_at = min(wake_at, start_sent[0] + plan.vanish_after)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake_at - clock())):
                     await wake.wait()
