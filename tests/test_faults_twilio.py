@@ -36,7 +36,7 @@ from bridge.calls.inbound import greeting_script
 from bridge.calls.speech import SpeechOutcome
 from bridge.dev.caller import CallPlan, CallResult, place_call
 from bridge.dev.hamsa_emulator import ConnectionRecord, EmulatorConfig
-from bridge.dev.loopback import Loopback, loopback
+from bridge.dev.loopback import RIG_PATIENCE, Loopback, loopback
 from bridge.dev.twilio_stream_client import TwilioMediaLeg
 from bridge.protocols.twilio_stream_server import (
     FRAME_BYTES,
@@ -813,7 +813,7 @@ async def test_100_faulty_calls_leave_nothing_behind(caplog: pytest.LogCaptureFi
             # Twilio's: uvicorn closes a connection idle for 5 s, and on a busy machine a reused
             # one can be closed under the request (ReadError)
             no_reuse = httpx2.Limits(max_keepalive_connections=0)
-            async with httpx2.AsyncClient(limits=no_reuse) as http:
+            async with httpx2.AsyncClient(limits=no_reuse, timeout=RIG_PATIENCE) as http:
                 results = await asyncio.gather(*(run(plan) for _, plan in plans))
             await settled(rig)
         await settle(before)

@@ -90,7 +90,7 @@ async def place_call(
         {"X-Twilio-Signature": signer.sign(plan.webhook_url, form)} if plan.sign_webhook else {}
     )
     owns = http is None
-    client = http or httpx2.AsyncClient(timeout=15.0)
+    client = http or httpx2.AsyncClient(timeout=plan.patience)
     try:
         response = await client.post(plan.webhook_url, data=form, headers=headers)
     finally:

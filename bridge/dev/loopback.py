@@ -13,7 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from starlette.applications import Starlette
 
@@ -36,6 +36,11 @@ LOOPBACK_NUMBER = "+966501230000"
 """The Twilio emulator's number wired to the bridge (``loopback(twilio=True)``)."""
 
 
+RIG_PATIENCE: Final = 60.0
+"""How long a rig's simulated caller waits for the webhook and the stream handshake: the bridge
+shares the caller's event loop here, and a loaded machine can stall it past Twilio's 15 s."""
+
+
 @dataclass(slots=True)
 class Loopback:
     settings: Settings
@@ -55,7 +60,11 @@ class Loopback:
 
     def plan(self, **overrides: Any) -> CallPlan:
         """A call plan for an inbound call to this bridge; fields may be overridden."""
-        plan = CallPlan(webhook_url=self.public_url + "/twiml/inbound", auth_token=self.auth_token)
+        plan = CallPlan(
+            webhook_url=self.public_url + "/twiml/inbound",
+            auth_token=self.auth_token,
+            patience=RIG_PATIENCE,
+        )
         for name, value in overrides.items():
             setattr(plan, name, value)
         return plan

@@ -85,6 +85,10 @@ class CallerBehaviour:
     hangup_after: float | None = None
     """The caller hangs up (``stop``) this long after ``start``; None: wait for the bridge."""
     max_duration: float = 300.0
+    patience: float = 15.0
+    """Seconds the caller waits for the webhook's answer (Twilio waits 15 s) and for the stream's
+    opening handshake. The in-process rig (``bridge.dev.loopback``) waits longer: there the
+    bridge and its callers share one event loop, which a loaded machine can stall for seconds."""
     sign_handshake: bool = True
     handshake_token: str | None = None
     """Sign the handshake with this auth token instead (to test a forged signature)."""
@@ -306,7 +310,7 @@ async def run_media_stream(
             behaviour.connect_url or stream_url,
             additional_headers=headers,
             user_agent_header=STREAM_USER_AGENT,
-            open_timeout=10,
+            open_timeout=behaviour.patience,
             max_size=2**20,
         )
     except InvalidStatus as exc:
