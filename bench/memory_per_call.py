@@ -31,6 +31,17 @@ Method
   Python's allocators (uvloop/libuv handles and transports, soxr). Kernel socket buffers are
   not in RSS at all.
 
+``--waves N``: what stays per *ended* call (a leak, a cache, a bounded set filling). N waves of
+``--calls`` calls, each wave over (the bridge idle) before the next; a snapshot once wave
+``--first-wave`` (2) is over and once the last is, each after a full ``gc.collect()``, which
+reports what it freed (cyclic garbage that the bridge's rare full collections would leave
+lying). Per ended call = (last - first) / calls ended between them: traced bytes and blocks by
+line and traceback, GC-tracked live objects by type, RSS, pymalloc's bytes in use and arenas, and
+glibc's bytes in use and free (``mallinfo2``); ``--trim`` also calls ``malloc_trim(0)`` after
+each collection. ``--depth 0`` runs without tracemalloc: the RSS figures are then the bridge's
+own. E.g. ``--waves 8 --calls 200 --duration 30 --depth 0`` (1,200 calls ended between the
+snapshots, ~5 min); ``PYTHONMALLOC=malloc`` in the environment reaches the bridge too.
+
 Cost: the bridge runs 2-3x slower under tracemalloc; 100 calls fit one core of a quiet machine.
 Run: ``python bench/memory_per_call.py [--calls 100] [--duration 20]``; ``--smoke``: 3 short
 calls (CI: it runs and prints, no figure is judged).
@@ -50,12 +61,16 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from capacity import LeanCall, Ticker
+    from collections.abc import Awaitable, Callable
+
+    import httpx2
+    from _common import ServedBridge
+    from capacity import Bench, LeanCall, Ticker
 
 SCRIPT: Final = Path(__file__).resolve()
 BENCH_DIR: Final = SCRIPT.parent
@@ -99,22 +114,56 @@ def area_of(trace: tracemalloc.Traceback) -> str:
 # --- the child: the bridge under tracemalloc ---------------------------------------------------
 
 
-def child(snapshots: Path, depth: int, argv: Sequence[str]) -> int:
+def child(snapshots: Path, depth: int, argv: Sequence[str], *, trim: bool = False) -> int:
     """``bridge.cli serve`` with tracemalloc; SIGUSR1 writes ``snapshots/N.snap`` and
     ``N.json`` (RSS, tracemalloc's own memory), N counting from 1; SIGUSR2 the same after a
     full ``gc.collect()`` (the idle and after snapshots: the steady one keeps its garbage, RSS
-    does too)."""
-    tracemalloc.start(depth)
+    does too), and the JSON says what that collection found (objects per generation before it,
+    objects collected, the commonest types among them) and the RSS after it. ``depth`` 0: no
+    tracemalloc (RSS as the bridge runs it; no snapshot). ``trim``: after the collection,
+    glibc's ``malloc_trim(0)`` and the RSS after it (fragmentation: free memory glibc kept)."""
+    if depth:
+        tracemalloc.start(depth)
     taken = 0
 
     def dump(signum: int, frame: object) -> None:
         nonlocal taken
         taken += 1
-        info = {"rss": rss(os.getpid()), "tracemalloc": tracemalloc.get_tracemalloc_memory()}
+        info: dict[str, object] = {
+            "rss": rss(os.getpid()),
+            "tracemalloc": tracemalloc.get_tracemalloc_memory() if depth else 0,
+        }
         if signum == signal.SIGUSR2:
-            gc.collect()  # idle and after: no garbage of the warm-up call or the step left
-        snapshot = tracemalloc.take_snapshot()
-        snapshot.dump(str(snapshots / f"{taken}.snap"))
+            # idle and after: no garbage of the warm-up call or the step left; what the
+            # collection finds is garbage that only a full collection frees
+            info["objects"] = [len(gc.get_objects(generation)) for generation in range(3)]
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                info["collected"] = gc.collect()
+                kinds: dict[str, int] = {}
+                for item in gc.garbage:
+                    name = f"{type(item).__module__}.{type(item).__qualname__}"
+                    kinds[name] = kinds.get(name, 0) + 1
+                info["garbage_types"] = sorted(kinds.items(), key=lambda kv: -kv[1])[:25]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            gc.collect()
+            info["rss_collected"] = rss(os.getpid())
+            info |= heap_figures()
+            live: dict[str, int] = {}
+            for item in gc.get_objects():
+                name = f"{type(item).__module__}.{type(item).__qualname__}"
+                live[name] = live.get(name, 0) + 1
+            info["live_types"] = live
+            if trim:
+                import ctypes
+
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                info["rss_trimmed"] = rss(os.getpid())
+        if depth:
+            snapshot = tracemalloc.take_snapshot()
+            snapshot.dump(str(snapshots / f"{taken}.snap"))
         (snapshots / f"{taken}.json.tmp").write_text(json.dumps(info))
         (snapshots / f"{taken}.json.tmp").rename(snapshots / f"{taken}.json")
 
@@ -123,6 +172,54 @@ def child(snapshots: Path, depth: int, argv: Sequence[str]) -> int:
     from bridge.cli import main as bridge_main
 
     return bridge_main(list(argv))
+
+
+PYMALLOC_FIGURES: Final = {
+    "# arenas allocated current": "pymalloc_arenas",
+    "# bytes in allocated blocks": "pymalloc_used",
+    "# bytes in available blocks": "pymalloc_free_blocks",
+}
+
+
+def heap_figures() -> dict[str, int]:
+    """This process's heaps: pymalloc's arenas and blocks (``sys._debugmallocstats``, which
+    writes to file descriptor 2: caught in a file) and glibc's ``mallinfo2`` (bytes in use,
+    free in its heaps, mmapped chunks), to tell memory Python holds from allocator slack."""
+    figures: dict[str, int] = {}
+    with tempfile.TemporaryFile("w+") as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        for line in out:
+            for prefix, name in PYMALLOC_FIGURES.items():
+                if prefix in line and name not in figures:
+                    number = line.split("=")[1] if "=" in line else line.split()[0]
+                    figures[name] = int(number.strip().replace(",", "").split()[0])
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    figures |= {
+        "glibc_in_use": info.uordblks + info.hblkhd,
+        "glibc_free": info.fordblks,
+        "glibc_mmapped": info.hblkhd,
+    }
+    return figures
 
 
 def rss(pid: int) -> int:
@@ -138,12 +235,15 @@ def rss(pid: int) -> int:
 @dataclass
 class Taken:
     label: str
-    snapshot: tracemalloc.Snapshot
+    snapshot: tracemalloc.Snapshot | None
+    """None without tracemalloc (``--depth 0``)."""
     rss: int
     tracemalloc: int
     calls_playing: int
     streams: int
     """Calls whose stream was open (playing or not yet)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the bridge wrote with the snapshot (``child``)."""
 
 
 def allocated(size: int) -> int:
@@ -171,6 +271,8 @@ def kb(value: float) -> str:
 def report(idle: Taken, steady: Taken, after: Taken, calls: int, top: int, tracebacks: int) -> None:
     """Print the breakdown per call."""
     filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    if idle.snapshot is None or steady.snapshot is None or after.snapshot is None:
+        raise ValueError("the steady-state breakdown needs tracemalloc (--depth > 0)")
     idle_s = idle.snapshot.filter_traces(filters)
     steady_s = steady.snapshot.filter_traces(filters)
     after_s = after.snapshot.filter_traces(filters)
@@ -285,6 +387,7 @@ async def measure(args: argparse.Namespace) -> int:
                 BRIDGE_LOG_LEVEL="warning",
                 BRIDGE_MAX_CALLS=str(calls + 10),
                 BRIDGE_DATABASE_URL=f"sqlite:///{workdir}/bench.db",
+                **dict(setting.split("=", 1) for setting in args.set),
             )
             command = [
                 sys.executable,
@@ -293,6 +396,7 @@ async def measure(args: argparse.Namespace) -> int:
                 str(snapdir),
                 "--depth",
                 str(args.depth),
+                *(["--trim"] if args.trim else []),
                 "--",
                 "serve",
                 "--host",
@@ -330,14 +434,19 @@ async def measure(args: argparse.Namespace) -> int:
                             await asyncio.sleep(0.1)
                     info = json.loads(info_path.read_text())
                     path = snapdir / f"{count}.snap"
-                    snapshot = tracemalloc.Snapshot.load(str(path))
-                    if args.keep:
-                        path.rename(Path(args.keep) / f"{label}-{count}.snap")
-                    else:
-                        path.unlink()
+                    snapshot = None
+                    if args.depth:
+                        snapshot = tracemalloc.Snapshot.load(str(path))
+                        if args.keep:
+                            path.rename(Path(args.keep) / f"{label}-{count}.snap")
+                        else:
+                            path.unlink()
                     return Taken(
-                        label, snapshot, info["rss"], info["tracemalloc"], playing, streams
+                        label, snapshot, info["rss"], info["tracemalloc"], playing, streams, info
                     )
+
+                if args.waves:
+                    return await waves(args, bench, bridge, http, take)
 
                 idle = await take("idle", 0)
                 ticker = Ticker()
@@ -405,6 +514,168 @@ async def measure(args: argparse.Namespace) -> int:
     return 1 if failed and args.smoke else 0
 
 
+async def waves(
+    args: argparse.Namespace,
+    bench: Bench,
+    bridge: ServedBridge,
+    http: httpx2.AsyncClient,
+    take: Callable[[str, int], Awaitable[Taken]],
+) -> int:
+    """``--waves N``: N waves of ``--calls`` short calls, each wave over (every call gone, the
+    bridge idle) before the next starts; a snapshot after a full collection once wave
+    ``--first-wave`` is over and once the last is. What grew between them, divided by the calls
+    that ended between them, is what the bridge keeps per ended call (a leak, a cache filling, a
+    set of used tokens until they expire: each names its line); the RSS growth without
+    ``--depth 0``'s tracemalloc is what the process really grew."""
+    from capacity import Tally, Ticker, lean_call, wait_idle
+
+    first_wave = min(args.first_wave, args.waves - 1)
+    ramp = max(2.0, args.calls / 50)
+    first: Taken | None = None
+    ended = failed = 0
+    rows: list[tuple[int, int, int]] = []
+    started = time.monotonic()
+    for wave in range(1, args.waves + 1):
+        ticker = Ticker()
+        ticker.start()
+
+        async def one(i: int, ticker: Ticker = ticker) -> LeanCall | str:
+            await asyncio.sleep(ramp * i / args.calls)
+            return await lean_call(
+                bridge.url + "/twiml/inbound",
+                http=http,
+                ticker=ticker,
+                tally=Tally(),
+                plan_margin=bench.plan_margin,
+                max_duration=args.duration + 120,
+            )
+
+        try:
+            results = await asyncio.gather(*(one(i) for i in range(args.calls)))
+        finally:
+            await ticker.stop()
+        failed += sum(1 for r in results if isinstance(r, str) or r.close_code != 1000)
+        await wait_idle(bridge, http)
+        await asyncio.sleep(1.0)  # the closed sockets reaped, the calls' last tasks done
+        if first is not None:
+            ended += args.calls
+        now_rss = rss(bridge.pid)
+        rows.append((wave, ended, now_rss))
+        print(
+            f"wave {wave}: {args.calls} calls, {failed} failed so far, RSS {kb(now_rss)} KB, "
+            f"{time.monotonic() - started:.0f} s",
+            flush=True,
+        )
+        if wave == first_wave:
+            first = await take("first", 0)
+            print(f"  first snapshot: {json.dumps(summary(first))}", flush=True)
+        # Hamsa emulator's own records grow per call in this process, not in the bridge's
+        bench.hamsa.requests.clear()
+        bench.hamsa.connections.clear()
+    assert first is not None
+    last = await take("last", 0)
+    print(f"  last snapshot: {json.dumps(summary(last))}", flush=True)
+    print()
+    print(
+        f"{args.waves} waves of {args.calls} calls ({args.duration:g} s of audio each); "
+        f"snapshots after wave {first_wave} and wave {args.waves}: {ended} calls ended between "
+        f"them; failed calls: {failed}; tracemalloc depth {args.depth}"
+    )
+    print()
+    print("| wave | calls ended since the first snapshot | RSS KB (idle, no collection) |")
+    print("|---|---|---|")
+    for wave, count, value in rows:
+        print(f"| {wave} | {count} | {kb(value)} |")
+    print()
+    report_waves(first, last, ended, args.top, args.tracebacks)
+    return 0
+
+
+def summary(taken: Taken) -> dict[str, Any]:
+    """The snapshot's figures besides the traces (RSS in KB, what the full collection found)."""
+    info = {key: value for key, value in taken.info.items() if key != "live_types"}
+    for key in ("rss", "rss_collected", "rss_trimmed", "tracemalloc"):
+        if key in info:
+            info[key] = round(info[key] / 1024)
+    return info
+
+
+def report_waves(first: Taken, last: Taken, ended: int, top: int, tracebacks: int) -> None:
+    """Per ended call: RSS growth, what each full collection found, the traced growth by line
+    and by traceback."""
+    per = max(1, ended)
+    print("| per ended call, first -> last snapshot | value |")
+    print("|---|---|")
+    for key, what in (
+        ("rss", "RSS growth before the collection (KB)"),
+        ("rss_collected", "RSS growth after the collection (KB)"),
+        ("rss_trimmed", "RSS growth after malloc_trim (KB)"),
+        ("tracemalloc", "of which tracemalloc's own tables (KB)"),
+        ("pymalloc_used", "pymalloc: bytes in allocated blocks (KB)"),
+        ("glibc_in_use", "glibc: bytes in use, mallinfo2 uordblks + hblkhd (KB)"),
+        ("glibc_free", "glibc: free bytes in its heaps, fordblks (KB)"),
+    ):
+        if key in first.info and key in last.info:
+            print(f"| {what} | {kb((last.info[key] - first.info[key]) / per)} |")
+    gens_first, gens_last = first.info.get("objects"), last.info.get("objects")
+    if "pymalloc_arenas" in first.info and "pymalloc_arenas" in last.info:
+        print(
+            "| pymalloc arenas (1 MiB each), first -> last | "
+            f"{first.info['pymalloc_arenas']} -> {last.info['pymalloc_arenas']} |"
+        )
+    if gens_first and gens_last:
+        grown = [b - a for a, b in zip(gens_first, gens_last, strict=True)]
+        print(
+            f"| GC-tracked objects grown per generation (0, 1, 2), per call | "
+            f"{', '.join(f'{g / per:.2f}' for g in grown)} |"
+        )
+    live_first, live_last = first.info.get("live_types"), last.info.get("live_types")
+    if live_first is not None and live_last is not None:
+        grown_types = {
+            name: live_last.get(name, 0) - live_first.get(name, 0)
+            for name in set(live_first) | set(live_last)
+        }
+        top_types = sorted(grown_types.items(), key=lambda kv: -abs(kv[1]))[:8]
+        print(
+            "| GC-tracked live objects grown (not frozen, after the collection), per call | "
+            f"{sum(grown_types.values()) / per:.2f}: "
+            + ", ".join(f"{name} {count / per:+.2f}" for name, count in top_types if count)
+            + " |"
+        )
+    print(
+        f"| objects the last full collection freed, per call | "
+        f"{last.info.get('collected', 0) / per:.2f} |"
+    )
+    if first.snapshot is None or last.snapshot is None:
+        return
+    filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    first_s = first.snapshot.filter_traces(filters)
+    last_s = last.snapshot.filter_traces(filters)
+    t_first, b_first, a_first = totals(first_s)
+    t_last, b_last, a_last = totals(last_s)
+    print(f"| traced growth (KB) | {kb((t_last - t_first) / per)} |")
+    print(f"| traced growth as allocated (KB) | {kb((a_last - a_first) / per)} |")
+    print(f"| traced blocks | {(b_last - b_first) / per:.2f} |")
+    print()
+    print(f"top {top} lines (innermost frame), whole growth and per ended call:")
+    print("| line | KB | blocks | bytes per call | blocks per call |")
+    print("|---|---|---|---|---|")
+    for stat in last_s.compare_to(first_s, "lineno")[:top]:
+        frame = stat.traceback[0]
+        print(
+            f"| {short(frame.filename)}:{frame.lineno} | {kb(stat.size_diff)} | "
+            f"{stat.count_diff} | {stat.size_diff / per:.0f} | {stat.count_diff / per:.2f} |"
+        )
+    print()
+    print(f"top {tracebacks} tracebacks (innermost first):")
+    for stat in last_s.compare_to(first_s, "traceback")[:tracebacks]:
+        print(
+            f"- {kb(stat.size_diff)} KB, {stat.count_diff} blocks "
+            f"({stat.size_diff / per:.0f} B per call): "
+            + " < ".join(f"{short(f.filename)}:{f.lineno}" for f in list(stat.traceback)[::-1][:10])
+        )
+
+
 def open_calls(ticker: Ticker) -> set[LeanCall]:
     """The calls whose stream is open (the ticker holds each from its connect to its end)."""
     return set().union(*ticker.groups)
@@ -438,6 +709,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracebacks", type=int, default=12, help="tracebacks to list (12)")
     parser.add_argument("--keep", metavar="DIR", help="keep the snapshots in DIR (to explore)")
     parser.add_argument("--smoke", action="store_true", help="3 short calls (CI)")
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=0,
+        metavar="N",
+        help="what stays per ended call: N waves of --calls calls of --duration s, one after "
+        "the other; snapshots after wave --first-wave and after the last, each after a full "
+        "collection with every call gone (0: the steady-state breakdown instead)",
+    )
+    parser.add_argument(
+        "--first-wave", type=int, default=2, help="--waves: the first snapshot's wave (2)"
+    )
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="--waves: after each snapshot's collection, malloc_trim(0) and the RSS after it",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the bridge (BRIDGE_*/HAMSA_*, repeatable)",
+    )
     parser.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)
     return parser
 
@@ -450,7 +745,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, rest = argv[:at], argv[at + 1 :]
     args = build_parser().parse_args(argv)
     if args.child:
-        return child(Path(args.child), args.depth, rest)
+        return child(Path(args.child), args.depth, rest, trim=args.trim)
+    if args.depth == 0 and not args.waves:
+        print("memory_per_call: --depth 0 (no tracemalloc) needs --waves", file=sys.stderr)
+        return 2
+    if args.waves and args.waves < 2:
+        print("memory_per_call: --waves needs at least 2 waves", file=sys.stderr)
+        return 2
     if args.smoke:
         args.calls, args.duration, args.settle, args.snapshots = 3, 4.0, 0.5, 1
     started = time.monotonic()
