@@ -304,6 +304,30 @@ class _Connection:
         return message, stt
 
 
+def drop_tracebacks(exc: BaseException) -> None:
+    """Forget the tracebacks of a failed connect's exception and of every exception it chains
+    (call it once the error was logged, if its traceback is wanted at all).
+
+    websockets keeps a failed opening handshake's error on the connection's protocol
+    (``ClientProtocol.handshake_exc``: an ``InvalidStatus`` for a refused upgrade, an
+    ``InvalidMessage`` for a server that closed or answered garbage), then raises that very
+    object. Raised, it holds in its traceback the frames of ``ClientConnection.handshake()`` and
+    of ``connect()``, whose locals are the connection: connection → protocol → ``handshake_exc``
+    → traceback → frame → connection. Such a cycle, and the transport, socket and buffers it
+    keeps, is freed only by a full collection, which production runs rarely (``bridge/server.py``);
+    without the tracebacks, reference counting frees the connection once the error is dropped.
+    """
+    pending = [exc]
+    seen: set[int] = set()
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        pending.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+
+
 def connect_options(settings: Settings) -> dict[str, Any]:
     """How every Hamsa socket is opened (``websockets.connect`` keywords): the API key header,
     keepalive pings, timeouts and the frame size limit. Shared by a call's own connects and the
@@ -506,6 +530,7 @@ class HamsaSession:
                     settings.hamsa_ws_url, **connect_options(settings)
                 )
             except InvalidStatus as exc:
+                drop_tracebacks(exc)  # else the connection stays in a cycle with it
                 status = exc.response.status_code
                 if classify_connect_error(status) is not ConnectRefusal.OTHER:
                     raise HamsaAuthError(
@@ -514,6 +539,7 @@ class HamsaSession:
                     ) from None
                 last = HamsaConnectError(f"Hamsa answered the upgrade with HTTP {status}")
             except (OSError, TimeoutError, InvalidHandshake) as exc:
+                drop_tracebacks(exc)  # InvalidMessage: as InvalidStatus
                 last = HamsaConnectError(f"cannot connect to Hamsa: {type(exc).__name__}: {exc}")
             else:
                 self.connections_opened += 1
