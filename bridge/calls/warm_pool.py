@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
-from bridge.calls.hamsa_session import Connector, connect_options
+from bridge.calls.hamsa_session import Connector, connect_options, drop_tracebacks
 from bridge.metrics import Metrics
 from bridge.protocols.hamsa_client import ConnectRefusal, classify_connect_error
 from bridge.settings import Settings
@@ -221,6 +221,7 @@ class WarmHamsaPool:
             try:
                 ws = await self._open(slot)
             except Exception as exc:  # noqa: BLE001 - any failure only delays this slot
+                drop_tracebacks(exc)  # logged by _open; kept, it holds the connection in a cycle
                 failures += 1
                 auth = isinstance(exc, InvalidStatus) and _refused(exc.response.status_code)
                 ws = None
