@@ -33,9 +33,10 @@ from tests.timing import HANG
 
 pytestmark = pytest.mark.anyio
 
-WITHIN = 5.0
+WITHIN = 20.0
 """How long the count may take to reach zero once every call ended: closing a socket takes a few
-loop turns (its transport's ``connection_lost``). A socket in a cycle never gets there."""
+loop turns (its transport's ``connection_lost``), which a loaded machine can stretch to seconds.
+A socket in a cycle never gets there."""
 
 
 def connections_alive() -> int:
