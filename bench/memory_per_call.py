@@ -349,12 +349,10 @@ async def measure(args: argparse.Namespace) -> int:
     from _common import KEY, TOKEN, free_port, serve_env, served_bridge
     from capacity import (
         Bench,
-        Tally,
         Ticker,
         bench_emulator_config,
         expected_frames,
         greeting_for,
-        lean_call,
         wait_idle,
         wait_ready,
         warm_up,
@@ -455,13 +453,14 @@ async def measure(args: argparse.Namespace) -> int:
                 started: list[LeanCall | str] = []
 
                 async def one(i: int) -> LeanCall | str:
-                    await asyncio.sleep(ramp * i / calls)
-                    return await lean_call(
-                        bridge.url + "/twiml/inbound",
-                        http=http,
-                        ticker=ticker,
-                        tally=Tally(),
-                        plan_margin=bench.plan_margin,
+                    return await staggered_call(
+                        bench,
+                        bridge,
+                        http,
+                        ticker,
+                        index=i,
+                        calls=calls,
+                        ramp=ramp,
                         max_duration=args.duration + 300,
                     )
 
@@ -514,6 +513,32 @@ async def measure(args: argparse.Namespace) -> int:
     return 1 if failed and args.smoke else 0
 
 
+async def staggered_call(
+    bench: Bench,
+    bridge: ServedBridge,
+    http: httpx2.AsyncClient,
+    ticker: Ticker,
+    *,
+    index: int,
+    calls: int,
+    ramp: float,
+    max_duration: float,
+) -> LeanCall | str:
+    """Call ``index`` of ``calls`` arriving evenly over ``ramp`` seconds: one lean call to the
+    bridge under test, run to its end."""
+    from capacity import Tally, lean_call
+
+    await asyncio.sleep(ramp * index / calls)
+    return await lean_call(
+        bridge.url + "/twiml/inbound",
+        http=http,
+        ticker=ticker,
+        tally=Tally(),
+        plan_margin=bench.plan_margin,
+        max_duration=max_duration,
+    )
+
+
 async def waves(
     args: argparse.Namespace,
     bench: Bench,
@@ -527,7 +552,7 @@ async def waves(
     that ended between them, is what the bridge keeps per ended call (a leak, a cache filling, a
     set of used tokens until they expire: each names its line); the RSS growth without
     ``--depth 0``'s tracemalloc is what the process really grew."""
-    from capacity import Tally, Ticker, lean_call, wait_idle
+    from capacity import Ticker, wait_idle
 
     first_wave = min(args.first_wave, args.waves - 1)
     ramp = max(2.0, args.calls / 50)
@@ -539,19 +564,21 @@ async def waves(
         ticker = Ticker()
         ticker.start()
 
-        async def one(i: int, ticker: Ticker = ticker) -> LeanCall | str:
-            await asyncio.sleep(ramp * i / args.calls)
-            return await lean_call(
-                bridge.url + "/twiml/inbound",
-                http=http,
-                ticker=ticker,
-                tally=Tally(),
-                plan_margin=bench.plan_margin,
+        calls = [
+            staggered_call(
+                bench,
+                bridge,
+                http,
+                ticker,
+                index=i,
+                calls=args.calls,
+                ramp=ramp,
                 max_duration=args.duration + 120,
             )
-
+            for i in range(args.calls)
+        ]
         try:
-            results = await asyncio.gather(*(one(i) for i in range(args.calls)))
+            results = await asyncio.gather(*calls)
         finally:
             await ticker.stop()
         failed += sum(1 for r in results if isinstance(r, str) or r.close_code != 1000)
