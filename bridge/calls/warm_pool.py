@@ -158,13 +158,17 @@ class WarmHamsaPool:
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            # Waited for, not awaited: awaiting would raise its CancelledError through this
+            # frame, whose traceback asyncio keeps in a reference cycle (with the frame's locals:
+            # the sockets below). See ``_slot``.
+            await asyncio.wait([runner])
+            runner = None
         idle = list(self._idle)
         self._idle.clear()
         if idle:
             await asyncio.gather(*(self._close(w.ws) for w in idle))
             log.info("hamsa_warm_pool_closed", sockets_closed=len(idle))
+        del idle
         self._notify()
 
     # --- the connector -----------------------------------------------------------------------
@@ -208,50 +212,61 @@ class WarmHamsaPool:
         failures = 0
         auth = False
         first = True
-        while True:
-            if failures:
-                delay = self._backoff.delay(failures, auth=auth, rng=self._rng)
-                log.info(
-                    "hamsa_warm_retry_scheduled",
-                    slot=slot,
-                    failures=failures,
-                    delay=round(delay, 2),
-                )
-                await asyncio.sleep(delay)
-            try:
-                ws = await self._open(slot)
-            except Exception as exc:  # noqa: BLE001 - any failure only delays this slot
-                drop_tracebacks(exc)  # logged by _open; kept, it holds the connection in a cycle
-                failures += 1
-                auth = isinstance(exc, InvalidStatus) and _refused(exc.response.status_code)
-                ws = None
-            if first:
-                first = False
-                self._first_attempts += 1
+        ws: ClientConnection | None = None
+        warm: _Warm | None = None
+        try:
+            while True:
+                if failures:
+                    delay = self._backoff.delay(failures, auth=auth, rng=self._rng)
+                    log.info(
+                        "hamsa_warm_retry_scheduled",
+                        slot=slot,
+                        failures=failures,
+                        delay=round(delay, 2),
+                    )
+                    await asyncio.sleep(delay)
+                try:
+                    ws = await self._open(slot)
+                except Exception as exc:  # noqa: BLE001 - any failure only delays this slot
+                    drop_tracebacks(
+                        exc
+                    )  # logged by _open; kept, it holds the connection in a cycle
+                    failures += 1
+                    auth = isinstance(exc, InvalidStatus) and _refused(exc.response.status_code)
+                    ws = None
+                if first:
+                    first = False
+                    self._first_attempts += 1
+                    self._notify()
+                if ws is None:
+                    continue
+                warm = _Warm(ws, slot, loop.time())
+                self._idle.append(warm)
+                self.opened += 1
                 self._notify()
-            if ws is None:
-                continue
-            warm = _Warm(ws, slot, loop.time())
-            self._idle.append(warm)
-            self.opened += 1
-            self._notify()
-            log.debug("hamsa_warm_socket_ready", slot=slot, idle=self.idle)
-            if await self._held_until_taken(warm):
-                failures, auth = 0, False
-                continue
-            # Closed while idle (Hamsa's idle timeout, a restart, or a refused key after accept).
-            with contextlib.suppress(ValueError):
-                self._idle.remove(warm)
-            self._notify()
-            code = ws.close_code
-            lived = loop.time() - warm.opened_at
-            log.info("hamsa_warm_socket_closed", slot=slot, code=code, lived=round(lived, 1))
-            if _refused(code):
-                failures, auth = failures + 1, True
-            elif lived < self._backoff.healthy_after:
-                failures, auth = failures + 1, False
-            else:
-                failures, auth = 1, False  # a normal idle close: replace it after ~1 s
+                log.debug("hamsa_warm_socket_ready", slot=slot, idle=self.idle)
+                if await self._held_until_taken(warm):
+                    failures, auth = 0, False
+                    continue
+                # Closed while idle (Hamsa's idle timeout, a restart, or a key refused after
+                # accept).
+                with contextlib.suppress(ValueError):
+                    self._idle.remove(warm)
+                self._notify()
+                code = ws.close_code
+                lived = loop.time() - warm.opened_at
+                log.info("hamsa_warm_socket_closed", slot=slot, code=code, lived=round(lived, 1))
+                if _refused(code):
+                    failures, auth = failures + 1, True
+                elif lived < self._backoff.healthy_after:
+                    failures, auth = failures + 1, False
+                else:
+                    failures, auth = 1, False  # a normal idle close: replace it after ~1 s
+        finally:
+            # Cancelled by ``aclose``: the CancelledError's traceback holds this frame, and
+            # asyncio keeps that in a reference cycle; a socket a local still named would then
+            # outlive the pool until a full collection (tests/test_hamsa_cycles.py).
+            ws = warm = None
 
     async def _open(self, slot: int) -> ClientConnection:
         self.attempts += 1
@@ -271,15 +286,18 @@ class WarmHamsaPool:
 
     async def _held_until_taken(self, warm: _Warm) -> bool:
         """Wait until a call takes the socket (True) or it closes while idle (False)."""
-        taken = asyncio.ensure_future(warm.taken.wait())
+        event = warm.taken
+        taken = asyncio.ensure_future(event.wait())
         closed = asyncio.ensure_future(warm.ws.wait_closed())
+        del warm  # no socket named in this frame (see ``_slot``)
         try:
             await asyncio.wait({taken, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in (taken, closed):
                 waiter.cancel()
             await asyncio.gather(taken, closed, return_exceptions=True)
-        return warm.taken.is_set()
+            del taken, closed  # each holds its coroutine's exception, and so the socket
+        return event.is_set()
 
     @staticmethod
     async def _close(ws: ClientConnection) -> None:
