@@ -1463,17 +1463,23 @@ def late_causes(
     blocked for ``lag`` before ``at``; a frame stamped then was read late by the generator, not
     necessarily sent late by the server: it counts for the generator when it arrived within
     ``[at - lag - 10 ms, at + one lag interval]`` of a stall of ``GEN_STALL`` or more."""
-    stalls = sorted(
+    starts: list[float] = []
+    ends: list[float] = []
+    for a, b in sorted(
         (at - lag - 0.010, at + GEN_LAG_INTERVAL) for at, lag in gen_lag if lag >= GEN_STALL
-    )
-    starts = [a for a, _ in stalls]
+    ):
+        if ends and a <= ends[-1]:  # overlapping windows merge
+            ends[-1] = max(ends[-1], b)
+        else:
+            starts.append(a)
+            ends.append(b)
     total = generator = 0
     for t, lateness in late:
         if lateness <= over:
             continue
         total += 1
-        i = bisect.bisect_right(starts, t)
-        if any(a <= t <= b for a, b in stalls[max(0, i - 3) : i]):
+        i = bisect.bisect_right(starts, t) - 1
+        if i >= 0 and t <= ends[i]:
             generator += 1
     return total, generator
 

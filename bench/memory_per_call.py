@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -73,6 +74,8 @@ if TYPE_CHECKING:
     from capacity import Bench, LeanCall, Ticker
 
 SCRIPT: Final = Path(__file__).resolve()
+GLIBC: Final = "libc.so.6"
+"""For ``malloc_trim`` and ``mallinfo2`` (``--waves``: Linux with glibc)."""
 BENCH_DIR: Final = SCRIPT.parent
 ROOT: Final = BENCH_DIR.parent
 
@@ -157,9 +160,7 @@ def child(snapshots: Path, depth: int, argv: Sequence[str], *, trim: bool = Fals
                 live[name] = live.get(name, 0) + 1
             info["live_types"] = live
             if trim:
-                import ctypes
-
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                ctypes.CDLL(GLIBC).malloc_trim(0)
                 info["rss_trimmed"] = rss(os.getpid())
         if depth:
             snapshot = tracemalloc.take_snapshot()
@@ -200,7 +201,6 @@ def heap_figures() -> dict[str, int]:
                 if prefix in line and name not in figures:
                     number = line.split("=")[1] if "=" in line else line.split()[0]
                     figures[name] = int(number.strip().replace(",", "").split()[0])
-    import ctypes
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [
@@ -211,7 +211,7 @@ def heap_figures() -> dict[str, int]:
             )
         ]  # fmt: skip
 
-    libc = ctypes.CDLL("libc.so.6")
+    libc = ctypes.CDLL(GLIBC)
     libc.mallinfo2.restype = MallInfo2
     info = libc.mallinfo2()
     figures |= {

@@ -230,7 +230,7 @@ async def test_a_100_kb_transcript_is_cut() -> None:
 async def test_binary_where_text_was_expected_is_not_an_answer() -> None:
     config = emulator(stt_faults={1: SttFault.BINARY})
     # the binary answer must come before the timeout for this to test anything: the emulator
-    # sends it at once, but a loaded machine once took over 0.5 s to (SHORT)
+    # sends it at once, yet on a loaded machine it once came after SHORT (0.5 s)
     async with session(config, hamsa_stt_timeout=4 * SHORT) as (emu, hamsa):
         result = await hamsa.transcribe(spoken("abc"), language="ar")
         assert result.outcome is SttOutcome.TIMEOUT

@@ -228,9 +228,7 @@ class WarmHamsaPool:
                 try:
                     ws = await self._open(slot)
                 except Exception as exc:  # noqa: BLE001 - any failure only delays this slot
-                    drop_tracebacks(
-                        exc
-                    )  # logged by _open; kept, it holds the connection in a cycle
+                    drop_tracebacks(exc)  # logged by _open; kept, it would hold a cycle
                     failures += 1
                     auth = isinstance(exc, InvalidStatus) and _refused(exc.response.status_code)
                     ws = None

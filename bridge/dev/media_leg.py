@@ -339,17 +339,18 @@ async def _run_stream(
     bridge_closed = asyncio.Event()
     wake = asyncio.Event()  # the bridge closed the socket or ``hangup`` was set: stop sleeping
 
-    start: list[str] = []  # the ``start`` message, once made
-    start_sent: list[float] = []  # when it was written (the vanish counts from it)
+    start: str | None = None  # the ``start`` message, once made
+    start_sent: float | None = None  # when it was written (the vanish counts from it)
 
     async def writer() -> None:
+        nonlocal start_sent
         while (message := await outbox.get()) is not None:
             try:
                 await ws.send(message)
             except ConnectionClosed:
                 return
-            if start and message is start[0]:
-                start_sent.append(clock())
+            if message is start:
+                start_sent = clock()
         with contextlib.suppress(ConnectionClosed):
             await ws.close()
 
@@ -379,13 +380,14 @@ async def _run_stream(
 
     async def ticker() -> None:
         """Caller audio every 20 ms, keys on time, playout and mark echoes, hang-up."""
+        nonlocal start
         outbox.put_nowait(leg.connected())
         for message in plan.before_start:
             outbox.put_nowait(message)
         t0 = clock()
         result.started_at = t0
-        start.append(leg.start())
-        outbox.put_nowait(start[0])
+        start = leg.start()
+        outbox.put_nowait(start)
         keys = sorted(plan.keys)
         raw = sorted(plan.raw, key=lambda item: item[0])
         flood = sorted(plan.flood)
@@ -434,8 +436,8 @@ async def _run_stream(
             # may not have run yet, and aborting then would vanish before the call existed
             if (
                 plan.vanish_after is not None
-                and start_sent
-                and now >= start_sent[0] + plan.vanish_after
+                and start_sent is not None
+                and now >= start_sent + plan.vanish_after
             ):
                 result.ended_by = "vanished"
                 ws.transport.abort()  # no stop, no close frame: the TCP connection just goes
@@ -464,8 +466,8 @@ async def _run_stream(
                 wake_at = min(wake_at, t0 + speech[0][0])
             if flood:
                 wake_at = min(wake_at, t0 + flood[0][0])
-            if plan.vanish_after is not None and start_sent:
-                wake_at = min(wake_at, start_sent[0] + plan.vanish_after)
+            if plan.vanish_after is not None and start_sent is not None:
+                wake_at = min(wake_at, start_sent + plan.vanish_after)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wake_at - clock())):
                     await wake.wait()
