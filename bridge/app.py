@@ -60,6 +60,7 @@ from bridge.calls.start_policy import HamsaPace
 from bridge.calls.warm_pool import WarmHamsaPool
 from bridge.drain import DrainController, Phase
 from bridge.errors import ConfigError, PreloadError, StoreError
+from bridge.gc_clock import collect_on_a_clock
 from bridge.logs import note_handshake_denied
 from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
 from bridge.preload import preload_voices, voices_to_preload
@@ -283,6 +284,9 @@ def create_app(
             stall_watchdog = StallWatchdog(settings.bridge_stall_report_ms / 1000)
             stall_watchdog.start()
         sweeper = asyncio.create_task(_sweep_held_audio(cache))
+        gc_clock = None
+        if settings.bridge_gc_tick_ms:
+            gc_clock = asyncio.create_task(collect_on_a_clock(settings.bridge_gc_tick_ms / 1000))
         if voices_to_preload(settings):
             # Listen while preloading: /livez answers, /readyz and new streams say "starting".
             state.startup = asyncio.create_task(start_serving())
@@ -300,7 +304,9 @@ def create_app(
             # what is left at once; under ``serve`` the DrainingServer drained before this.
             if state.drain.phase is Phase.SERVING:
                 state.drain.phase = Phase.STOPPED
-            for monitor in (lag_monitor, sweeper):
+            for monitor in (lag_monitor, sweeper, gc_clock):
+                if monitor is None:
+                    continue
                 monitor.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await monitor

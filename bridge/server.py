@@ -31,10 +31,12 @@ from bridge.workers import WorkerSlot, supervise
 
 log = structlog.get_logger("bridge.server")
 
-GC_FULL_EVERY = 1000
-"""Generation-1 collections between two full collections (CPython's default: 10). About 45 min
-at 200 speaking calls (~0.37 a second), longer when less busy: cyclic garbage from rarer paths
-(errors, IVR, announcements) still gets collected, a call's normal end makes none."""
+GC_FULL_EVERY = 3000
+"""Generation-1 collections between two full collections (CPython's default: 10). The young
+collections' clock (``bridge/gc_clock.py``, ``BRIDGE_GC_TICK_MS``) makes one a second, so a full
+collection comes about every 50 minutes whatever the load; with the clock off, at CPython's pace
+(about 0.37 a second at 200 speaking calls), about every 2 hours. Cyclic garbage from rarer paths
+(errors, IVR, announcements) still gets collected; a call's normal end makes none."""
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
@@ -108,7 +110,7 @@ def _run(
     # found by BRIDGE_STALL_REPORT_MS), and with the default threshold one ran every ~50 calls
     # ended. An ended call is freed by reference counting (``Call.run`` breaks its one cycle),
     # so those collections found nothing: make them rare (https://docs.python.org/3/library/
-    # gc.html#gc.set_threshold). Young collections stay as they are (a few ms).
+    # gc.html#gc.set_threshold). Young collections run on a clock (app lifespan, gc_clock.py).
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, GC_FULL_EVERY)
     server.run(sockets)
