@@ -24,6 +24,7 @@ from bridge.app import BridgeState, create_app
 from bridge.calls.registry import SharedUsedTokens
 from bridge.drain import DrainingServer
 from bridge.exit_codes import ExitCode
+from bridge.gc_clock import full_collection_threshold
 from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
 from bridge.settings import Settings
 from bridge.uvicorn_setup import exit_as_signalled, listening_socket, uvicorn_config
@@ -31,12 +32,12 @@ from bridge.workers import WorkerSlot, supervise
 
 log = structlog.get_logger("bridge.server")
 
-GC_FULL_EVERY = 3000
-"""Generation-1 collections between two full collections (CPython's default: 10). The young
-collections' clock (``bridge/gc_clock.py``, ``BRIDGE_GC_TICK_MS``) makes one a second, so a full
-collection comes about every 50 minutes whatever the load; with the clock off, at CPython's pace
-(about 0.37 a second at 200 speaking calls), about every 2 hours. Cyclic garbage from rarer paths
-(errors, IVR, announcements) still gets collected; a call's normal end makes none."""
+GC_FULL_EVERY = 1000
+"""Generation-1 collections between two full collections when the young collections' clock is
+off (``BRIDGE_GC_TICK_MS=0``; CPython's default: 10): about 45 min at 200 speaking calls (~0.37
+a second), longer when less busy. On the clock, ``bridge.gc_clock.full_collection_threshold``
+makes it about an hour whatever the load. Cyclic garbage from rarer paths (errors, IVR,
+announcements) still gets collected; a call's normal end makes none."""
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
@@ -62,7 +63,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
         start_http_server(settings.bridge_metrics_port, addr=host, registry=state.metrics.exposed)
         log.info("metrics_listening", port=settings.bridge_metrics_port)
     try:
-        return _run(config, state, [sock], announce_listening=True)
+        return _run(config, state, [sock], settings, announce_listening=True)
     finally:
         sock.close()
 
@@ -81,7 +82,7 @@ def serve_worker(settings: Settings, slot: WorkerSlot) -> int:
     if settings.bridge_metrics_port:
         # Every worker accepts on the metrics socket too; what arrives there gets /metrics only.
         served = _metrics_port_apart(app, metrics, settings.bridge_metrics_port)
-    return _run(_config(served, slot.host, slot.port), state, list(slot.sockets))
+    return _run(_config(served, slot.host, slot.port), state, list(slot.sockets), settings)
 
 
 def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
@@ -96,6 +97,7 @@ def _run(
     config: uvicorn.Config,
     state: BridgeState,
     sockets: list[socket.socket] | None,
+    settings: Settings,
     *,
     announce_listening: bool = False,
 ) -> int:
@@ -110,9 +112,11 @@ def _run(
     # found by BRIDGE_STALL_REPORT_MS), and with the default threshold one ran every ~50 calls
     # ended. An ended call is freed by reference counting (``Call.run`` breaks its one cycle),
     # so those collections found nothing: make them rare (https://docs.python.org/3/library/
-    # gc.html#gc.set_threshold). Young collections run on a clock (app lifespan, gc_clock.py).
+    # gc.html#gc.set_threshold). Young collections run on a clock (app lifespan, gc_clock.py),
+    # which sets how often generation-1 collections come.
     young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, GC_FULL_EVERY)
+    tick = settings.bridge_gc_tick_ms / 1000
+    gc.set_threshold(young, middle, full_collection_threshold(tick) if tick else GC_FULL_EVERY)
     server.run(sockets)
     exit_as_signalled(server.stop_signal)
     if not server.started or server.failed:

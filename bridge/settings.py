@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     bridge_stall_report_ms: float = Field(default=0.0, ge=0, le=10000)
     """Log what the event loop was doing whenever it stalls this long or longer (a watchdog
     thread, ``bridge.stall_report``; well under 1 % of a core): 0, off."""
-    bridge_gc_tick_ms: float = Field(default=100.0, ge=0, le=10000)
+    bridge_gc_tick_ms: float = Field(default=250.0, ge=0, le=10000)
     """Collect the cyclic GC's young generations this often (``bridge.gc_clock``), so no
     collection scans a backlog and stalls every call: 0, only CPython's automatic collections."""
     bridge_workers: int = Field(default=0, ge=0, le=256)
