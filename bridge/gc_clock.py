@@ -2,7 +2,8 @@
 
 **Why.** CPython starts a generation-0 collection when its count passes threshold 0 (700). The
 count is tracked allocations *minus deallocations*, and the death of an *old* object counts too
-(``Modules/gcmodule.c``, ``_PyObject_GC_Alloc`` and ``PyObject_GC_Del``, 3.11–3.13). Under a
+(``_PyObject_GC_Link`` and ``PyObject_GC_Del`` in
+https://github.com/python/cpython/blob/3.11/Modules/gcmodule.c, the same through 3.13). Under a
 steady stream of calls, the objects of ended calls (old, in generation 2) die about as fast as
 those of new calls are born, so the count hovers under 700 while the young list keeps every
 newborn that is still alive. Collections then come rarely and late, and each scans the whole
@@ -14,7 +15,7 @@ showed it.
 **What.** :func:`collect_on_a_clock` collects generations 0 and 1 together every ``tick``
 (250 ms by default). Each collection scans what was born since the last tick and is still
 alive: the calls' short-lived objects of the moment (futures, timer handles, coroutines: about
-1.5 ms at 200 calls on the VM of ``BENCHMARKS.md``) and the tick's long-lived births (a burst of
+2 ms at 200 calls on the VM of ``BENCHMARKS.md``) and the tick's long-lived births (a burst of
 new calls adds a few ms). What survives is old, and an old object is scanned again only by a
 full collection. The cheaper-looking alternative, generation 0 every tick and generation 1 every
 tenth, scans a survivor twice, and its generation-1 collections (a second of births) took up to

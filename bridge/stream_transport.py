@@ -54,6 +54,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from bridge.protocols.websockets_cycle import release_parser
+
 __all__ = [
     "EXTENSION",
     "LINGER_SECONDS",
@@ -129,6 +131,7 @@ class StreamProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._text_handler = None  # the handler (the app's call) holds this protocol: let go
         super().connection_lost(exc)
+        release_parser(self.conn)  # else websockets' parser keeps it in a cycle (its module)
 
     async def send(self, message: ASGISendEvent) -> None:
         ours = cast(Mapping[str, Any], message)  # uvicorn's types list only ASGI's own messages

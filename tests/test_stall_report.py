@@ -188,6 +188,34 @@ def test_a_callback_that_blocks_the_loop_is_reported_with_its_frame(loop: str) -
 
 
 @pytest.mark.anyio
+async def test_an_ended_call_leaves_no_websocket_protocol_for_the_cyclic_gc() -> None:
+    """websockets' parser generator holds its protocol in a cycle for life
+    (``bridge/protocols/websockets_cycle.py``): with the cyclic GC off, the Twilio stream's
+    protocol, the Hamsa socket's, and the emulators' and the caller's all go with their call."""
+    from websockets.protocol import Protocol
+
+    from bridge.dev.hamsa_emulator import EmulatorConfig
+    from bridge.dev.loopback import loopback
+
+    def protocols_alive() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, Protocol))
+
+    gc.collect()
+    before = protocols_alive()
+    gc.disable()
+    try:
+        async with loopback(EmulatorConfig(), bridge_greeting="مرحبا بك.") as rig:
+            result = await rig.call()
+            async with asyncio.timeout(HANG):
+                await rig.bridge.streams.wait_empty()
+        assert result.close_code == 1000
+        del rig, result
+        assert protocols_alive() == before
+    finally:
+        gc.enable()
+
+
+@pytest.mark.anyio
 async def test_a_call_that_ends_is_freed_without_the_cyclic_gc() -> None:
     """Full collections are rare (``bridge.server.GC_FULL_EVERY``) because an ended call leaves
     no cycle behind: with the cyclic GC off, no ``Call`` outlives its loopback bridge."""

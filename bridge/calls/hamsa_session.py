@@ -57,6 +57,7 @@ from bridge.protocols.hamsa_client import (
     classify_close,
     classify_connect_error,
 )
+from bridge.protocols.websockets_cycle import ReleasingClientConnection
 from bridge.settings import Settings
 from bridge.voice import Voice
 
@@ -340,6 +341,8 @@ def connect_options(settings: Settings) -> dict[str, Any]:
         "close_timeout": 2,
         "max_size": 4 * 1024 * 1024,
         "user_agent_header": "hamsa-bridge",
+        # freed by reference counting once closed, not by a full collection (its module)
+        "create_connection": ReleasingClientConnection,
     }
 
 

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from bridge.audio.codec import ulaw_to_lin16
 from bridge.dev.tone import synthesize
 from bridge.dev.twilio_stream_client import TwilioMediaLeg
+from bridge.protocols.websockets_cycle import ReleasingClientConnection
 from bridge.signatures import TwilioSignatures
 
 SILENCE_FRAME = b"\xff" * 160
@@ -312,6 +313,7 @@ async def run_media_stream(
             user_agent_header=STREAM_USER_AGENT,
             open_timeout=behaviour.patience,
             max_size=2**20,
+            create_connection=ReleasingClientConnection,  # a caller's socket, freed at once
         )
     except InvalidStatus as exc:
         result.handshake_status = exc.response.status_code
