@@ -1,11 +1,12 @@
 """A call's Hamsa sockets are freed by reference counting when the call ends, whatever ended it.
 
-Production runs a full garbage collection rarely (``bridge/server.py``: about every 45 minutes), so
+Production runs a full garbage collection rarely (``bridge/server.py``: about once an hour), so
 a socket left in a reference cycle lives on, with its transport and buffers, until then: during a
 Hamsa outage or on a flaky network, every failed connect would add one. Each test here runs calls
 over real sockets (loopback: simulated Twilio caller ↔ bridge ↔ Hamsa emulator) with the cyclic
-GC disabled, then counts the websockets ``ClientConnection`` objects still alive: with the GC off,
-objects in unreachable cycles stay in its lists, where ``gc.get_objects()`` finds them. Every call
+GC disabled, then counts the websockets ``ClientConnection`` and ``ClientProtocol`` objects still
+alive: with the GC off, objects in unreachable cycles stay in its lists, where
+``gc.get_objects()`` finds them. Every call
 ended (and the warm pool closed): none may be left.
 
 The faults: a refused upgrade (HTTP 503, HTTP 401), a server that closes during the handshake
@@ -24,9 +25,11 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
 
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault
 from bridge.dev.loopback import Loopback
+from bridge.protocols.websockets_cycle import ReleasingClientConnection
 from tests.leaks import Holdings, settle
 from tests.test_faults_hamsa import TEXT, emulator, ended, rig_for
 from tests.timing import HANG
@@ -38,12 +41,14 @@ WITHIN = 20.0
 loop turns (its transport's ``connection_lost``), which a loaded machine can stretch to seconds.
 A socket in a cycle never gets there."""
 
+CLIENT_TYPES = (ClientConnection, ReleasingClientConnection, ClientProtocol)
+
 
 def connections_alive() -> int:
-    """The websockets client connections alive in this process (Hamsa's and the simulated
-    callers'). By exact type: ``gc.get_objects()`` also lists weak proxies, which ``isinstance``
-    would dereference (and fail on, once their referent is gone)."""
-    return sum(type(obj) is ClientConnection for obj in gc.get_objects())
+    """The websockets client connections and their sans-I/O protocols alive in this process
+    (Hamsa's and the simulated callers'). By type: ``gc.get_objects()`` also lists weak proxies,
+    which ``isinstance`` would dereference (and fail on, once their referent is gone)."""
+    return sum(type(obj) in CLIENT_TYPES for obj in gc.get_objects())
 
 
 @contextlib.contextmanager

@@ -188,27 +188,34 @@ def test_a_callback_that_blocks_the_loop_is_reported_with_its_frame(loop: str) -
 
 
 @pytest.mark.anyio
-async def test_an_ended_call_leaves_no_websocket_protocol_for_the_cyclic_gc() -> None:
+@pytest.mark.parametrize("vanish_after", [None, 0.6], ids=["hung_up", "caller_vanished"])
+async def test_an_ended_call_leaves_no_websocket_protocol_for_the_cyclic_gc(
+    vanish_after: float | None,
+) -> None:
     """websockets' parser generator holds its protocol in a cycle for life
     (``bridge/protocols/websockets_cycle.py``): with the cyclic GC off, the Twilio stream's
-    protocol, the Hamsa socket's, and the emulators' and the caller's all go with their call."""
+    protocol, the Hamsa socket's, and the emulators' and the caller's all go with their call,
+    also when the caller's connection is aborted (the bridge's parser then ends on EOFError)."""
     from websockets.protocol import Protocol
 
     from bridge.dev.hamsa_emulator import EmulatorConfig
     from bridge.dev.loopback import loopback
 
     def protocols_alive() -> int:
-        return sum(1 for o in gc.get_objects() if isinstance(o, Protocol))
+        return sum(1 for o in gc.get_objects() if issubclass(type(o), Protocol))  # no proxies
 
     gc.collect()
     before = protocols_alive()
     gc.disable()
     try:
         async with loopback(EmulatorConfig(), bridge_greeting="مرحبا بك.") as rig:
-            result = await rig.call()
+            result = await rig.call(vanish_after=vanish_after)
             async with asyncio.timeout(HANG):
                 await rig.bridge.streams.wait_empty()
-        assert result.close_code == 1000
+        if vanish_after is None:
+            assert result.close_code == 1000
+        else:
+            assert (result.ended_by, result.close_code) == ("vanished", 1006)
         del rig, result
         assert protocols_alive() == before
     finally:

@@ -57,7 +57,7 @@ from bridge.protocols.hamsa_client import (
     classify_close,
     classify_connect_error,
 )
-from bridge.protocols.websockets_cycle import ReleasingClientConnection
+from bridge.protocols.websockets_cycle import ReleasingClientConnection, drop_tracebacks
 from bridge.settings import Settings
 from bridge.voice import Voice
 
@@ -303,30 +303,6 @@ class _Connection:
         self.stt = stt = _Stt()
         self.idle.clear()
         return message, stt
-
-
-def drop_tracebacks(exc: BaseException) -> None:
-    """Forget the tracebacks of a failed connect's exception and of every exception it chains
-    (call it once the error was logged, if its traceback is wanted at all).
-
-    websockets keeps a failed opening handshake's error on the connection's protocol
-    (``ClientProtocol.handshake_exc``: an ``InvalidStatus`` for a refused upgrade, an
-    ``InvalidMessage`` for a server that closed or answered garbage), then raises that very
-    object. Raised, it holds in its traceback the frames of ``ClientConnection.handshake()`` and
-    of ``connect()``, whose locals are the connection: connection → protocol → ``handshake_exc``
-    → traceback → frame → connection. Such a cycle, and the transport, socket and buffers it
-    keeps, is freed only by a full collection, which production runs rarely (``bridge/server.py``);
-    without the tracebacks, reference counting frees the connection once the error is dropped.
-    """
-    pending = [exc]
-    seen: set[int] = set()
-    while pending:
-        error = pending.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        error.__traceback__ = None
-        pending.extend(e for e in (error.__cause__, error.__context__) if e is not None)
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:

@@ -37,9 +37,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
-from bridge.calls.hamsa_session import Connector, connect_options, drop_tracebacks
+from bridge.calls.hamsa_session import Connector, connect_options
 from bridge.metrics import Metrics
 from bridge.protocols.hamsa_client import ConnectRefusal, classify_connect_error
+from bridge.protocols.websockets_cycle import drop_tracebacks
 from bridge.settings import Settings
 
 log = structlog.get_logger("bridge.warm_pool")

@@ -16,7 +16,10 @@ collection when it came.
 ``GeneratorExit`` where it is suspended; the parser catches only ``Exception``, so it finishes,
 drops its frame, and reference counting frees the protocol with its connection. Call it only
 when no more bytes will be fed to the protocol (``receive_data``/``receive_eof`` would then raise
-``StopIteration``): from ``connection_lost``.
+``StopIteration``): from ``connection_lost``. A connection that ended abnormally (no close frame,
+a protocol error) keeps its error in ``parser_exc``, and a failed opening handshake in
+``handshake_exc``; their tracebacks hold the parser's frame and so the protocol again: they are
+dropped too (:func:`drop_tracebacks`).
 
 * The server side: ``bridge.stream_transport.StreamProtocol.connection_lost`` (every uvicorn
   server here uses it: the bridge and both emulators).
@@ -31,8 +34,16 @@ from websockets.protocol import Protocol
 
 
 def release_parser(protocol: Protocol) -> None:
-    """Close ``protocol``'s parser generator (idempotent). The connection must be over."""
+    """Close ``protocol``'s parser generator (idempotent), and drop the traceback of the error
+    that ended it, if any. The connection must be over."""
     protocol.parser.close()
+    # An abnormal end (EOF without a close frame, a protocol error) keeps its exception in
+    # ``parser_exc``, a failed handshake in ``handshake_exc``; their tracebacks hold the parser's
+    # frame, whose locals hold the protocol. The exceptions stay (``ConnectionClosed.__cause__``,
+    # what ``connect()`` raises), without their tracebacks.
+    for error in (protocol.parser_exc, getattr(protocol, "handshake_exc", None)):
+        if error is not None:
+            drop_tracebacks(error)
 
 
 class ReleasingClientConnection(ClientConnection):
@@ -42,3 +53,28 @@ class ReleasingClientConnection(ClientConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # steps the parser to EOF (receive_eof), state CLOSED
         release_parser(self.protocol)
+
+
+def drop_tracebacks(exc: BaseException) -> None:
+    """Forget the tracebacks of a failed connect's exception and of every exception it chains
+    (call it once the error was logged, if its traceback is wanted at all).
+
+    websockets keeps a failed opening handshake's error on the connection's protocol
+    (``ClientProtocol.handshake_exc``: an ``InvalidStatus`` for a refused upgrade, an
+    ``InvalidMessage`` for a server that closed or answered garbage), then raises that very
+    object. Raised, it holds in its traceback the frames of ``ClientConnection.handshake()`` and
+    of ``connect()``, whose locals are the connection: connection → protocol → ``handshake_exc``
+    → traceback → frame → connection. Such a cycle, and the transport, socket and buffers it
+    keeps, is freed only by a full collection, which production runs rarely
+    (``bridge/gc_clock.py``); without the tracebacks, reference counting frees the connection
+    once the error is dropped.
+    """
+    pending = [exc]
+    seen: set[int] = set()
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        pending.extend(e for e in (error.__cause__, error.__context__) if e is not None)
