@@ -63,7 +63,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
         start_http_server(settings.bridge_metrics_port, addr=host, registry=state.metrics.exposed)
         log.info("metrics_listening", port=settings.bridge_metrics_port)
     try:
-        return _run(config, state, [sock], settings, announce_listening=True)
+        return _run(config, state, [sock], announce_listening=True)
     finally:
         sock.close()
 
@@ -82,7 +82,7 @@ def serve_worker(settings: Settings, slot: WorkerSlot) -> int:
     if settings.bridge_metrics_port:
         # Every worker accepts on the metrics socket too; what arrives there gets /metrics only.
         served = _metrics_port_apart(app, metrics, settings.bridge_metrics_port)
-    return _run(_config(served, slot.host, slot.port), state, list(slot.sockets), settings)
+    return _run(_config(served, slot.host, slot.port), state, list(slot.sockets))
 
 
 def _config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
@@ -97,7 +97,6 @@ def _run(
     config: uvicorn.Config,
     state: BridgeState,
     sockets: list[socket.socket] | None,
-    settings: Settings,
     *,
     announce_listening: bool = False,
 ) -> int:
@@ -115,7 +114,7 @@ def _run(
     # gc.html#gc.set_threshold). Young collections run on a clock (app lifespan, gc_clock.py),
     # which sets how often generation-1 collections come.
     young, middle, _ = gc.get_threshold()
-    tick = settings.bridge_gc_tick_ms / 1000
+    tick = state.settings.bridge_gc_tick_ms / 1000
     gc.set_threshold(young, middle, full_collection_threshold(tick) if tick else GC_FULL_EVERY)
     server.run(sockets)
     exit_as_signalled(server.stop_signal)
