@@ -42,8 +42,8 @@ Method
   - at the callers (exact): **frame lateness**: for every frame received once the lead is
     established in a run of playback, its *margin* is how long before its play time it arrived
     (Twilio's buffer modelled: play time = end of the audio already buffered). The pacing plan
-    never leaves a frame less than ``PLAN_MARGIN_DEFAULT`` (120 ms: it tops the 200 ms lead up
-    when it has drained to 200 - 20 - 60 ms), so lateness = max(0, 120 ms - margin): 0 for every
+    never leaves a frame less than ``PLAN_MARGIN_DEFAULT`` (120 ms: it tops the 220 ms lead up
+    when it has drained to 220 - 20 - 80 ms), so lateness = max(0, 120 ms - margin): 0 for every
     frame on or ahead of the plan; it includes loopback transit and the generator's own lag.
     p50/p99/max and the frames later than ``JITTER_LIMIT`` (10 ms); gaps heard; first audio
     (``start`` sent to the first media frame); frames received against the greeting's; failed
@@ -526,7 +526,8 @@ TICK: Final = 0.020
 TICK_GROUPS: Final = 10
 PLAN_MARGIN_DEFAULT: Final = 0.120
 """The smallest lead the bridge's pacing plans to leave a frame: it tops Twilio's buffer up to
-``lead`` (200 ms) when it has drained to ``lead - frame - refill`` (200 - 20 - 60 = 120 ms)."""
+``lead`` (220 ms) when it has drained to ``lead - frame - refill`` (220 - 20 - 80 = 120 ms), 5
+frames every 100 ms, as the floor does."""
 PLAN_MARGINS: Final = {
     "bridge": PLAN_MARGIN_DEFAULT,
     "floor": PLAN_MARGIN_DEFAULT,

@@ -20,7 +20,7 @@ with the same two routes (webhook, media stream) that talks to the same Hamsa em
 socket with the FAQ's code shape (``websockets.connect``, ``X-Api-Key``, ``mulaw: true`` so no
 transcoding is needed), splits the text into the same requests as the bridge
 (``bridge.sentences.split_text``), frames the collected μ-law into 160-byte ``media`` messages (the
-utterance's last frame padded with 0xFF), paces them at real time with the bridge's 200 ms lead,
+utterance's last frame padded with 0xFF), paces them at real time with the bridge's 220 ms lead,
 sends a ``mark`` at the end and closes the stream once it is echoed. They are generous: reply k+1
 is fetched while reply k plays (pipelined), so they pay the collection delay only where it shows,
 and they skip signature checks and every retry rule.
@@ -153,7 +153,7 @@ CLINIC_FLOW: Final = ROOT / "bridge" / "ivr" / "examples" / "clinic.toml"
 SPEAKER, DIALECT, LANGUAGE = "Majd", "ksa", "ar"
 FRAME_BYTES: Final = 160
 FRAME_SECONDS: Final = 0.020
-LEAD: Final = 0.200
+LEAD: Final = 0.220
 """The comparators' playout lead: the bridge's default ``BRIDGE_PLAYBACK_LEAD_MS``."""
 LAG_INTERVAL: Final = 0.020
 ANSWER: Final = "1"

@@ -88,10 +88,12 @@ class Settings(BaseSettings):
     bridge_stream_token_ttl: float = Field(default=300.0, gt=0)
     bridge_start_timeout: float = Field(default=10.0, gt=0)
     bridge_max_pending_streams: int = Field(default=64, ge=1)
-    bridge_playback_lead_ms: float = Field(default=200.0, ge=20, le=1000)
-    bridge_playback_refill_ms: float = Field(default=60.0, ge=20, le=1000)
+    bridge_playback_lead_ms: float = Field(default=220.0, ge=20, le=1000)
+    bridge_playback_refill_ms: float = Field(default=80.0, ge=20, le=1000)
     """How far the lead drains before the writer wakes to top it up: refill ÷ 20 ms frames per
-    wake, and a smallest margin of lead − 20 ms − refill at Twilio (``PacingClock``)."""
+    wake, and a smallest margin of lead − 20 ms − refill at Twilio (``PacingClock``). The defaults,
+    220 and 80, send 5 frames every 100 ms and never leave Twilio less than 120 ms: the margin
+    the earlier 200 and 60 kept, with a fifth fewer wakes (``BENCHMARKS.md``)."""
     bridge_lookahead_seconds: float = Field(default=8.0, gt=0)
     bridge_start_hold_max_ms: float = Field(default=3000.0, ge=0, le=10000)
     """Longest the start policy holds a sentence's audio back (0: play from the first byte)."""

@@ -54,7 +54,13 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from bridge.protocols.client_frames import ClientFrameReader
 from bridge.protocols.websockets_cycle import release_parser
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 __all__ = [
     "EXTENSION",
@@ -79,6 +85,10 @@ _MEDIUM: Final = struct.Struct("!BBH").pack
 _LONG: Final = struct.Struct("!BBQ").pack
 _FIN_TEXT: Final = 0x81
 """FIN set, opcode 1 (text): RFC 6455 §5.2."""
+_END_OF_HEAD: Final = b"\r\n\r\n"
+_MAX_HEAD: Final = 256 * 1024
+"""Past this many bytes without the end of the opening handshake's request, the frame reader is
+not used: websockets refuses a request that long anyway (its line and header limits)."""
 
 
 def text_frame_header(length: int) -> bytes:
@@ -97,6 +107,69 @@ class StreamProtocol(WebSocketsSansIOProtocol):
 
     _text_handler: Callable[[str], None] | None = None
     _lingering: bool = False
+    _frames: ClientFrameReader | None = None
+    """Set once the opening handshake's request has been passed to websockets: from then on
+    every byte goes through it (``data_received``)."""
+    _head_seen: int = 0
+    """Bytes of the opening handshake read so far (``_frames`` is None until its end)."""
+    _head_tail: bytes = b""
+    """Its last 3 bytes, so that an end split across two reads is found."""
+
+    def data_received(self, data: bytes) -> None:
+        """Frames go to websockets' parser one whole frame at a time, and a complete text
+        frame the handler can take skips the parser (``bridge.protocols.client_frames``): the
+        same messages, in the same order, with the same failures.
+
+        Before that, the opening handshake's request goes to websockets alone, up to and
+        including its empty line, so the parser then stands at the first frame's first byte.
+        uvicorn hands over exactly the request; anything a client sends before the 101 is kept
+        for the frame reader.
+        """
+        frames = self._frames
+        if frames is None:
+            if self._head_seen < 0:  # the reader is not used on this connection
+                super().data_received(data)
+                return
+            found = (self._head_tail + data).find(_END_OF_HEAD)
+            if found < 0:
+                self._head_seen += len(data)
+                self._head_tail = (self._head_tail + data)[-3:]
+                if self._head_seen > _MAX_HEAD:
+                    self._head_seen = -1
+                super().data_received(data)
+                return
+            cut = found + len(_END_OF_HEAD) - len(self._head_tail)
+            super().data_received(data[:cut])
+            conn = self.conn
+            if conn.extensions or conn.handshake_exc is not None or self.transport.is_closing():
+                self._head_seen = -1  # leave the rest to uvicorn, which refuses or closes
+                if len(data) > cut:
+                    super().data_received(data[cut:])
+                return
+            limits = [s for s in (conn.max_message_size, conn.max_fragment_size) if s is not None]
+            frames = self._frames = ClientFrameReader(min(limits) if limits else None)
+            data = data[cut:]
+            if not data:
+                return
+        for header, raw in frames.split(data):
+            if header and self._direct():
+                mask = raw[header - 4 : header]
+                self._hand_over(apply_mask(memoryview(raw)[header:], mask))
+            else:
+                super().data_received(raw)  # after a failure: read and discarded, as before
+
+    def _direct(self) -> bool:
+        """May a complete text frame skip the parser and go to the handler now?"""
+        conn = self.conn
+        return (
+            self._text_handler is not None
+            and conn.state is State.OPEN
+            and conn.current_size is None  # no fragmented message open: then it is an error
+            and not conn.extensions
+            and not self.close_sent
+            and self.queue.empty()  # earlier messages wait for receive(): keep the order
+            and not self._lingering
+        )
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -189,8 +262,15 @@ class StreamProtocol(WebSocketsSansIOProtocol):
             super().send_receive_event_to_app()
             return
         frames = self.frames
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
         self.frames = []
+        self._hand_over(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _hand_over(self, data: bytes) -> None:
+        """One whole text message to the handler, as uvicorn's ``send_receive_event_to_app``
+        would queue it: invalid UTF-8 fails the connection with 1007, a failing handler with
+        1011."""
+        handler = self._text_handler
+        assert handler is not None
         try:
             text = data.decode()
         except UnicodeDecodeError:

@@ -94,3 +94,29 @@ async def test_clear_goes_first_in_the_batch_after_a_barge_in() -> None:
     assert player.stats.frames_sent == 12
     assert player.stats.frames_dropped == 20
     assert player.stats.clears_sent == 1
+
+
+async def test_audio_pushed_while_the_clock_holds_the_writer_back_does_not_wake_it() -> None:
+    """Hamsa's chunks arrive while the writer waits for the pacing clock: they queue behind the
+    frame it holds and wake nothing (a wake each cost as much as a paced one); a ``clear`` still
+    wakes it at once."""
+    player, batches = playback()
+    player.push_frames([frame(1)] * 10)
+    writer = asyncio.create_task(player.run())
+    try:
+        while not batches:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the writer is now in its pacing wait (about 60 ms)
+        woken = player.stats.wakes
+        for n in range(20):
+            player.push_frames([frame(2 + n)])
+            player.push_mark(f"m{n}")
+            await asyncio.sleep(0)
+        # 20 before this change; a few clock wakes only if the machine stalls ~80 ms each
+        assert player.stats.wakes - woken < 10
+        woken = player.stats.wakes
+        player.interrupt()
+        await asyncio.sleep(0)
+        assert player.stats.wakes == woken + 1  # the clear woke it, without its clock
+    finally:
+        writer.cancel()

@@ -318,3 +318,112 @@ async def test_a_call_without_the_extension(
     uvicorns_own_protocol: None, scenario: Callable[[], Awaitable[None]]
 ) -> None:
     await scenario()
+
+
+# --- whole frames past the parser (``bridge.protocols.client_frames``) ------------------------
+
+
+async def _raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client speaking WebSocket by hand (TCP_NODELAY, so small writes leave as they are)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        b"GET /s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        + f"Sec-WebSocket-Key: {key}\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+def _client_frame(opcode: int, data: bytes, *, fin: bool = True) -> bytes:
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode(opcode), data, fin).serialize(mask=True)
+
+
+def _stream_protocols(server: AppServer) -> list[Any]:
+    assert server._server is not None
+    return [p for p in server._server.server_state.connections if hasattr(p, "_frames")]
+
+
+async def test_frames_cut_anywhere_reach_the_handler_whole_and_in_order() -> None:
+    """Texts (Arabic, 7- and 16-bit lengths) sent in pieces down to single bytes, with a ping, a
+    fragmented message and a binary message among them: every text reaches the app once, in
+    order, whichever way it took; the ping is answered; the close is echoed."""
+    log: list[str] = []
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    registered = asyncio.Event()
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": TEXT_HANDLER, "handler": log.append})
+        registered.set()
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            log.append(message.get("text") or f"bytes:{message['bytes'].hex()}")
+        done.set_result(None)
+
+    texts = [f"رسالة {i} " * (1 + i % 40) for i in range(60)]
+    stream: list[bytes] = []
+    expected: list[str] = []
+    for i, text in enumerate(texts):
+        stream.append(_client_frame(1, text.encode()))
+        expected.append(text)
+        if i == 20:
+            stream.append(_client_frame(9, b"are you there"))
+        if i == 30:
+            stream.append(_client_frame(1, b"frag", fin=False) + _client_frame(0, b"mented"))
+            expected.append("fragmented")
+        if i == 40:
+            stream.append(_client_frame(2, b"\x00\xff"))
+            expected.append("bytes:00ff")
+    data = b"".join(stream)
+    async with AppServer(asgi(session)) as server:
+        reader, writer = await _raw_client(server.port)
+        await asyncio.wait_for(registered.wait(), HANG)
+        (protocol,) = _stream_protocols(server)
+        pos, size = 0, 1
+        while pos < len(data):  # pieces of 1, 2, 3 … 1500 bytes, then again
+            writer.write(data[pos : pos + size])
+            await writer.drain()
+            await asyncio.sleep(0)
+            pos += size
+            size = size % 1500 + 1 if size < 50 else size * 3 % 1500 + 1
+        writer.write(_client_frame(8, struct.pack("!H", 1000)))
+        answer = await asyncio.wait_for(reader.read(), HANG)  # to the server's EOF
+        writer.close()
+        await asyncio.wait_for(done, HANG)
+        assert protocol._frames is not None  # the frame reader carried the stream
+    assert log == expected
+    assert b"\x8a\x0dare you there" in answer  # the pong, unmasked from the server
+    assert answer.endswith(b"\x88\x02" + struct.pack("!H", 1000))
+
+
+async def test_invalid_utf8_in_a_whole_text_frame_closes_1007() -> None:
+    outcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    seen: list[str] = []
+    registered = asyncio.Event()
+
+    async def session(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": TEXT_HANDLER, "handler": seen.append})
+        registered.set()
+        outcome.set_result(await receive())
+
+    async with AppServer(asgi(session)) as server:
+        reader, writer = await _raw_client(server.port)
+        await asyncio.wait_for(registered.wait(), HANG)
+        writer.write(_client_frame(1, b"fine") + _client_frame(1, b"\xff\xfe") + b"\x81")
+        answer = await asyncio.wait_for(reader.read(), HANG)
+        writer.close()
+        message = await asyncio.wait_for(outcome, HANG)
+    assert seen == ["fine"]
+    assert answer[:2] == b"\x88\x02" and struct.unpack("!H", answer[2:4]) == (1007,)
+    assert message["type"] == "websocket.disconnect" and message["code"] == 1007

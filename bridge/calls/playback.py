@@ -95,6 +95,8 @@ class PlaybackStats:
     """How long each underrun's silence lasted, in seconds (0 if nothing had played yet)."""
     frames_dropped: int = 0
     first_frame_at: float | None = None
+    wakes: int = 0
+    """How often the writer woke from a wait (for work or for the pacing clock)."""
 
 
 class Playback:
@@ -129,6 +131,8 @@ class Playback:
         self._waiter: asyncio.Future[bool] | None = None
         """The writer's pending wait, if it is waiting: resolved by ``_notify`` (False) or by its
         pacing timer (True)."""
+        self._pacing = False
+        """True while that wait is for the pacing clock (frames queued, none due yet)."""
         self._uncounted = 0
         """Frames sent and not yet added to the ``frames_sent`` counter."""
         self._idle = asyncio.Event()
@@ -190,7 +194,7 @@ class Playback:
         self.stats.frames_dropped += dropped
         self._clear_requested = True
         self._idle.clear()
-        self._notify()
+        self._notify(urgent=True)
 
     def on_mark(self, name: str) -> None:
         """A mark echoed by Twilio: the audio before it has been played."""
@@ -241,10 +245,13 @@ class Playback:
 
     # --- the writer task ---------------------------------------------------------------------
 
-    def _notify(self) -> None:
-        """Wake the writer if it waits (for work, or for the pacing clock)."""
+    def _notify(self, *, urgent: bool = False) -> None:
+        """Wake the writer if it waits for work, or, when ``urgent`` (a ``clear``), also if it
+        waits for the pacing clock. More frames or a mark queued behind the frame the clock holds
+        back change nothing before the clock's wake: waking then would cost a wake per Hamsa
+        chunk for nothing."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and (urgent or not self._pacing):
             waiter.set_result(False)
 
     async def run(self) -> None:
@@ -303,6 +310,7 @@ class Playback:
                     await waiter
                 finally:
                     self._waiter = None
+                stats.wakes += 1
                 self._idle.clear()
                 continue
             item = queue[0]
@@ -323,12 +331,15 @@ class Playback:
                 self._count_sent()
                 waiter = self._waiter = loop.create_future()
                 timer = loop.call_later(wait, _expire, waiter)
+                self._pacing = True
                 try:
                     if await waiter:
                         paced = now + wait
                 finally:
                     timer.cancel()
                     self._waiter = None
+                    self._pacing = False
+                stats.wakes += 1
                 continue
             head = self._head
             if head == 0 and len(item) == FRAME_BYTES:
