@@ -61,9 +61,7 @@ _frames = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_frames, max_size=12), st.lists(st.integers(1, 400), max_size=40))
-def test_any_cut_gives_back_the_whole_frames_in_order(
-    frames: list[bytes], cuts: list[int]
-) -> None:
+def test_any_cut_gives_back_the_whole_frames_in_order(frames: list[bytes], cuts: list[int]) -> None:
     """Cut anywhere, the stream comes back as the same frames in the same order; candidates are
     exactly the unfragmented masked text frames; websockets parses the pieces as it parses the
     stream."""
@@ -89,9 +87,10 @@ def test_any_cut_gives_back_the_whole_frames_in_order(
     for header, raw in pieces:
         assert bool(header) == (raw[0] == TEXT_FIN)
         if header:
-            assert apply_mask(raw[header:], raw[header - 4 : header]) == _parsed(
-                _open_server(), raw
-            )[0][1]
+            assert (
+                apply_mask(raw[header:], raw[header - 4 : header])
+                == _parsed(_open_server(), raw)[0][1]
+            )
     split_server, whole_server = _open_server(), _open_server()
     assert [e for _, raw in pieces for e in _parsed(split_server, raw)] == _parsed(
         whole_server, stream

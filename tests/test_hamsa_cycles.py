@@ -30,6 +30,7 @@ from websockets.client import ClientProtocol
 from bridge.dev.hamsa_emulator import EmulatorConfig, Fault
 from bridge.dev.loopback import Loopback
 from bridge.protocols.websockets_cycle import ReleasingClientConnection
+from bridge.protocols.websockets_direct import DirectClientConnection
 from tests.leaks import Holdings, settle
 from tests.test_faults_hamsa import TEXT, emulator, ended, rig_for
 from tests.timing import HANG
@@ -41,7 +42,7 @@ WITHIN = 20.0
 loop turns (its transport's ``connection_lost``), which a loaded machine can stretch to seconds.
 A socket in a cycle never gets there."""
 
-CLIENT_TYPES = (ClientConnection, ReleasingClientConnection, ClientProtocol)
+CLIENT_TYPES = (ClientConnection, ReleasingClientConnection, DirectClientConnection, ClientProtocol)
 
 
 def connections_alive() -> int:

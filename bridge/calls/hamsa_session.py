@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import random
 from collections import deque
@@ -57,7 +58,8 @@ from bridge.protocols.hamsa_client import (
     classify_close,
     classify_connect_error,
 )
-from bridge.protocols.websockets_cycle import ReleasingClientConnection, drop_tracebacks
+from bridge.protocols.websockets_cycle import drop_tracebacks
+from bridge.protocols.websockets_direct import DirectClientConnection
 from bridge.settings import Settings
 from bridge.voice import Voice
 
@@ -217,15 +219,20 @@ class _Connection:
         return self.ws.state is State.OPEN and not self.dirty
 
     async def read(self) -> None:
-        """The socket's one reader: feed the core, route events to the reply in flight."""
+        """The socket's one reader: feed the core, route events to the reply in flight.
+
+        On a :class:`DirectClientConnection` (every socket ``connect_options`` opens) messages
+        are handled as they are parsed, in the reader task's context, and the task only waits
+        for the end of that; what falls back to ``recv()`` is read here as before."""
+        ws = self.ws
         try:
-            async for message in self.ws:
-                if isinstance(message, bytes):
-                    events = self.protocol.receive_bytes(message)
-                else:
-                    events = self.protocol.receive_text(message)
-                for event in events:
-                    self._dispatch(event)
+            if isinstance(ws, DirectClientConnection):
+                context = contextvars.copy_context()  # the call's log bindings
+                if ws.deliver_to(lambda message: context.run(self._receive, message)):
+                    assert ws.delivery_ended is not None
+                    await ws.delivery_ended
+            async for message in ws:
+                self._receive(message)
         except ConnectionClosed:
             pass
         finally:
@@ -240,6 +247,14 @@ class _Connection:
                 )
             if self.stt is not None:
                 self._finish(HamsaReplyError("Hamsa socket closed", audio_received=False))
+
+    def _receive(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            events = self.protocol.receive_bytes(message)
+        else:
+            events = self.protocol.receive_text(message)
+        for event in events:
+            self._dispatch(event)
 
     def _finish(self, item: HamsaError | None) -> None:
         if self.reply is not None:
@@ -317,8 +332,8 @@ def connect_options(settings: Settings) -> dict[str, Any]:
         "close_timeout": 2,
         "max_size": 4 * 1024 * 1024,
         "user_agent_header": "hamsa-bridge",
-        # freed by reference counting once closed, not by a full collection (its module)
-        "create_connection": ReleasingClientConnection,
+        # messages handled as parsed; freed by reference counting once closed (their modules)
+        "create_connection": DirectClientConnection,
     }
 
 
