@@ -109,7 +109,8 @@ def test_a_frame_over_the_limit_and_all_after_it_pass_through_from_its_header() 
     assert reader.split(small) == [(0, small)]
     server = _open_server(1000)
     server.receive_data(small + big_header + b"x" * 10)
-    assert server.close_sent is not None and server.close_sent.code == 1009
+    assert server.close_sent is not None
+    assert server.close_sent.code == 1009
 
 
 def test_unmasked_or_reserved_bits_are_no_candidates_and_the_parser_fails_them() -> None:
@@ -121,7 +122,8 @@ def test_unmasked_or_reserved_bits_are_no_candidates_and_the_parser_fails_them()
         assert reader.split(bad) == [(0, bad)]
         server = _open_server(1000)
         server.receive_data(bad)
-        assert server.close_sent is not None and server.close_sent.code == 1002
+        assert server.close_sent is not None
+        assert server.close_sent.code == 1002
 
 
 def test_a_frame_in_single_bytes_is_held_until_whole() -> None:

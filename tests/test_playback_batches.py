@@ -100,13 +100,13 @@ async def test_audio_pushed_while_the_clock_holds_the_writer_back_does_not_wake_
     """Hamsa's chunks arrive while the writer waits for the pacing clock: they queue behind the
     frame it holds and wake nothing (a wake each cost as much as a paced one); a ``clear`` still
     wakes it at once."""
-    player, batches = playback()
+    sent = asyncio.Event()
+    player, batches = playback(lambda _player, _texts: sent.set())
     player.push_frames([frame(1)] * 10)
     writer = asyncio.create_task(player.run())
     try:
-        while not batches:
-            await asyncio.sleep(0)
-        await asyncio.sleep(0)  # the writer is now in its pacing wait (about 60 ms)
+        await asyncio.wait_for(sent.wait(), HANG)
+        await asyncio.sleep(0)  # the writer is now in its pacing wait (about 80 ms)
         woken = player.stats.wakes
         for n in range(20):
             player.push_frames([frame(2 + n)])

@@ -425,5 +425,7 @@ async def test_invalid_utf8_in_a_whole_text_frame_closes_1007() -> None:
         writer.close()
         message = await asyncio.wait_for(outcome, HANG)
     assert seen == ["fine"]
-    assert answer[:2] == b"\x88\x02" and struct.unpack("!H", answer[2:4]) == (1007,)
-    assert message["type"] == "websocket.disconnect" and message["code"] == 1007
+    assert answer[:2] == b"\x88\x02"
+    assert struct.unpack("!H", answer[2:4]) == (1007,)
+    assert message["type"] == "websocket.disconnect"
+    assert message["code"] == 1007

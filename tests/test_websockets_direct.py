@@ -114,16 +114,18 @@ async def test_a_failing_handler_loses_its_message_only() -> None:
 
 async def test_nothing_is_taken_directly_while_messages_wait_for_recv() -> None:
     """A pooled socket that received something while idle keeps websockets' path."""
+    written = asyncio.Event()
 
     async def script(ws: ServerConnection) -> None:
         await ws.send("early")
+        written.set()
         await ws.recv()  # the client's "taken"
 
     async with peer(script) as ws:
         await ws.send("go")
-        async with asyncio.timeout(HANG):
-            while not len(ws.recv_messages.frames):
-                await asyncio.sleep(0.001)
+        await asyncio.wait_for(written.wait(), HANG)
+        pong = await ws.ping()  # its pong follows "early" on the wire: then "early" is queued
+        await asyncio.wait_for(pong, HANG)
         assert not ws.deliver_to(lambda message: None)
         assert ws.delivery_ended is None
         assert await ws.recv() == "early"

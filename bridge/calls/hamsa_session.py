@@ -221,13 +221,18 @@ class _Connection:
     async def read(self) -> None:
         """The socket's one reader: feed the core, route events to the reply in flight.
 
-        On a :class:`DirectClientConnection` (every socket ``connect_options`` opens) messages
-        are handled as they are parsed, in the reader task's context, and the task only waits
-        for the end of that; what falls back to ``recv()`` is read here as before."""
+        On a :class:`DirectClientConnection` (every socket ``connect_options`` opens), once
+        what already waits for ``recv()`` is read (Hamsa's ``info`` at connect, what a pooled
+        socket received), later messages are handled as they are parsed, in this task's context
+        (the call's log bindings), and the task only waits for the end of that; what falls back
+        to ``recv()`` is read here as before."""
         ws = self.ws
         try:
             if isinstance(ws, DirectClientConnection):
-                context = contextvars.copy_context()  # the call's log bindings
+                while len(ws.recv_messages.frames):
+                    self._receive(await ws.recv())
+                context = contextvars.copy_context()
+                # no await since the queue was seen empty: nothing can come between
                 if ws.deliver_to(lambda message: context.run(self._receive, message)):
                     assert ws.delivery_ended is not None
                     await ws.delivery_ended
