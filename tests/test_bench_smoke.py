@@ -258,3 +258,12 @@ def test_memory_per_call_smoke() -> None:
         "run time:",
     ):
         assert figure in done.stdout, output
+
+
+def test_inbound_frames_smoke() -> None:
+    """``bench/inbound_frames.py --smoke``: both parsers give the same text and are timed."""
+    done = run_smoke("inbound_frames.py")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for row in ("| websockets parser |", "| frame reader |"):
+        assert row in done.stdout, output
