@@ -285,7 +285,9 @@ class StreamProtocol(WebSocketsSansIOProtocol):
             text = data.decode()
         except UnicodeDecodeError:
             self.logger.exception("Invalid UTF-8 sequence received from client.")
-            self.conn.send_close(1007)
+            # ``fail``, not uvicorn's ``send_close``: the parser then discards what follows, so
+            # a later ping cannot make it answer after the lingering close's ``write_eof``.
+            self.conn.fail(1007)
             self.handle_parser_exception()
             return
         try:

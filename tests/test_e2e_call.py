@@ -190,10 +190,10 @@ async def test_pacing_holds_real_time_with_a_small_lead() -> None:
         result = await rig.call()
     assert result.leg is not None
     timeline = result.leg.timeline
-    # The plan tops the lead up to 200 ms (a frame over at most). The caller measures it from
+    # The plan tops the lead up to 220 ms (a frame over at most). The caller measures it from
     # its own reading of a run's first frame: a stall between the bridge's send and that
     # reading adds to what it measures, never more than the longest stall.
-    assert timeline.max_lead_ms <= 250 + 1000 * watch.longest
+    assert timeline.max_lead_ms <= 270 + 1000 * watch.longest
     assert len(result.leg.received) == 6 * 8000
     # never faster than real time less the lead (the plan); later only by the machine
     sending = timeline.media_arrivals[-1] - timeline.media_arrivals[0]

@@ -102,7 +102,7 @@ async def test_audio_pushed_while_the_clock_holds_the_writer_back_does_not_wake_
     wakes it at once."""
     sent = asyncio.Event()
     player, batches = playback(lambda _player, _texts: sent.set())
-    player.push_frames([frame(1)] * 10)
+    player.push_frames([frame(1)] * 12)  # the lead is 10: two frames wait for the clock
     writer = asyncio.create_task(player.run())
     try:
         await asyncio.wait_for(sent.wait(), HANG)

@@ -130,3 +130,28 @@ async def test_nothing_is_taken_directly_while_messages_wait_for_recv() -> None:
         assert ws.delivery_ended is None
         assert await ws.recv() == "early"
         await ws.send("taken")
+
+
+async def test_a_reader_that_stops_early_gets_nothing_more() -> None:
+    """After ``stop_delivery`` (the session's reader cancelled), messages wait for ``recv()``
+    and the handler is not called."""
+    written = asyncio.Event()
+
+    async def script(ws: ServerConnection) -> None:
+        await ws.recv()  # "stopped"
+        await ws.send("later")
+        written.set()
+        await ws.recv()
+
+    handled: list[str | bytes] = []
+    async with peer(script) as ws:
+        assert ws.deliver_to(handled.append)
+        await ws.send("go")
+        ws.stop_delivery()
+        assert ws.delivery_ended is not None
+        assert ws.delivery_ended.done()
+        await ws.send("stopped")
+        await asyncio.wait_for(written.wait(), HANG)
+        assert await asyncio.wait_for(ws.recv(), HANG) == "later"
+        await ws.send("bye")
+    assert handled == []

@@ -235,7 +235,10 @@ class _Connection:
                 # no await since the queue was seen empty: nothing can come between
                 if ws.deliver_to(lambda message: context.run(self._receive, message)):
                     assert ws.delivery_ended is not None
-                    await ws.delivery_ended
+                    try:
+                        await ws.delivery_ended
+                    finally:
+                        ws.stop_delivery()  # cancelled: nothing reaches this reader after it
             async for message in ws:
                 self._receive(message)
         except ConnectionClosed:

@@ -13,14 +13,17 @@ items, in order:
 - ``(header_length, raw)`` with ``header_length > 0``: a candidate text frame, ``raw`` the
   whole frame. The caller may unmask ``raw[header_length:]`` with the 4 bytes before it and take
   the text itself, or hand ``raw`` to the parser like any other frame.
-- ``(0, raw)``: hand ``raw`` to the parser. It is one whole frame, except after a declared
-  length over ``max_size``: then it is everything from that frame's header on, and every later
-  call returns its data as one ``(0, data)`` item (pass-through). The parser refuses the frame
-  as it always did (1009), from the same header.
+- ``(0, raw)``: hand ``raw`` to the parser, as it comes: a frame that is no candidate (a
+  control frame, a fragment, binary, unmasked, reserved bits or opcode), or a piece of one, since
+  such a frame is passed on as its bytes arrive, from its header on (the parser refuses a bad
+  one from its header, as it always did). After a candidate that declares more than
+  ``max_size``, it is everything from that frame's header on, and every later call returns its
+  data as one ``(0, data)`` item (pass-through): the parser refuses it (1009) from the header.
 
-Because the parser is only ever given whole frames, it is at a frame boundary after each one,
-which is what lets the two share one stream. A partial frame at the end of ``data`` is kept here
-until the rest arrives (at most one frame: ``max_size`` plus a 14-byte header).
+The parser is thus given every frame, whole or in order of its pieces, except the candidates
+taken directly, and it stands at a frame boundary whenever a candidate begins: that is what
+lets the two share one stream. Only a candidate is held back until it is whole (at most
+``max_size`` plus a 14-byte header), and a header until it is complete (at most 14 bytes).
 
 Cost: one ``struct`` read for lengths of 126 and over, a slice per frame when a read holds more
 than one, and one copy of a frame that arrived in pieces. Twilio's messages, ~330 bytes each,
@@ -48,7 +51,7 @@ class ClientFrameReader:
     declares more is not waited for: it and everything after it pass through to the parser.
     """
 
-    __slots__ = ("max_size", "passthrough", "_pending", "_need")
+    __slots__ = ("max_size", "passthrough", "_pending", "_need", "_passing")
 
     def __init__(self, max_size: int | None) -> None:
         self.max_size = max_size
@@ -57,6 +60,8 @@ class ClientFrameReader:
         self._pending = bytearray()
         self._need = 0
         """Bytes the pending frame needs in all, once its header is known (0: not yet)."""
+        self._passing = 0
+        """Bytes still to come of a frame that is no candidate, passed on as they arrive."""
 
     @property
     def pending(self) -> int:
@@ -67,6 +72,15 @@ class ClientFrameReader:
         """The whole frames that ``data`` completes, in order (see the module docstring)."""
         if self.passthrough:
             return [(0, data)] if data else []
+        items: list[tuple[int, bytes]] = []
+        passing = self._passing
+        if passing:
+            if len(data) <= passing:
+                self._passing = passing - len(data)
+                return [(0, data)] if data else []
+            items.append((0, data[:passing]))
+            data = data[passing:]
+            self._passing = 0
         pending = self._pending
         if pending:
             pending += data
@@ -75,7 +89,6 @@ class ClientFrameReader:
             data = bytes(pending)
             pending.clear()
             self._need = 0
-        items: list[tuple[int, bytes]] = []
         size = len(data)
         max_size = self.max_size
         pos = 0
@@ -104,12 +117,17 @@ class ClientFrameReader:
             masked = second & _MASKED
             if masked:
                 header += 4
+            candidate = first == TEXT_FIN and masked
             end = pos + header + length
             if end > size:
-                self._need = header + length
-                break
+                if candidate:
+                    self._need = header + length
+                    break
+                self._passing = end - size  # not held: the parser judges it as it comes
+                items.append((0, data[pos:] if pos else data))
+                return items
             raw = data if pos == 0 and end == size else data[pos:end]
-            items.append((header if first == TEXT_FIN and masked else 0, raw))
+            items.append((header if candidate else 0, raw))
             pos = end
         if pos < size:
             pending += data[pos:] if pos else data

@@ -22,8 +22,10 @@ frames (ping, pong, close) are websockets' as before.
 What the caller must do: call ``deliver_to(handler)`` from the reader task. If it returns False,
 messages are already queued (a pooled socket that received something while idle): read with
 ``recv()`` as usual. If True, await :attr:`delivery_ended`, then read what ``recv()`` still
-gives until ``ConnectionClosed``. The handler runs in the transport's context, not the reader
-task's: it must carry its own (``contextvars.Context.run``) where it logs.
+gives until ``ConnectionClosed``; if the reader stops before (cancelled), it calls
+:meth:`~DirectClientConnection.stop_delivery` first. The handler runs in the transport's
+context, not the reader task's: it must carry its own (``contextvars.Context.run``) where it
+logs.
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ class DirectClientConnection(ReleasingClientConnection):
         except Exception:
             log.exception("hamsa message handler failed; later messages go through recv()")
             self._fall_back()
+
+    def stop_delivery(self) -> None:
+        """No more direct delivery: later messages wait for ``recv()`` (a reader that stops
+        early, cancelled, calls this so that its handler is not called after it)."""
+        self._fall_back()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
