@@ -32,13 +32,14 @@ https://asgi.readthedocs.io/en/latest/extensions.html). Everything else is uvico
 
 Inbound frames skip websockets' parser where they can (``data_received``): once the opening
 handshake's request has gone to websockets, a :class:`~bridge.protocols.client_frames.
-ClientFrameReader` splits the client's bytes into whole frames. A complete, masked, unfragmented
-text frame that the handler may take now (registered, nothing queued before it, the connection
-open, no fragmented message open) is unmasked and handed over here; every other frame goes to
-websockets whole, so its parser always stands at a frame boundary and judges those frames as
-before (control frames, fragments, a bad opcode or mask, a frame over ``ws_max_size``). Twilio's
-50 inbound messages a second per call cost ~0.9 µs each to split and unmask instead of ~2.7 µs in
-websockets' generator-based parser (``BENCHMARKS.md``, issue 16).
+ClientFrameReader` splits the client's bytes into frames. A complete, masked, unfragmented text
+frame that the handler may take now (registered, nothing queued before it, the connection open,
+no fragmented message open) is unmasked and handed over here. Every other frame goes to
+websockets, a text candidate whole and any other frame as its bytes arrive, so its parser stands
+at a frame boundary whenever a candidate begins and judges the others as before, from their
+header on (control frames, fragments, a bad opcode or mask, a frame over ``ws_max_size``).
+Twilio's 50 inbound messages a second per call cost ~0.7 µs each to split and unmask instead of
+~2.5 µs in websockets' generator-based parser (``bench/inbound_frames.py``, ``BENCHMARKS.md``).
 
 A connection the protocol **fails** (a message over ``ws_max_size``: 1009; invalid UTF-8: 1007;
 a failing handler: 1011) closes by lingering, not at once: the close frame and the TCP FIN are
@@ -126,8 +127,8 @@ class StreamProtocol(WebSocketsSansIOProtocol):
     """Its last 3 bytes, so that an end split across two reads is found."""
 
     def data_received(self, data: bytes) -> None:
-        """Frames go to websockets' parser one whole frame at a time, and a complete text
-        frame the handler can take skips the parser (``bridge.protocols.client_frames``): the
+        """A complete text frame the handler can take skips websockets' parser; every other
+        frame reaches it in order, a text frame whole (``bridge.protocols.client_frames``): the
         same messages, in the same order, with the same failures.
 
         Before that, the opening handshake's request goes to websockets alone, up to and
