@@ -220,20 +220,27 @@ def account_settings(database_url: str, rate: float) -> Settings:
 
 
 async def test_limiters_of_two_processes_share_the_accounts_budget(database_url: str) -> None:
-    config = account_settings(database_url, 100)  # 12 ms apart: real waits are short
+    config = account_settings(database_url, 10)  # 100 ms apart: waits of 0.5 s in all
     stores = [LazyStore(database_url), LazyStore(database_url)]
     limiters = [AccountRateLimiter(config, s.get, clock=time.time) for s in stores]
+    booked_at: list[float] = []
+
+    def clock() -> float:
+        booked_at.append(time.time())
+        return booked_at[-1]
+
     try:
-        for limiter in limiters:
-            for _ in range(3):
-                await limiter.acquire()
-        # both limiters' own pace would let the next caller through at once; the account's
-        # budget, booked just now by the other limiter, does not
+        # opened first, so that booking follows the last acquire at once (not a connect later)
         async with await Store.open(database_url) as store:
+            for limiter in limiters:
+                for _ in range(3):
+                    await limiter.acquire()
+            # both limiters' own pace would let the next caller through at once; the account's
+            # budget, booked just now by the other limiter, does not: the slot is a wait
             slot = await store.book_call_slot(
-                limiters[0].account, rate=limiters[0].rate, burst=1, clock=time.time
+                limiters[0].account, rate=limiters[0].rate, burst=1, clock=clock
             )
-        assert slot > time.time()
+        assert slot > booked_at[-1]
     finally:
         for s in stores:
             await s.close()
