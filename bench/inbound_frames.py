@@ -37,12 +37,7 @@ from websockets.frames import Frame, Opcode  # noqa: E402
 from websockets.server import ServerProtocol  # noqa: E402
 
 from bridge.dev.twilio_stream_client import TwilioMediaLeg  # noqa: E402
-from bridge.protocols.client_frames import ClientFrameReader  # noqa: E402
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
+from bridge.protocols.client_frames import ClientFrameReader, unmasked  # noqa: E402
 
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -76,7 +71,7 @@ def with_reader(frame: bytes, count: int) -> int:
     chars = 0
     for _ in range(count):
         for header, raw in reader.split(frame):
-            chars += len(apply_mask(memoryview(raw)[header:], raw[header - 4 : header]).decode())
+            chars += len(unmasked(raw, header).decode())
     return chars
 
 

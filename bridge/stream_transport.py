@@ -65,13 +65,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from bridge.protocols.client_frames import ClientFrameReader
+from bridge.protocols.client_frames import ClientFrameReader, unmasked
 from bridge.protocols.websockets_cycle import release_parser
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
 
 __all__ = [
     "EXTENSION",
@@ -164,8 +159,7 @@ class StreamProtocol(WebSocketsSansIOProtocol):
                 return
         for header, raw in frames.split(data):
             if header and self._direct():
-                mask = raw[header - 4 : header]
-                self._hand_over(apply_mask(memoryview(raw)[header:], mask))
+                self._hand_over(unmasked(raw, header))
             else:
                 super().data_received(raw)  # after a failure: read and discarded, as before
 

@@ -35,7 +35,12 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-__all__ = ["TEXT_FIN", "ClientFrameReader"]
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["TEXT_FIN", "ClientFrameReader", "unmasked"]
 
 TEXT_FIN: Final = 0x81
 """FIN set, no reserved bit, opcode 1 (text): the only first byte a candidate has."""
@@ -132,3 +137,9 @@ class ClientFrameReader:
         if pos < size:
             pending += data[pos:] if pos else data
         return items
+
+
+def unmasked(raw: bytes, header: int) -> bytes:
+    """The payload of a candidate ``raw`` whose header is ``header`` bytes long, its mask (the
+    header's last 4 bytes) removed with websockets' C ``apply_mask``."""
+    return apply_mask(memoryview(raw)[header:], raw[header - 4 : header])
